@@ -1,0 +1,206 @@
+//! [`Config`]: the TOML file `mxfed init` writes and every other command reads.
+//!
+//! It is loaded and checked before any socket is bound; a bad file is a
+//! [`ConfigError`] that names the file and the key, and the CLI exits 78.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use mxfed_proto::name;
+
+/// UDP port agents listen on unless told otherwise.
+pub const DEFAULT_PORT: u16 = 7787;
+/// Default config file.
+pub const DEFAULT_CONFIG: &str = "/etc/mxfed/mxfed.toml";
+/// Default data directory.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/mxfed";
+/// Default Postfix config directory.
+pub const DEFAULT_POSTFIX_DIR: &str = "/etc/postfix";
+/// Default control socket.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/mxfed/control.sock";
+
+/// The agent's configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This agent's name, shown to friends.
+    pub name: String,
+    /// Host name of this server's own Postfix, the host friends' MX records name.
+    pub mail_host: String,
+    /// UDP address the QUIC endpoint binds.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Addresses put in invites and told to peers; where friends dial us.
+    #[serde(default)]
+    pub advertise: Vec<SocketAddr>,
+    /// Where the identity and `mxfed.db` live.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// The Postfix config directory (`postconf -c DIR`).
+    #[serde(default = "default_postfix_dir")]
+    pub postfix_config_dir: PathBuf,
+    /// The Unix socket the CLI talks to the agent on.
+    #[serde(default = "default_control_socket")]
+    pub control_socket: PathBuf,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::new(IpAddr::from([0, 0, 0, 0]), DEFAULT_PORT)
+}
+fn default_data_dir() -> PathBuf {
+    DEFAULT_DATA_DIR.into()
+}
+fn default_postfix_dir() -> PathBuf {
+    DEFAULT_POSTFIX_DIR.into()
+}
+fn default_control_socket() -> PathBuf {
+    DEFAULT_CONTROL_SOCKET.into()
+}
+
+/// A config file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("config {path} is not valid: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said, including line and key.
+        message: String,
+    },
+    /// A key has a value that cannot work.
+    #[error("config {path}: key `{key}`: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Config {
+    /// A config with defaults for everything but the two required keys.
+    pub fn new(name: String, mail_host: String) -> Self {
+        Self {
+            name,
+            mail_host,
+            listen: default_listen(),
+            advertise: Vec::new(),
+            data_dir: default_data_dir(),
+            postfix_config_dir: default_postfix_dir(),
+            control_socket: default_control_socket(),
+        }
+    }
+
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+        config.check(path)?;
+        Ok(config)
+    }
+
+    /// Checks the values; `path` is only for the error message.
+    pub fn check(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key, message: String| ConfigError::Invalid {
+            path: path.into(),
+            key,
+            message,
+        };
+        name::check_agent_name(&self.name).map_err(|e| invalid("name", e.to_string()))?;
+        name::check_hostname("mail host", &self.mail_host)
+            .map_err(|e| invalid("mail_host", e.to_string()))?;
+        if self.advertise.len() > mxfed_proto::token::MAX_ADDRS {
+            return Err(invalid(
+                "advertise",
+                format!("at most {} addresses", mxfed_proto::token::MAX_ADDRS),
+            ));
+        }
+        for a in &self.advertise {
+            if a.ip().is_unspecified() || a.port() == 0 {
+                return Err(invalid(
+                    "advertise",
+                    format!("{a} is not an address a friend can dial"),
+                ));
+            }
+        }
+        for (key, p) in [
+            ("data_dir", &self.data_dir),
+            ("postfix_config_dir", &self.postfix_config_dir),
+            ("control_socket", &self.control_socket),
+        ] {
+            if !p.is_absolute() {
+                return Err(invalid(key, format!("{} must be an absolute path", p.display())));
+            }
+        }
+        Ok(())
+    }
+
+    /// The TOML text `init` writes.
+    pub fn to_toml(&self) -> String {
+        let body = toml::to_string(self).unwrap_or_default();
+        format!("# mxfed agent configuration, written by `mxfed init`.\n# Keys are described in README.md (\"Config keys\").\n{body}")
+    }
+
+    /// The SQLite database.
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("mxfed.db")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("mxfed.toml");
+        std::fs::write(&p, text).unwrap();
+        (dir, p)
+    }
+
+    #[test]
+    fn written_config_loads_back() {
+        let mut c = Config::new("me".into(), "mail.me.example".into());
+        c.advertise = vec!["192.0.2.1:7787".parse().unwrap()];
+        let (_d, p) = write(&c.to_toml());
+        assert_eq!(Config::load(&p).unwrap(), c);
+    }
+
+    #[test]
+    fn errors_name_the_file_and_key() {
+        let (_d, p) = write("name = \"me\"\nmail_host = \"not a host\"\n");
+        let e = Config::load(&p).unwrap_err().to_string();
+        assert!(e.contains("mxfed.toml") && e.contains("mail_host"), "{e}");
+
+        let (_d, p) = write("name = \"me\"\nmail_host = \"m.x.example\"\nlisten = 5\n");
+        let e = Config::load(&p).unwrap_err().to_string();
+        assert!(e.contains("mxfed.toml") && e.contains("listen"), "{e}");
+
+        let (_d, p) = write("name = \"me\"\nmail_host = \"m.x.example\"\nlistn = \"1.2.3.4:1\"\n");
+        let e = Config::load(&p).unwrap_err().to_string();
+        assert!(e.contains("listn"), "{e}");
+
+        let (_d, p) = write("\u{0}\u{1}garbage[[");
+        assert!(matches!(Config::load(&p), Err(ConfigError::Parse { .. })));
+    }
+}
