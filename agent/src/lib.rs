@@ -1,3 +1,175 @@
+//! mxfed-agent: the daemon behind `mxfed agent`, as a library.
+//!
+//! - [`config`]: the TOML config, checked before anything is bound.
+//! - [`identity`]: the Ed25519 key and self-signed certificate.
+//! - [`store`]: SQLite state (the only module that speaks SQL).
+//! - [`net`]: the quinn endpoint and the rustls verifiers that pin keys.
+//! - `session`: dialling, accepting, pairing and serving peers.
+//! - `control`: the Unix socket the CLI talks to.
+//!
+//! [`run`] is the daemon; [`init`] sets up a new agent.
+
 pub mod config;
+pub mod control;
+pub mod frames;
 pub mod identity;
+mod limiter;
+pub mod net;
+mod session;
 pub mod store;
+
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use config::{Config, ConfigError};
+use identity::{Identity, IdentityError};
+use mxfed_proto::PeerId;
+use store::{Store, StoreError};
+
+/// sysexits EX_CONFIG: a config file or data dir cannot be used.
+pub const EX_CONFIG: i32 = 78;
+/// sysexits EX_UNAVAILABLE: a service the command needs is not there.
+pub const EX_UNAVAILABLE: i32 = 69;
+
+/// Why the agent could not start or `init` could not finish.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    /// The config file.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The identity files.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The database.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The QUIC endpoint.
+    #[error(transparent)]
+    Net(#[from] net::NetError),
+    /// The control socket.
+    #[error(transparent)]
+    Control(#[from] control::ControlError),
+    /// The data dir is missing or has no identity.
+    #[error("data dir {path}: {message}")]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl AgentError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            AgentError::Config(_)
+            | AgentError::DataDir { .. }
+            | AgentError::Identity(IdentityError::Corrupt { .. })
+            | AgentError::Store(StoreError::Open { .. }) => EX_CONFIG,
+            _ => 1,
+        }
+    }
+}
+
+/// What `init` did.
+#[derive(Debug)]
+pub struct InitReport {
+    /// The agent's peer ID.
+    pub id: PeerId,
+    /// Whether an existing identity in the data dir was kept.
+    pub kept_identity: bool,
+}
+
+/// Sets up a new agent: data dir (0700), identity, database, and the config
+/// file at `config_path`. Refuses to overwrite an existing config file.
+pub async fn init(config: &Config, config_path: &Path) -> Result<InitReport, AgentError> {
+    config.check(config_path)?;
+    if config_path.exists() {
+        return Err(ConfigError::Invalid {
+            path: config_path.into(),
+            key: "(file)",
+            message: "already exists; remove it to initialise again".into(),
+        }
+        .into());
+    }
+    let dir = &config.data_dir;
+    let dir_err = |e: std::io::Error| AgentError::DataDir {
+        path: dir.clone(),
+        message: e.to_string(),
+    };
+    std::fs::create_dir_all(dir).map_err(dir_err)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(dir_err)?;
+    let kept_identity = Identity::exists(dir);
+    let identity = if kept_identity {
+        Identity::load(dir)?
+    } else {
+        Identity::create(dir)?
+    };
+    Store::open(&config.db_path()).await?.close().await;
+    if let Some(parent) = config_path.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| ConfigError::Read {
+            path: config_path.into(),
+            source,
+        })?;
+    }
+    std::fs::write(config_path, config.to_toml()).map_err(|source| ConfigError::Read {
+        path: config_path.into(),
+        source,
+    })?;
+    Ok(InitReport {
+        id: identity.id,
+        kept_identity,
+    })
+}
+
+/// Runs the agent until `shutdown` completes, then closes sessions
+/// gracefully (peers see a `shutdown` close, not a timeout).
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    let dir = &config.data_dir;
+    if !Identity::exists(dir) {
+        return Err(AgentError::DataDir {
+            path: dir.clone(),
+            message: "no identity here; run `mxfed init` first".into(),
+        });
+    }
+    let identity = Identity::load(dir)?;
+    let store = Store::open(&config.db_path()).await?;
+    let endpoint = net::bind(&identity, config.listen)?;
+    let listener = control::bind(&config.control_socket)?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let peers = store.peers().await?;
+    let local = endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let socket = config.control_socket.clone();
+    tracing::info!(
+        name = %config.name,
+        id = %identity.id,
+        listen = %local,
+        control = %socket.display(),
+        peers = peers.len(),
+        "mxfed agent {} started",
+        mxfed_proto::VERSION
+    );
+    let shared = session::Shared::new(config, identity, store.clone(), endpoint.clone(), stop_rx);
+    let accept = tokio::spawn(std::sync::Arc::clone(&shared).accept_loop());
+    let control = tokio::spawn(control::serve(std::sync::Arc::clone(&shared), listener));
+    for p in peers {
+        shared.start_dialer(p.id);
+    }
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    control.abort();
+    shared.stop_all_dialers();
+    endpoint.close(mxfed_proto::msg::close::SHUTDOWN.into(), b"agent shutting down");
+    let _ = tokio::time::timeout(Duration::from_secs(3), endpoint.wait_idle()).await;
+    let _ = accept.await;
+    let _ = std::fs::remove_file(&socket);
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,1 +1,264 @@
-fn main(){}
+//! `mxfed`: the command line. clap for parsing, plain text or JSON for output;
+//! everything else goes through the agent's control socket ([`client`]) or,
+//! for `init` and `agent`, the agent library.
+
+mod client;
+mod output;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use mxfed_agent::config::{self, Config};
+use mxfed_agent::{AgentError, EX_CONFIG};
+use mxfed_proto::control::{ControlRequest, ControlResponse};
+
+/// Automatic backup MX between friends running Postfix.
+#[derive(Debug, Parser)]
+#[command(name = "mxfed", version, about, long_about = None, after_help = "Exit codes: 0 ok, 1 refused or failed, 2 usage, 69 agent not running, 78 bad config or data dir.")]
+struct Cli {
+    /// Config file.
+    #[arg(long, global = true, env = "MXFED_CONFIG", default_value = config::DEFAULT_CONFIG)]
+    config: PathBuf,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create this agent's identity, database and config file.
+    Init(InitArgs),
+    /// Run the agent in the foreground (for systemd); stops on SIGTERM or SIGINT.
+    Agent,
+    /// Print a one-line invite token for a friend's `mxfed join`.
+    Invite {
+        /// How long the token stays valid, e.g. 30m, 24h, 7d.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+    /// Pair with the friend whose invite token this is.
+    Join {
+        /// The token from the friend's `mxfed invite`.
+        token: String,
+    },
+    /// Show this agent and its peers.
+    Status {
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a peer, here and (when it is reachable) on its side.
+    Unpair {
+        /// The peer's name, as `mxfed status` shows it.
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct InitArgs {
+    /// This agent's name, shown to friends (a-z, 0-9, '-', '_', '.').
+    #[arg(long)]
+    name: String,
+    /// Host name of this server's own Postfix: the host your domains' MX points to.
+    #[arg(long)]
+    mail_host: String,
+    /// UDP address to listen on.
+    #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], config::DEFAULT_PORT)))]
+    listen: SocketAddr,
+    /// Address friends dial (repeatable). Default: --listen if it is a
+    /// specific address, else the addresses --mail-host resolves to.
+    #[arg(long)]
+    advertise: Vec<SocketAddr>,
+    /// Where the identity and database live.
+    #[arg(long, default_value = config::DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+    /// Postfix config directory.
+    #[arg(long, default_value = config::DEFAULT_POSTFIX_DIR)]
+    postfix_config_dir: PathBuf,
+    /// Control socket the CLI uses to reach the agent.
+    #[arg(long, default_value = config::DEFAULT_CONTROL_SOCKET)]
+    control_socket: PathBuf,
+}
+
+/// An error for the user, with the exit code it maps to.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl From<AgentError> for Failure {
+    fn from(e: AgentError) -> Self {
+        Failure {
+            code: e.exit_code().try_into().unwrap_or(1),
+            message: e.to_string(),
+        }
+    }
+}
+
+fn fail(message: impl Into<String>) -> Failure {
+    Failure {
+        code: 1,
+        message: message.into(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("mxfed: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("mxfed: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn load_config(path: &std::path::Path) -> Result<Config, Failure> {
+    Config::load(path).map_err(|e| Failure {
+        code: EX_CONFIG as u8,
+        message: e.to_string(),
+    })
+}
+
+async fn dispatch(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Init(args) => init(&cli.config, args).await,
+        Command::Agent => agent(&cli.config).await,
+        Command::Invite { ttl } => {
+            let config = load_config(&cli.config)?;
+            let ttl_secs = ttl.as_secs().max(1);
+            match client::call(&config, &ControlRequest::Invite { ttl_secs }).await? {
+                ControlResponse::Invite { token, expires_at } => {
+                    output::line(&token);
+                    eprintln!(
+                        "mxfed: invite valid until {} (single use); give it to your friend for `mxfed join`",
+                        output::time(expires_at)
+                    );
+                    Ok(())
+                }
+                other => Err(client::unexpected(other)),
+            }
+        }
+        Command::Join { token } => {
+            let config = load_config(&cli.config)?;
+            match client::call(&config, &ControlRequest::Join { token }).await? {
+                ControlResponse::Joined { name, id } => {
+                    output::line(&format!("paired with {name} ({id})"));
+                    Ok(())
+                }
+                other => Err(client::unexpected(other)),
+            }
+        }
+        Command::Status { json } => {
+            let config = load_config(&cli.config)?;
+            match client::call(&config, &ControlRequest::Status).await? {
+                ControlResponse::Status(report) => {
+                    if json {
+                        output::json(&report);
+                    } else {
+                        output::status_table(&report);
+                    }
+                    Ok(())
+                }
+                other => Err(client::unexpected(other)),
+            }
+        }
+        Command::Unpair { name } => {
+            let config = load_config(&cli.config)?;
+            match client::call(&config, &ControlRequest::Unpair { name: name.clone() }).await? {
+                ControlResponse::Unpaired { notified } => {
+                    if notified {
+                        output::line(&format!("unpaired {name}; it was told and removed us too"));
+                    } else {
+                        output::line(&format!(
+                            "unpaired {name} here; it was not reachable, so it still lists us until it unpairs too"
+                        ));
+                    }
+                    Ok(())
+                }
+                other => Err(client::unexpected(other)),
+            }
+        }
+    }
+}
+
+async fn init(config_path: &std::path::Path, args: InitArgs) -> Result<(), Failure> {
+    let mut config = Config::new(args.name, args.mail_host);
+    config.listen = args.listen;
+    config.data_dir = args.data_dir;
+    config.postfix_config_dir = args.postfix_config_dir;
+    config.control_socket = args.control_socket;
+    config.advertise = if !args.advertise.is_empty() {
+        args.advertise
+    } else if !args.listen.ip().is_unspecified() {
+        vec![args.listen]
+    } else {
+        let resolved: Vec<SocketAddr> = (config.mail_host.as_str(), args.listen.port())
+            .to_socket_addrs()
+            .map(|a| a.filter(|a| !a.ip().is_loopback()).collect())
+            .unwrap_or_default();
+        if resolved.is_empty() {
+            return Err(Failure {
+                code: EX_CONFIG as u8,
+                message: format!(
+                    "cannot tell which address friends should dial: --listen is a wildcard and {} does not resolve to a non-loopback address; pass --advertise IP:PORT",
+                    config.mail_host
+                ),
+            });
+        }
+        resolved
+    };
+    let report = mxfed_agent::init(&config, config_path).await?;
+    output::line(&format!("initialised agent {}", config.name));
+    output::line(&format!("peer id:   {}", report.id));
+    if report.kept_identity {
+        output::line(&format!(
+            "identity:  kept the existing key in {}",
+            config.data_dir.display()
+        ));
+    }
+    output::line(&format!("config:    {}", config_path.display()));
+    output::line(&format!(
+        "advertise: {}",
+        config
+            .advertise
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    ));
+    output::line("next:      start `mxfed agent`, then `mxfed invite` or `mxfed join TOKEN`");
+    Ok(())
+}
+
+async fn agent(config_path: &std::path::Path) -> Result<(), Failure> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MXFED_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let config = load_config(config_path)?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| fail(format!("cannot handle SIGTERM: {e}")))?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    mxfed_agent::run(config, shutdown).await.map_err(Failure::from)
+}

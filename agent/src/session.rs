@@ -1,0 +1,823 @@
+//! Peer sessions: accepting, dialling, pairing, and serving requests.
+//!
+//! [`Shared`] is the running agent's state. For each paired peer a dialer
+//! task keeps one authenticated QUIC connection up (with backoff); incoming
+//! connections are sorted into paired peers, which get a session, and
+//! unknown keys, which may present one invite and nothing else.
+//!
+//! When both sides dial at once, both keep the connection dialled by the
+//! peer with the lower ID and close the other with `DUPLICATE`, so they
+//! agree without talking about it.
+//!
+//! A peer that sends a frame over the limit, a message that does not decode,
+//! an unknown message type or a flood of streams has its connection closed
+//! with a code from [`close`], logged once; nothing else is affected.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{watch, Notify, Semaphore};
+use tokio::task::JoinHandle;
+
+use mxfed_proto::codec::CodecError;
+use mxfed_proto::control::{PeerStatus, SelfStatus, StatusReport};
+use mxfed_proto::msg::{close, PeerInfo, Request, Response, EXPORTER_LABEL, SERVER_NAME};
+use mxfed_proto::{name, token, InviteToken, PeerId, MAX_FRAME};
+
+use crate::config::Config;
+use crate::frames::{self, FrameError};
+use crate::identity::Identity;
+use crate::limiter::JoinLimiter;
+use crate::net;
+use crate::store::{InviteState, PeerRecord, Store, StoreError};
+
+/// How long a dial attempt to one address may take.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long to wait for the answer to a request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a peer has to send its request after opening a stream.
+const STREAM_TIMEOUT: Duration = Duration::from_secs(10);
+/// First and longest wait between failed dials.
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// More streams than this within [`STREAM_WINDOW`] closes the connection.
+const MAX_STREAMS_PER_WINDOW: u32 = 200;
+const STREAM_WINDOW: Duration = Duration::from_secs(10);
+/// Connections being handshaken or served at once.
+const MAX_CONNECTIONS: usize = 256;
+
+/// Unix seconds now.
+pub(crate) fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// RFC 3339 form of unix seconds.
+pub(crate) fn rfc3339(secs: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these short locks leaves plain data behind; keep going.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A live connection to a paired peer.
+struct Session {
+    conn: quinn::Connection,
+    /// Who dialled it; decides which of two simultaneous connections stays.
+    dialer: PeerId,
+    since: i64,
+    info: Option<PeerInfo>,
+}
+
+struct Dialer {
+    wake: Arc<Notify>,
+    task: JoinHandle<()>,
+}
+
+/// The running agent's state.
+pub(crate) struct Shared {
+    pub config: Config,
+    pub identity: Identity,
+    pub store: Store,
+    pub endpoint: quinn::Endpoint,
+    sessions: Mutex<HashMap<PeerId, Session>>,
+    dialers: Mutex<HashMap<PeerId, Dialer>>,
+    limiter: Mutex<JoinLimiter>,
+    connections: Arc<Semaphore>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// A protocol violation by the remote side, closing its connection.
+fn violation(err: &FrameError) -> Option<(u32, String)> {
+    match err {
+        FrameError::Codec(CodecError::TooLarge { .. }) => Some((close::FRAME_TOO_LARGE, err.to_string())),
+        FrameError::Codec(CodecError::UnknownType(_)) => Some((close::UNKNOWN_MESSAGE, err.to_string())),
+        FrameError::Codec(_) => Some((close::MALFORMED, err.to_string())),
+        FrameError::Io(_) => None,
+    }
+}
+
+fn check_info(info: &PeerInfo) -> Result<(), String> {
+    name::check_agent_name(&info.name).map_err(|e| e.to_string())?;
+    name::check_hostname("mail host", &info.mail_host).map_err(|e| e.to_string())?;
+    if info.addrs.len() > token::MAX_ADDRS {
+        return Err(format!("more than {} addresses", token::MAX_ADDRS));
+    }
+    if info.agent_version.len() > 64 || info.agent_version.chars().any(|c| c.is_control()) {
+        return Err("agent version is not printable or too long".into());
+    }
+    Ok(())
+}
+
+/// Sends one request on a new stream and waits for its answer.
+async fn request(conn: &quinn::Connection, req: &Request) -> Result<Response, String> {
+    let exchange = async {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        frames::write(&mut send, req).await.map_err(|e| e.to_string())?;
+        send.finish().map_err(|e| e.to_string())?;
+        frames::read::<Response, _>(&mut recv, MAX_FRAME)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        .await
+        .map_err(|_| format!("no answer within {}s", REQUEST_TIMEOUT.as_secs()))?
+}
+
+/// Closes a connection for a protocol violation, logging it once.
+fn violated(conn: &quinn::Connection, who: &str, code: u32, why: &str) {
+    tracing::warn!(
+        peer = who,
+        remote = %conn.remote_address(),
+        code,
+        "closing connection: {}: {why}",
+        close::name(code.into())
+    );
+    conn.close(code.into(), why.as_bytes());
+}
+
+impl Shared {
+    pub(crate) fn new(
+        config: Config,
+        identity: Identity,
+        store: Store,
+        endpoint: quinn::Endpoint,
+        shutdown: watch::Receiver<bool>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            identity,
+            store,
+            endpoint,
+            sessions: Mutex::new(HashMap::new()),
+            dialers: Mutex::new(HashMap::new()),
+            limiter: Mutex::new(JoinLimiter::default()),
+            connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            shutdown,
+        })
+    }
+
+    fn my_info(&self) -> PeerInfo {
+        PeerInfo {
+            name: self.config.name.clone(),
+            mail_host: self.config.mail_host.clone(),
+            addrs: self.config.advertise.clone(),
+            agent_version: mxfed_proto::VERSION.into(),
+        }
+    }
+
+    fn live_conn(&self, id: &PeerId) -> Option<quinn::Connection> {
+        lock(&self.sessions)
+            .get(id)
+            .filter(|s| s.conn.close_reason().is_none())
+            .map(|s| s.conn.clone())
+    }
+
+    async fn shutting_down(&self) {
+        let mut rx = self.shutdown.clone();
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+
+    // ----- dialling -------------------------------------------------------
+
+    /// Starts the task that keeps a connection to `id` up, unless running.
+    pub(crate) fn start_dialer(self: &Arc<Self>, id: PeerId) {
+        let mut dialers = lock(&self.dialers);
+        if dialers.get(&id).is_some_and(|d| !d.task.is_finished()) {
+            return;
+        }
+        let wake = Arc::new(Notify::new());
+        let task = tokio::spawn(Arc::clone(self).dial_loop(id, Arc::clone(&wake)));
+        dialers.insert(id, Dialer { wake, task });
+    }
+
+    fn stop_dialer(&self, id: &PeerId) {
+        if let Some(d) = lock(&self.dialers).remove(id) {
+            d.task.abort();
+        }
+    }
+
+    fn wake_dialer(&self, id: &PeerId) {
+        if let Some(d) = lock(&self.dialers).get(id) {
+            d.wake.notify_one();
+        }
+    }
+
+    pub(crate) fn stop_all_dialers(&self) {
+        for (_, d) in lock(&self.dialers).drain() {
+            d.task.abort();
+        }
+    }
+
+    async fn dial_loop(self: Arc<Self>, id: PeerId, wake: Arc<Notify>) {
+        let mut backoff = BACKOFF_MIN;
+        let mut failures = 0u32;
+        loop {
+            if *self.shutdown.borrow() {
+                return;
+            }
+            if self.live_conn(&id).is_some() {
+                tokio::select! {
+                    _ = wake.notified() => continue,
+                    _ = self.shutting_down() => return,
+                }
+            }
+            let peer = match self.store.peer(&id).await {
+                Ok(Some(p)) => p,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::error!(peer = %id.short(), "dialer: {e}");
+                    tokio::time::sleep(BACKOFF_MAX).await;
+                    continue;
+                }
+            };
+            match self.dial(&peer).await {
+                Ok(conn) => {
+                    backoff = BACKOFF_MIN;
+                    failures = 0;
+                    tokio::spawn(Arc::clone(&self).run_session(conn, id, self.identity.id));
+                    // Let the session register before checking again.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(why) => {
+                    failures += 1;
+                    if failures == 1 || failures.is_power_of_two() {
+                        tracing::info!(peer = %peer.name, attempts = failures, "cannot reach peer: {why}; retrying in {}s", backoff.as_secs());
+                    }
+                    // Jitter of up to a quarter keeps two agents from dialling in lockstep.
+                    let jitter = backoff.mul_f64(rand_fraction() / 4.0);
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff + jitter) => {}
+                        _ = wake.notified() => {}
+                        _ = self.shutting_down() => return,
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    async fn dial(&self, peer: &PeerRecord) -> Result<quinn::Connection, String> {
+        let mut addrs = peer.addrs.clone();
+        if let Some(last) = peer.last_address.as_deref().and_then(|a| a.parse().ok()) {
+            if !addrs.contains(&last) {
+                addrs.push(last);
+            }
+        }
+        if addrs.is_empty() {
+            return Err("it advertises no address; waiting for it to dial us".into());
+        }
+        self.connect(peer.id, &addrs).await
+    }
+
+    /// Dials each address in turn, accepting only the server whose key is `id`.
+    async fn connect(&self, id: PeerId, addrs: &[SocketAddr]) -> Result<quinn::Connection, String> {
+        let config = net::client_config(&self.identity, id).map_err(|e| e.to_string())?;
+        let mut errors = Vec::new();
+        for addr in addrs {
+            let attempt = async {
+                self.endpoint
+                    .connect_with(config.clone(), *addr, SERVER_NAME)
+                    .map_err(|e| e.to_string())?
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            match tokio::time::timeout(DIAL_TIMEOUT, attempt).await {
+                Ok(Ok(conn)) => return Ok(conn),
+                Ok(Err(e)) => errors.push(format!("{addr}: {e}")),
+                Err(_) => errors.push(format!("{addr}: no answer within {}s", DIAL_TIMEOUT.as_secs())),
+            }
+        }
+        Err(errors.join("; "))
+    }
+
+    // ----- accepting ------------------------------------------------------
+
+    /// Accepts connections until shutdown.
+    pub(crate) async fn accept_loop(self: Arc<Self>) {
+        loop {
+            let incoming = tokio::select! {
+                i = self.endpoint.accept() => i,
+                _ = self.shutting_down() => return,
+            };
+            let Some(incoming) = incoming else { return };
+            let Ok(permit) = Arc::clone(&self.connections).try_acquire_owned() else {
+                incoming.refuse();
+                continue;
+            };
+            let me = Arc::clone(&self);
+            tokio::spawn(async move {
+                me.handle_incoming(incoming).await;
+                drop(permit);
+            });
+        }
+    }
+
+    async fn handle_incoming(self: Arc<Self>, incoming: quinn::Incoming) {
+        let remote = incoming.remote_address();
+        let conn = match tokio::time::timeout(DIAL_TIMEOUT, incoming).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                tracing::debug!(%remote, "handshake failed: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%remote, "handshake timed out");
+                return;
+            }
+        };
+        let Some(id) = net::remote_id(&conn) else {
+            violated(&conn, "?", close::NOT_PAIRED, "no usable certificate");
+            return;
+        };
+        match self.store.peer(&id).await {
+            Ok(Some(_)) => self.run_session(conn, id, id).await,
+            Ok(None) => self.serve_unpaired(conn, id).await,
+            Err(e) => {
+                tracing::error!(%remote, "{e}");
+                conn.close(close::SHUTDOWN.into(), b"internal error");
+            }
+        }
+    }
+
+    /// An unknown key may present one invite, and nothing else.
+    async fn serve_unpaired(self: Arc<Self>, conn: quinn::Connection, id: PeerId) {
+        let who = format!("unpaired {}", id.short());
+        let first = tokio::time::timeout(STREAM_TIMEOUT, conn.accept_bi()).await;
+        let Ok(Ok((mut send, mut recv))) = first else {
+            violated(&conn, &who, close::NOT_PAIRED, "no invite presented");
+            return;
+        };
+        let req = match tokio::time::timeout(STREAM_TIMEOUT, frames::read::<Request, _>(&mut recv, MAX_FRAME)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                match violation(&e) {
+                    Some((code, why)) => violated(&conn, &who, code, &why),
+                    None => conn.close(close::DONE.into(), b""),
+                }
+                return;
+            }
+            Err(_) => {
+                violated(&conn, &who, close::TIMEOUT, "no request");
+                return;
+            }
+        };
+        let Request::Join { token_id, proof, info } = req else {
+            violated(&conn, &who, close::NOT_PAIRED, "only an invite may be presented before pairing");
+            return;
+        };
+        let response = self.handle_join(&conn, id, token_id, proof, info).await;
+        if frames::write(&mut send, &response).await.is_ok() {
+            let _ = send.finish();
+        }
+        // The joiner closes once it has read the answer.
+        let _ = tokio::time::timeout(STREAM_TIMEOUT, conn.closed()).await;
+        conn.close(close::DONE.into(), b"");
+    }
+
+    async fn handle_join(
+        self: &Arc<Self>,
+        conn: &quinn::Connection,
+        joiner: PeerId,
+        token_id: token::TokenId,
+        proof: [u8; 32],
+        info: PeerInfo,
+    ) -> Response {
+        let ip = conn.remote_address().ip();
+        let refuse = |message: String| Response::Refused { message };
+        if let Some(wait) = lock(&self.limiter).blocked(ip, Instant::now()) {
+            tracing::warn!(%ip, "join refused: rate limited");
+            return refuse(format!(
+                "too many failed join attempts from {ip}; try again in {}s",
+                wait.as_secs().max(1)
+            ));
+        }
+        let now = now_unix();
+        let fail = |message: &str| {
+            lock(&self.limiter).failed(ip, Instant::now());
+            tracing::warn!(%ip, joiner = %joiner.short(), "join refused: {message}");
+            refuse(message.into())
+        };
+        let key = match self.store.invite(&token_id, now).await {
+            Ok(InviteState::Valid(key)) => key,
+            Ok(InviteState::Unknown) => return fail("unknown invite token: this agent did not issue it"),
+            Ok(InviteState::Used) => return fail("invite token has already been used"),
+            Ok(InviteState::Expired) => return fail("invite token has expired"),
+            Err(e) => {
+                tracing::error!("join: {e}");
+                return refuse("internal error on the inviter; see its log".into());
+            }
+        };
+        let mut exporter = [0u8; 32];
+        if conn.export_keying_material(&mut exporter, EXPORTER_LABEL, b"").is_err() {
+            return refuse("internal error: no tls exporter".into());
+        }
+        if !token::verify_join_proof(&key, &exporter, &joiner, &proof) {
+            return fail("invite proof is invalid for this connection");
+        }
+        if let Err(why) = check_info(&info) {
+            return fail(&format!("joiner's details are invalid: {why}"));
+        }
+        if joiner == self.identity.id {
+            return fail("an agent cannot pair with itself");
+        }
+        let record = match self.new_peer_record(joiner, &info, now).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("join: {e}");
+                return refuse("internal error on the inviter; see its log".into());
+            }
+        };
+        match self.store.redeem_invite(&token_id, now, &record).await {
+            Ok(true) => {}
+            Ok(false) => return fail("invite token has already been used"),
+            Err(e) => {
+                tracing::error!("join: {e}");
+                return refuse("internal error on the inviter; see its log".into());
+            }
+        }
+        tracing::info!(peer = %record.name, id = %joiner, %ip, mail_host = %record.mail_host, "paired: peer joined with an invite");
+        self.start_dialer(joiner);
+        Response::Hello(self.my_info())
+    }
+
+    /// A record for a new peer, its name made unique among peers if needed.
+    async fn new_peer_record(&self, id: PeerId, info: &PeerInfo, now: i64) -> Result<PeerRecord, StoreError> {
+        let peers = self.store.peers().await?;
+        if let Some(p) = peers.iter().find(|p| p.id == id) {
+            // Already paired (a second join, say): keep the existing name.
+            return Ok(PeerRecord { name: p.name.clone(), ..p.clone() });
+        }
+        let mut name = info.name.clone();
+        let mut n = 2;
+        while peers.iter().any(|p| p.name == name) {
+            let suffix = format!("-{n}");
+            let keep = info.name.len().min(name::MAX_NAME - suffix.len());
+            name = format!("{}{suffix}", &info.name[..keep]);
+            n += 1;
+        }
+        if name != info.name {
+            tracing::info!(peer = %id, "peer calls itself {:?}, which is taken; naming it {name:?}", info.name);
+        }
+        Ok(PeerRecord {
+            id,
+            name,
+            mail_host: info.mail_host.clone(),
+            addrs: info.addrs.clone(),
+            agent_version: Some(info.agent_version.clone()),
+            paired_at: now,
+            last_seen: None,
+            last_address: None,
+        })
+    }
+
+    // ----- sessions -------------------------------------------------------
+
+    /// Serves a connection with a paired peer until it closes.
+    async fn run_session(self: Arc<Self>, conn: quinn::Connection, id: PeerId, dialer: PeerId) {
+        let name = match self.store.peer(&id).await {
+            Ok(Some(p)) => p.name,
+            _ => {
+                conn.close(close::NOT_PAIRED.into(), b"not paired");
+                return;
+            }
+        };
+        if !self.register(&conn, id, dialer) {
+            conn.close(close::DUPLICATE.into(), b"another connection is kept");
+            return;
+        }
+        let remote = conn.remote_address();
+        tracing::info!(peer = %name, %remote, "session up");
+        let _ = self.store.touch_peer(&id, now_unix(), &remote.to_string()).await;
+
+        let hello = {
+            let me = Arc::clone(&self);
+            let conn = conn.clone();
+            let name = name.clone();
+            tokio::spawn(async move {
+                match request(&conn, &Request::Hello(me.my_info())).await {
+                    Ok(Response::Hello(info)) => me.record_hello(&conn, id, &name, info).await,
+                    Ok(other) => violated(&conn, &name, close::UNEXPECTED, &format!("answered hello with {other:?}")),
+                    Err(e) => tracing::debug!(peer = %name, "hello: {e}"),
+                }
+            })
+        };
+
+        let mut window = Instant::now();
+        let mut opened = 0u32;
+        let reason = loop {
+            let (send, recv) = match conn.accept_bi().await {
+                Ok(s) => s,
+                Err(e) => break e,
+            };
+            if window.elapsed() > STREAM_WINDOW {
+                window = Instant::now();
+                opened = 0;
+            }
+            opened += 1;
+            if opened > MAX_STREAMS_PER_WINDOW {
+                violated(
+                    &conn,
+                    &name,
+                    close::TOO_MANY_STREAMS,
+                    &format!("more than {MAX_STREAMS_PER_WINDOW} streams in {}s", STREAM_WINDOW.as_secs()),
+                );
+                break conn.closed().await;
+            }
+            tokio::spawn(Arc::clone(&self).serve_stream(conn.clone(), id, name.clone(), send, recv));
+        };
+        hello.abort();
+
+        let ours = {
+            let mut sessions = lock(&self.sessions);
+            let ours = sessions.get(&id).is_some_and(|s| s.conn.stable_id() == conn.stable_id());
+            if ours {
+                sessions.remove(&id);
+            }
+            ours
+        };
+        if ours {
+            let _ = self.store.touch_peer(&id, now_unix(), &remote.to_string()).await;
+            tracing::info!(peer = %name, %remote, "session down: {}", describe_close(&reason));
+            self.wake_dialer(&id);
+        }
+    }
+
+    /// Records a new session; false if an existing one is preferred.
+    fn register(&self, conn: &quinn::Connection, id: PeerId, dialer: PeerId) -> bool {
+        let mut sessions = lock(&self.sessions);
+        if let Some(old) = sessions.get(&id) {
+            let old_live = old.conn.close_reason().is_none();
+            // Same dialer: the new one replaces a connection that is probably dead.
+            // Different dialers: the connection dialled by the lower ID stays.
+            if old_live && old.dialer != dialer && old.dialer < dialer {
+                return false;
+            }
+            old.conn.close(close::DUPLICATE.into(), b"another connection is kept");
+        }
+        sessions.insert(
+            id,
+            Session {
+                conn: conn.clone(),
+                dialer,
+                since: now_unix(),
+                info: None,
+            },
+        );
+        true
+    }
+
+    async fn record_hello(&self, conn: &quinn::Connection, id: PeerId, name: &str, info: PeerInfo) {
+        if let Err(why) = check_info(&info) {
+            violated(conn, name, close::MALFORMED, &format!("invalid hello: {why}"));
+            return;
+        }
+        if let Some(s) = lock(&self.sessions).get_mut(&id) {
+            if s.conn.stable_id() == conn.stable_id() {
+                s.info = Some(info.clone());
+            }
+        }
+        if let Ok(Some(old)) = self.store.peer(&id).await {
+            if old.mail_host != info.mail_host || old.addrs != info.addrs {
+                tracing::info!(peer = %name, mail_host = %info.mail_host, addrs = ?info.addrs, "peer's details changed");
+            }
+        }
+        if let Err(e) = self
+            .store
+            .update_peer_info(&id, &info.mail_host, &info.addrs, &info.agent_version)
+            .await
+        {
+            tracing::error!(peer = %name, "{e}");
+        }
+    }
+
+    async fn serve_stream(
+        self: Arc<Self>,
+        conn: quinn::Connection,
+        id: PeerId,
+        name: String,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) {
+        let req = match tokio::time::timeout(STREAM_TIMEOUT, frames::read::<Request, _>(&mut recv, MAX_FRAME)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                if let Some((code, why)) = violation(&e) {
+                    violated(&conn, &name, code, &why);
+                }
+                return;
+            }
+            Err(_) => return,
+        };
+        let response = match req {
+            Request::Hello(info) => {
+                self.record_hello(&conn, id, &name, info).await;
+                Response::Hello(self.my_info())
+            }
+            Request::Ping(n) => Response::Pong(n),
+            Request::Unpair => {
+                tracing::info!(peer = %name, "peer unpaired us; removing it");
+                self.forget_peer(&id).await;
+                Response::Done
+            }
+            Request::Join { .. } => {
+                violated(&conn, &name, close::UNEXPECTED, "join on a paired session");
+                return;
+            }
+        };
+        if frames::write(&mut send, &response).await.is_ok() {
+            let _ = send.finish();
+        }
+    }
+
+    /// Removes a peer here: store, dialer and session.
+    async fn forget_peer(&self, id: &PeerId) -> bool {
+        self.stop_dialer(id);
+        let removed = match self.store.remove_peer(id).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("{e}");
+                false
+            }
+        };
+        lock(&self.sessions).remove(id);
+        removed
+    }
+
+    // ----- control requests -----------------------------------------------
+
+    /// Creates an invite; returns the token text and its expiry.
+    pub(crate) async fn invite(&self, ttl_secs: u64) -> Result<(String, u64), String> {
+        if self.config.advertise.is_empty() {
+            return Err("no address to put in the invite: set `advertise` in the config".into());
+        }
+        let mut secret = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+            .map_err(|_| "no randomness available".to_string())?;
+        let now = now_unix();
+        let expires_at = now.saturating_add(ttl_secs.min(i64::MAX as u64) as i64);
+        let token = InviteToken {
+            inviter: self.identity.id,
+            addrs: self.config.advertise.clone(),
+            secret,
+            expires_at: expires_at as u64,
+        };
+        self.store
+            .add_invite(&token.id(), &token.key(), now, expires_at)
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(expires = %rfc3339(expires_at), "invite created");
+        Ok((token.to_string(), expires_at as u64))
+    }
+
+    /// Joins the inviter named in `text`; returns its name and ID.
+    pub(crate) async fn join(self: &Arc<Self>, text: &str) -> Result<(String, PeerId), String> {
+        let token: InviteToken = text.parse().map_err(|e: token::TokenError| e.to_string())?;
+        let now = now_unix();
+        if token.is_expired(now.max(0) as u64) {
+            return Err(format!(
+                "invite token expired at {}; ask for a new one",
+                rfc3339(token.expires_at.min(i64::MAX as u64) as i64)
+            ));
+        }
+        if token.inviter == self.identity.id {
+            return Err("this invite token was made by this agent; run `mxfed join` on the friend's side".into());
+        }
+        if let Ok(Some(p)) = self.store.peer(&token.inviter).await {
+            return Err(format!("already paired with {} ({})", p.name, p.id));
+        }
+        let conn = self
+            .connect(token.inviter, &token.addrs)
+            .await
+            .map_err(|e| format!("cannot reach the inviter {}: {e}", token.inviter.short()))?;
+        let mut exporter = [0u8; 32];
+        conn.export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
+            .map_err(|_| "no tls exporter on this connection".to_string())?;
+        let proof = token::join_proof(&token.key(), &exporter, &self.identity.id);
+        let answer = request(
+            &conn,
+            &Request::Join {
+                token_id: token.id(),
+                proof,
+                info: self.my_info(),
+            },
+        )
+        .await;
+        conn.close(close::DONE.into(), b"");
+        let info = match answer {
+            Ok(Response::Hello(info)) => info,
+            Ok(Response::Refused { message }) => return Err(format!("the inviter refused: {message}")),
+            Ok(other) => return Err(format!("the inviter answered {other:?}")),
+            Err(e) => return Err(format!("no answer from the inviter: {e}")),
+        };
+        check_info(&info).map_err(|e| format!("the inviter's details are invalid: {e}"))?;
+        let mut record = self
+            .new_peer_record(token.inviter, &info, now)
+            .await
+            .map_err(|e| e.to_string())?;
+        if record.addrs.is_empty() {
+            record.addrs = token.addrs.clone();
+        }
+        self.store.insert_peer(&record).await.map_err(|e| e.to_string())?;
+        tracing::info!(peer = %record.name, id = %record.id, mail_host = %record.mail_host, "paired: joined with an invite");
+        self.start_dialer(record.id);
+        Ok((record.name, record.id))
+    }
+
+    /// Removes a peer by name, telling it first when it is connected.
+    pub(crate) async fn unpair(&self, name: &str) -> Result<bool, String> {
+        let peers = self.store.peers().await.map_err(|e| e.to_string())?;
+        let peer = peers
+            .into_iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| format!("no peer named {name:?} (see `mxfed status`)"))?;
+        let conn = self.live_conn(&peer.id);
+        let notified = match &conn {
+            Some(c) => matches!(request(c, &Request::Unpair).await, Ok(Response::Done)),
+            None => false,
+        };
+        self.forget_peer(&peer.id).await;
+        if let Some(c) = conn {
+            c.close(close::UNPAIRED.into(), b"unpaired");
+        }
+        tracing::info!(peer = %peer.name, id = %peer.id, notified, "unpaired");
+        Ok(notified)
+    }
+
+    /// The status report.
+    pub(crate) async fn status(&self) -> Result<StatusReport, String> {
+        let peers = self.store.peers().await.map_err(|e| e.to_string())?;
+        let sessions = lock(&self.sessions);
+        let listen = self
+            .endpoint
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| self.config.listen.to_string());
+        let me = SelfStatus {
+            name: self.config.name.clone(),
+            id: self.identity.id,
+            listen,
+            advertise: self.config.advertise.iter().map(|a| a.to_string()).collect(),
+            mail_host: self.config.mail_host.clone(),
+            agent_version: mxfed_proto::VERSION.into(),
+        };
+        let peers = peers
+            .into_iter()
+            .map(|p| {
+                let live = sessions.get(&p.id).filter(|s| s.conn.close_reason().is_none());
+                let stats = live.map(|s| s.conn.stats());
+                PeerStatus {
+                    connected: live.is_some(),
+                    address: live
+                        .map(|s| s.conn.remote_address().to_string())
+                        .or(p.last_address.clone()),
+                    addresses: p.addrs.iter().map(|a| a.to_string()).collect(),
+                    mail_host: p.mail_host.clone(),
+                    connected_since: live.map(|s| rfc3339(s.since)),
+                    last_seen: if live.is_some() {
+                        Some(rfc3339(now_unix()))
+                    } else {
+                        p.last_seen.map(rfc3339)
+                    },
+                    rtt_ms: live.map(|s| s.conn.rtt().as_secs_f64() * 1000.0),
+                    bytes_in: stats.as_ref().map_or(0, |s| s.udp_rx.bytes),
+                    bytes_out: stats.as_ref().map_or(0, |s| s.udp_tx.bytes),
+                    agent_version: live
+                        .and_then(|s| s.info.as_ref().map(|i| i.agent_version.clone()))
+                        .or(p.agent_version.clone()),
+                    paired_at: rfc3339(p.paired_at),
+                    name: p.name,
+                    id: p.id,
+                }
+            })
+            .collect();
+        Ok(StatusReport { me, peers })
+    }
+}
+
+fn describe_close(e: &quinn::ConnectionError) -> String {
+    match e {
+        quinn::ConnectionError::ApplicationClosed(c) => format!(
+            "closed by peer: {} ({})",
+            close::name(c.error_code.into_inner()),
+            String::from_utf8_lossy(&c.reason)
+        ),
+        quinn::ConnectionError::LocallyClosed => "closed here".into(),
+        quinn::ConnectionError::TimedOut => format!("no traffic for {}s", net::IDLE_TIMEOUT.as_secs()),
+        other => other.to_string(),
+    }
+}
+
+/// A number in [0, 1) from the OS random source, for jitter.
+fn rand_fraction() -> f64 {
+    let mut b = [0u8; 4];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    f64::from(u32::from_le_bytes(b)) / f64::from(u32::MAX).max(1.0)
+}

@@ -1,0 +1,93 @@
+//! Presentation: lines, JSON and tables on stdout.
+
+#![allow(clippy::print_stdout)]
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use mxfed_proto::control::StatusReport;
+
+/// Prints one line to stdout.
+pub fn line(s: &str) {
+    println!("{s}");
+}
+
+/// Prints a value as one JSON object.
+pub fn json<T: serde::Serialize>(value: &T) {
+    match serde_json::to_string_pretty(value) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("mxfed: cannot render json: {e}"),
+    }
+}
+
+/// RFC 3339 form of unix seconds.
+pub fn time(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n}B")
+    } else {
+        format!("{v:.1}{}", UNITS[u])
+    }
+}
+
+/// The `status` table.
+pub fn status_table(r: &StatusReport) {
+    println!("{} ({})", r.me.name, r.me.id);
+    println!(
+        "  listening on udp {}, advertising {}, mail host {}, version {}",
+        r.me.listen,
+        if r.me.advertise.is_empty() { "nothing".into() } else { r.me.advertise.join(" ") },
+        r.me.mail_host,
+        r.me.agent_version
+    );
+    if r.peers.is_empty() {
+        println!("\nno peers yet: pair with `mxfed invite` here and `mxfed join TOKEN` on the friend's side");
+        return;
+    }
+    println!();
+    let rows: Vec<[String; 8]> = r
+        .peers
+        .iter()
+        .map(|p| {
+            let state = if p.connected {
+                format!("up since {}", p.connected_since.as_deref().unwrap_or("?"))
+            } else {
+                format!("down, last seen {}", p.last_seen.as_deref().unwrap_or("never"))
+            };
+            [
+                p.name.clone(),
+                p.id.short(),
+                state,
+                p.address.clone().unwrap_or_else(|| "-".into()),
+                p.rtt_ms.map_or("-".into(), |ms| format!("{ms:.1}ms")),
+                bytes(p.bytes_in),
+                bytes(p.bytes_out),
+                p.agent_version.clone().unwrap_or_else(|| "?".into()),
+            ]
+        })
+        .collect();
+    let header = ["PEER", "ID", "STATE", "ADDRESS", "RTT", "IN", "OUT", "VERSION"].map(String::from);
+    let mut widths = header.clone().map(|h| h.len());
+    for row in &rows {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.len());
+        }
+    }
+    for row in std::iter::once(&header).chain(&rows) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", cells.join("  ").trim_end());
+    }
+}
