@@ -149,7 +149,10 @@ impl Config {
             ("control_socket", &self.control_socket),
         ] {
             if !p.is_absolute() {
-                return Err(invalid(key, format!("{} must be an absolute path", p.display())));
+                return Err(invalid(
+                    key,
+                    format!("{} must be an absolute path", p.display()),
+                ));
             }
         }
         Ok(())

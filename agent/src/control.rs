@@ -80,7 +80,13 @@ async fn handle(shared: Arc<Shared>, mut stream: UnixStream) {
     {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
-            let _ = frames::write(&mut stream, &ControlResponse::Error { message: format!("bad control request: {e}") }).await;
+            let _ = frames::write(
+                &mut stream,
+                &ControlResponse::Error {
+                    message: format!("bad control request: {e}"),
+                },
+            )
+            .await;
             return;
         }
         Err(_) => return,

@@ -18,7 +18,10 @@ pub enum FrameError {
 }
 
 /// Reads one frame of at most `max` bytes and decodes it as `T`.
-pub async fn read<T: Message, R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<T, FrameError> {
+pub async fn read<T: Message, R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: usize,
+) -> Result<T, FrameError> {
     let mut header = [0u8; HEADER_LEN];
     r.read_exact(&mut header).await?;
     // A complete header always yields Some.
@@ -29,7 +32,10 @@ pub async fn read<T: Message, R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Re
 }
 
 /// Encodes and writes one frame.
-pub async fn write<T: Message, W: AsyncWrite + Unpin>(w: &mut W, value: &T) -> Result<(), FrameError> {
+pub async fn write<T: Message, W: AsyncWrite + Unpin>(
+    w: &mut W,
+    value: &T,
+) -> Result<(), FrameError> {
     let bytes = codec::frame(value)?;
     w.write_all(&bytes).await?;
     w.flush().await?;

@@ -33,7 +33,9 @@ pub struct Identity {
 
 impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Identity").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("Identity")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -151,7 +153,10 @@ impl Identity {
             if PeerId::from_spki(parsed.subject_public_key_info().as_ref()).ok()
                 != Some(PeerId::from_public_key(raw))
             {
-                return Err(corrupt(&cert_path, format!("does not match the key in {}", key_path.display())));
+                return Err(corrupt(
+                    &cert_path,
+                    format!("does not match the key in {}", key_path.display()),
+                ));
             }
             cert
         } else {
@@ -205,7 +210,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let a = Identity::create(d.path()).unwrap();
         for f in [KEY_FILE, CERT_FILE] {
-            let mode = std::fs::metadata(d.path().join(f)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(d.path().join(f))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600, "{f}");
         }
         let b = Identity::load(d.path()).unwrap();

@@ -142,7 +142,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let listener = control::bind(&config.control_socket)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let peers = store.peers().await?;
-    let local = endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let local = endpoint
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     let socket = config.control_socket.clone();
     tracing::info!(
         name = %config.name,
@@ -165,7 +168,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let _ = stop_tx.send(true);
     control.abort();
     shared.stop_all_dialers();
-    endpoint.close(mxfed_proto::msg::close::SHUTDOWN.into(), b"agent shutting down");
+    endpoint.close(
+        mxfed_proto::msg::close::SHUTDOWN.into(),
+        b"agent shutting down",
+    );
     let _ = tokio::time::timeout(Duration::from_secs(3), endpoint.wait_idle()).await;
     let _ = accept.await;
     let _ = std::fs::remove_file(&socket);

@@ -27,7 +27,8 @@ fn live(entry: Option<(Instant, u32)>, now: Instant) -> Option<(Instant, u32)> {
 impl JoinLimiter {
     /// If `ip` may not try now, how long until it may.
     pub fn blocked(&mut self, ip: IpAddr, now: Instant) -> Option<Duration> {
-        self.per_ip.retain(|_, (start, _)| now.duration_since(*start) < WINDOW);
+        self.per_ip
+            .retain(|_, (start, _)| now.duration_since(*start) < WINDOW);
         let mut wait = None;
         if let Some((start, n)) = live(self.per_ip.get(&ip).copied(), now) {
             if n >= PER_IP {

@@ -83,7 +83,6 @@ pub struct PinnedServer {
 }
 
 /// The server presented a key other than the pinned one.
-#[derive(Debug)]
 struct WrongPeer {
     expected: PeerId,
     found: PeerId,
@@ -91,7 +90,18 @@ struct WrongPeer {
 
 impl std::fmt::Display for WrongPeer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "the server is peer {}, not the expected {}", self.found, self.expected)
+        write!(
+            f,
+            "the server is peer {}, not the expected {}",
+            self.found, self.expected
+        )
+    }
+}
+
+// rustls shows `OtherError` with Debug; make that the readable sentence.
+impl std::fmt::Debug for WrongPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
     }
 }
 
@@ -223,7 +233,10 @@ pub fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, NetErro
 }
 
 /// The client half for dialling `expected`: our certificate, only their key.
-pub fn client_config(identity: &Identity, expected: PeerId) -> Result<quinn::ClientConfig, NetError> {
+pub fn client_config(
+    identity: &Identity,
+    expected: PeerId,
+) -> Result<quinn::ClientConfig, NetError> {
     let provider = provider();
     let algs = provider.signature_verification_algorithms;
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)

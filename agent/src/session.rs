@@ -97,8 +97,12 @@ pub(crate) struct Shared {
 /// A protocol violation by the remote side, closing its connection.
 fn violation(err: &FrameError) -> Option<(u32, String)> {
     match err {
-        FrameError::Codec(CodecError::TooLarge { .. }) => Some((close::FRAME_TOO_LARGE, err.to_string())),
-        FrameError::Codec(CodecError::UnknownType(_)) => Some((close::UNKNOWN_MESSAGE, err.to_string())),
+        FrameError::Codec(CodecError::TooLarge { .. }) => {
+            Some((close::FRAME_TOO_LARGE, err.to_string()))
+        }
+        FrameError::Codec(CodecError::UnknownType(_)) => {
+            Some((close::UNKNOWN_MESSAGE, err.to_string()))
+        }
         FrameError::Codec(_) => Some((close::MALFORMED, err.to_string())),
         FrameError::Io(_) => None,
     }
@@ -120,7 +124,9 @@ fn check_info(info: &PeerInfo) -> Result<(), String> {
 async fn request(conn: &quinn::Connection, req: &Request) -> Result<Response, String> {
     let exchange = async {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-        frames::write(&mut send, req).await.map_err(|e| e.to_string())?;
+        frames::write(&mut send, req)
+            .await
+            .map_err(|e| e.to_string())?;
         send.finish().map_err(|e| e.to_string())?;
         frames::read::<Response, _>(&mut recv, MAX_FRAME)
             .await
@@ -292,7 +298,10 @@ impl Shared {
             match tokio::time::timeout(DIAL_TIMEOUT, attempt).await {
                 Ok(Ok(conn)) => return Ok(conn),
                 Ok(Err(e)) => errors.push(format!("{addr}: {e}")),
-                Err(_) => errors.push(format!("{addr}: no answer within {}s", DIAL_TIMEOUT.as_secs())),
+                Err(_) => errors.push(format!(
+                    "{addr}: no answer within {}s",
+                    DIAL_TIMEOUT.as_secs()
+                )),
             }
         }
         Err(errors.join("; "))
@@ -355,7 +364,12 @@ impl Shared {
             violated(&conn, &who, close::NOT_PAIRED, "no invite presented");
             return;
         };
-        let req = match tokio::time::timeout(STREAM_TIMEOUT, frames::read::<Request, _>(&mut recv, MAX_FRAME)).await {
+        let req = match tokio::time::timeout(
+            STREAM_TIMEOUT,
+            frames::read::<Request, _>(&mut recv, MAX_FRAME),
+        )
+        .await
+        {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 match violation(&e) {
@@ -369,8 +383,18 @@ impl Shared {
                 return;
             }
         };
-        let Request::Join { token_id, proof, info } = req else {
-            violated(&conn, &who, close::NOT_PAIRED, "only an invite may be presented before pairing");
+        let Request::Join {
+            token_id,
+            proof,
+            info,
+        } = req
+        else {
+            violated(
+                &conn,
+                &who,
+                close::NOT_PAIRED,
+                "only an invite may be presented before pairing",
+            );
             return;
         };
         let response = self.handle_join(&conn, id, token_id, proof, info).await;
@@ -407,7 +431,9 @@ impl Shared {
         };
         let key = match self.store.invite(&token_id, now).await {
             Ok(InviteState::Valid(key)) => key,
-            Ok(InviteState::Unknown) => return fail("unknown invite token: this agent did not issue it"),
+            Ok(InviteState::Unknown) => {
+                return fail("unknown invite token: this agent did not issue it")
+            }
             Ok(InviteState::Used) => return fail("invite token has already been used"),
             Ok(InviteState::Expired) => return fail("invite token has expired"),
             Err(e) => {
@@ -416,7 +442,10 @@ impl Shared {
             }
         };
         let mut exporter = [0u8; 32];
-        if conn.export_keying_material(&mut exporter, EXPORTER_LABEL, b"").is_err() {
+        if conn
+            .export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
+            .is_err()
+        {
             return refuse("internal error: no tls exporter".into());
         }
         if !token::verify_join_proof(&key, &exporter, &joiner, &proof) {
@@ -449,11 +478,19 @@ impl Shared {
     }
 
     /// A record for a new peer, its name made unique among peers if needed.
-    async fn new_peer_record(&self, id: PeerId, info: &PeerInfo, now: i64) -> Result<PeerRecord, StoreError> {
+    async fn new_peer_record(
+        &self,
+        id: PeerId,
+        info: &PeerInfo,
+        now: i64,
+    ) -> Result<PeerRecord, StoreError> {
         let peers = self.store.peers().await?;
         if let Some(p) = peers.iter().find(|p| p.id == id) {
             // Already paired (a second join, say): keep the existing name.
-            return Ok(PeerRecord { name: p.name.clone(), ..p.clone() });
+            return Ok(PeerRecord {
+                name: p.name.clone(),
+                ..p.clone()
+            });
         }
         let mut name = info.name.clone();
         let mut n = 2;
@@ -495,7 +532,10 @@ impl Shared {
         }
         let remote = conn.remote_address();
         tracing::info!(peer = %name, %remote, "session up");
-        let _ = self.store.touch_peer(&id, now_unix(), &remote.to_string()).await;
+        let _ = self
+            .store
+            .touch_peer(&id, now_unix(), &remote.to_string())
+            .await;
 
         let hello = {
             let me = Arc::clone(&self);
@@ -504,7 +544,12 @@ impl Shared {
             tokio::spawn(async move {
                 match request(&conn, &Request::Hello(me.my_info())).await {
                     Ok(Response::Hello(info)) => me.record_hello(&conn, id, &name, info).await,
-                    Ok(other) => violated(&conn, &name, close::UNEXPECTED, &format!("answered hello with {other:?}")),
+                    Ok(other) => violated(
+                        &conn,
+                        &name,
+                        close::UNEXPECTED,
+                        &format!("answered hello with {other:?}"),
+                    ),
                     Err(e) => tracing::debug!(peer = %name, "hello: {e}"),
                 }
             })
@@ -527,24 +572,38 @@ impl Shared {
                     &conn,
                     &name,
                     close::TOO_MANY_STREAMS,
-                    &format!("more than {MAX_STREAMS_PER_WINDOW} streams in {}s", STREAM_WINDOW.as_secs()),
+                    &format!(
+                        "more than {MAX_STREAMS_PER_WINDOW} streams in {}s",
+                        STREAM_WINDOW.as_secs()
+                    ),
                 );
                 break conn.closed().await;
             }
-            tokio::spawn(Arc::clone(&self).serve_stream(conn.clone(), id, name.clone(), send, recv));
+            tokio::spawn(Arc::clone(&self).serve_stream(
+                conn.clone(),
+                id,
+                name.clone(),
+                send,
+                recv,
+            ));
         };
         hello.abort();
 
         let ours = {
             let mut sessions = lock(&self.sessions);
-            let ours = sessions.get(&id).is_some_and(|s| s.conn.stable_id() == conn.stable_id());
+            let ours = sessions
+                .get(&id)
+                .is_some_and(|s| s.conn.stable_id() == conn.stable_id());
             if ours {
                 sessions.remove(&id);
             }
             ours
         };
         if ours {
-            let _ = self.store.touch_peer(&id, now_unix(), &remote.to_string()).await;
+            let _ = self
+                .store
+                .touch_peer(&id, now_unix(), &remote.to_string())
+                .await;
             tracing::info!(peer = %name, %remote, "session down: {}", describe_close(&reason));
             self.wake_dialer(&id);
         }
@@ -560,7 +619,8 @@ impl Shared {
             if old_live && old.dialer != dialer && old.dialer < dialer {
                 return false;
             }
-            old.conn.close(close::DUPLICATE.into(), b"another connection is kept");
+            old.conn
+                .close(close::DUPLICATE.into(), b"another connection is kept");
         }
         sessions.insert(
             id,
@@ -576,7 +636,12 @@ impl Shared {
 
     async fn record_hello(&self, conn: &quinn::Connection, id: PeerId, name: &str, info: PeerInfo) {
         if let Err(why) = check_info(&info) {
-            violated(conn, name, close::MALFORMED, &format!("invalid hello: {why}"));
+            violated(
+                conn,
+                name,
+                close::MALFORMED,
+                &format!("invalid hello: {why}"),
+            );
             return;
         }
         if let Some(s) = lock(&self.sessions).get_mut(&id) {
@@ -606,7 +671,12 @@ impl Shared {
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
     ) {
-        let req = match tokio::time::timeout(STREAM_TIMEOUT, frames::read::<Request, _>(&mut recv, MAX_FRAME)).await {
+        let req = match tokio::time::timeout(
+            STREAM_TIMEOUT,
+            frames::read::<Request, _>(&mut recv, MAX_FRAME),
+        )
+        .await
+        {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 if let Some((code, why)) = violation(&e) {
@@ -688,7 +758,10 @@ impl Shared {
             ));
         }
         if token.inviter == self.identity.id {
-            return Err("this invite token was made by this agent; run `mxfed join` on the friend's side".into());
+            return Err(
+                "this invite token was made by this agent; run `mxfed join` on the friend's side"
+                    .into(),
+            );
         }
         if let Ok(Some(p)) = self.store.peer(&token.inviter).await {
             return Err(format!("already paired with {} ({})", p.name, p.id));
@@ -713,7 +786,9 @@ impl Shared {
         conn.close(close::DONE.into(), b"");
         let info = match answer {
             Ok(Response::Hello(info)) => info,
-            Ok(Response::Refused { message }) => return Err(format!("the inviter refused: {message}")),
+            Ok(Response::Refused { message }) => {
+                return Err(format!("the inviter refused: {message}"))
+            }
             Ok(other) => return Err(format!("the inviter answered {other:?}")),
             Err(e) => return Err(format!("no answer from the inviter: {e}")),
         };
@@ -725,7 +800,10 @@ impl Shared {
         if record.addrs.is_empty() {
             record.addrs = token.addrs.clone();
         }
-        self.store.insert_peer(&record).await.map_err(|e| e.to_string())?;
+        self.store
+            .insert_peer(&record)
+            .await
+            .map_err(|e| e.to_string())?;
         tracing::info!(peer = %record.name, id = %record.id, mail_host = %record.mail_host, "paired: joined with an invite");
         self.start_dialer(record.id);
         Ok((record.name, record.id))
@@ -764,14 +842,21 @@ impl Shared {
             name: self.config.name.clone(),
             id: self.identity.id,
             listen,
-            advertise: self.config.advertise.iter().map(|a| a.to_string()).collect(),
+            advertise: self
+                .config
+                .advertise
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
             mail_host: self.config.mail_host.clone(),
             agent_version: mxfed_proto::VERSION.into(),
         };
         let peers = peers
             .into_iter()
             .map(|p| {
-                let live = sessions.get(&p.id).filter(|s| s.conn.close_reason().is_none());
+                let live = sessions
+                    .get(&p.id)
+                    .filter(|s| s.conn.close_reason().is_none());
                 let stats = live.map(|s| s.conn.stats());
                 PeerStatus {
                     connected: live.is_some(),
@@ -810,7 +895,9 @@ fn describe_close(e: &quinn::ConnectionError) -> String {
             String::from_utf8_lossy(&c.reason)
         ),
         quinn::ConnectionError::LocallyClosed => "closed here".into(),
-        quinn::ConnectionError::TimedOut => format!("no traffic for {}s", net::IDLE_TIMEOUT.as_secs()),
+        quinn::ConnectionError::TimedOut => {
+            format!("no traffic for {}s", net::IDLE_TIMEOUT.as_secs())
+        }
         other => other.to_string(),
     }
 }

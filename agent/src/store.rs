@@ -200,14 +200,16 @@ impl Store {
         addrs: &[SocketAddr],
         agent_version: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE peers SET mail_host = ?, addresses = ?, agent_version = ? WHERE id = ?")
-            .bind(mail_host)
-            .bind(join_addrs(addrs))
-            .bind(agent_version)
-            .bind(id.to_string())
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.query_err(e))?;
+        sqlx::query(
+            "UPDATE peers SET mail_host = ?, addresses = ?, agent_version = ? WHERE id = ?",
+        )
+        .bind(mail_host)
+        .bind(join_addrs(addrs))
+        .bind(agent_version)
+        .bind(id.to_string())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.query_err(e))?;
         Ok(())
     }
 
@@ -226,7 +228,9 @@ impl Store {
     /// Adds a peer (after a successful join, as joiner).
     pub async fn insert_peer(&self, peer: &PeerRecord) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(|e| self.query_err(e))?;
-        insert_peer(&mut tx, peer).await.map_err(|e| self.query_err(e))?;
+        insert_peer(&mut tx, peer)
+            .await
+            .map_err(|e| self.query_err(e))?;
         tx.commit().await.map_err(|e| self.query_err(e))
     }
 
@@ -254,14 +258,16 @@ impl Store {
             .execute(&self.pool)
             .await
             .map_err(|e| self.query_err(e))?;
-        sqlx::query("INSERT INTO invites (token_id, key, created_at, expires_at) VALUES (?, ?, ?, ?)")
-            .bind(&token_id[..])
-            .bind(&key[..])
-            .bind(now)
-            .bind(expires_at)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.query_err(e))?;
+        sqlx::query(
+            "INSERT INTO invites (token_id, key, created_at, expires_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(&token_id[..])
+        .bind(&key[..])
+        .bind(now)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.query_err(e))?;
         Ok(())
     }
 
@@ -313,14 +319,20 @@ impl Store {
         if r.rows_affected() != 1 {
             return Ok(false);
         }
-        insert_peer(&mut tx, peer).await.map_err(|e| self.query_err(e))?;
+        insert_peer(&mut tx, peer)
+            .await
+            .map_err(|e| self.query_err(e))?;
         tx.commit().await.map_err(|e| self.query_err(e))?;
         Ok(true)
     }
 }
 
 fn join_addrs(addrs: &[SocketAddr]) -> String {
-    addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(" ")
+    addrs
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 async fn insert_peer(
@@ -380,10 +392,19 @@ mod tests {
         let s = Store::open(&d.path().join("mxfed.db")).await.unwrap();
         let id = [1u8; 16];
         s.add_invite(&id, &[2u8; 32], 100, 200).await.unwrap();
-        assert_eq!(s.invite(&[9u8; 16], 150).await.unwrap(), InviteState::Unknown);
+        assert_eq!(
+            s.invite(&[9u8; 16], 150).await.unwrap(),
+            InviteState::Unknown
+        );
         assert_eq!(s.invite(&id, 200).await.unwrap(), InviteState::Expired);
-        assert_eq!(s.invite(&id, 150).await.unwrap(), InviteState::Valid([2u8; 32]));
-        assert!(!s.redeem_invite(&id, 250, &peer(1, "a")).await.unwrap(), "expired");
+        assert_eq!(
+            s.invite(&id, 150).await.unwrap(),
+            InviteState::Valid([2u8; 32])
+        );
+        assert!(
+            !s.redeem_invite(&id, 250, &peer(1, "a")).await.unwrap(),
+            "expired"
+        );
         assert!(s.redeem_invite(&id, 150, &peer(1, "a")).await.unwrap());
         assert_eq!(s.invite(&id, 151).await.unwrap(), InviteState::Used);
         assert!(!s.redeem_invite(&id, 152, &peer(2, "b")).await.unwrap());
@@ -395,9 +416,17 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let s = Store::open(&d.path().join("mxfed.db")).await.unwrap();
         s.insert_peer(&peer(1, "a")).await.unwrap();
-        s.add_invite(&[1u8; 16], &[2u8; 32], 100, 200).await.unwrap();
-        assert!(s.redeem_invite(&[1u8; 16], 150, &peer(2, "a")).await.is_err());
-        assert!(matches!(s.invite(&[1u8; 16], 150).await.unwrap(), InviteState::Valid(_)));
+        s.add_invite(&[1u8; 16], &[2u8; 32], 100, 200)
+            .await
+            .unwrap();
+        assert!(s
+            .redeem_invite(&[1u8; 16], 150, &peer(2, "a"))
+            .await
+            .is_err());
+        assert!(matches!(
+            s.invite(&[1u8; 16], 150).await.unwrap(),
+            InviteState::Valid(_)
+        ));
     }
 
     #[tokio::test]
@@ -407,6 +436,10 @@ mod tests {
         std::fs::write(&p, vec![0x55u8; 8192]).unwrap();
         let e = Store::open(&p).await.unwrap_err().to_string();
         assert!(e.contains("mxfed.db"), "{e}");
-        assert_eq!(std::fs::read(&p).unwrap(), vec![0x55u8; 8192], "left untouched");
+        assert_eq!(
+            std::fs::read(&p).unwrap(),
+            vec![0x55u8; 8192],
+            "left untouched"
+        );
     }
 }

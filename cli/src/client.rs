@@ -39,7 +39,10 @@ pub async fn call(config: &Config, req: &ControlRequest) -> Result<ControlRespon
         message: format!("control socket {}: {e}", path.display()),
     };
     frames::write(&mut stream, req).await.map_err(broken)?;
-    match frames::read::<ControlResponse, _>(&mut stream, MAX_FRAME).await.map_err(broken)? {
+    match frames::read::<ControlResponse, _>(&mut stream, MAX_FRAME)
+        .await
+        .map_err(broken)?
+    {
         ControlResponse::Error { message } => Err(Failure { code: 1, message }),
         other => Ok(other),
     }

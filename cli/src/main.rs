@@ -108,7 +108,10 @@ fn fail(message: impl Into<String>) -> Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("mxfed: cannot start runtime: {e}");
@@ -199,6 +202,10 @@ async fn init(config_path: &std::path::Path, args: InitArgs) -> Result<(), Failu
     config.data_dir = args.data_dir;
     config.postfix_config_dir = args.postfix_config_dir;
     config.control_socket = args.control_socket;
+    config.check(config_path).map_err(|e| Failure {
+        code: EX_CONFIG as u8,
+        message: e.to_string(),
+    })?;
     config.advertise = if !args.advertise.is_empty() {
         args.advertise
     } else if !args.listen.ip().is_unspecified() {
@@ -260,5 +267,7 @@ async fn agent(config_path: &std::path::Path) -> Result<(), Failure> {
             _ = tokio::signal::ctrl_c() => {}
         }
     };
-    mxfed_agent::run(config, shutdown).await.map_err(Failure::from)
+    mxfed_agent::run(config, shutdown)
+        .await
+        .map_err(Failure::from)
 }

@@ -45,7 +45,11 @@ pub fn status_table(r: &StatusReport) {
     println!(
         "  listening on udp {}, advertising {}, mail host {}, version {}",
         r.me.listen,
-        if r.me.advertise.is_empty() { "nothing".into() } else { r.me.advertise.join(" ") },
+        if r.me.advertise.is_empty() {
+            "nothing".into()
+        } else {
+            r.me.advertise.join(" ")
+        },
         r.me.mail_host,
         r.me.agent_version
     );
@@ -61,7 +65,10 @@ pub fn status_table(r: &StatusReport) {
             let state = if p.connected {
                 format!("up since {}", p.connected_since.as_deref().unwrap_or("?"))
             } else {
-                format!("down, last seen {}", p.last_seen.as_deref().unwrap_or("never"))
+                format!(
+                    "down, last seen {}",
+                    p.last_seen.as_deref().unwrap_or("never")
+                )
             };
             [
                 p.name.clone(),
@@ -75,7 +82,10 @@ pub fn status_table(r: &StatusReport) {
             ]
         })
         .collect();
-    let header = ["PEER", "ID", "STATE", "ADDRESS", "RTT", "IN", "OUT", "VERSION"].map(String::from);
+    let header = [
+        "PEER", "ID", "STATE", "ADDRESS", "RTT", "IN", "OUT", "VERSION",
+    ]
+    .map(String::from);
     let mut widths = header.clone().map(|h| h.len());
     for row in &rows {
         for (w, c) in widths.iter_mut().zip(row) {

@@ -150,9 +150,7 @@ impl FromStr for PeerId {
         let bytes = BASE32_NOPAD
             .decode(&b32)
             .map_err(|_| IdError::Length(chars.len()))?;
-        let key: [u8; 32] = bytes
-            .try_into()
-            .map_err(|_| IdError::Length(chars.len()))?;
+        let key: [u8; 32] = bytes.try_into().map_err(|_| IdError::Length(chars.len()))?;
         Ok(Self(key))
     }
 }
@@ -204,7 +202,10 @@ mod tests {
         let id = sample();
         let s = id.to_string();
         assert_eq!(s.parse::<PeerId>().unwrap(), id);
-        assert_eq!(s.to_lowercase().replace('-', "").parse::<PeerId>().unwrap(), id);
+        assert_eq!(
+            s.to_lowercase().replace('-', "").parse::<PeerId>().unwrap(),
+            id
+        );
     }
 
     #[test]
@@ -225,7 +226,10 @@ mod tests {
         let mut rsa = id.spki();
         rsa[8] = 0x71;
         assert_eq!(PeerId::from_spki(&rsa), Err(IdError::NotEd25519));
-        assert_eq!(PeerId::from_spki(&id.spki()[..40]), Err(IdError::NotEd25519));
+        assert_eq!(
+            PeerId::from_spki(&id.spki()[..40]),
+            Err(IdError::NotEd25519)
+        );
     }
 
     #[test]

@@ -49,7 +49,8 @@ pub fn check_agent_name(name: &str) -> Result<(), NameError> {
         return Err(NameError::Character {
             what: "agent name",
             value: name.into(),
-            allowed: "lower-case letters, digits, '-', '_' and '.', starting with a letter or digit",
+            allowed:
+                "lower-case letters, digits, '-', '_' and '.', starting with a letter or digit",
         });
     }
     Ok(())
@@ -79,12 +80,20 @@ pub fn check_hostname(what: &'static str, host: &str) -> Result<(), NameError> {
         let ldh = label
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-        if label.is_empty() || label.len() > 63 || !ldh || label.starts_with('-') || label.ends_with('-') {
+        if label.is_empty()
+            || label.len() > 63
+            || !ldh
+            || label.starts_with('-')
+            || label.ends_with('-')
+        {
             return Err(bad());
         }
     }
     // An all-numeric last label would make "1.2.3.4" pass as a host name.
-    if labels.last().is_some_and(|l| l.chars().all(|c| c.is_ascii_digit())) {
+    if labels
+        .last()
+        .is_some_and(|l| l.chars().all(|c| c.is_ascii_digit()))
+    {
         return Err(bad());
     }
     Ok(())
@@ -110,8 +119,19 @@ mod tests {
             assert!(check_hostname("mail host", ok).is_ok(), "{ok}");
         }
         for bad in [
-            "", "localhost", "mail.me.example.", "Mail.me.example", "a..b", "-a.b", "a-.b",
-            "1.2.3.4", "a b.c", "a\nb.c", "*.x.y", "[1.2.3.4]", "a.b:25",
+            "",
+            "localhost",
+            "mail.me.example.",
+            "Mail.me.example",
+            "a..b",
+            "-a.b",
+            "a-.b",
+            "1.2.3.4",
+            "a b.c",
+            "a\nb.c",
+            "*.x.y",
+            "[1.2.3.4]",
+            "a.b:25",
         ] {
             assert!(check_hostname("mail host", bad).is_err(), "{bad:?}");
         }

@@ -182,7 +182,10 @@ mod tests {
     fn sample() -> InviteToken {
         InviteToken {
             inviter: PeerId::from_public_key([7; 32]),
-            addrs: vec!["127.0.0.1:7787".parse().unwrap(), "[::1]:7787".parse().unwrap()],
+            addrs: vec![
+                "127.0.0.1:7787".parse().unwrap(),
+                "[::1]:7787".parse().unwrap(),
+            ],
             secret: [42; 32],
             expires_at: 1_800_000_000,
         }
@@ -205,23 +208,38 @@ mod tests {
             let mut b = s.clone().into_bytes();
             b[pos] = if b[pos] == b'A' { b'B' } else { b'A' };
             let edited = String::from_utf8(b).unwrap();
-            assert!(edited.parse::<InviteToken>().is_err(), "edit at {pos} accepted");
+            assert!(
+                edited.parse::<InviteToken>().is_err(),
+                "edit at {pos} accepted"
+            );
         }
     }
 
     #[test]
     fn truncated_and_foreign_strings_are_refused() {
         let s = sample().to_string();
-        assert_eq!(s[..s.len() - 4].parse::<InviteToken>().unwrap_err(), TokenError::Checksum);
-        assert_eq!("hello".parse::<InviteToken>().unwrap_err(), TokenError::Prefix);
-        assert_eq!("mxfed1-!!".parse::<InviteToken>().unwrap_err(), TokenError::Encoding);
+        assert_eq!(
+            s[..s.len() - 4].parse::<InviteToken>().unwrap_err(),
+            TokenError::Checksum
+        );
+        assert_eq!(
+            "hello".parse::<InviteToken>().unwrap_err(),
+            TokenError::Prefix
+        );
+        assert_eq!(
+            "mxfed1-!!".parse::<InviteToken>().unwrap_err(),
+            TokenError::Encoding
+        );
     }
 
     #[test]
     fn token_without_addresses_is_refused() {
         let mut t = sample();
         t.addrs.clear();
-        assert_eq!(t.to_string().parse::<InviteToken>().unwrap_err(), TokenError::Addresses(0));
+        assert_eq!(
+            t.to_string().parse::<InviteToken>().unwrap_err(),
+            TokenError::Addresses(0)
+        );
     }
 
     #[test]
