@@ -206,4 +206,16 @@ mod tests {
         let (_d, p) = write("\u{0}\u{1}garbage[[");
         assert!(matches!(Config::load(&p), Err(ConfigError::Parse { .. })));
     }
+
+    #[test]
+    fn the_example_config_parses_and_documents_every_key() {
+        let text = include_str!("../../deploy/mxfed.toml.example");
+        let (_d, p) = write(text);
+        Config::load(&p).unwrap();
+        let full = toml::to_string(&Config::new("me".into(), "mail.me.example".into())).unwrap();
+        for line in full.lines() {
+            let key = line.split('=').next().unwrap().trim();
+            assert!(text.contains(&format!("\n{key} = ")), "example lacks {key}");
+        }
+    }
 }

@@ -9,6 +9,8 @@
 //!
 //! [`run`] is the daemon; [`init`] sets up a new agent.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod config;
 pub mod control;
 pub mod frames;

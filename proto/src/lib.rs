@@ -14,6 +14,8 @@
 //! The caller passes `now` (unix seconds) wherever time matters, which keeps
 //! this crate deterministic and cheap to test.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod codec;
 pub mod control;
 pub mod id;
