@@ -473,7 +473,8 @@ impl Shared {
             }
         }
         tracing::info!(peer = %record.name, id = %joiner, %ip, mail_host = %record.mail_host, "paired: peer joined with an invite");
-        self.start_dialer(joiner);
+        // No dialer yet: the joiner stores us only once it has this answer,
+        // and dials us then; its first session starts our dialer.
         Response::Hello(self.my_info())
     }
 
@@ -530,6 +531,7 @@ impl Shared {
             conn.close(close::DUPLICATE.into(), b"another connection is kept");
             return;
         }
+        self.start_dialer(id);
         let remote = conn.remote_address();
         tracing::info!(peer = %name, %remote, "session up");
         let _ = self
@@ -605,6 +607,15 @@ impl Shared {
                 .touch_peer(&id, now_unix(), &remote.to_string())
                 .await;
             tracing::info!(peer = %name, %remote, "session down: {}", describe_close(&reason));
+            // No race with pairing: the inviter only dials after the joiner's
+            // first session, and the joiner dials only once it has stored us.
+            if closed_by_peer_with(&reason, close::NOT_PAIRED) {
+                // The peer (authenticated by its pinned key) no longer knows
+                // us: it unpaired us while we were unreachable. Follow suit.
+                tracing::warn!(peer = %name, "peer no longer lists us (it unpaired us while we were unreachable); removing it here too");
+                self.forget_peer(&id).await;
+                return;
+            }
             self.wake_dialer(&id);
         }
     }
@@ -885,6 +896,10 @@ impl Shared {
             .collect();
         Ok(StatusReport { me, peers })
     }
+}
+
+fn closed_by_peer_with(e: &quinn::ConnectionError, code: u32) -> bool {
+    matches!(e, quinn::ConnectionError::ApplicationClosed(c) if c.error_code.into_inner() == u64::from(code))
 }
 
 fn describe_close(e: &quinn::ConnectionError) -> String {

@@ -340,6 +340,11 @@ fn unpair_of_an_unreachable_peer_still_removes_it_here() {
     assert_ok(&out, "unpair");
     assert!(String::from_utf8_lossy(&out.stdout).contains("not reachable"));
     assert!(a.peer_names().is_empty());
+    // When bravo comes back, alpha turns it away as unpaired, and bravo,
+    // hearing that from alpha's pinned key, removes alpha too.
+    b.start();
+    wait_for("bravo to forget alpha", || b.peer_names().is_empty());
+    assert!(a.peer_names().is_empty());
 }
 
 #[test]
