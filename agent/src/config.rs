@@ -5,6 +5,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +45,53 @@ pub struct Config {
     /// The Unix socket the CLI talks to the agent on.
     #[serde(default = "default_control_socket")]
     pub control_socket: PathBuf,
+    /// Whether a friend's domain must have MX records naming both my mail
+    /// host and the friend's next hop before I relay for it.
+    #[serde(default)]
+    pub verify_mx: VerifyMx,
+    /// DNS servers for the MX checks; empty means the system's resolver
+    /// configuration (`/etc/resolv.conf`).
+    #[serde(default)]
+    pub dns_servers: Vec<SocketAddr>,
+    /// How often refused and pending entries of friends' lists are checked again.
+    #[serde(default = "default_recheck")]
+    pub recheck_interval: HumanDuration,
+}
+
+/// The `verify_mx` setting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyMx {
+    /// Refuse an entry whose MX does not name both hosts.
+    #[default]
+    Require,
+    /// Accept it, but say what is missing.
+    Warn,
+    /// Do not look at DNS.
+    Off,
+}
+
+/// A duration written the humantime way in the config: `"5m"`, `"30s"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl Serialize for HumanDuration {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map(HumanDuration)
+            .map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
+    }
+}
+
+fn default_recheck() -> HumanDuration {
+    HumanDuration(Duration::from_secs(300))
 }
 
 fn default_listen() -> SocketAddr {
@@ -102,6 +150,9 @@ impl Config {
             data_dir: default_data_dir(),
             postfix_config_dir: default_postfix_dir(),
             control_socket: default_control_socket(),
+            verify_mx: VerifyMx::default(),
+            dns_servers: Vec::new(),
+            recheck_interval: default_recheck(),
         }
     }
 
@@ -142,6 +193,9 @@ impl Config {
                     format!("{a} is not an address a friend can dial"),
                 ));
             }
+        }
+        if self.recheck_interval.0 < Duration::from_secs(1) {
+            return Err(invalid("recheck_interval", "must be at least 1s".into()));
         }
         for (key, p) in [
             ("data_dir", &self.data_dir),

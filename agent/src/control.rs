@@ -105,6 +105,15 @@ async fn handle(shared: Arc<Shared>, mut stream: UnixStream) {
             .unpair(&name)
             .await
             .map(|notified| ControlResponse::Unpaired { notified }),
+        ControlRequest::DomainsAdd { domains, next_hop } => shared
+            .change_my_domains(&domains, next_hop.as_deref(), &[])
+            .await
+            .map(ControlResponse::Domains),
+        ControlRequest::DomainsRemove { domains } => shared
+            .change_my_domains(&[], None, &domains)
+            .await
+            .map(ControlResponse::Domains),
+        ControlRequest::DomainsList => Ok(ControlResponse::Domains(shared.my_domains().await)),
     };
     let response = response.unwrap_or_else(|message| ControlResponse::Error { message });
     if let Err(e) = frames::write(&mut stream, &response).await {

@@ -13,9 +13,11 @@
 
 pub mod config;
 pub mod control;
+pub mod dns;
 pub mod frames;
 pub mod identity;
 mod limiter;
+mod lists;
 pub mod net;
 mod session;
 pub mod store;
@@ -54,6 +56,9 @@ pub enum AgentError {
     /// The control socket.
     #[error(transparent)]
     Control(#[from] control::ControlError),
+    /// The DNS resolver could not be set up.
+    #[error("{0}")]
+    Dns(String),
     /// The data dir is missing or has no identity.
     #[error("data dir {path}: {message}")]
     DataDir {
@@ -158,9 +163,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         "mxfed agent {} started",
         mxfed_proto::VERSION
     );
-    let shared = session::Shared::new(config, identity, store.clone(), endpoint.clone(), stop_rx);
+    let dns = dns::Dns::new(&config.dns_servers).map_err(|e| AgentError::Dns(e.to_string()))?;
+    let mine = lists::load_mine(&store, identity.id).await?;
+    let list_state = lists::ListState::new(dns, mine);
+    let shared = session::Shared::new(
+        config,
+        identity,
+        store.clone(),
+        endpoint.clone(),
+        list_state,
+        stop_rx,
+    );
     let accept = tokio::spawn(std::sync::Arc::clone(&shared).accept_loop());
     let control = tokio::spawn(control::serve(std::sync::Arc::clone(&shared), listener));
+    let background = [
+        tokio::spawn(std::sync::Arc::clone(&shared).recheck_loop()),
+        tokio::spawn(std::sync::Arc::clone(&shared).refresh_loop()),
+    ];
     for p in peers {
         shared.start_dialer(p.id);
     }
@@ -169,6 +188,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     control.abort();
+    for task in background {
+        task.abort();
+    }
     shared.stop_all_dialers();
     endpoint.close(
         mxfed_proto::msg::close::SHUTDOWN.into(),

@@ -22,14 +22,17 @@ use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinHandle;
 
 use mxfed_proto::codec::CodecError;
-use mxfed_proto::control::{PeerStatus, SelfStatus, StatusReport};
-use mxfed_proto::msg::{close, PeerInfo, Request, Response, EXPORTER_LABEL, SERVER_NAME};
+use mxfed_proto::control::{
+    DomainReason, MyListAtPeer, PeerDomain, PeerStatus, SelfStatus, StatusReport,
+};
+use mxfed_proto::msg::{close, Hello, PeerInfo, Request, Response, EXPORTER_LABEL, SERVER_NAME};
 use mxfed_proto::{name, token, InviteToken, PeerId, MAX_FRAME};
 
 use crate::config::Config;
 use crate::frames::{self, FrameError};
 use crate::identity::Identity;
 use crate::limiter::JoinLimiter;
+use crate::lists::ListState;
 use crate::net;
 use crate::store::{InviteState, PeerRecord, Store, StoreError};
 
@@ -62,7 +65,7 @@ pub(crate) fn rfc3339(secs: i64) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these short locks leaves plain data behind; keep going.
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -87,6 +90,7 @@ pub(crate) struct Shared {
     pub identity: Identity,
     pub store: Store,
     pub endpoint: quinn::Endpoint,
+    pub lists: ListState,
     sessions: Mutex<HashMap<PeerId, Session>>,
     dialers: Mutex<HashMap<PeerId, Dialer>>,
     limiter: Mutex<JoinLimiter>,
@@ -95,7 +99,7 @@ pub(crate) struct Shared {
 }
 
 /// A protocol violation by the remote side, closing its connection.
-fn violation(err: &FrameError) -> Option<(u32, String)> {
+pub(crate) fn violation(err: &FrameError) -> Option<(u32, String)> {
     match err {
         FrameError::Codec(CodecError::TooLarge { .. }) => {
             Some((close::FRAME_TOO_LARGE, err.to_string()))
@@ -121,7 +125,7 @@ fn check_info(info: &PeerInfo) -> Result<(), String> {
 }
 
 /// Sends one request on a new stream and waits for its answer.
-async fn request(conn: &quinn::Connection, req: &Request) -> Result<Response, String> {
+pub(crate) async fn request(conn: &quinn::Connection, req: &Request) -> Result<Response, String> {
     let exchange = async {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
         frames::write(&mut send, req)
@@ -138,7 +142,7 @@ async fn request(conn: &quinn::Connection, req: &Request) -> Result<Response, St
 }
 
 /// Closes a connection for a protocol violation, logging it once.
-fn violated(conn: &quinn::Connection, who: &str, code: u32, why: &str) {
+pub(crate) fn violated(conn: &quinn::Connection, who: &str, code: u32, why: &str) {
     tracing::warn!(
         peer = who,
         remote = %conn.remote_address(),
@@ -155,6 +159,7 @@ impl Shared {
         identity: Identity,
         store: Store,
         endpoint: quinn::Endpoint,
+        lists: ListState,
         shutdown: watch::Receiver<bool>,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -162,6 +167,7 @@ impl Shared {
             identity,
             store,
             endpoint,
+            lists,
             sessions: Mutex::new(HashMap::new()),
             dialers: Mutex::new(HashMap::new()),
             limiter: Mutex::new(JoinLimiter::default()),
@@ -179,11 +185,27 @@ impl Shared {
         }
     }
 
-    fn live_conn(&self, id: &PeerId) -> Option<quinn::Connection> {
+    pub(crate) fn live_conn(&self, id: &PeerId) -> Option<quinn::Connection> {
         lock(&self.sessions)
             .get(id)
             .filter(|s| s.conn.close_reason().is_none())
             .map(|s| s.conn.clone())
+    }
+
+    /// Every live session's connection.
+    pub(crate) fn live_sessions(&self) -> Vec<(PeerId, quinn::Connection)> {
+        lock(&self.sessions)
+            .iter()
+            .filter(|(_, s)| s.conn.close_reason().is_none())
+            .map(|(id, s)| (*id, s.conn.clone()))
+            .collect()
+    }
+
+    async fn hello(&self) -> Hello {
+        Hello {
+            info: self.my_info(),
+            list_version: self.my_list_version().await,
+        }
     }
 
     async fn shutting_down(&self) {
@@ -475,7 +497,7 @@ impl Shared {
         tracing::info!(peer = %record.name, id = %joiner, %ip, mail_host = %record.mail_host, "paired: peer joined with an invite");
         // No dialer yet: the joiner stores us only once it has this answer,
         // and dials us then; its first session starts our dialer.
-        Response::Hello(self.my_info())
+        Response::Welcome(self.my_info())
     }
 
     /// A record for a new peer, its name made unique among peers if needed.
@@ -544,7 +566,8 @@ impl Shared {
             let conn = conn.clone();
             let name = name.clone();
             tokio::spawn(async move {
-                match request(&conn, &Request::Hello(me.my_info())).await {
+                let hello = me.hello().await;
+                match request(&conn, &Request::Hello(hello)).await {
                     Ok(Response::Hello(info)) => me.record_hello(&conn, id, &name, info).await,
                     Ok(other) => violated(
                         &conn,
@@ -645,7 +668,14 @@ impl Shared {
         true
     }
 
-    async fn record_hello(&self, conn: &quinn::Connection, id: PeerId, name: &str, info: PeerInfo) {
+    async fn record_hello(
+        self: &Arc<Self>,
+        conn: &quinn::Connection,
+        id: PeerId,
+        name: &str,
+        hello: Hello,
+    ) {
+        let Hello { info, list_version } = hello;
         if let Err(why) = check_info(&info) {
             violated(
                 conn,
@@ -672,6 +702,10 @@ impl Shared {
         {
             tracing::error!(peer = %name, "{e}");
         }
+        // Fetch their list if they have a newer one; tell them what we hold
+        // of theirs, which they may have missed while apart.
+        self.list_offered(id, list_version);
+        self.resend_ack(id).await;
     }
 
     async fn serve_stream(
@@ -698,10 +732,21 @@ impl Shared {
             Err(_) => return,
         };
         let response = match req {
-            Request::Hello(info) => {
-                self.record_hello(&conn, id, &name, info).await;
-                Response::Hello(self.my_info())
+            Request::Hello(hello) => {
+                self.record_hello(&conn, id, &name, hello).await;
+                Response::Hello(self.hello().await)
             }
+            Request::ListOffer { version } => {
+                self.list_offered(id, version);
+                Response::Done
+            }
+            Request::FetchList { have } => {
+                if self.serve_fetch(have, &mut send).await.is_ok() {
+                    let _ = send.finish();
+                }
+                return;
+            }
+            Request::ListAck(ack) => self.receive_ack(id, &name, ack).await,
             Request::Ping(n) => Response::Pong(n),
             Request::Unpair => {
                 tracing::info!(peer = %name, "peer unpaired us; removing it");
@@ -729,6 +774,7 @@ impl Shared {
             }
         };
         lock(&self.sessions).remove(id);
+        self.lists.forget(id);
         removed
     }
 
@@ -796,7 +842,7 @@ impl Shared {
         .await;
         conn.close(close::DONE.into(), b"");
         let info = match answer {
-            Ok(Response::Hello(info)) => info,
+            Ok(Response::Welcome(info)) => info,
             Ok(Response::Refused { message }) => {
                 return Err(format!("the inviter refused: {message}"))
             }
@@ -843,7 +889,11 @@ impl Shared {
     /// The status report.
     pub(crate) async fn status(&self) -> Result<StatusReport, String> {
         let peers = self.store.peers().await.map_err(|e| e.to_string())?;
-        let sessions = lock(&self.sessions);
+        // Store look-ups first: the sessions lock is not held across awaits.
+        let mut lists = Vec::with_capacity(peers.len());
+        for p in &peers {
+            lists.push(self.list_status(&p.id).await.map_err(|e| e.to_string())?);
+        }
         let listen = self
             .endpoint
             .local_addr()
@@ -862,9 +912,11 @@ impl Shared {
             mail_host: self.config.mail_host.clone(),
             agent_version: mxfed_proto::VERSION.into(),
         };
+        let sessions = lock(&self.sessions);
         let peers = peers
             .into_iter()
-            .map(|p| {
+            .zip(lists)
+            .map(|(p, (list_version, list_expires_at, domains, my_list))| {
                 let live = sessions
                     .get(&p.id)
                     .filter(|s| s.conn.close_reason().is_none());
@@ -891,10 +943,60 @@ impl Shared {
                     paired_at: rfc3339(p.paired_at),
                     name: p.name,
                     id: p.id,
+                    list_version,
+                    list_expires_at,
+                    domains,
+                    my_list,
                 }
             })
             .collect();
         Ok(StatusReport { me, peers })
+    }
+
+    /// A peer's list as held here, and what it holds of mine.
+    async fn list_status(
+        &self,
+        id: &PeerId,
+    ) -> Result<(Option<u64>, Option<String>, Vec<PeerDomain>, MyListAtPeer), StoreError> {
+        let meta = self.store.peer_list_meta(id).await?;
+        let domains = self
+            .store
+            .peer_entries(id)
+            .await?
+            .into_iter()
+            .map(|h| PeerDomain {
+                domain: h.entry.domain.to_string(),
+                next_hop: h.entry.next_hop.to_string(),
+                state: h.state,
+                reason: h.reason,
+            })
+            .collect();
+        let notes = |v: Vec<mxfed_proto::msg::EntryNote>| {
+            v.into_iter()
+                .map(|n| DomainReason {
+                    domain: n.domain,
+                    reason: n.reason,
+                })
+                .collect()
+        };
+        let my_list = match self.store.ack(id).await? {
+            None => MyListAtPeer::default(),
+            Some(a) => MyListAtPeer {
+                version_acked: Some(a.ack.version),
+                accepted: a.ack.accepted,
+                refused_count: a.ack.refused_count,
+                pending_count: a.ack.pending_count,
+                refused: notes(a.ack.refused),
+                pending: notes(a.ack.pending),
+                acked_at: Some(rfc3339(a.received_at)),
+            },
+        };
+        Ok((
+            meta.as_ref().map(|m| m.version),
+            meta.map(|m| rfc3339(m.expires_at as i64)),
+            domains,
+            my_list,
+        ))
     }
 }
 

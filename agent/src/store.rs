@@ -13,6 +13,10 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
 
+use mxfed_proto::control::EntryState;
+use mxfed_proto::domain::{Domain, NextHop};
+use mxfed_proto::list::{DomainList, Entry};
+use mxfed_proto::msg::{EntryNote, ListAck};
 use mxfed_proto::token::{TokenId, TokenKey};
 use mxfed_proto::PeerId;
 
@@ -87,6 +91,52 @@ pub enum InviteState {
     Expired,
     /// Valid; here is the key to check the proof with.
     Valid(TokenKey),
+}
+
+/// The signed header of my current list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MyListMeta {
+    /// Version.
+    pub version: u64,
+    /// Unix seconds.
+    pub issued_at: u64,
+    /// Unix seconds.
+    pub expires_at: u64,
+    /// Signature over the list's signing bytes.
+    pub signature: Vec<u8>,
+}
+
+/// A peer's list as held: header fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerListMeta {
+    /// Version.
+    pub version: u64,
+    /// Unix seconds.
+    pub issued_at: u64,
+    /// Unix seconds.
+    pub expires_at: u64,
+    /// Unix seconds it was received.
+    pub received_at: i64,
+}
+
+/// One entry of a peer's list as held, with its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldEntry {
+    /// The entry.
+    pub entry: Entry,
+    /// What was made of it.
+    pub state: EntryState,
+    /// Why.
+    pub reason: Option<String>,
+}
+
+/// What a peer said of my list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredAck {
+    /// The acknowledgement.
+    pub ack: ListAck,
+    /// Unix seconds it arrived.
+    pub received_at: i64,
 }
 
 type PeerRow = (
@@ -325,6 +375,321 @@ impl Store {
         tx.commit().await.map_err(|e| self.query_err(e))?;
         Ok(true)
     }
+}
+
+impl Store {
+    fn bad(&self, what: &'static str, value: impl Into<String>) -> StoreError {
+        StoreError::BadRow {
+            path: self.path.clone(),
+            what,
+            value: value.into(),
+        }
+    }
+
+    fn entry_from(&self, domain: &str, next_hop: &str) -> Result<Entry, StoreError> {
+        Ok(Entry {
+            domain: Domain::parse_canonical(domain).map_err(|_| self.bad("domain", domain))?,
+            next_hop: NextHop::parse_canonical(next_hop)
+                .map_err(|_| self.bad("next_hop", next_hop))?,
+        })
+    }
+
+    /// My current list's header, if I ever published one.
+    pub async fn my_list_meta(&self) -> Result<Option<MyListMeta>, StoreError> {
+        let row: Option<(i64, i64, i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT version, issued_at, expires_at, signature FROM my_list WHERE id = 1",
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.query_err(e))?;
+        Ok(row.map(|(v, i, e, signature)| MyListMeta {
+            version: v as u64,
+            issued_at: i as u64,
+            expires_at: e as u64,
+            signature,
+        }))
+    }
+
+    /// My domains, sorted.
+    pub async fn my_entries(&self) -> Result<Vec<Entry>, StoreError> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT domain, next_hop FROM my_domains ORDER BY domain")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| self.query_err(e))?;
+        rows.iter().map(|(d, h)| self.entry_from(d, h)).collect()
+    }
+
+    /// Stores a newly signed version of my list: the changed entries and the
+    /// header, in one transaction, so entries and signature always agree.
+    pub async fn publish_my_list(
+        &self,
+        list: &DomainList,
+        signature: &[u8],
+        upserted: &[Entry],
+        removed: &[Domain],
+    ) -> Result<(), StoreError> {
+        let q = |e| self.query_err(e);
+        let mut tx = self.pool.begin().await.map_err(q)?;
+        for d in removed {
+            sqlx::query("DELETE FROM my_domains WHERE domain = ?")
+                .bind(d.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(q)?;
+        }
+        for e in upserted {
+            sqlx::query(
+                "INSERT INTO my_domains (domain, next_hop) VALUES (?, ?)
+                 ON CONFLICT (domain) DO UPDATE SET next_hop = excluded.next_hop",
+            )
+            .bind(e.domain.as_str())
+            .bind(e.next_hop.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(q)?;
+        }
+        sqlx::query(
+            "INSERT INTO my_list (id, version, issued_at, expires_at, signature) VALUES (1, ?, ?, ?, ?)
+             ON CONFLICT (id) DO UPDATE SET version = excluded.version, issued_at = excluded.issued_at,
+               expires_at = excluded.expires_at, signature = excluded.signature",
+        )
+        .bind(list.version as i64)
+        .bind(list.issued_at as i64)
+        .bind(list.expires_at as i64)
+        .bind(signature)
+        .execute(&mut *tx)
+        .await
+        .map_err(q)?;
+        tx.commit().await.map_err(q)
+    }
+
+    /// The header of the list held for a peer.
+    pub async fn peer_list_meta(&self, peer: &PeerId) -> Result<Option<PeerListMeta>, StoreError> {
+        let row: Option<(i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT version, issued_at, expires_at, received_at FROM peer_lists WHERE peer_id = ?",
+        )
+        .bind(peer.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.query_err(e))?;
+        Ok(row.map(|(v, i, e, r)| PeerListMeta {
+            version: v as u64,
+            issued_at: i as u64,
+            expires_at: e as u64,
+            received_at: r,
+        }))
+    }
+
+    /// The entries held for a peer, sorted by domain.
+    pub async fn peer_entries(&self, peer: &PeerId) -> Result<Vec<HeldEntry>, StoreError> {
+        let rows: Vec<(String, String, String, Option<String>)> = sqlx::query_as(
+            "SELECT domain, next_hop, state, reason FROM peer_entries WHERE peer_id = ? ORDER BY domain",
+        )
+        .bind(peer.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.query_err(e))?;
+        rows.into_iter()
+            .map(|(d, h, s, reason)| {
+                Ok(HeldEntry {
+                    entry: self.entry_from(&d, &h)?,
+                    state: EntryState::parse(&s)
+                        .ok_or_else(|| self.bad("peer_entries.state", s.clone()))?,
+                    reason,
+                })
+            })
+            .collect()
+    }
+
+    /// Domains accepted for peers other than `except`, with the peer's name.
+    pub async fn accepted_elsewhere(
+        &self,
+        except: &PeerId,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        sqlx::query_as(
+            "SELECT e.domain, p.name FROM peer_entries e JOIN peers p ON p.id = e.peer_id
+             WHERE e.state = 'accepted' AND e.peer_id != ?",
+        )
+        .bind(except.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.query_err(e))
+    }
+
+    /// Replaces the list held for a peer with a verified one and the states
+    /// of its entries, in one transaction.
+    pub async fn store_peer_list(
+        &self,
+        peer: &PeerId,
+        list: &DomainList,
+        signature: &[u8],
+        entries: &[HeldEntry],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let q = |e| self.query_err(e);
+        let id = peer.to_string();
+        let mut tx = self.pool.begin().await.map_err(q)?;
+        sqlx::query(
+            "INSERT INTO peer_lists (peer_id, version, issued_at, expires_at, signature, received_at)
+             VALUES (?, ?, ?, ?, ?, ?)
+             ON CONFLICT (peer_id) DO UPDATE SET version = excluded.version, issued_at = excluded.issued_at,
+               expires_at = excluded.expires_at, signature = excluded.signature, received_at = excluded.received_at",
+        )
+        .bind(&id)
+        .bind(list.version as i64)
+        .bind(list.issued_at as i64)
+        .bind(list.expires_at as i64)
+        .bind(signature)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(q)?;
+        sqlx::query("DELETE FROM peer_entries WHERE peer_id = ?")
+            .bind(&id)
+            .execute(&mut *tx)
+            .await
+            .map_err(q)?;
+        for h in entries {
+            insert_entry(&mut tx, &id, h, now).await.map_err(q)?;
+        }
+        tx.commit().await.map_err(q)
+    }
+
+    /// Updates the states of some entries held for a peer.
+    pub async fn update_entry_states(
+        &self,
+        peer: &PeerId,
+        entries: &[HeldEntry],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let q = |e| self.query_err(e);
+        let id = peer.to_string();
+        let mut tx = self.pool.begin().await.map_err(q)?;
+        for h in entries {
+            sqlx::query(
+                "UPDATE peer_entries SET state = ?, reason = ?, checked_at = ? WHERE peer_id = ? AND domain = ?",
+            )
+            .bind(h.state.as_str())
+            .bind(&h.reason)
+            .bind(now)
+            .bind(&id)
+            .bind(h.entry.domain.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(q)?;
+        }
+        tx.commit().await.map_err(q)
+    }
+
+    /// Stores what a peer said of my list.
+    pub async fn store_ack(
+        &self,
+        peer: &PeerId,
+        ack: &ListAck,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let q = |e| self.query_err(e);
+        let id = peer.to_string();
+        let mut tx = self.pool.begin().await.map_err(q)?;
+        sqlx::query(
+            "INSERT INTO my_list_acks (peer_id, version, accepted, refused_count, pending_count, received_at)
+             VALUES (?, ?, ?, ?, ?, ?)
+             ON CONFLICT (peer_id) DO UPDATE SET version = excluded.version, accepted = excluded.accepted,
+               refused_count = excluded.refused_count, pending_count = excluded.pending_count,
+               received_at = excluded.received_at",
+        )
+        .bind(&id)
+        .bind(ack.version as i64)
+        .bind(i64::from(ack.accepted))
+        .bind(i64::from(ack.refused_count))
+        .bind(i64::from(ack.pending_count))
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(q)?;
+        sqlx::query("DELETE FROM my_list_ack_notes WHERE peer_id = ?")
+            .bind(&id)
+            .execute(&mut *tx)
+            .await
+            .map_err(q)?;
+        for (state, notes) in [("refused", &ack.refused), ("pending", &ack.pending)] {
+            for n in notes {
+                sqlx::query("INSERT INTO my_list_ack_notes (peer_id, state, domain, reason) VALUES (?, ?, ?, ?)")
+                    .bind(&id)
+                    .bind(state)
+                    .bind(&n.domain)
+                    .bind(&n.reason)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(q)?;
+            }
+        }
+        tx.commit().await.map_err(q)
+    }
+
+    /// What a peer last said of my list.
+    pub async fn ack(&self, peer: &PeerId) -> Result<Option<StoredAck>, StoreError> {
+        let q = |e| self.query_err(e);
+        let id = peer.to_string();
+        let row: Option<(i64, i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT version, accepted, refused_count, pending_count, received_at FROM my_list_acks WHERE peer_id = ?",
+        )
+        .bind(&id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(q)?;
+        let Some((version, accepted, refused_count, pending_count, received_at)) = row else {
+            return Ok(None);
+        };
+        let notes: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT state, domain, reason FROM my_list_ack_notes WHERE peer_id = ? ORDER BY domain",
+        )
+        .bind(&id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q)?;
+        let (mut refused, mut pending) = (Vec::new(), Vec::new());
+        for (state, domain, reason) in notes {
+            let note = EntryNote { domain, reason };
+            if state == "refused" {
+                refused.push(note);
+            } else {
+                pending.push(note);
+            }
+        }
+        Ok(Some(StoredAck {
+            ack: ListAck {
+                version: version as u64,
+                accepted: accepted as u32,
+                refused_count: refused_count as u32,
+                pending_count: pending_count as u32,
+                refused,
+                pending,
+            },
+            received_at,
+        }))
+    }
+}
+
+async fn insert_entry(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    peer_id: &str,
+    h: &HeldEntry,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO peer_entries (peer_id, domain, next_hop, state, reason, checked_at) VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(peer_id)
+    .bind(h.entry.domain.as_str())
+    .bind(h.entry.next_hop.to_string())
+    .bind(h.state.as_str())
+    .bind(&h.reason)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 fn join_addrs(addrs: &[SocketAddr]) -> String {

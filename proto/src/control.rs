@@ -28,10 +28,24 @@ pub enum ControlRequest {
         /// Peer name.
         name: String,
     },
+    /// Add (or change the next hop of) domains I host.
+    DomainsAdd {
+        /// Domains as the user typed them; all are checked before any is stored.
+        domains: Vec<String>,
+        /// Next hop for them; default: my mail host.
+        next_hop: Option<String>,
+    },
+    /// Remove domains I host.
+    DomainsRemove {
+        /// Domains as the user typed them.
+        domains: Vec<String>,
+    },
+    /// The domains I host.
+    DomainsList,
 }
 
 impl Message for ControlRequest {
-    const VARIANTS: u8 = 4;
+    const VARIANTS: u8 = 7;
 }
 
 /// The agent's answer.
@@ -63,10 +77,110 @@ pub enum ControlResponse {
         /// What went wrong.
         message: String,
     },
+    /// Answer to the domain requests: my list as it now stands.
+    Domains(MyDomains),
 }
 
 impl Message for ControlResponse {
-    const VARIANTS: u8 = 5;
+    const VARIANTS: u8 = 6;
+}
+
+/// `mxfed domains list --json`: the domains I host and my signed list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MyDomains {
+    /// Version of my signed list (0: never published).
+    pub version: u64,
+    /// RFC 3339 time the current version was signed.
+    pub issued_at: Option<String>,
+    /// RFC 3339 time it expires (it is re-signed well before).
+    pub expires_at: Option<String>,
+    /// Whether the last request changed the list (and so bumped the version).
+    pub changed: bool,
+    /// The entries, sorted.
+    pub domains: Vec<MyDomain>,
+}
+
+/// One of my domains.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MyDomain {
+    /// The domain (punycode).
+    pub domain: String,
+    /// Where friends relay its mail.
+    pub next_hop: String,
+}
+
+/// What I made of one entry of a friend's list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryState {
+    /// Checked and in force.
+    Accepted,
+    /// Not backed up; the reason says why.
+    Refused,
+    /// Not decided yet (DNS did not answer); retried.
+    Pending,
+}
+
+impl EntryState {
+    /// The lower-case name used in JSON and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryState::Accepted => "accepted",
+            EntryState::Refused => "refused",
+            EntryState::Pending => "pending",
+        }
+    }
+
+    /// Parses [`Self::as_str`] output.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "accepted" => Some(EntryState::Accepted),
+            "refused" => Some(EntryState::Refused),
+            "pending" => Some(EntryState::Pending),
+            _ => None,
+        }
+    }
+}
+
+/// One entry of a friend's list as I hold it, in `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerDomain {
+    /// The domain.
+    pub domain: String,
+    /// Where I relay its mail.
+    pub next_hop: String,
+    /// What I made of it.
+    pub state: EntryState,
+    /// Why (for refused and pending; a warning for some accepted ones).
+    pub reason: Option<String>,
+}
+
+/// A domain a friend refused or has pending, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainReason {
+    /// The domain.
+    pub domain: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// What a friend holds of my list, as it last told me.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct MyListAtPeer {
+    /// The version it acknowledged (null: none yet).
+    pub version_acked: Option<u64>,
+    /// Entries it accepted.
+    pub accepted: u32,
+    /// Entries it refused, in all.
+    pub refused_count: u32,
+    /// Entries pending there, in all.
+    pub pending_count: u32,
+    /// Refused entries (at most 1,000), with reasons.
+    pub refused: Vec<DomainReason>,
+    /// Pending entries (at most 1,000), with reasons.
+    pub pending: Vec<DomainReason>,
+    /// RFC 3339 time of the acknowledgement.
+    pub acked_at: Option<String>,
 }
 
 /// `mxfed status`: this agent and its peers.
@@ -125,4 +239,12 @@ pub struct PeerStatus {
     pub agent_version: Option<String>,
     /// RFC 3339 time of pairing.
     pub paired_at: String,
+    /// Version of its domain list I hold (null: none).
+    pub list_version: Option<u64>,
+    /// RFC 3339 expiry of the list I hold.
+    pub list_expires_at: Option<String>,
+    /// Its list as I hold it, with what I made of each entry.
+    pub domains: Vec<PeerDomain>,
+    /// What it holds of my list.
+    pub my_list: MyListAtPeer,
 }

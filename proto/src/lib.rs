@@ -18,7 +18,9 @@
 
 pub mod codec;
 pub mod control;
+pub mod domain;
 pub mod id;
+pub mod list;
 pub mod msg;
 pub mod name;
 pub mod token;

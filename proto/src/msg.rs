@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::Message;
+use crate::list::{ListHeader, WireEntry};
 use crate::token::TokenId;
 
 /// ALPN protocol name; a connection without it is refused by TLS.
@@ -34,11 +35,52 @@ pub struct PeerInfo {
     pub agent_version: String,
 }
 
+/// What each side says first on every session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Who I am now.
+    pub info: PeerInfo,
+    /// The version of my domain list (0: none yet), so the other side can
+    /// fetch it if it holds an older one.
+    pub list_version: u64,
+}
+
+/// Most notes of each kind in a [`ListAck`].
+pub const MAX_ACK_NOTES: usize = 1_000;
+/// Longest reason in a [`ListAck`] note.
+pub const MAX_REASON: usize = 300;
+
+/// One entry the receiver did not accept (yet), and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryNote {
+    /// The domain, canonical form.
+    pub domain: String,
+    /// Why it is refused or pending.
+    pub reason: String,
+}
+
+/// The receiver's answer to a domain list: what it holds and what it made of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListAck {
+    /// The list version the receiver holds.
+    pub version: u64,
+    /// Entries accepted.
+    pub accepted: u32,
+    /// Entries refused, in all.
+    pub refused_count: u32,
+    /// Entries pending (DNS not answered yet), in all.
+    pub pending_count: u32,
+    /// Refused entries, at most [`MAX_ACK_NOTES`].
+    pub refused: Vec<EntryNote>,
+    /// Pending entries, at most [`MAX_ACK_NOTES`].
+    pub pending: Vec<EntryNote>,
+}
+
 /// A request on a new stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// First request on every session: who I am now.
-    Hello(PeerInfo),
+    Hello(Hello),
     /// Liveness check; answered with [`Response::Pong`].
     Ping(u64),
     /// "Forget me": the sender has removed the receiver.
@@ -52,17 +94,31 @@ pub enum Request {
         /// The joiner.
         info: PeerInfo,
     },
+    /// "My domain list is now at this version": fetch it if you lack it.
+    ListOffer {
+        /// The signer's current version.
+        version: u64,
+    },
+    /// Send me your list if it is newer than `have`. Answered with a
+    /// [`Response::ListHeader`] and then [`Response::ListChunk`] frames on
+    /// the same stream, or [`Response::Refused`].
+    FetchList {
+        /// The version the asker holds (0: none).
+        have: u64,
+    },
+    /// What I made of your list.
+    ListAck(ListAck),
 }
 
 impl Message for Request {
-    const VARIANTS: u8 = 4;
+    const VARIANTS: u8 = 7;
 }
 
 /// The answer to a [`Request`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
-    /// Answer to [`Request::Hello`] and, on success, to [`Request::Join`].
-    Hello(PeerInfo),
+    /// Answer to [`Request::Hello`].
+    Hello(Hello),
     /// Answer to [`Request::Ping`], echoing its nonce.
     Pong(u64),
     /// The request was carried out.
@@ -72,10 +128,16 @@ pub enum Response {
         /// Human-readable reason.
         message: String,
     },
+    /// Answer to a successful [`Request::Join`]: the inviter.
+    Welcome(PeerInfo),
+    /// First frame of a list transfer.
+    ListHeader(ListHeader),
+    /// A chunk of list entries.
+    ListChunk(Vec<WireEntry>),
 }
 
 impl Message for Response {
-    const VARIANTS: u8 = 4;
+    const VARIANTS: u8 = 7;
 }
 
 /// QUIC application close codes.

@@ -6,7 +6,7 @@ mod util;
 use std::time::Duration;
 
 use mxfed_proto::codec;
-use mxfed_proto::msg::{close, PeerInfo, Request};
+use mxfed_proto::msg::{close, Hello, PeerInfo, Request};
 use mxfed_proto::{InviteToken, PeerId};
 
 use util::*;
@@ -202,11 +202,14 @@ fn an_unpaired_agent_cannot_open_a_session() {
         // The handshake itself succeeds (anyone may present an invite) ...
         let raw = RawPeer::connect(&stranger.data_dir(), a.addr, a_id).await;
         // ... but anything other than an invite closes the connection.
-        let hello = Request::Hello(PeerInfo {
-            name: "stranger".into(),
-            mail_host: "mail.stranger.example".into(),
-            addrs: vec![],
-            agent_version: "0".into(),
+        let hello = Request::Hello(Hello {
+            info: PeerInfo {
+                name: "stranger".into(),
+                mail_host: "mail.stranger.example".into(),
+                addrs: vec![],
+                agent_version: "0".into(),
+            },
+            list_version: 0,
         });
         raw.send_raw(&codec::frame(&hello).unwrap()).await;
         assert_eq!(raw.close_code().await, u64::from(close::NOT_PAIRED));

@@ -1,0 +1,1116 @@
+//! Signed domain lists, both ways.
+//!
+//! *Mine*: `mxfed domains add/remove` changes the set, which is re-signed
+//! with a new version, stored, and offered at once to every connected peer
+//! ([`Shared::change_my_domains`]). It is re-signed daily so it never
+//! expires while this agent runs ([`Shared::refresh_loop`]).
+//!
+//! *Theirs*: on a `Hello` or `ListOffer` announcing a version newer than the
+//! one held, the list is fetched in chunks and checked by
+//! [`mxfed_proto::list::ListReceiver`] (signer, version, expiry, bounds,
+//! canonical names, signature) before anything is stored. Each entry is then
+//! judged by [`judge`]: refused if it is one of my domains or already backed
+//! up for another peer, and — with `verify_mx = "require"` — unless its MX
+//! records name both my mail host and the entry's next hop. A DNS failure
+//! makes an entry pending, never revokes an accepted one, and is retried
+//! every `recheck_interval` ([`Shared::recheck_loop`]). The outcome goes back
+//! to the signer as a [`ListAck`].
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use mxfed_proto::control::{EntryState, MyDomain, MyDomains};
+use mxfed_proto::domain::{Domain, Host, NextHop};
+use mxfed_proto::list::{DomainList, Entry, ListError, ListReceiver};
+use mxfed_proto::msg::{close, EntryNote, ListAck, Request, Response, MAX_ACK_NOTES, MAX_REASON};
+use mxfed_proto::{PeerId, MAX_FRAME};
+
+use crate::config::VerifyMx;
+use crate::dns::{Dns, MxAnswer};
+use crate::frames::{self, FrameError};
+use crate::session::{lock, now_unix, rfc3339, violated, violation, Shared};
+use crate::store::HeldEntry;
+
+/// How long a signed list of mine is valid.
+pub const LIST_LIFETIME: Duration = Duration::from_secs(14 * 86_400);
+/// Re-sign my list once it is this old, well before it expires.
+pub const REFRESH_AFTER: Duration = Duration::from_secs(86_400);
+/// DNS look-ups in flight at once while judging a list.
+const DNS_CONCURRENCY: usize = 32;
+/// How long to wait for each frame of a list transfer.
+const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// My current signed list.
+#[derive(Debug)]
+pub(crate) struct Published {
+    pub list: DomainList,
+    pub signature: Vec<u8>,
+}
+
+/// List bookkeeping inside [`Shared`].
+pub(crate) struct ListState {
+    pub dns: Dns,
+    /// My current list; its lock also serialises publishing.
+    pub mine: tokio::sync::Mutex<Option<Arc<Published>>>,
+    /// The newest version each peer has announced.
+    offered: std::sync::Mutex<HashMap<PeerId, u64>>,
+    /// Peers whose list is being fetched now.
+    fetching: std::sync::Mutex<HashSet<PeerId>>,
+    /// Serialises judging, so two peers cannot both claim a domain at once.
+    judging: tokio::sync::Mutex<()>,
+}
+
+impl ListState {
+    pub(crate) fn new(dns: Dns, mine: Option<Published>) -> Self {
+        Self {
+            dns,
+            mine: tokio::sync::Mutex::new(mine.map(Arc::new)),
+            offered: Default::default(),
+            fetching: Default::default(),
+            judging: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub(crate) fn forget(&self, peer: &PeerId) {
+        lock(&self.offered).remove(peer);
+    }
+}
+
+/// What the judge knows about one entry's DNS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DnsFacts {
+    /// The MX answer for the domain.
+    pub mx: MxAnswer,
+    /// For an `[IP]` next hop: whether one of the MX hosts resolves to it
+    /// (`Err` if those look-ups failed). Unused for a host-name next hop.
+    pub ip_listed: Result<bool, String>,
+}
+
+/// The local facts an entry is judged against.
+pub(crate) struct Ownership<'a> {
+    pub my_mail_host: &'a str,
+    pub my_domains: &'a HashSet<Domain>,
+    /// Domains accepted for other peers, with the peer's name.
+    pub taken: &'a HashMap<Domain, String>,
+    pub verify: VerifyMx,
+}
+
+/// Judges one entry. `previous` is its state under the same next hop, if
+/// any: a DNS failure keeps an accepted entry accepted.
+pub(crate) fn judge(
+    entry: &Entry,
+    own: &Ownership<'_>,
+    dns: Option<&DnsFacts>,
+    previous: Option<&(EntryState, Option<String>)>,
+) -> (EntryState, Option<String>) {
+    let d = &entry.domain;
+    if own.my_domains.contains(d) {
+        return (
+            EntryState::Refused,
+            Some(format!("{d} is one of my own domains")),
+        );
+    }
+    if let Some(other) = own.taken.get(d) {
+        return (
+            EntryState::Refused,
+            Some(format!("{d} is already backed up here for peer {other}")),
+        );
+    }
+    if own.verify == VerifyMx::Off {
+        return (EntryState::Accepted, None);
+    }
+    let Some(facts) = dns else {
+        return (EntryState::Pending, Some("not checked yet".into()));
+    };
+    let failed = |why: &str| match previous {
+        Some((EntryState::Accepted, reason)) => (EntryState::Accepted, reason.clone()),
+        _ => (
+            EntryState::Pending,
+            Some(format!("DNS look-up for {d} failed ({why}); will retry")),
+        ),
+    };
+    let missing: Vec<String> = match &facts.mx {
+        MxAnswer::Failed(why) => return failed(why),
+        MxAnswer::NoMx => vec![format!("{d} has no MX records")],
+        MxAnswer::Hosts(hosts) => {
+            let mut missing = Vec::new();
+            if !hosts.iter().any(|h| h == own.my_mail_host) {
+                missing.push(format!("MX of {d} does not list {}", own.my_mail_host));
+            }
+            match entry.next_hop.host() {
+                Host::Name(name) => {
+                    if !hosts.iter().any(|h| h == name.as_str()) {
+                        missing.push(format!("MX of {d} does not list its next hop {name}"));
+                    }
+                }
+                Host::Ip(ip) => match &facts.ip_listed {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        missing.push(format!("no MX host of {d} has the next hop's address {ip}"))
+                    }
+                    Err(why) => return failed(why),
+                },
+            }
+            missing
+        }
+    };
+    if missing.is_empty() {
+        return (EntryState::Accepted, None);
+    }
+    let reason = missing.join("; ");
+    match own.verify {
+        VerifyMx::Warn => (EntryState::Accepted, Some(format!("warning: {reason}"))),
+        _ => (EntryState::Refused, Some(reason)),
+    }
+}
+
+async fn dns_facts(dns: Dns, entry: Entry, my_mail_host: String) -> DnsFacts {
+    let mx = dns.mx(entry.domain.as_str()).await;
+    let ip_listed = match (entry.next_hop.host(), &mx) {
+        (Host::Ip(ip), MxAnswer::Hosts(hosts)) => {
+            let mut found = Ok(false);
+            for h in hosts.iter().filter(|h| **h != my_mail_host) {
+                match dns.addresses(h).await {
+                    Ok(addrs) if addrs.contains(ip) => {
+                        found = Ok(true);
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(e) => found = Err(e),
+                }
+            }
+            found
+        }
+        _ => Ok(false),
+    };
+    DnsFacts { mx, ip_listed }
+}
+
+/// Counts and notes for the signer.
+fn make_ack(version: u64, held: &[HeldEntry]) -> ListAck {
+    let mut ack = ListAck {
+        version,
+        accepted: 0,
+        refused_count: 0,
+        pending_count: 0,
+        refused: Vec::new(),
+        pending: Vec::new(),
+    };
+    for h in held {
+        let note = || EntryNote {
+            domain: h.entry.domain.to_string(),
+            reason: truncate(h.reason.as_deref().unwrap_or(""), MAX_REASON),
+        };
+        match h.state {
+            EntryState::Accepted => ack.accepted += 1,
+            EntryState::Refused => {
+                ack.refused_count += 1;
+                if ack.refused.len() < MAX_ACK_NOTES {
+                    ack.refused.push(note());
+                }
+            }
+            EntryState::Pending => {
+                ack.pending_count += 1;
+                if ack.pending.len() < MAX_ACK_NOTES {
+                    ack.pending.push(note());
+                }
+            }
+        }
+    }
+    ack
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+/// Checks an acknowledgement from a peer before it is stored.
+fn check_ack(ack: &ListAck, my_version: u64) -> Result<(), String> {
+    if ack.version > my_version {
+        return Err(format!(
+            "acknowledges version {} but mine is {my_version}",
+            ack.version
+        ));
+    }
+    if ack.refused.len() > MAX_ACK_NOTES || ack.pending.len() > MAX_ACK_NOTES {
+        return Err("too many notes".into());
+    }
+    let total =
+        u64::from(ack.accepted) + u64::from(ack.refused_count) + u64::from(ack.pending_count);
+    if total > u64::from(mxfed_proto::list::MAX_ENTRIES) {
+        return Err("counts over the list size limit".into());
+    }
+    for n in ack.refused.iter().chain(&ack.pending) {
+        Domain::parse_canonical(&n.domain).map_err(|e| format!("note: {e}"))?;
+        if n.reason.len() > MAX_REASON || n.reason.chars().any(char::is_control) {
+            return Err(format!(
+                "note for {}: reason too long or not printable",
+                n.domain
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn view(p: Option<&Published>, changed: bool) -> MyDomains {
+    match p {
+        None => MyDomains {
+            version: 0,
+            issued_at: None,
+            expires_at: None,
+            changed,
+            domains: Vec::new(),
+        },
+        Some(p) => MyDomains {
+            version: p.list.version,
+            issued_at: Some(rfc3339(p.list.issued_at as i64)),
+            expires_at: Some(rfc3339(p.list.expires_at as i64)),
+            changed,
+            domains: p
+                .list
+                .entries()
+                .iter()
+                .map(|e| MyDomain {
+                    domain: e.domain.to_string(),
+                    next_hop: e.next_hop.to_string(),
+                })
+                .collect(),
+        },
+    }
+}
+
+/// Loads my current list from the store, checking it against my own key.
+pub(crate) async fn load_mine(
+    store: &crate::store::Store,
+    id: PeerId,
+) -> Result<Option<Published>, crate::store::StoreError> {
+    let Some(meta) = store.my_list_meta().await? else {
+        return Ok(None);
+    };
+    let list = DomainList::new(
+        id,
+        meta.version,
+        meta.issued_at,
+        meta.expires_at,
+        store.my_entries().await?,
+    );
+    if !id.verify(&list.signing_bytes(), &meta.signature) {
+        // Entries edited behind our back; it is re-signed on the next change or refresh.
+        tracing::warn!("my stored domain list does not match its signature; it will be re-signed");
+    }
+    Ok(Some(Published {
+        list,
+        signature: meta.signature,
+    }))
+}
+
+impl Shared {
+    /// The version of my list (0: none).
+    pub(crate) async fn my_list_version(&self) -> u64 {
+        self.lists
+            .mine
+            .lock()
+            .await
+            .as_ref()
+            .map_or(0, |p| p.list.version)
+    }
+
+    /// `mxfed domains list`.
+    pub(crate) async fn my_domains(&self) -> MyDomains {
+        view(self.lists.mine.lock().await.as_deref(), false)
+    }
+
+    /// Adds (or re-targets) and removes my domains; re-signs and offers the
+    /// list if anything changed. All input is checked before anything changes.
+    pub(crate) async fn change_my_domains(
+        self: &Arc<Self>,
+        add: &[String],
+        next_hop: Option<&str>,
+        remove: &[String],
+    ) -> Result<MyDomains, String> {
+        let hop = match next_hop {
+            Some(h) => NextHop::parse(h).map_err(|e| format!("invalid next hop: {e}"))?,
+            None => NextHop::host_name(
+                Domain::parse(&self.config.mail_host).map_err(|e| format!("mail_host: {e}"))?,
+            ),
+        };
+        let add: Vec<Entry> = add
+            .iter()
+            .map(|d| {
+                Domain::parse(d)
+                    .map(|domain| Entry {
+                        domain,
+                        next_hop: hop.clone(),
+                    })
+                    .map_err(|e| format!("invalid domain: {e}"))
+            })
+            .collect::<Result<_, _>>()?;
+        let remove: Vec<Domain> = remove
+            .iter()
+            .map(|d| Domain::parse(d).map_err(|e| format!("invalid domain: {e}")))
+            .collect::<Result<_, _>>()?;
+
+        let mut mine = self.lists.mine.lock().await;
+        let mut current: HashMap<Domain, NextHop> = mine
+            .as_ref()
+            .map(|p| {
+                p.list
+                    .entries()
+                    .iter()
+                    .map(|e| (e.domain.clone(), e.next_hop.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let unknown: Vec<String> = remove
+            .iter()
+            .filter(|d| !current.contains_key(*d))
+            .map(|d| d.to_string())
+            .collect();
+        if !unknown.is_empty() {
+            return Err(format!("not in my list: {}", unknown.join(", ")));
+        }
+        let mut upserted = Vec::new();
+        for e in add {
+            if current.get(&e.domain) != Some(&e.next_hop) {
+                current.insert(e.domain.clone(), e.next_hop.clone());
+                upserted.push(e);
+            }
+        }
+        let mut removed = Vec::new();
+        for d in remove {
+            if current.remove(&d).is_some() {
+                removed.push(d);
+            }
+        }
+        if upserted.is_empty() && removed.is_empty() {
+            return Ok(view(mine.as_deref(), false));
+        }
+        let entries = current
+            .into_iter()
+            .map(|(domain, next_hop)| Entry { domain, next_hop })
+            .collect();
+        let version = mine.as_ref().map_or(0, |p| p.list.version) + 1;
+        let published = self
+            .sign_and_store(version, entries, &upserted, &removed)
+            .await?;
+        tracing::info!(
+            version,
+            added = upserted.len(),
+            removed = removed.len(),
+            total = published.list.entries().len(),
+            "my domain list changed; signed and offered to peers"
+        );
+        *mine = Some(Arc::clone(&published));
+        let out = view(Some(&published), true);
+        drop(mine);
+        self.offer_to_all(version);
+        Ok(out)
+    }
+
+    async fn sign_and_store(
+        &self,
+        version: u64,
+        entries: Vec<Entry>,
+        upserted: &[Entry],
+        removed: &[Domain],
+    ) -> Result<Arc<Published>, String> {
+        let now = now_unix().max(0) as u64;
+        let list = DomainList::new(
+            self.identity.id,
+            version,
+            now,
+            now + LIST_LIFETIME.as_secs(),
+            entries,
+        );
+        let signature = self.identity.sign(&list.signing_bytes());
+        self.store
+            .publish_my_list(&list, &signature, upserted, removed)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Arc::new(Published { list, signature }))
+    }
+
+    /// Re-signs my list (same entries, new version) once it is a day old.
+    pub(crate) async fn refresh_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            let mut mine = self.lists.mine.lock().await;
+            let Some(p) = mine.clone() else { continue };
+            let now = now_unix().max(0) as u64;
+            if now.saturating_sub(p.list.issued_at) < REFRESH_AFTER.as_secs()
+                && p.list.expires_at > now
+            {
+                continue;
+            }
+            let version = p.list.version + 1;
+            match self
+                .sign_and_store(version, p.list.entries().to_vec(), &[], &[])
+                .await
+            {
+                Ok(new) => {
+                    tracing::info!(version, "re-signed my domain list before it expires");
+                    *mine = Some(new);
+                    drop(mine);
+                    self.offer_to_all(version);
+                }
+                Err(e) => tracing::error!("cannot re-sign my domain list: {e}"),
+            }
+        }
+    }
+
+    fn offer_to_all(self: &Arc<Self>, version: u64) {
+        for (id, conn) in self.live_sessions() {
+            tokio::spawn(async move {
+                if let Err(e) =
+                    crate::session::request(&conn, &Request::ListOffer { version }).await
+                {
+                    tracing::debug!(peer = %id.short(), "list offer: {e}");
+                }
+            });
+        }
+    }
+
+    /// Answers `FetchList`: the header and chunks, or a refusal.
+    pub(crate) async fn serve_fetch(
+        &self,
+        have: u64,
+        send: &mut quinn::SendStream,
+    ) -> Result<(), FrameError> {
+        let mine = self.lists.mine.lock().await.clone();
+        match mine {
+            Some(p) if p.list.version > have => {
+                frames::write(
+                    send,
+                    &Response::ListHeader(p.list.header(p.signature.clone())),
+                )
+                .await?;
+                for chunk in p.list.chunks() {
+                    frames::write(send, &Response::ListChunk(chunk)).await?;
+                }
+            }
+            _ => {
+                frames::write(
+                    send,
+                    &Response::Refused {
+                        message: "no newer list".into(),
+                    },
+                )
+                .await?
+            }
+        }
+        Ok(())
+    }
+
+    /// Notes that `peer` has list `version`, and fetches it if newer than held.
+    pub(crate) fn list_offered(self: &Arc<Self>, peer: PeerId, version: u64) {
+        {
+            let mut offered = lock(&self.lists.offered);
+            let v = offered.entry(peer).or_insert(0);
+            *v = (*v).max(version);
+        }
+        if version > 0 {
+            tokio::spawn(Arc::clone(self).fetch_loop(peer));
+        }
+    }
+
+    async fn fetch_loop(self: Arc<Self>, peer: PeerId) {
+        if !lock(&self.lists.fetching).insert(peer) {
+            return; // a fetch is running; it re-checks the offered version when done
+        }
+        loop {
+            let held = match self.store.peer_list_meta(&peer).await {
+                Ok(m) => m.map_or(0, |m| m.version),
+                Err(e) => {
+                    tracing::error!("{e}");
+                    break;
+                }
+            };
+            let offered = lock(&self.lists.offered).get(&peer).copied().unwrap_or(0);
+            if offered <= held {
+                break;
+            }
+            let Some(conn) = self.live_conn(&peer) else {
+                break;
+            };
+            if !self.fetch_once(&conn, peer, held).await {
+                break;
+            }
+        }
+        lock(&self.lists.fetching).remove(&peer);
+    }
+
+    /// One fetch; true if a newer list was stored.
+    async fn fetch_once(
+        self: &Arc<Self>,
+        conn: &quinn::Connection,
+        peer: PeerId,
+        held: u64,
+    ) -> bool {
+        let name = self.peer_name(&peer).await;
+        let result = async {
+            let (mut send, mut recv) = conn
+                .open_bi()
+                .await
+                .map_err(|e| FetchError::Io(e.to_string()))?;
+            frames::write(&mut send, &Request::FetchList { have: held }).await?;
+            let _ = send.finish();
+            let header = match read_response(&mut recv).await? {
+                Response::ListHeader(h) => h,
+                Response::Refused { message } => return Err(FetchError::Nothing(message)),
+                other => return Err(FetchError::Unexpected(format!("{other:?}"))),
+            };
+            let held = (held > 0).then_some(held);
+            let now = now_unix().max(0) as u64;
+            let mut rx = ListReceiver::start(header, peer, held, now)?;
+            let signature = rx.header().signature.clone();
+            while !rx.is_complete() {
+                match read_response(&mut recv).await? {
+                    Response::ListChunk(chunk) => rx.push(chunk)?,
+                    other => return Err(FetchError::Unexpected(format!("{other:?}"))),
+                }
+            }
+            Ok((rx.finish()?, signature))
+        }
+        .await;
+        match result {
+            Ok((list, signature)) => self.accept_list(peer, &name, list, signature).await,
+            Err(FetchError::List(e)) => {
+                tracing::warn!(peer = %name, "refused domain list: {e}; the list held before stays in force");
+                false
+            }
+            Err(FetchError::Frame(e)) => {
+                match violation(&e) {
+                    Some((code, why)) => violated(conn, &name, code, &why),
+                    None => tracing::debug!(peer = %name, "list fetch: {e}"),
+                }
+                false
+            }
+            Err(FetchError::Unexpected(what)) => {
+                violated(
+                    conn,
+                    &name,
+                    close::UNEXPECTED,
+                    &format!("answered a list fetch with {what}"),
+                );
+                false
+            }
+            Err(FetchError::Nothing(m)) => {
+                tracing::debug!(peer = %name, "list fetch: {m}");
+                false
+            }
+            Err(FetchError::Io(e)) => {
+                tracing::debug!(peer = %name, "list fetch: {e}");
+                false
+            }
+        }
+    }
+
+    async fn peer_name(&self, peer: &PeerId) -> String {
+        match self.store.peer(peer).await {
+            Ok(Some(p)) => p.name,
+            _ => peer.short(),
+        }
+    }
+
+    /// Judges and stores a verified list, then tells the signer.
+    async fn accept_list(
+        self: &Arc<Self>,
+        peer: PeerId,
+        name: &str,
+        list: DomainList,
+        signature: Vec<u8>,
+    ) -> bool {
+        let judging = self.lists.judging.lock().await;
+        let previous = match self.previous_states(&peer).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!("{e}");
+                return false;
+            }
+        };
+        let held = match self.judge_entries(&peer, list.entries(), &previous).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!("{e}");
+                return false;
+            }
+        };
+        if let Err(e) = self
+            .store
+            .store_peer_list(&peer, &list, &signature, &held, now_unix())
+            .await
+        {
+            tracing::error!(peer = %name, "cannot store domain list: {e}");
+            return false;
+        }
+        drop(judging);
+        let ack = make_ack(list.version, &held);
+        tracing::info!(
+            peer = %name,
+            version = list.version,
+            accepted = ack.accepted,
+            refused = ack.refused_count,
+            pending = ack.pending_count,
+            "stored domain list"
+        );
+        for n in ack.refused.iter().take(20) {
+            tracing::info!(peer = %name, domain = %n.domain, "refused: {}", n.reason);
+        }
+        self.send_ack(peer, ack);
+        true
+    }
+
+    async fn previous_states(
+        &self,
+        peer: &PeerId,
+    ) -> Result<HashMap<Entry, (EntryState, Option<String>)>, crate::store::StoreError> {
+        Ok(self
+            .store
+            .peer_entries(peer)
+            .await?
+            .into_iter()
+            .map(|h| (h.entry, (h.state, h.reason)))
+            .collect())
+    }
+
+    async fn judge_entries(
+        &self,
+        peer: &PeerId,
+        entries: &[Entry],
+        previous: &HashMap<Entry, (EntryState, Option<String>)>,
+    ) -> Result<Vec<HeldEntry>, crate::store::StoreError> {
+        let my_domains: HashSet<Domain> = self
+            .lists
+            .mine
+            .lock()
+            .await
+            .as_ref()
+            .map(|p| p.list.entries().iter().map(|e| e.domain.clone()).collect())
+            .unwrap_or_default();
+        let taken: HashMap<Domain, String> = self
+            .store
+            .accepted_elsewhere(peer)
+            .await?
+            .into_iter()
+            .filter_map(|(d, n)| Domain::parse_canonical(&d).ok().map(|d| (d, n)))
+            .collect();
+        let own = Ownership {
+            my_mail_host: &self.config.mail_host,
+            my_domains: &my_domains,
+            taken: &taken,
+            verify: self.config.verify_mx,
+        };
+        // Look up DNS only for entries the local rules do not already decide.
+        let mut facts: HashMap<Domain, DnsFacts> = HashMap::new();
+        if own.verify != VerifyMx::Off {
+            let limit = Arc::new(Semaphore::new(DNS_CONCURRENCY));
+            let mut tasks = JoinSet::new();
+            for e in entries {
+                if my_domains.contains(&e.domain) || taken.contains_key(&e.domain) {
+                    continue;
+                }
+                let (dns, e, host, limit) = (
+                    self.lists.dns.clone(),
+                    e.clone(),
+                    self.config.mail_host.clone(),
+                    Arc::clone(&limit),
+                );
+                tasks.spawn(async move {
+                    let _permit = limit.acquire_owned().await;
+                    let d = e.domain.clone();
+                    (d, dns_facts(dns, e, host).await)
+                });
+            }
+            while let Some(r) = tasks.join_next().await {
+                if let Ok((d, f)) = r {
+                    facts.insert(d, f);
+                }
+            }
+        }
+        Ok(entries
+            .iter()
+            .map(|e| {
+                let (state, reason) = judge(e, &own, facts.get(&e.domain), previous.get(e));
+                HeldEntry {
+                    entry: e.clone(),
+                    state,
+                    reason,
+                }
+            })
+            .collect())
+    }
+
+    /// Sends the current acknowledgement of `peer`'s list, if connected.
+    pub(crate) fn send_ack(self: &Arc<Self>, peer: PeerId, ack: ListAck) {
+        let Some(conn) = self.live_conn(&peer) else {
+            return;
+        };
+        tokio::spawn(async move {
+            if let Err(e) = crate::session::request(&conn, &Request::ListAck(ack)).await {
+                tracing::debug!(peer = %peer.short(), "list ack: {e}");
+            }
+        });
+    }
+
+    /// Sends the acknowledgement of what is held for `peer` (after a reconnect).
+    pub(crate) async fn resend_ack(self: &Arc<Self>, peer: PeerId) {
+        let Ok(Some(meta)) = self.store.peer_list_meta(&peer).await else {
+            return;
+        };
+        match self.store.peer_entries(&peer).await {
+            Ok(held) => self.send_ack(peer, make_ack(meta.version, &held)),
+            Err(e) => tracing::error!("{e}"),
+        }
+    }
+
+    /// Stores what a peer made of my list.
+    pub(crate) async fn receive_ack(&self, peer: PeerId, name: &str, ack: ListAck) -> Response {
+        let mine = self.my_list_version().await;
+        if let Err(why) = check_ack(&ack, mine) {
+            tracing::warn!(peer = %name, "ignored list acknowledgement: {why}");
+            return Response::Refused { message: why };
+        }
+        if let Err(e) = self.store.store_ack(&peer, &ack, now_unix()).await {
+            tracing::error!("{e}");
+            return Response::Refused {
+                message: "internal error".into(),
+            };
+        }
+        tracing::info!(
+            peer = %name,
+            version = ack.version,
+            accepted = ack.accepted,
+            refused = ack.refused_count,
+            pending = ack.pending_count,
+            "peer acknowledged my domain list"
+        );
+        Response::Done
+    }
+
+    /// Re-judges refused and pending entries every `recheck_interval`.
+    pub(crate) async fn recheck_loop(self: Arc<Self>) {
+        let every = self.config.recheck_interval.0;
+        loop {
+            tokio::time::sleep(every).await;
+            let peers = match self.store.peers().await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!("recheck: {e}");
+                    continue;
+                }
+            };
+            for p in peers {
+                self.recheck(p.id, &p.name).await;
+            }
+        }
+    }
+
+    async fn recheck(self: &Arc<Self>, peer: PeerId, name: &str) {
+        let judging = self.lists.judging.lock().await;
+        let Ok(Some(meta)) = self.store.peer_list_meta(&peer).await else {
+            return;
+        };
+        let held = match self.store.peer_entries(&peer).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!("{e}");
+                return;
+            }
+        };
+        let open: Vec<Entry> = held
+            .iter()
+            .filter(|h| h.state != EntryState::Accepted)
+            .map(|h| h.entry.clone())
+            .collect();
+        if open.is_empty() {
+            return;
+        }
+        let previous: HashMap<Entry, (EntryState, Option<String>)> = held
+            .iter()
+            .map(|h| (h.entry.clone(), (h.state, h.reason.clone())))
+            .collect();
+        let judged = match self.judge_entries(&peer, &open, &previous).await {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::error!("{e}");
+                return;
+            }
+        };
+        let changed: Vec<HeldEntry> = judged
+            .into_iter()
+            .filter(|j| previous.get(&j.entry) != Some(&(j.state, j.reason.clone())))
+            .collect();
+        if changed.is_empty() {
+            return;
+        }
+        if let Err(e) = self
+            .store
+            .update_entry_states(&peer, &changed, now_unix())
+            .await
+        {
+            tracing::error!("{e}");
+            return;
+        }
+        drop(judging);
+        for c in &changed {
+            tracing::info!(
+                peer = %name,
+                domain = %c.entry.domain,
+                state = c.state.as_str(),
+                reason = c.reason.as_deref().unwrap_or(""),
+                "re-checked entry changed state"
+            );
+        }
+        if let Ok(all) = self.store.peer_entries(&peer).await {
+            self.send_ack(peer, make_ack(meta.version, &all));
+        }
+    }
+}
+
+/// Why a fetch ended without a new list.
+enum FetchError {
+    Io(String),
+    Frame(FrameError),
+    List(ListError),
+    Nothing(String),
+    Unexpected(String),
+}
+
+impl From<FrameError> for FetchError {
+    fn from(e: FrameError) -> Self {
+        FetchError::Frame(e)
+    }
+}
+
+impl From<ListError> for FetchError {
+    fn from(e: ListError) -> Self {
+        FetchError::List(e)
+    }
+}
+
+async fn read_response(recv: &mut quinn::RecvStream) -> Result<Response, FetchError> {
+    match tokio::time::timeout(FRAME_TIMEOUT, frames::read::<Response, _>(recv, MAX_FRAME)).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(FetchError::Io(format!(
+            "no data within {}s",
+            FRAME_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(d: &str, hop: &str) -> Entry {
+        Entry {
+            domain: Domain::parse(d).unwrap(),
+            next_hop: NextHop::parse(hop).unwrap(),
+        }
+    }
+
+    fn hosts(h: &[&str]) -> DnsFacts {
+        DnsFacts {
+            mx: MxAnswer::Hosts(h.iter().map(|s| s.to_string()).collect()),
+            ip_listed: Ok(false),
+        }
+    }
+
+    struct World {
+        mine: HashSet<Domain>,
+        taken: HashMap<Domain, String>,
+    }
+
+    impl World {
+        fn new() -> Self {
+            let mut taken = HashMap::new();
+            taken.insert(Domain::parse("taken.example").unwrap(), "carol".to_string());
+            Self {
+                mine: [Domain::parse("me.example").unwrap()].into(),
+                taken,
+            }
+        }
+        fn own(&self, verify: VerifyMx) -> Ownership<'_> {
+            Ownership {
+                my_mail_host: "mail.me.example",
+                my_domains: &self.mine,
+                taken: &self.taken,
+                verify,
+            }
+        }
+    }
+
+    #[test]
+    fn accepted_when_mx_lists_me_and_the_next_hop() {
+        let w = World::new();
+        let e = entry("friend.example", "mail.friend.example");
+        let f = hosts(&["mail.friend.example", "mail.me.example"]);
+        assert_eq!(
+            judge(&e, &w.own(VerifyMx::Require), Some(&f), None),
+            (EntryState::Accepted, None)
+        );
+    }
+
+    #[test]
+    fn refused_with_a_reason_naming_what_is_missing() {
+        let w = World::new();
+        let e = entry("friend.example", "mail.friend.example");
+        let (s, r) = judge(
+            &e,
+            &w.own(VerifyMx::Require),
+            Some(&hosts(&["mail.friend.example"])),
+            None,
+        );
+        assert_eq!(s, EntryState::Refused);
+        assert_eq!(
+            r.unwrap(),
+            "MX of friend.example does not list mail.me.example"
+        );
+        let (s, r) = judge(
+            &e,
+            &w.own(VerifyMx::Require),
+            Some(&hosts(&["mail.me.example"])),
+            None,
+        );
+        assert_eq!(s, EntryState::Refused);
+        assert_eq!(
+            r.unwrap(),
+            "MX of friend.example does not list its next hop mail.friend.example"
+        );
+        let nomx = DnsFacts {
+            mx: MxAnswer::NoMx,
+            ip_listed: Ok(false),
+        };
+        let (s, r) = judge(&e, &w.own(VerifyMx::Require), Some(&nomx), None);
+        assert_eq!(s, EntryState::Refused);
+        assert!(r.unwrap().contains("no MX records"));
+    }
+
+    #[test]
+    fn warn_accepts_but_says_why_and_off_skips_dns() {
+        let w = World::new();
+        let e = entry("friend.example", "mail.friend.example");
+        let (s, r) = judge(
+            &e,
+            &w.own(VerifyMx::Warn),
+            Some(&hosts(&["x.example"])),
+            None,
+        );
+        assert_eq!(s, EntryState::Accepted);
+        assert!(r.unwrap().starts_with("warning: "));
+        assert_eq!(
+            judge(&e, &w.own(VerifyMx::Off), None, None),
+            (EntryState::Accepted, None)
+        );
+    }
+
+    #[test]
+    fn my_own_and_other_peers_domains_are_refused_whatever_dns_says() {
+        let w = World::new();
+        let f = hosts(&["mail.me.example", "mail.friend.example"]);
+        for verify in [VerifyMx::Require, VerifyMx::Warn, VerifyMx::Off] {
+            let (s, r) = judge(
+                &entry("me.example", "mail.friend.example"),
+                &w.own(verify),
+                Some(&f),
+                None,
+            );
+            assert_eq!(s, EntryState::Refused);
+            assert!(r.unwrap().contains("one of my own"));
+            let (s, r) = judge(
+                &entry("taken.example", "mail.friend.example"),
+                &w.own(verify),
+                Some(&f),
+                None,
+            );
+            assert_eq!(s, EntryState::Refused);
+            assert!(r.unwrap().contains("peer carol"));
+        }
+    }
+
+    #[test]
+    fn dns_failure_is_pending_and_never_revokes() {
+        let w = World::new();
+        let e = entry("friend.example", "mail.friend.example");
+        let fail = DnsFacts {
+            mx: MxAnswer::Failed("SERVFAIL".into()),
+            ip_listed: Ok(false),
+        };
+        let (s, r) = judge(&e, &w.own(VerifyMx::Require), Some(&fail), None);
+        assert_eq!(s, EntryState::Pending);
+        assert!(r.unwrap().contains("will retry"));
+        let before = (EntryState::Accepted, None);
+        assert_eq!(
+            judge(&e, &w.own(VerifyMx::Require), Some(&fail), Some(&before)),
+            before
+        );
+        // A definite answer does change an accepted entry's state.
+        let (s, _) = judge(
+            &e,
+            &w.own(VerifyMx::Require),
+            Some(&hosts(&["x.example"])),
+            Some(&before),
+        );
+        assert_eq!(s, EntryState::Refused);
+    }
+
+    #[test]
+    fn ip_next_hops_need_an_mx_host_with_that_address() {
+        let w = World::new();
+        let e = entry("friend.example", "[192.0.2.7]");
+        let mut f = hosts(&["mail.me.example", "mail.friend.example"]);
+        f.ip_listed = Ok(true);
+        assert_eq!(
+            judge(&e, &w.own(VerifyMx::Require), Some(&f), None).0,
+            EntryState::Accepted
+        );
+        f.ip_listed = Ok(false);
+        let (s, r) = judge(&e, &w.own(VerifyMx::Require), Some(&f), None);
+        assert_eq!(s, EntryState::Refused);
+        assert!(r.unwrap().contains("192.0.2.7"));
+    }
+
+    #[test]
+    fn acks_count_everything_and_cap_notes() {
+        let mut held = Vec::new();
+        for i in 0..1500 {
+            held.push(HeldEntry {
+                entry: entry(&format!("r{i}.example"), "mail.x.example"),
+                state: EntryState::Refused,
+                reason: Some("x".repeat(400)),
+            });
+        }
+        held.push(HeldEntry {
+            entry: entry("a.example", "mail.x.example"),
+            state: EntryState::Accepted,
+            reason: None,
+        });
+        let ack = make_ack(7, &held);
+        assert_eq!(
+            (ack.accepted, ack.refused_count, ack.pending_count),
+            (1, 1500, 0)
+        );
+        assert_eq!(ack.refused.len(), MAX_ACK_NOTES);
+        assert!(ack.refused.iter().all(|n| n.reason.len() <= MAX_REASON));
+        assert!(check_ack(&ack, 7).is_ok());
+        assert!(
+            check_ack(&ack, 6).is_err(),
+            "cannot acknowledge a version I never made"
+        );
+        let mut bad = ack.clone();
+        bad.refused[0].domain = "evil.example\nOK".into();
+        assert!(check_ack(&bad, 7).is_err());
+    }
+}

@@ -1,0 +1,540 @@
+//! Signed domain lists: the domains an agent hosts, which its friends back up.
+//!
+//! A [`DomainList`] is versioned and signed with the agent's Ed25519 identity
+//! key over [`DomainList::signing_bytes`]: a fixed prefix, the signer, the
+//! version, `issued_at`, `expires_at`, the entry count and a SHA-256 of the
+//! sorted entries. Hashing the entries lets a receiver verify a list of
+//! 100,000 domains that arrives in many chunks.
+//!
+//! On the wire a list is a [`ListHeader`] frame followed by chunks of at most
+//! [`CHUNK_ENTRIES`] [`WireEntry`]s. A [`ListReceiver`] assembles them,
+//! checking every bound as it goes, and only [`ListReceiver::finish`] —
+//! signature included — yields a `DomainList`. Nothing else does, so nothing
+//! unchecked can be stored.
+
+use ring::digest;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{Domain, DomainError, NextHop};
+use crate::id::PeerId;
+
+/// Most entries a list may have.
+pub const MAX_ENTRIES: u32 = 250_000;
+/// Most bytes of entry text (domain + next hop) a list may carry in all.
+pub const MAX_LIST_BYTES: usize = 16 << 20;
+/// Most entries in one chunk; 1,000 worst-case entries fit well inside a frame.
+pub const CHUNK_ENTRIES: usize = 1_000;
+
+const SIGNING_PREFIX: &[u8] = b"mxfed/1 domain list\0";
+
+/// One domain I host and where friends should relay its mail.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Entry {
+    /// The domain.
+    pub domain: Domain,
+    /// Where its mail goes: my mail host unless overridden.
+    pub next_hop: NextHop,
+}
+
+/// An entry as it travels: plain strings, checked by the receiver so that a
+/// bad one can be named in the refusal rather than failing the decode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireEntry {
+    /// Domain, canonical form.
+    pub domain: String,
+    /// Next hop, canonical form.
+    pub next_hop: String,
+}
+
+/// The first frame of a list transfer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListHeader {
+    /// Who signed it.
+    pub signer: PeerId,
+    /// Strictly increasing with every change.
+    pub version: u64,
+    /// Unix seconds.
+    pub issued_at: u64,
+    /// Unix seconds; an expired list is refused.
+    pub expires_at: u64,
+    /// Number of entries that follow.
+    pub count: u32,
+    /// Ed25519 signature over the signing bytes.
+    pub signature: Vec<u8>,
+}
+
+/// A verified (or locally built) list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainList {
+    /// Who signed it.
+    pub signer: PeerId,
+    /// Version.
+    pub version: u64,
+    /// Unix seconds.
+    pub issued_at: u64,
+    /// Unix seconds.
+    pub expires_at: u64,
+    /// Sorted by domain, no duplicates.
+    entries: Vec<Entry>,
+}
+
+/// Why a list was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ListError {
+    /// The header names another signer than the peer that sent it.
+    #[error("list is signed as {claimed}, but was sent by {sender}")]
+    WrongSigner {
+        /// Who the header claims.
+        claimed: PeerId,
+        /// Who sent it.
+        sender: PeerId,
+    },
+    /// Not newer than what is held: a replay or rollback.
+    #[error(
+        "list version {offered} is not newer than version {held} already held (replay or rollback)"
+    )]
+    NotNewer {
+        /// Offered.
+        offered: u64,
+        /// Held.
+        held: u64,
+    },
+    /// Past its expiry.
+    #[error("list version {version} expired at unix time {expires_at}")]
+    Expired {
+        /// Version.
+        version: u64,
+        /// When.
+        expires_at: u64,
+    },
+    /// Over a size limit.
+    #[error("list is too large: {0}")]
+    TooLarge(String),
+    /// More or fewer entries than announced, or out of order.
+    #[error("list is malformed: {0}")]
+    Malformed(String),
+    /// An entry that is not a valid, canonical name.
+    #[error("list entry {index} is invalid: {error}")]
+    BadEntry {
+        /// Position in the list.
+        index: usize,
+        /// What is wrong.
+        error: DomainError,
+    },
+    /// The signature does not verify against the signer's key.
+    #[error("list signature does not verify against the signer's key")]
+    BadSignature,
+}
+
+fn entries_digest(entries: &[Entry]) -> [u8; 32] {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    for e in entries {
+        for s in [e.domain.as_str().to_string(), e.next_hop.to_string()] {
+            ctx.update(&(s.len() as u32).to_be_bytes());
+            ctx.update(s.as_bytes());
+        }
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+impl DomainList {
+    /// Builds a list; entries are sorted and de-duplicated by domain (the last wins).
+    pub fn new(
+        signer: PeerId,
+        version: u64,
+        issued_at: u64,
+        expires_at: u64,
+        mut entries: Vec<Entry>,
+    ) -> Self {
+        entries.reverse();
+        entries.sort_by(|a, b| a.domain.cmp(&b.domain));
+        entries.dedup_by(|a, b| a.domain == b.domain);
+        Self {
+            signer,
+            version,
+            issued_at,
+            expires_at,
+            entries,
+        }
+    }
+
+    /// The entries, sorted by domain.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// The bytes the signer signs.
+    pub fn signing_bytes(&self) -> Vec<u8> {
+        let mut m = Vec::with_capacity(SIGNING_PREFIX.len() + 32 + 8 * 3 + 4 + 32);
+        m.extend_from_slice(SIGNING_PREFIX);
+        m.extend_from_slice(self.signer.public_key());
+        m.extend_from_slice(&self.version.to_be_bytes());
+        m.extend_from_slice(&self.issued_at.to_be_bytes());
+        m.extend_from_slice(&self.expires_at.to_be_bytes());
+        m.extend_from_slice(&(self.entries.len() as u32).to_be_bytes());
+        m.extend_from_slice(&entries_digest(&self.entries));
+        m
+    }
+
+    /// The header to send, given the signature over [`Self::signing_bytes`].
+    pub fn header(&self, signature: Vec<u8>) -> ListHeader {
+        ListHeader {
+            signer: self.signer,
+            version: self.version,
+            issued_at: self.issued_at,
+            expires_at: self.expires_at,
+            count: self.entries.len() as u32,
+            signature,
+        }
+    }
+
+    /// The entries in wire chunks.
+    pub fn chunks(&self) -> impl Iterator<Item = Vec<WireEntry>> + '_ {
+        self.entries.chunks(CHUNK_ENTRIES).map(|c| {
+            c.iter()
+                .map(|e| WireEntry {
+                    domain: e.domain.to_string(),
+                    next_hop: e.next_hop.to_string(),
+                })
+                .collect()
+        })
+    }
+}
+
+/// Assembles and checks a list as it arrives. Sans-IO: feed it frames.
+#[derive(Debug)]
+pub struct ListReceiver {
+    header: ListHeader,
+    entries: Vec<Entry>,
+    bytes: usize,
+}
+
+impl ListReceiver {
+    /// Checks a header from `sender` against the version held (if any) and `now`.
+    pub fn start(
+        header: ListHeader,
+        sender: PeerId,
+        held: Option<u64>,
+        now: u64,
+    ) -> Result<Self, ListError> {
+        if header.signer != sender {
+            return Err(ListError::WrongSigner {
+                claimed: header.signer,
+                sender,
+            });
+        }
+        if let Some(held) = held {
+            if header.version <= held {
+                return Err(ListError::NotNewer {
+                    offered: header.version,
+                    held,
+                });
+            }
+        }
+        if header.version == 0 {
+            return Err(ListError::Malformed(
+                "version 0 is reserved for \"no list\"".into(),
+            ));
+        }
+        if header.expires_at <= now {
+            return Err(ListError::Expired {
+                version: header.version,
+                expires_at: header.expires_at,
+            });
+        }
+        if header.count > MAX_ENTRIES {
+            return Err(ListError::TooLarge(format!(
+                "{} entries announced, the limit is {MAX_ENTRIES}",
+                header.count
+            )));
+        }
+        if header.signature.len() != 64 {
+            return Err(ListError::BadSignature);
+        }
+        Ok(Self {
+            entries: Vec::with_capacity(header.count.min(10_000) as usize),
+            header,
+            bytes: 0,
+        })
+    }
+
+    /// The header being received.
+    pub fn header(&self) -> &ListHeader {
+        &self.header
+    }
+
+    /// Whether every announced entry has arrived.
+    pub fn is_complete(&self) -> bool {
+        self.entries.len() == self.header.count as usize
+    }
+
+    /// Adds a chunk, checking each entry.
+    pub fn push(&mut self, chunk: Vec<WireEntry>) -> Result<(), ListError> {
+        if chunk.len() > CHUNK_ENTRIES {
+            return Err(ListError::Malformed(format!(
+                "chunk of {} entries",
+                chunk.len()
+            )));
+        }
+        if self.entries.len() + chunk.len() > self.header.count as usize {
+            return Err(ListError::Malformed(format!(
+                "more entries than the {} announced",
+                self.header.count
+            )));
+        }
+        for w in chunk {
+            let index = self.entries.len();
+            self.bytes += w.domain.len() + w.next_hop.len();
+            if self.bytes > MAX_LIST_BYTES {
+                return Err(ListError::TooLarge(format!(
+                    "over {MAX_LIST_BYTES} bytes of entries"
+                )));
+            }
+            let domain = Domain::parse_canonical(&w.domain)
+                .map_err(|error| ListError::BadEntry { index, error })?;
+            let next_hop = NextHop::parse_canonical(&w.next_hop)
+                .map_err(|error| ListError::BadEntry { index, error })?;
+            if let Some(prev) = self.entries.last() {
+                if prev.domain >= domain {
+                    return Err(ListError::Malformed(format!(
+                        "entries not strictly sorted at {index} ({domain} after {})",
+                        prev.domain
+                    )));
+                }
+            }
+            self.entries.push(Entry { domain, next_hop });
+        }
+        Ok(())
+    }
+
+    /// Checks the count and the signature; the only way to a received list.
+    pub fn finish(self) -> Result<DomainList, ListError> {
+        if !self.is_complete() {
+            return Err(ListError::Malformed(format!(
+                "{} entries announced, {} received",
+                self.header.count,
+                self.entries.len()
+            )));
+        }
+        let list = DomainList {
+            signer: self.header.signer,
+            version: self.header.version,
+            issued_at: self.header.issued_at,
+            expires_at: self.header.expires_at,
+            entries: self.entries,
+        };
+        if !list
+            .signer
+            .verify(&list.signing_bytes(), &self.header.signature)
+        {
+            return Err(ListError::BadSignature);
+        }
+        Ok(list)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ring::signature::{Ed25519KeyPair, KeyPair};
+
+    fn key(seed: u8) -> (Ed25519KeyPair, PeerId) {
+        let k = Ed25519KeyPair::from_seed_unchecked(&[seed; 32]).unwrap();
+        let id = PeerId::from_public_key(k.public_key().as_ref().try_into().unwrap());
+        (k, id)
+    }
+
+    fn entry(d: &str) -> Entry {
+        Entry {
+            domain: Domain::parse(d).unwrap(),
+            next_hop: NextHop::parse("mail.friend.example").unwrap(),
+        }
+    }
+
+    fn signed(k: &Ed25519KeyPair, list: &DomainList) -> (ListHeader, Vec<Vec<WireEntry>>) {
+        let sig = k.sign(&list.signing_bytes()).as_ref().to_vec();
+        (list.header(sig), list.chunks().collect())
+    }
+
+    fn receive(
+        h: ListHeader,
+        chunks: Vec<Vec<WireEntry>>,
+        from: PeerId,
+        held: Option<u64>,
+    ) -> Result<DomainList, ListError> {
+        let mut r = ListReceiver::start(h, from, held, 1000)?;
+        for c in chunks {
+            r.push(c)?;
+        }
+        r.finish()
+    }
+
+    #[test]
+    fn a_signed_list_round_trips_in_chunks() {
+        let (k, id) = key(1);
+        let entries: Vec<Entry> = (0..2500)
+            .map(|i| entry(&format!("d{i:05}.example")))
+            .collect();
+        let list = DomainList::new(id, 3, 900, 5000, entries);
+        let (h, chunks) = signed(&k, &list);
+        assert_eq!(chunks.len(), 3);
+        assert_eq!(receive(h, chunks, id, Some(2)).unwrap(), list);
+    }
+
+    #[test]
+    fn new_sorts_and_dedups() {
+        let (_, id) = key(1);
+        let l = DomainList::new(
+            id,
+            1,
+            0,
+            1,
+            vec![entry("b.example"), entry("a.example"), entry("b.example")],
+        );
+        let names: Vec<&str> = l.entries().iter().map(|e| e.domain.as_str()).collect();
+        assert_eq!(names, ["a.example", "b.example"]);
+    }
+
+    #[test]
+    fn tampering_anywhere_breaks_the_signature() {
+        let (k, id) = key(1);
+        let list = DomainList::new(
+            id,
+            3,
+            900,
+            5000,
+            vec![entry("a.example"), entry("b.example")],
+        );
+        let (h, chunks) = signed(&k, &list);
+        let mut h2 = h.clone();
+        h2.expires_at += 1;
+        assert_eq!(
+            receive(h2, chunks.clone(), id, None),
+            Err(ListError::BadSignature)
+        );
+        let mut c2 = chunks.clone();
+        c2[0][1].domain = "c.example".into();
+        assert_eq!(
+            receive(h.clone(), c2, id, None),
+            Err(ListError::BadSignature)
+        );
+        let mut c3 = chunks;
+        c3[0][0].next_hop = "mail.evil.example".into();
+        assert_eq!(receive(h, c3, id, None), Err(ListError::BadSignature));
+    }
+
+    #[test]
+    fn a_list_signed_by_another_key_is_refused() {
+        let (_, id) = key(1);
+        let (other_key, other) = key(2);
+        // Signed by `other` but claiming to be `id`.
+        let list = DomainList::new(id, 3, 900, 5000, vec![entry("a.example")]);
+        let (h, chunks) = signed(&other_key, &list);
+        assert_eq!(receive(h, chunks, id, None), Err(ListError::BadSignature));
+        // Honestly signed by `other`, but relayed by `id`.
+        let list = DomainList::new(other, 3, 900, 5000, vec![entry("a.example")]);
+        let (h, chunks) = signed(&other_key, &list);
+        assert!(matches!(
+            receive(h, chunks, id, None),
+            Err(ListError::WrongSigner { .. })
+        ));
+    }
+
+    #[test]
+    fn replay_rollback_and_expiry_are_refused() {
+        let (k, id) = key(1);
+        let list = DomainList::new(id, 3, 900, 5000, vec![entry("a.example")]);
+        let (h, chunks) = signed(&k, &list);
+        assert!(matches!(
+            receive(h.clone(), chunks.clone(), id, Some(3)),
+            Err(ListError::NotNewer { .. })
+        ));
+        assert!(matches!(
+            receive(h, chunks, id, Some(4)),
+            Err(ListError::NotNewer { .. })
+        ));
+        let old = DomainList::new(id, 5, 100, 1000, vec![entry("a.example")]);
+        let (h, chunks) = signed(&k, &old);
+        assert!(matches!(
+            receive(h, chunks, id, None),
+            Err(ListError::Expired { .. })
+        ));
+    }
+
+    #[test]
+    fn size_limits_are_checked_before_entries_arrive() {
+        let (k, id) = key(1);
+        let list = DomainList::new(id, 3, 900, 5000, vec![entry("a.example")]);
+        let (mut h, _) = signed(&k, &list);
+        h.count = MAX_ENTRIES + 1;
+        assert!(matches!(
+            ListReceiver::start(h, id, None, 1000),
+            Err(ListError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn extra_missing_and_unsorted_entries_are_refused() {
+        let (k, id) = key(1);
+        let list = DomainList::new(
+            id,
+            3,
+            900,
+            5000,
+            vec![entry("a.example"), entry("b.example")],
+        );
+        let (h, chunks) = signed(&k, &list);
+        let mut more = chunks.clone();
+        more[0].push(WireEntry {
+            domain: "c.example".into(),
+            next_hop: "mail.friend.example".into(),
+        });
+        assert!(matches!(
+            receive(h.clone(), more, id, None),
+            Err(ListError::Malformed(_))
+        ));
+        let mut fewer = chunks.clone();
+        fewer[0].pop();
+        assert!(matches!(
+            receive(h.clone(), fewer, id, None),
+            Err(ListError::Malformed(_))
+        ));
+        let mut swapped = chunks;
+        swapped[0].swap(0, 1);
+        assert!(matches!(
+            receive(h, swapped, id, None),
+            Err(ListError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn injection_attempts_are_named_and_refused() {
+        let (k, id) = key(1);
+        let list = DomainList::new(id, 3, 900, 5000, vec![entry("a.example")]);
+        let (h, _) = signed(&k, &list);
+        for (domain, hop) in [
+            ("evil.example\nrelay_domains = ", "mail.friend.example"),
+            ("evil.example OK", "mail.friend.example"),
+            ("*", "mail.friend.example"),
+            (".", "mail.friend.example"),
+            ("*.evil.example", "mail.friend.example"),
+            ("192.0.2.1", "mail.friend.example"),
+            ("evil.example", "mail.friend.example smtp:[x]"),
+            ("evil.example", "[mail.friend.example]"),
+            ("Evil.example", "mail.friend.example"),
+        ] {
+            let chunk = vec![WireEntry {
+                domain: domain.into(),
+                next_hop: hop.into(),
+            }];
+            let err = receive(h.clone(), vec![chunk], id, None).unwrap_err();
+            assert!(
+                matches!(err, ListError::BadEntry { index: 0, .. }),
+                "{domain:?} {hop:?}: {err}"
+            );
+        }
+    }
+}
