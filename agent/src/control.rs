@@ -11,7 +11,6 @@ use std::time::Duration;
 use tokio::net::{UnixListener, UnixStream};
 
 use mxfed_proto::control::{ControlRequest, ControlResponse};
-use mxfed_proto::MAX_FRAME;
 
 use crate::frames;
 use crate::session::Shared;
@@ -74,7 +73,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: UnixListener) {
 async fn handle(shared: Arc<Shared>, mut stream: UnixStream) {
     let req = match tokio::time::timeout(
         Duration::from_secs(10),
-        frames::read::<ControlRequest, _>(&mut stream, MAX_FRAME),
+        frames::read::<ControlRequest, _>(&mut stream),
     )
     .await
     {
@@ -108,11 +107,11 @@ async fn handle(shared: Arc<Shared>, mut stream: UnixStream) {
         ControlRequest::DomainsAdd { domains, next_hop } => shared
             .change_my_domains(&domains, next_hop.as_deref(), &[])
             .await
-            .map(ControlResponse::Domains),
+            .map(ControlResponse::DomainsChanged),
         ControlRequest::DomainsRemove { domains } => shared
             .change_my_domains(&[], None, &domains)
             .await
-            .map(ControlResponse::Domains),
+            .map(ControlResponse::DomainsChanged),
         ControlRequest::DomainsList => Ok(ControlResponse::Domains(shared.my_domains().await)),
     };
     let response = response.unwrap_or_else(|message| ControlResponse::Error { message });

@@ -17,17 +17,30 @@ pub enum FrameError {
     Codec(#[from] CodecError),
 }
 
-/// Reads one frame of at most `max` bytes and decodes it as `T`.
-pub async fn read<T: Message, R: AsyncRead + Unpin>(
+/// Reads one frame (at most `T::MAX` bytes) and decodes it as `T`.
+pub async fn read<T: Message, R: AsyncRead + Unpin>(r: &mut R) -> Result<T, FrameError> {
+    read_limited(r, T::MAX).await
+}
+
+/// Reads one frame of at most `max` bytes (and never more than `T::MAX`).
+///
+/// A stream that ends inside a frame is malformed, not a plain I/O error:
+/// the sender announced bytes it did not send.
+pub async fn read_limited<T: Message, R: AsyncRead + Unpin>(
     r: &mut R,
     max: usize,
 ) -> Result<T, FrameError> {
     let mut header = [0u8; HEADER_LEN];
     r.read_exact(&mut header).await?;
     // A complete header always yields Some.
-    let len = codec::check_frame(&header, max)?.unwrap_or(0);
+    let len = codec::check_frame(&header, max.min(T::MAX))?.unwrap_or(0);
     let mut body = vec![0u8; len];
-    r.read_exact(&mut body).await?;
+    r.read_exact(&mut body).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => FrameError::Codec(CodecError::Malformed(format!(
+            "stream ended inside a frame of {len} bytes"
+        ))),
+        _ => FrameError::Io(e),
+    })?;
     Ok(codec::decode_message(&body)?)
 }
 
@@ -36,7 +49,7 @@ pub async fn write<T: Message, W: AsyncWrite + Unpin>(
     w: &mut W,
     value: &T,
 ) -> Result<(), FrameError> {
-    let bytes = codec::frame(value)?;
+    let bytes = codec::frame_message(value)?;
     w.write_all(&bytes).await?;
     w.flush().await?;
     Ok(())

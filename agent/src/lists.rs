@@ -23,11 +23,11 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use mxfed_proto::control::{EntryState, MyDomain, MyDomains};
+use mxfed_proto::control::{DomainsChanged, EntryState, MyDomain, MyDomains};
 use mxfed_proto::domain::{Domain, Host, NextHop};
 use mxfed_proto::list::{DomainList, Entry, ListError, ListReceiver};
 use mxfed_proto::msg::{close, EntryNote, ListAck, Request, Response, MAX_ACK_NOTES, MAX_REASON};
-use mxfed_proto::{PeerId, MAX_FRAME};
+use mxfed_proto::PeerId;
 
 use crate::config::VerifyMx;
 use crate::dns::{Dns, MxAnswer};
@@ -263,20 +263,18 @@ fn check_ack(ack: &ListAck, my_version: u64) -> Result<(), String> {
     Ok(())
 }
 
-fn view(p: Option<&Published>, changed: bool) -> MyDomains {
+fn view(p: Option<&Published>) -> MyDomains {
     match p {
         None => MyDomains {
             version: 0,
             issued_at: None,
             expires_at: None,
-            changed,
             domains: Vec::new(),
         },
         Some(p) => MyDomains {
             version: p.list.version,
             issued_at: Some(rfc3339(p.list.issued_at as i64)),
             expires_at: Some(rfc3339(p.list.expires_at as i64)),
-            changed,
             domains: p
                 .list
                 .entries()
@@ -328,7 +326,7 @@ impl Shared {
 
     /// `mxfed domains list`.
     pub(crate) async fn my_domains(&self) -> MyDomains {
-        view(self.lists.mine.lock().await.as_deref(), false)
+        view(self.lists.mine.lock().await.as_deref())
     }
 
     /// Adds (or re-targets) and removes my domains; re-signs and offers the
@@ -338,7 +336,7 @@ impl Shared {
         add: &[String],
         next_hop: Option<&str>,
         remove: &[String],
-    ) -> Result<MyDomains, String> {
+    ) -> Result<DomainsChanged, String> {
         let hop = match next_hop {
             Some(h) => NextHop::parse(h).map_err(|e| format!("invalid next hop: {e}"))?,
             None => NextHop::host_name(
@@ -394,7 +392,15 @@ impl Shared {
             }
         }
         if upserted.is_empty() && removed.is_empty() {
-            return Ok(view(mine.as_deref(), false));
+            let (version, total) = mine
+                .as_ref()
+                .map_or((0, 0), |p| (p.list.version, p.list.entries().len() as u32));
+            return Ok(DomainsChanged {
+                version,
+                added: 0,
+                removed: 0,
+                total,
+            });
         }
         let entries = current
             .into_iter()
@@ -411,8 +417,13 @@ impl Shared {
             total = published.list.entries().len(),
             "my domain list changed; signed and offered to peers"
         );
-        *mine = Some(Arc::clone(&published));
-        let out = view(Some(&published), true);
+        let out = DomainsChanged {
+            version,
+            added: upserted.len() as u32,
+            removed: removed.len() as u32,
+            total: published.list.entries().len() as u32,
+        };
+        *mine = Some(published);
         drop(mine);
         self.offer_to_all(version);
         Ok(out)
@@ -901,7 +912,7 @@ impl From<ListError> for FetchError {
 }
 
 async fn read_response(recv: &mut quinn::RecvStream) -> Result<Response, FetchError> {
-    match tokio::time::timeout(FRAME_TIMEOUT, frames::read::<Response, _>(recv, MAX_FRAME)).await {
+    match tokio::time::timeout(FRAME_TIMEOUT, frames::read::<Response, _>(recv)).await {
         Ok(r) => Ok(r?),
         Err(_) => Err(FetchError::Io(format!(
             "no data within {}s",

@@ -26,7 +26,7 @@ use mxfed_proto::control::{
     DomainReason, MyListAtPeer, PeerDomain, PeerStatus, SelfStatus, StatusReport,
 };
 use mxfed_proto::msg::{close, Hello, PeerInfo, Request, Response, EXPORTER_LABEL, SERVER_NAME};
-use mxfed_proto::{name, token, InviteToken, PeerId, MAX_FRAME};
+use mxfed_proto::{name, token, InviteToken, PeerId};
 
 use crate::config::Config;
 use crate::frames::{self, FrameError};
@@ -132,7 +132,7 @@ pub(crate) async fn request(conn: &quinn::Connection, req: &Request) -> Result<R
             .await
             .map_err(|e| e.to_string())?;
         send.finish().map_err(|e| e.to_string())?;
-        frames::read::<Response, _>(&mut recv, MAX_FRAME)
+        frames::read::<Response, _>(&mut recv)
             .await
             .map_err(|e| e.to_string())
     };
@@ -386,11 +386,8 @@ impl Shared {
             violated(&conn, &who, close::NOT_PAIRED, "no invite presented");
             return;
         };
-        let req = match tokio::time::timeout(
-            STREAM_TIMEOUT,
-            frames::read::<Request, _>(&mut recv, MAX_FRAME),
-        )
-        .await
+        let req = match tokio::time::timeout(STREAM_TIMEOUT, frames::read::<Request, _>(&mut recv))
+            .await
         {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
@@ -716,11 +713,8 @@ impl Shared {
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
     ) {
-        let req = match tokio::time::timeout(
-            STREAM_TIMEOUT,
-            frames::read::<Request, _>(&mut recv, MAX_FRAME),
-        )
-        .await
+        let req = match tokio::time::timeout(STREAM_TIMEOUT, frames::read::<Request, _>(&mut recv))
+            .await
         {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {

@@ -7,7 +7,6 @@ use tokio::net::UnixStream;
 use mxfed_agent::config::Config;
 use mxfed_agent::{frames, EX_UNAVAILABLE};
 use mxfed_proto::control::{ControlRequest, ControlResponse};
-use mxfed_proto::MAX_FRAME;
 
 use crate::Failure;
 
@@ -39,7 +38,7 @@ pub async fn call(config: &Config, req: &ControlRequest) -> Result<ControlRespon
         message: format!("control socket {}: {e}", path.display()),
     };
     frames::write(&mut stream, req).await.map_err(broken)?;
-    match frames::read::<ControlResponse, _>(&mut stream, MAX_FRAME)
+    match frames::read::<ControlResponse, _>(&mut stream)
         .await
         .map_err(broken)?
     {

@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand};
 
 use mxfed_agent::config::{self, Config};
 use mxfed_agent::{AgentError, EX_CONFIG};
-use mxfed_proto::control::{ControlRequest, ControlResponse};
+use mxfed_proto::control::{ControlRequest, ControlResponse, DomainsChanged};
 
 /// Automatic backup MX between friends running Postfix.
 #[derive(Debug, Parser)]
@@ -56,7 +56,42 @@ enum Command {
         /// The peer's name, as `mxfed status` shows it.
         name: String,
     },
+    /// Manage the domains I host, which my friends back up.
+    #[command(subcommand)]
+    Domains(DomainsCommand),
 }
+
+#[derive(Debug, Subcommand)]
+enum DomainsCommand {
+    /// Add domains (or change their next hop); friends get the new list at once.
+    Add {
+        /// Domains, e.g. example.org or bücher.example (stored as punycode).
+        #[arg(required_unless_present = "from_file")]
+        domains: Vec<String>,
+        /// Where friends relay these domains' mail: HOST, HOST:PORT, [IP] or [IP]:PORT.
+        /// Default: my mail_host.
+        #[arg(long, value_name = "HOST[:PORT]")]
+        next_hop: Option<String>,
+        /// Also read domains from this file, one per line ('#' starts a comment; '-' is stdin).
+        #[arg(long, value_name = "FILE")]
+        from_file: Option<PathBuf>,
+    },
+    /// Remove domains; friends stop backing them up.
+    Remove {
+        /// Domains to remove.
+        #[arg(required = true)]
+        domains: Vec<String>,
+    },
+    /// Show the domains I host and my signed list's version.
+    List {
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Domains per control request; keeps each request well inside a frame.
+const DOMAIN_BATCH: usize = 5_000;
 
 #[derive(Debug, Args)]
 struct InitArgs {
@@ -177,6 +212,10 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 other => Err(client::unexpected(other)),
             }
         }
+        Command::Domains(cmd) => {
+            let config = load_config(&cli.config)?;
+            domains(&config, cmd).await
+        }
         Command::Unpair { name } => {
             let config = load_config(&cli.config)?;
             match client::call(&config, &ControlRequest::Unpair { name: name.clone() }).await? {
@@ -194,6 +233,83 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             }
         }
     }
+}
+
+async fn domains(config: &Config, cmd: DomainsCommand) -> Result<(), Failure> {
+    let (result, json) = match cmd {
+        DomainsCommand::Add {
+            mut domains,
+            next_hop,
+            from_file,
+        } => {
+            if let Some(path) = from_file {
+                domains.extend(read_domain_file(&path)?);
+            }
+            // All names are checked here first, so a bad one in a later batch
+            // cannot leave the earlier batches applied.
+            for d in &domains {
+                mxfed_proto::domain::Domain::parse(d)
+                    .map_err(|e| fail(format!("invalid domain: {e}")))?;
+            }
+            let mut sum: Option<DomainsChanged> = None;
+            for batch in domains.chunks(DOMAIN_BATCH) {
+                let req = ControlRequest::DomainsAdd {
+                    domains: batch.to_vec(),
+                    next_hop: next_hop.clone(),
+                };
+                match client::call(config, &req).await? {
+                    ControlResponse::DomainsChanged(c) => {
+                        let added = sum.as_ref().map_or(0, |s| s.added) + c.added;
+                        sum = Some(DomainsChanged { added, ..c });
+                    }
+                    other => return Err(client::unexpected(other)),
+                }
+            }
+            (sum.map(ControlResponse::DomainsChanged), false)
+        }
+        DomainsCommand::Remove { domains } => {
+            let req = ControlRequest::DomainsRemove { domains };
+            (Some(client::call(config, &req).await?), false)
+        }
+        DomainsCommand::List { json } => (
+            Some(client::call(config, &ControlRequest::DomainsList).await?),
+            json,
+        ),
+    };
+    match result {
+        Some(ControlResponse::DomainsChanged(c)) => {
+            output::line(&format!(
+                "my list is now version {}: {} added or changed, {} removed, {} in all",
+                c.version, c.added, c.removed, c.total
+            ));
+            Ok(())
+        }
+        Some(ControlResponse::Domains(d)) => {
+            if json {
+                output::json(&d);
+            } else {
+                output::my_domains(&d);
+            }
+            Ok(())
+        }
+        Some(other) => Err(client::unexpected(other)),
+        None => Err(fail("no domains given")),
+    }
+}
+
+fn read_domain_file(path: &std::path::Path) -> Result<Vec<String>, Failure> {
+    let text = if path.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())
+    } else {
+        std::fs::read_to_string(path)
+    }
+    .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+    Ok(text
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect())
 }
 
 async fn init(config_path: &std::path::Path, args: InitArgs) -> Result<(), Failure> {

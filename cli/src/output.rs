@@ -4,7 +4,7 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use mxfed_proto::control::StatusReport;
+use mxfed_proto::control::{EntryState, MyDomains, StatusReport};
 
 /// Prints one line to stdout.
 pub fn line(s: &str) {
@@ -37,6 +37,49 @@ fn bytes(n: u64) -> String {
     } else {
         format!("{v:.1}{}", UNITS[u])
     }
+}
+
+/// Prints rows as left-aligned columns.
+fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
+    let header = header.map(String::from);
+    let mut widths = header.clone().map(|h| h.len());
+    for row in rows {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.len());
+        }
+    }
+    for row in std::iter::once(&header).chain(rows) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", cells.join("  ").trim_end());
+    }
+}
+
+/// `domains list` (and the result of add and remove).
+pub fn my_domains(d: &MyDomains) {
+    if d.version == 0 {
+        println!("no domains yet: add them with `mxfed domains add DOMAIN...`");
+        return;
+    }
+    println!(
+        "my list: version {}, signed {}, expires {}, {} domain(s)",
+        d.version,
+        d.issued_at.as_deref().unwrap_or("?"),
+        d.expires_at.as_deref().unwrap_or("?"),
+        d.domains.len()
+    );
+    if d.domains.is_empty() {
+        return;
+    }
+    let rows: Vec<[String; 2]> = d
+        .domains
+        .iter()
+        .map(|e| [e.domain.clone(), e.next_hop.clone()])
+        .collect();
+    table(["DOMAIN", "NEXT HOP"], &rows);
 }
 
 /// The `status` table.
@@ -82,22 +125,62 @@ pub fn status_table(r: &StatusReport) {
             ]
         })
         .collect();
-    let header = [
-        "PEER", "ID", "STATE", "ADDRESS", "RTT", "IN", "OUT", "VERSION",
-    ]
-    .map(String::from);
-    let mut widths = header.clone().map(|h| h.len());
-    for row in &rows {
-        for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.len());
+    table(
+        [
+            "PEER", "ID", "STATE", "ADDRESS", "RTT", "IN", "OUT", "VERSION",
+        ],
+        &rows,
+    );
+    for p in &r.peers {
+        let count = |st| p.domains.iter().filter(|d| d.state == st).count();
+        println!();
+        match p.list_version {
+            Some(v) => println!(
+                "{}'s domains (list v{v}): I back up {} of {}; {} refused, {} pending",
+                p.name,
+                count(EntryState::Accepted),
+                p.domains.len(),
+                count(EntryState::Refused),
+                count(EntryState::Pending)
+            ),
+            None => println!("{}'s domains: no list received yet", p.name),
         }
-    }
-    for row in std::iter::once(&header).chain(&rows) {
-        let cells: Vec<String> = row
+        for d in p
+            .domains
             .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("{}", cells.join("  ").trim_end());
+            .filter(|d| d.state != EntryState::Accepted)
+            .take(20)
+        {
+            println!(
+                "  {} {}: {}",
+                d.state.as_str(),
+                d.domain,
+                d.reason.as_deref().unwrap_or("")
+            );
+        }
+        let m = &p.my_list;
+        match m.version_acked {
+            Some(v) => {
+                let total = m.accepted + m.refused_count + m.pending_count;
+                println!(
+                    "{} backs up {} of my {} domains (holds my list v{v}){}",
+                    p.name,
+                    m.accepted,
+                    total,
+                    if m.refused_count + m.pending_count > 0 {
+                        ":"
+                    } else {
+                        ""
+                    }
+                );
+                for n in m.refused.iter().take(20) {
+                    println!("  refused {}: {}", n.domain, n.reason);
+                }
+                for n in m.pending.iter().take(20) {
+                    println!("  pending {}: {}", n.domain, n.reason);
+                }
+            }
+            None => println!("{} has not acknowledged my list yet", p.name),
+        }
     }
 }

@@ -10,14 +10,22 @@
 
 use serde::{de::DeserializeOwned, Serialize};
 
-/// Largest frame payload either side accepts, in bytes.
+/// Largest frame payload on the peer protocol (and for control requests), in bytes.
 pub const MAX_FRAME: usize = 1 << 20;
+
+/// Largest control-socket answer (a status report with 100,000 domains),
+/// in bytes. Only the local agent sends these, to its own CLI.
+pub const MAX_CONTROL_FRAME: usize = 256 << 20;
 
 /// Length of the frame header.
 pub const HEADER_LEN: usize = 4;
 
 fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<MAX_FRAME>()
+}
+
+fn control_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_CONTROL_FRAME>()
 }
 
 /// A message type that travels in frames.
@@ -28,6 +36,9 @@ fn config() -> impl bincode::config::Config {
 pub trait Message: Serialize + DeserializeOwned {
     /// Number of variants of this enum.
     const VARIANTS: u8;
+    /// Largest frame of this type, in bytes: [`MAX_FRAME`] unless the type
+    /// only ever comes from the local agent.
+    const MAX: usize = MAX_FRAME;
 }
 
 /// Why bytes could not be turned into a value, or a value into bytes.
@@ -85,30 +96,64 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     Ok(value)
 }
 
-/// Decodes a message enum, reporting an unknown variant as [`CodecError::UnknownType`].
+/// Decodes a message enum, reporting an unknown variant as
+/// [`CodecError::UnknownType`], within the type's own size limit.
 pub fn decode_message<T: Message>(bytes: &[u8]) -> Result<T, CodecError> {
     match bytes.first() {
         None => Err(CodecError::Malformed("empty message".into())),
         Some(&tag) if tag >= T::VARIANTS => Err(CodecError::UnknownType(tag)),
-        Some(_) => decode(bytes),
+        Some(_) if T::MAX <= MAX_FRAME => decode(bytes),
+        Some(_) => {
+            if bytes.len() > MAX_CONTROL_FRAME {
+                return Err(CodecError::TooLarge {
+                    len: bytes.len(),
+                    max: MAX_CONTROL_FRAME,
+                });
+            }
+            let (value, used) = bincode::serde::decode_from_slice(bytes, control_config())
+                .map_err(|e| CodecError::Malformed(e.to_string()))?;
+            if used != bytes.len() {
+                return Err(CodecError::Trailing(bytes.len() - used));
+            }
+            Ok(value)
+        }
     }
+}
+
+/// Encodes a message with its frame header, within the type's size limit.
+pub fn frame_message<T: Message>(value: &T) -> Result<Vec<u8>, CodecError> {
+    if T::MAX <= MAX_FRAME {
+        return frame(value);
+    }
+    let body = bincode::serde::encode_to_vec(value, control_config())
+        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    with_header(body, MAX_CONTROL_FRAME)
+}
+
+fn with_header(body: Vec<u8>, max: usize) -> Result<Vec<u8>, CodecError> {
+    if body.len() > max {
+        return Err(CodecError::TooLarge {
+            len: body.len(),
+            max,
+        });
+    }
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+    // `max` is at most MAX_CONTROL_FRAME, which fits in a u32.
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
 }
 
 /// Encodes a value with its frame header.
 pub fn frame<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
-    let body = encode(value)?;
-    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
-    // encode() bounds the length by MAX_FRAME, which fits in a u32.
-    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    out.extend_from_slice(&body);
-    Ok(out)
+    with_header(encode(value)?, MAX_FRAME)
 }
 
 /// Reads the frame header at the start of `buf`.
 ///
 /// Returns `Ok(None)` when more bytes are needed, `Ok(Some(len))` with the
 /// payload length when the header is complete, and an error when the
-/// announced length is over `max` (which is itself capped at [`MAX_FRAME`]).
+/// announced length is over `max` (which is itself capped at [`MAX_CONTROL_FRAME`]).
 pub fn check_frame(buf: &[u8], max: usize) -> Result<Option<usize>, CodecError> {
     let Some(header) = buf.get(..HEADER_LEN) else {
         return Ok(None);
@@ -116,7 +161,7 @@ pub fn check_frame(buf: &[u8], max: usize) -> Result<Option<usize>, CodecError> 
     let mut len = [0u8; HEADER_LEN];
     len.copy_from_slice(header);
     let len = u32::from_be_bytes(len) as usize;
-    let max = max.min(MAX_FRAME);
+    let max = max.min(MAX_CONTROL_FRAME);
     if len > max {
         return Err(CodecError::TooLarge { len, max });
     }

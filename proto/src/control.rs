@@ -77,12 +77,28 @@ pub enum ControlResponse {
         /// What went wrong.
         message: String,
     },
-    /// Answer to the domain requests: my list as it now stands.
+    /// Answer to [`ControlRequest::DomainsList`]: my list as it stands.
     Domains(MyDomains),
+    /// Answer to [`ControlRequest::DomainsAdd`] and [`ControlRequest::DomainsRemove`].
+    DomainsChanged(DomainsChanged),
+}
+
+/// What `domains add` or `domains remove` did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainsChanged {
+    /// Version of my list now.
+    pub version: u64,
+    /// Entries added or given a new next hop.
+    pub added: u32,
+    /// Entries removed.
+    pub removed: u32,
+    /// Entries in the list now.
+    pub total: u32,
 }
 
 impl Message for ControlResponse {
-    const VARIANTS: u8 = 6;
+    const VARIANTS: u8 = 7;
+    const MAX: usize = crate::codec::MAX_CONTROL_FRAME;
 }
 
 /// `mxfed domains list --json`: the domains I host and my signed list.
@@ -94,8 +110,6 @@ pub struct MyDomains {
     pub issued_at: Option<String>,
     /// RFC 3339 time it expires (it is re-signed well before).
     pub expires_at: Option<String>,
-    /// Whether the last request changed the list (and so bumped the version).
-    pub changed: bool,
     /// The entries, sorted.
     pub domains: Vec<MyDomain>,
 }

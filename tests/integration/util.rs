@@ -288,3 +288,212 @@ impl RawPeer {
         }
     }
 }
+
+impl Agent {
+    /// Sets `key = value` lines in the agent's config file (before `start`),
+    /// replacing the lines `init` wrote for those keys.
+    pub fn configure(&self, lines: &str) {
+        let text = std::fs::read_to_string(self.config()).unwrap();
+        let keys: Vec<&str> = lines
+            .lines()
+            .filter_map(|l| l.split('=').next())
+            .map(str::trim)
+            .collect();
+        let mut out: Vec<&str> = text
+            .lines()
+            .filter(|l| !keys.contains(&l.split('=').next().unwrap_or("").trim()))
+            .collect();
+        out.extend(lines.lines());
+        std::fs::write(self.config(), out.join("\n") + "\n").unwrap();
+    }
+
+    /// Points the agent's MX checks at `dns`.
+    pub fn use_dns(&self, dns: &DnsServer) {
+        self.configure(&format!("dns_servers = [\"{}\"]", dns.addr));
+    }
+
+    /// `mxfed domains ARGS...`, which must succeed.
+    pub fn domains(&self, args: &[&str]) -> Output {
+        let mut all = vec!["domains"];
+        all.extend_from_slice(args);
+        let out = self.mxfed(&all);
+        assert_ok(&out, &format!("domains {args:?}"));
+        out
+    }
+
+    /// The entries of `peer`'s list as this agent holds them: domain -> (state, reason).
+    pub fn held(&self, peer: &str) -> std::collections::BTreeMap<String, (String, String)> {
+        let p = self
+            .peer(peer)
+            .unwrap_or_else(|| panic!("{} has no peer {peer}", self.name));
+        p["domains"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                (
+                    d["domain"].as_str().unwrap().to_string(),
+                    (
+                        d["state"].as_str().unwrap().to_string(),
+                        d["reason"].as_str().unwrap_or("").to_string(),
+                    ),
+                )
+            })
+            .collect()
+    }
+
+    /// The state of one domain in `peer`'s list as held here.
+    pub fn state_of(&self, peer: &str, domain: &str) -> Option<String> {
+        self.held(peer).get(domain).map(|(s, _)| s.clone())
+    }
+}
+
+/// One DNS record for [`DnsServer`].
+#[derive(Debug, Clone)]
+pub enum Rec {
+    /// `domain MX pref host`
+    Mx(&'static str, &'static str, u16),
+    /// `host A ip`
+    A(&'static str, &'static str),
+}
+
+/// A real DNS server (dnsmasq) on a loopback address of its own, answering
+/// only the records given and NXDOMAIN for anything else under the zones
+/// given (everything else gets REFUSED, which the resolver treats as a
+/// failure).
+pub struct DnsServer {
+    pub addr: SocketAddr,
+    child: Option<Child>,
+}
+
+impl DnsServer {
+    pub fn start(zones: &[&str], records: &[Rec]) -> DnsServer {
+        let addr = SocketAddr::new(fresh_ip().into(), 5353);
+        let mut d = DnsServer { addr, child: None };
+        d.launch(zones, records);
+        d
+    }
+
+    /// Restarts with other zones and records (dnsmasq cannot reload them).
+    pub fn restart(&mut self, zones: &[&str], records: &[Rec]) {
+        self.stop();
+        self.launch(zones, records);
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn launch(&mut self, zones: &[&str], records: &[Rec]) {
+        let mut args = vec![
+            "-k".to_string(),
+            "--conf-file=/dev/null".into(),
+            "--no-resolv".into(),
+            "--no-hosts".into(),
+            "--bind-interfaces".into(),
+            format!("--listen-address={}", self.addr.ip()),
+            format!("--port={}", self.addr.port()),
+            "--pid-file=".into(),
+            "--local-ttl=0".into(),
+        ];
+        for z in zones {
+            args.push(format!("--local=/{z}/"));
+        }
+        for r in records {
+            args.push(match r {
+                Rec::Mx(d, h, p) => format!("--mx-host={d},{h},{p}"),
+                Rec::A(h, ip) => format!("--host-record={h},{ip}"),
+            });
+        }
+        let child = Command::new("dnsmasq")
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dnsmasq not found: apt-get install dnsmasq-base (.ci/run installs it)");
+        self.child = Some(child);
+        wait_for("dnsmasq to answer", || dns_answers(self.addr));
+    }
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Whether a DNS server answers a query at all.
+fn dns_answers(server: SocketAddr) -> bool {
+    let sock = std::net::UdpSocket::bind((server.ip(), 0)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    // ID 0x1234, RD, one question: "probe." A IN.
+    let q = [
+        0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 5, b'p', b'r', b'o', b'b', b'e', 0, 0, 1, 0, 1,
+    ];
+    if sock.send_to(&q, server).is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 512];
+    sock.recv_from(&mut buf).is_ok()
+}
+
+/// Writes a file of `n` generated domain names and returns its path.
+pub fn domain_file(dir: &Path, n: usize) -> PathBuf {
+    let path = dir.join("domains.txt");
+    let mut text = String::with_capacity(n * 24);
+    for i in 0..n {
+        text.push_str(&format!("d{i:06}.bulk.example\n"));
+    }
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+impl RawPeer {
+    /// Answers every request the agent sends on this connection with the
+    /// frames `answer` gives, until the connection closes.
+    pub fn serve(
+        &self,
+        answer: impl Fn(mxfed_proto::msg::Request) -> Vec<mxfed_proto::msg::Response>
+            + Send
+            + Sync
+            + 'static,
+    ) -> tokio::task::JoinHandle<()> {
+        let conn = self.conn.clone();
+        let answer = std::sync::Arc::new(answer);
+        tokio::spawn(async move {
+            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                let answer = std::sync::Arc::clone(&answer);
+                tokio::spawn(async move {
+                    let Ok(req) =
+                        mxfed_agent::frames::read::<mxfed_proto::msg::Request, _>(&mut recv).await
+                    else {
+                        return;
+                    };
+                    for resp in answer(req) {
+                        let bytes = mxfed_proto::codec::frame(&resp).unwrap();
+                        if send.write_all(&bytes).await.is_err() {
+                            return;
+                        }
+                    }
+                    let _ = send.finish();
+                    let _ = send.stopped().await;
+                });
+            }
+        })
+    }
+
+    /// Sends one request and waits for its first answer frame.
+    pub async fn request(&self, req: &mxfed_proto::msg::Request) -> mxfed_proto::msg::Response {
+        let (mut send, mut recv) = self.conn.open_bi().await.unwrap();
+        send.write_all(&mxfed_proto::codec::frame(req).unwrap())
+            .await
+            .unwrap();
+        send.finish().unwrap();
+        mxfed_agent::frames::read(&mut recv).await.unwrap()
+    }
+}

@@ -1,0 +1,486 @@
+//! Signed domain lists: publishing, propagation, the MX ownership check,
+//! and hostile lists. DNS is a real dnsmasq on a loopback address.
+
+use std::time::Duration;
+
+use mxfed_proto::domain::{Domain, NextHop};
+use mxfed_proto::list::{DomainList, Entry, ListHeader, WireEntry, MAX_ENTRIES};
+use mxfed_proto::msg::{Hello, PeerInfo, Request, Response};
+use mxfed_proto::PeerId;
+
+use crate::util::*;
+
+const ZONES: &[&str] = &["example"];
+
+/// MX records for the two friends' domains: each lists its own server first
+/// and the friend's second, as the seed describes. `lonely.example` lists
+/// only alpha.
+fn world() -> Vec<Rec> {
+    vec![
+        Rec::Mx("alpha.example", "mail.alpha.example", 0),
+        Rec::Mx("alpha.example", "mail.bravo.example", 10),
+        Rec::Mx("a2.example", "mail.alpha.example", 0),
+        Rec::Mx("a2.example", "mail.bravo.example", 10),
+        Rec::Mx("bravo.example", "mail.bravo.example", 0),
+        Rec::Mx("bravo.example", "mail.alpha.example", 10),
+        Rec::Mx("lonely.example", "mail.alpha.example", 0),
+        Rec::A("mail.alpha.example", "192.0.2.1"),
+        Rec::A("mail.bravo.example", "192.0.2.2"),
+    ]
+}
+
+fn pair_with(a: &mut Agent, b: &mut Agent) {
+    a.start();
+    b.start();
+    let token = a.invite("10m");
+    assert_ok(&b.mxfed(&["join", &token]), "join");
+    wait_for("connected", || {
+        a.connected_to(&b.name) && b.connected_to(&a.name)
+    });
+}
+
+fn two_friends(dns: &DnsServer, b_extra: &str) -> (Agent, Agent) {
+    let mut a = Agent::init("alpha");
+    let mut b = Agent::init("bravo");
+    a.use_dns(dns);
+    b.use_dns(dns);
+    b.configure(b_extra);
+    pair_with(&mut a, &mut b);
+    (a, b)
+}
+
+#[test]
+fn lists_propagate_both_ways_and_persist_while_the_signer_is_down() {
+    let dns = DnsServer::start(ZONES, &world());
+    let (mut a, mut b) = two_friends(&dns, "");
+    a.domains(&["add", "Alpha.EXAMPLE", "a2.example"]);
+    wait_for("bravo to accept alpha's domains", || {
+        b.state_of("alpha", "alpha.example").as_deref() == Some("accepted")
+            && b.state_of("alpha", "a2.example").as_deref() == Some("accepted")
+    });
+    let p = b.peer("alpha").unwrap();
+    assert_eq!(p["domains"][0]["next_hop"], "mail.alpha.example");
+    let version = p["list_version"].as_u64().unwrap();
+    wait_for("alpha to hear bravo's acknowledgement", || {
+        let m = a.peer("bravo").unwrap()["my_list"].clone();
+        m["version_acked"] == version && m["accepted"] == 2
+    });
+
+    b.domains(&["add", "bravo.example"]);
+    wait_for("alpha to accept bravo's domain", || {
+        a.state_of("bravo", "bravo.example").as_deref() == Some("accepted")
+    });
+
+    a.domains(&["remove", "a2.example"]);
+    wait_for("the removal to reach bravo", || b.held("alpha").len() == 1);
+    let listed: serde_json::Value =
+        serde_json::from_slice(&a.domains(&["list", "--json"]).stdout).unwrap();
+    assert_eq!(listed["domains"].as_array().unwrap().len(), 1);
+    assert_eq!(listed["domains"][0]["domain"], "alpha.example");
+
+    // The signer goes down: its list stays in force, across our restart too.
+    a.stop();
+    wait_for("bravo to see alpha go", || !b.connected_to("alpha"));
+    assert_eq!(
+        b.state_of("alpha", "alpha.example").as_deref(),
+        Some("accepted")
+    );
+    b.stop();
+    b.start();
+    assert_eq!(
+        b.state_of("alpha", "alpha.example").as_deref(),
+        Some("accepted")
+    );
+    a.start();
+    wait_for("reconnect", || {
+        a.connected_to("bravo") && b.connected_to("alpha")
+    });
+    assert_eq!(
+        b.peer("alpha").unwrap()["list_version"].as_u64().unwrap(),
+        version + 1
+    );
+    assert_eq!(
+        a.state_of("bravo", "bravo.example").as_deref(),
+        Some("accepted")
+    );
+}
+
+#[test]
+fn a_refusal_names_what_is_missing_and_fixing_dns_is_enough() {
+    let mut dns = DnsServer::start(ZONES, &world());
+    let (a, b) = two_friends(&dns, "recheck_interval = \"1s\"");
+    a.domains(&["add", "lonely.example"]);
+    let reason = "MX of lonely.example does not list mail.bravo.example";
+    wait_for("bravo to refuse lonely.example", || {
+        b.held("alpha").get("lonely.example") == Some(&("refused".into(), reason.into()))
+    });
+    // The signer learns why.
+    wait_for("alpha to hear the refusal", || {
+        let m = a.peer("bravo").unwrap()["my_list"].clone();
+        m["refused"][0]["domain"] == "lonely.example" && m["refused"][0]["reason"] == reason
+    });
+    let table = String::from_utf8(a.mxfed(&["status"]).stdout).unwrap();
+    assert!(
+        table.contains("bravo backs up 0 of my 1 domains"),
+        "{table}"
+    );
+    assert!(table.contains(reason), "{table}");
+
+    // The friend fixes DNS; the periodic re-check picks it up.
+    let mut fixed = world();
+    fixed.push(Rec::Mx("lonely.example", "mail.bravo.example", 10));
+    dns.restart(ZONES, &fixed);
+    wait_for("bravo to accept after the DNS fix", || {
+        b.state_of("alpha", "lonely.example").as_deref() == Some("accepted")
+    });
+    wait_for("alpha to hear it", || {
+        a.peer("bravo").unwrap()["my_list"]["accepted"] == 1
+    });
+    assert!(b.log_text().contains("re-checked entry changed state"));
+}
+
+#[test]
+fn republishing_checks_refused_entries_again() {
+    let mut dns = DnsServer::start(ZONES, &world());
+    let (a, b) = two_friends(&dns, "recheck_interval = \"1h\"");
+    a.domains(&["add", "lonely.example"]);
+    wait_for("refused", || {
+        b.state_of("alpha", "lonely.example").as_deref() == Some("refused")
+    });
+    let mut fixed = world();
+    fixed.push(Rec::Mx("lonely.example", "mail.bravo.example", 10));
+    dns.restart(ZONES, &fixed);
+    a.domains(&["add", "alpha.example"]);
+    wait_for("both accepted", || {
+        b.state_of("alpha", "lonely.example").as_deref() == Some("accepted")
+            && b.state_of("alpha", "alpha.example").as_deref() == Some("accepted")
+    });
+}
+
+#[test]
+fn a_dns_failure_never_revokes_and_leaves_new_entries_pending() {
+    let mut dns = DnsServer::start(ZONES, &world());
+    let (a, b) = two_friends(&dns, "recheck_interval = \"1s\"");
+    a.domains(&["add", "alpha.example"]);
+    wait_for("accepted", || {
+        b.state_of("alpha", "alpha.example").as_deref() == Some("accepted")
+    });
+    // DNS now fails (REFUSED for everything), and alpha republishes.
+    dns.restart(&[], &[]);
+    a.domains(&["add", "a2.example"]);
+    wait_for("a2 pending", || {
+        b.state_of("alpha", "a2.example").as_deref() == Some("pending")
+    });
+    let (state, reason) = b.held("alpha")["a2.example"].clone();
+    assert_eq!(state, "pending");
+    assert!(reason.contains("will retry"), "{reason}");
+    assert_eq!(
+        b.state_of("alpha", "alpha.example").as_deref(),
+        Some("accepted")
+    );
+    // A few re-checks later, still the same.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        b.state_of("alpha", "alpha.example").as_deref(),
+        Some("accepted")
+    );
+    // DNS comes back: the pending entry is decided.
+    dns.restart(ZONES, &world());
+    wait_for("a2 accepted", || {
+        b.state_of("alpha", "a2.example").as_deref() == Some("accepted")
+    });
+}
+
+#[test]
+fn my_own_domains_and_another_peers_domains_are_refused() {
+    let mut records = world();
+    for host in [
+        "mail.alpha.example",
+        "mail.bravo.example",
+        "mail.charlie.example",
+    ] {
+        records.push(Rec::Mx("shared.example", host, 10));
+    }
+    let dns = DnsServer::start(ZONES, &records);
+    let (a, mut b) = two_friends(&dns, "");
+    let mut c = Agent::init("charlie");
+    c.use_dns(&dns);
+    c.start();
+    let token = b.invite("10m");
+    assert_ok(&c.mxfed(&["join", &token]), "join");
+    wait_for("charlie connected", || b.connected_to("charlie"));
+
+    a.domains(&["add", "shared.example"]);
+    wait_for("accepted for alpha", || {
+        b.state_of("alpha", "shared.example").as_deref() == Some("accepted")
+    });
+    c.domains(&["add", "shared.example"]);
+    wait_for("refused for charlie", || {
+        b.state_of("charlie", "shared.example").as_deref() == Some("refused")
+    });
+    assert_eq!(
+        b.held("charlie")["shared.example"].1,
+        "shared.example is already backed up here for peer alpha"
+    );
+
+    b.domains(&["add", "bravo.example"]);
+    a.domains(&["add", "bravo.example"]);
+    wait_for("bravo.example refused", || {
+        b.state_of("alpha", "bravo.example").as_deref() == Some("refused")
+    });
+    assert_eq!(
+        b.held("alpha")["bravo.example"].1,
+        "bravo.example is one of my own domains"
+    );
+    b.stop();
+}
+
+#[test]
+fn bad_domain_names_are_refused_and_nothing_is_stored() {
+    let mut a = Agent::init("alpha");
+    a.start();
+    a.domains(&["add", "good.example"]);
+    for bad in [
+        "*.wild.example",
+        "trailing.example.",
+        "sp ace.example",
+        "192.0.2.1",
+        ".",
+        "a\nb.example",
+    ] {
+        let out = a.mxfed(&["domains", "add", "ok.example", bad]);
+        assert_eq!(out.status.code(), Some(1), "{bad:?}");
+        assert!(
+            stderr(&out).contains("invalid domain"),
+            "{bad:?}: {}",
+            stderr(&out)
+        );
+    }
+    let out = a.mxfed(&["domains", "add", "x.example", "--next-hop", "smtp:[evil]"]);
+    assert!(
+        stderr(&out).contains("invalid next hop"),
+        "{}",
+        stderr(&out)
+    );
+    let out = a.mxfed(&["domains", "remove", "never.example"]);
+    assert!(stderr(&out).contains("not in my list"), "{}", stderr(&out));
+    let listed: serde_json::Value =
+        serde_json::from_slice(&a.domains(&["list", "--json"]).stdout).unwrap();
+    assert_eq!(listed["version"], 1, "nothing else was stored");
+    assert_eq!(listed["domains"].as_array().unwrap().len(), 1);
+    // IDN input is stored as punycode; a next hop override is kept.
+    a.domains(&[
+        "add",
+        "bücher.example",
+        "--next-hop",
+        "Relay.Alpha.Example:2525",
+    ]);
+    let listed: serde_json::Value =
+        serde_json::from_slice(&a.domains(&["list", "--json"]).stdout).unwrap();
+    assert_eq!(listed["domains"][1]["domain"], "xn--bcher-kva.example");
+    assert_eq!(listed["domains"][1]["next_hop"], "relay.alpha.example:2525");
+}
+
+#[test]
+fn a_list_of_100000_domains_propagates() {
+    let (a, b) = {
+        let mut a = Agent::init("alpha");
+        let mut b = Agent::init("bravo");
+        b.configure("verify_mx = \"off\"");
+        pair_with(&mut a, &mut b);
+        (a, b)
+    };
+    let file = domain_file(a.dir.path(), 100_000);
+    a.domains(&["add", "--from-file", file.to_str().unwrap()]);
+    wait_for("all 100,000 accepted", || {
+        let p = b.peer("alpha").unwrap();
+        p["domains"].as_array().unwrap().len() == 100_000
+            && p["domains"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|d| d["state"] == "accepted")
+    });
+    wait_for("acknowledged", || {
+        a.peer("bravo").unwrap()["my_list"]["accepted"] == 100_000
+    });
+}
+
+// ----- hostile lists ---------------------------------------------------------
+
+fn entry(d: &str) -> Entry {
+    Entry {
+        domain: Domain::parse(d).unwrap(),
+        next_hop: NextHop::parse("mail.bravo.example").unwrap(),
+    }
+}
+
+/// A validly signed list by `key`'s owner.
+fn signed(
+    key_dir: &std::path::Path,
+    version: u64,
+    expires_at: u64,
+    domains: &[&str],
+) -> (ListHeader, Vec<Vec<WireEntry>>) {
+    let id = mxfed_agent::identity::Identity::load(key_dir).unwrap();
+    let list = DomainList::new(
+        id.id,
+        version,
+        1,
+        expires_at,
+        domains.iter().map(|d| entry(d)).collect(),
+    );
+    let sig = id.sign(&list.signing_bytes());
+    (list.header(sig), list.chunks().collect())
+}
+
+fn far_future() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 86_400
+}
+
+#[test]
+fn hostile_lists_are_refused_and_the_previous_list_stays_in_force() {
+    let (a, mut b) = {
+        let mut a = Agent::init("alpha");
+        let mut b = Agent::init("bravo");
+        a.configure("verify_mx = \"off\"");
+        pair_with(&mut a, &mut b);
+        (a, b)
+    };
+    b.domains(&["add", "b1.example"]);
+    wait_for("alpha holds bravo's list", || {
+        a.state_of("bravo", "b1.example").is_some()
+    });
+    let held_version = a.peer("bravo").unwrap()["list_version"].as_u64().unwrap();
+    b.stop();
+    wait_for("bravo gone", || !a.connected_to("bravo"));
+
+    let stranger = Agent::init("stranger");
+    let a_id: PeerId = a.id().parse().unwrap();
+    let b_dir = b.data_dir();
+    let future = far_future();
+    let (good_header, good_chunks) = signed(
+        &b_dir,
+        held_version + 1,
+        future,
+        &["b1.example", "b2.example"],
+    );
+
+    // (what the bad list is, the refusal alpha must log)
+    let mut cases: Vec<(&str, ListHeader, Vec<Vec<WireEntry>>, &str)> = Vec::new();
+    let mut h = good_header.clone();
+    h.signature = vec![7; 64];
+    cases.push((
+        "bad signature",
+        h,
+        good_chunks.clone(),
+        "signature does not verify",
+    ));
+    let (h, c) = signed(&b_dir, held_version, future, &["evil.example"]);
+    cases.push(("replay of the held version", h, c, "is not newer than"));
+    let (h, c) = signed(&b_dir, held_version + 5, 10, &["evil.example"]);
+    cases.push(("expired", h, c, "expired"));
+    let mut h = good_header.clone();
+    h.count = MAX_ENTRIES + 1;
+    cases.push(("over the size limit", h, Vec::new(), "too large"));
+    let (h, c) = signed(
+        &stranger.data_dir(),
+        held_version + 1,
+        future,
+        &["evil.example"],
+    );
+    cases.push(("signed by another peer's key", h, c, "but was sent by"));
+    for (evil, hop) in [
+        (
+            "evil.example\nrelay_domains = evil.example",
+            "mail.bravo.example",
+        ),
+        ("evil.example OK", "mail.bravo.example"),
+        ("*", "mail.bravo.example"),
+        (".", "mail.bravo.example"),
+        ("192.0.2.66", "mail.bravo.example"),
+        ("evil.example", "mail.bravo.example smtp:[10.0.0.1]"),
+    ] {
+        let mut h = good_header.clone();
+        h.count = 1;
+        let c = vec![vec![WireEntry {
+            domain: evil.into(),
+            next_hop: hop.into(),
+        }]];
+        cases.push(("injection", h, c, "list entry 0 is invalid"));
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let raw = RawPeer::connect(&b_dir, a.addr, a_id).await;
+        let current = std::sync::Arc::new(std::sync::Mutex::new((good_header.clone(), Vec::new())));
+        let serving = std::sync::Arc::clone(&current);
+        let _server = raw.serve(move |req| match req {
+            Request::FetchList { .. } => {
+                let (h, chunks) = serving.lock().unwrap().clone();
+                let mut out = vec![Response::ListHeader(h)];
+                out.extend(chunks.into_iter().map(Response::ListChunk));
+                out
+            }
+            Request::Hello(_) => vec![Response::Hello(Hello {
+                info: bravo_info(),
+                list_version: 1_000,
+            })],
+            _ => vec![Response::Done],
+        });
+        let hello = Request::Hello(Hello {
+            info: bravo_info(),
+            list_version: 1_000,
+        });
+        assert!(matches!(raw.request(&hello).await, Response::Hello(_)));
+        for (i, (what, h, c, expect)) in cases.into_iter().enumerate() {
+            *current.lock().unwrap() = (h, c);
+            let before = a.log_text().matches("refused domain list").count();
+            assert_eq!(
+                raw.request(&Request::ListOffer {
+                    version: 1_000 + i as u64
+                })
+                .await,
+                Response::Done
+            );
+            wait_for(what, || {
+                a.log_text().matches("refused domain list").count() > before
+            });
+            let log = a.log_text();
+            let last = log
+                .lines()
+                .rev()
+                .find(|l| l.contains("refused domain list"))
+                .unwrap();
+            assert!(last.contains(expect), "{what}: {last}");
+            // The previous list is still what alpha holds.
+            let p = a.peer("bravo").unwrap();
+            assert_eq!(p["list_version"].as_u64().unwrap(), held_version, "{what}");
+            assert_eq!(
+                a.held("bravo").keys().collect::<Vec<_>>(),
+                ["b1.example"],
+                "{what}"
+            );
+        }
+        // And a good list from the same connection is still taken.
+        *current.lock().unwrap() = (good_header.clone(), good_chunks.clone());
+        raw.request(&Request::ListOffer { version: 2_000 }).await;
+    });
+    wait_for("the good list", || a.held("bravo").len() == 2);
+}
+
+fn bravo_info() -> PeerInfo {
+    PeerInfo {
+        name: "bravo".into(),
+        mail_host: "mail.bravo.example".into(),
+        addrs: vec![],
+        agent_version: "test".into(),
+    }
+}
