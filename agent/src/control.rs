@@ -38,11 +38,22 @@ pub(crate) fn bind(path: &Path) -> Result<UnixListener, ControlError> {
         path: path.into(),
         source,
     };
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(ControlError::AlreadyRunning(path.into()));
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "exists and is not a socket; refusing to replace it",
+            )));
         }
-        std::fs::remove_file(path).map_err(io)?;
+        // Remove only a stale socket: one nobody listens on.
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => return Err(ControlError::AlreadyRunning(path.into())),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                std::fs::remove_file(path).map_err(io)?
+            }
+            Err(e) => return Err(io(e)),
+        }
     }
     if let Some(dir) = path.parent() {
         if !dir.exists() {

@@ -75,8 +75,8 @@ impl AgentError {
         match self {
             AgentError::Config(_)
             | AgentError::DataDir { .. }
-            | AgentError::Identity(IdentityError::Corrupt { .. })
-            | AgentError::Store(StoreError::Open { .. }) => EX_CONFIG,
+            | AgentError::Identity(_)
+            | AgentError::Store(_) => EX_CONFIG,
             _ => 1,
         }
     }
@@ -108,8 +108,26 @@ pub async fn init(config: &Config, config_path: &Path) -> Result<InitReport, Age
         path: dir.clone(),
         message: e.to_string(),
     };
-    std::fs::create_dir_all(dir).map_err(dir_err)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(dir_err)?;
+    if dir.exists() {
+        // Never change the mode of a directory we did not make (think
+        // `--data-dir /var/lib`); refuse one that others can read instead.
+        let mode = std::fs::metadata(dir)
+            .map_err(dir_err)?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(AgentError::DataDir {
+                path: dir.clone(),
+                message: format!(
+                    "is accessible by group or others (mode {:o}); use a private directory (chmod 700) for the key",
+                    mode & 0o777
+                ),
+            });
+        }
+    } else {
+        std::fs::create_dir_all(dir).map_err(dir_err)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(dir_err)?;
+    }
     let kept_identity = Identity::exists(dir);
     let identity = if kept_identity {
         Identity::load(dir)?
@@ -144,6 +162,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         });
     }
     let identity = Identity::load(dir)?;
+    if !config.db_path().exists() {
+        // An identity without its database would start with no peers, and
+        // every friend would be told "not paired" and drop us. Refuse.
+        return Err(AgentError::DataDir {
+            path: config.db_path(),
+            message: "is missing although the identity exists; restore it from backup, or move the data dir aside and run `mxfed init` to start afresh".into(),
+        });
+    }
     let store = Store::open(&config.db_path()).await?;
     let endpoint = net::bind(&identity, config.listen)?;
     let listener = control::bind(&config.control_socket)?;

@@ -13,6 +13,18 @@ pub const GLOBAL: u32 = 30;
 /// The window.
 pub const WINDOW: Duration = Duration::from_secs(60);
 
+/// The bucket an address counts in: itself for IPv4, its /64 for IPv6,
+/// since one host usually has a whole /64.
+fn bucket(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0])
+        }
+    }
+}
+
 /// Counts failed join attempts in fixed windows.
 #[derive(Debug, Default)]
 pub struct JoinLimiter {
@@ -27,6 +39,7 @@ fn live(entry: Option<(Instant, u32)>, now: Instant) -> Option<(Instant, u32)> {
 impl JoinLimiter {
     /// If `ip` may not try now, how long until it may.
     pub fn blocked(&mut self, ip: IpAddr, now: Instant) -> Option<Duration> {
+        let ip = bucket(ip);
         self.per_ip
             .retain(|_, (start, _)| now.duration_since(*start) < WINDOW);
         let mut wait = None;
@@ -45,6 +58,7 @@ impl JoinLimiter {
 
     /// Records a failed attempt from `ip`.
     pub fn failed(&mut self, ip: IpAddr, now: Instant) {
+        let ip = bucket(ip);
         let e = live(self.per_ip.get(&ip).copied(), now).unwrap_or((now, 0));
         self.per_ip.insert(ip, (e.0, e.1 + 1));
         let g = live(self.global, now).unwrap_or((now, 0));
@@ -69,6 +83,19 @@ mod tests {
         assert!(l.blocked(ip, t0).is_some());
         assert!(l.blocked(other, t0).is_none(), "limit is per IP");
         assert!(l.blocked(ip, t0 + WINDOW).is_none());
+    }
+
+    #[test]
+    fn an_ipv6_64_counts_as_one_address() {
+        let mut l = JoinLimiter::default();
+        let t0 = Instant::now();
+        for i in 0..PER_IP {
+            l.failed(format!("2001:db8:1:2::{i:x}").parse().unwrap(), t0);
+        }
+        assert!(l
+            .blocked("2001:db8:1:2::ffff".parse().unwrap(), t0)
+            .is_some());
+        assert!(l.blocked("2001:db8:1:3::1".parse().unwrap(), t0).is_none());
     }
 
     #[test]

@@ -34,6 +34,10 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Streams a peer may have open at once.
 pub const MAX_CONCURRENT_STREAMS: u32 = 32;
+/// Bytes a peer may have in flight on one stream (a frame is at most 1 MiB).
+pub const MAX_STREAM_WINDOW: usize = 1 << 20;
+/// Bytes a peer may have in flight on one connection, all streams together.
+pub const MAX_CONNECTION_WINDOW: usize = 4 << 20;
 
 /// Endpoint setup failed.
 #[derive(Debug, thiserror::Error)]
@@ -214,6 +218,12 @@ fn transport() -> Arc<quinn::TransportConfig> {
     t.max_idle_timeout(IDLE_TIMEOUT.try_into().ok());
     t.max_concurrent_bidi_streams(MAX_CONCURRENT_STREAMS.into());
     t.max_concurrent_uni_streams(0u32.into());
+    // Bound what one connection can make us buffer (quinn's connection-level
+    // default is unlimited): a stranger's handshake must not cost megabytes.
+    t.stream_receive_window((MAX_STREAM_WINDOW as u32).into());
+    t.receive_window((MAX_CONNECTION_WINDOW as u32).into());
+    t.send_window(MAX_CONNECTION_WINDOW as u64);
+    t.datagram_receive_buffer_size(None);
     Arc::new(t)
 }
 

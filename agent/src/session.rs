@@ -48,8 +48,20 @@ const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// More streams than this within [`STREAM_WINDOW`] closes the connection.
 const MAX_STREAMS_PER_WINDOW: u32 = 200;
 const STREAM_WINDOW: Duration = Duration::from_secs(10);
-/// Connections being handshaken or served at once.
-const MAX_CONNECTIONS: usize = 256;
+/// Handshakes in progress at once.
+const MAX_HANDSHAKES: usize = 64;
+/// Connections from unpaired keys (presenting an invite) served at once.
+const MAX_UNPAIRED: usize = 16;
+/// Largest frame an unpaired client may send: a join request is small.
+const MAX_JOIN_FRAME: usize = 4096;
+/// A session must last this long before the dialer's backoff resets.
+const STABLE_SESSION: Duration = Duration::from_secs(10);
+/// How often `last_seen` is written while a session is up.
+const TOUCH_EVERY: Duration = Duration::from_secs(60);
+/// Longest invite lifetime.
+pub(crate) const MAX_INVITE_TTL: u64 = 30 * 86_400;
+/// How long the inviter waits for the joiner's first session before dialling it.
+const JOIN_GRACE: Duration = Duration::from_secs(30);
 
 /// Unix seconds now.
 pub(crate) fn now_unix() -> i64 {
@@ -59,9 +71,9 @@ pub(crate) fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
-/// RFC 3339 form of unix seconds.
+/// RFC 3339 form of unix seconds (clamped to years 1970 to 9999).
 pub(crate) fn rfc3339(secs: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64);
+    let t = UNIX_EPOCH + Duration::from_secs(secs.clamp(0, 253_402_300_799) as u64);
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
@@ -94,7 +106,8 @@ pub(crate) struct Shared {
     sessions: Mutex<HashMap<PeerId, Session>>,
     dialers: Mutex<HashMap<PeerId, Dialer>>,
     limiter: Mutex<JoinLimiter>,
-    connections: Arc<Semaphore>,
+    handshakes: Arc<Semaphore>,
+    unpaired: Arc<Semaphore>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -118,13 +131,32 @@ fn check_info(info: &PeerInfo) -> Result<(), String> {
     if info.addrs.len() > token::MAX_ADDRS {
         return Err(format!("more than {} addresses", token::MAX_ADDRS));
     }
-    if info.agent_version.len() > 64 || info.agent_version.chars().any(|c| c.is_control()) {
-        return Err("agent version is not printable or too long".into());
+    if info.agent_version.is_empty()
+        || info.agent_version.len() > 64
+        || !info.agent_version.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err("agent version must be 1 to 64 printable ASCII characters".into());
     }
     Ok(())
 }
 
-/// Sends one request on a new stream and waits for its answer.
+/// Text from the other side, made safe for a log line or a terminal:
+/// printable ASCII only, at most 200 characters.
+pub(crate) fn printable(text: &str) -> String {
+    text.chars()
+        .take(200)
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
+/// Sends one request on a new stream and waits for its answer. An answer
+/// that breaks the protocol closes the connection.
 pub(crate) async fn request(conn: &quinn::Connection, req: &Request) -> Result<Response, String> {
     let exchange = async {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
@@ -132,9 +164,12 @@ pub(crate) async fn request(conn: &quinn::Connection, req: &Request) -> Result<R
             .await
             .map_err(|e| e.to_string())?;
         send.finish().map_err(|e| e.to_string())?;
-        frames::read::<Response, _>(&mut recv)
-            .await
-            .map_err(|e| e.to_string())
+        frames::read::<Response, _>(&mut recv).await.map_err(|e| {
+            if let Some((code, why)) = violation(&e) {
+                violated(conn, "?", code, &why);
+            }
+            e.to_string()
+        })
     };
     tokio::time::timeout(REQUEST_TIMEOUT, exchange)
         .await
@@ -143,6 +178,13 @@ pub(crate) async fn request(conn: &quinn::Connection, req: &Request) -> Result<R
 
 /// Closes a connection for a protocol violation, logging it once.
 pub(crate) fn violated(conn: &quinn::Connection, who: &str, code: u32, why: &str) {
+    // Streams of one connection can fail at the same moment; the check and
+    // the close must be one step for the violation to be logged once.
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _guard = lock(&ONE_AT_A_TIME);
+    if conn.close_reason().is_some() {
+        return; // already closed, and logged
+    }
     tracing::warn!(
         peer = who,
         remote = %conn.remote_address(),
@@ -171,7 +213,8 @@ impl Shared {
             sessions: Mutex::new(HashMap::new()),
             dialers: Mutex::new(HashMap::new()),
             limiter: Mutex::new(JoinLimiter::default()),
-            connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            handshakes: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
+            unpaired: Arc::new(Semaphore::new(MAX_UNPAIRED)),
             shutdown,
         })
     }
@@ -217,12 +260,27 @@ impl Shared {
 
     /// Starts the task that keeps a connection to `id` up, unless running.
     pub(crate) fn start_dialer(self: &Arc<Self>, id: PeerId) {
+        self.start_dialer_after(id, Duration::ZERO);
+    }
+
+    /// Like [`Self::start_dialer`], but the first dial waits `delay`.
+    fn start_dialer_after(self: &Arc<Self>, id: PeerId, delay: Duration) {
         let mut dialers = lock(&self.dialers);
         if dialers.get(&id).is_some_and(|d| !d.task.is_finished()) {
             return;
         }
         let wake = Arc::new(Notify::new());
-        let task = tokio::spawn(Arc::clone(self).dial_loop(id, Arc::clone(&wake)));
+        let me = Arc::clone(self);
+        let w = Arc::clone(&wake);
+        let task = tokio::spawn(async move {
+            if !delay.is_zero() {
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = w.notified() => {}
+                }
+            }
+            me.dial_loop(id, w).await
+        });
         dialers.insert(id, Dialer { wake, task });
     }
 
@@ -268,11 +326,22 @@ impl Shared {
             };
             match self.dial(&peer).await {
                 Ok(conn) => {
-                    backoff = BACKOFF_MIN;
                     failures = 0;
-                    tokio::spawn(Arc::clone(&self).run_session(conn, id, self.identity.id));
-                    // Let the session register before checking again.
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let up = Instant::now();
+                    let session =
+                        tokio::spawn(Arc::clone(&self).run_session(conn, id, self.identity.id));
+                    let _ = session.await;
+                    // A session that did not last (refused as a duplicate, closed
+                    // at once) does not reset the backoff: no redial storm.
+                    if up.elapsed() >= STABLE_SESSION {
+                        backoff = BACKOFF_MIN;
+                    } else {
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = self.shutting_down() => return,
+                        }
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                    }
                 }
                 Err(why) => {
                     failures += 1;
@@ -339,19 +408,20 @@ impl Shared {
                 _ = self.shutting_down() => return,
             };
             let Some(incoming) = incoming else { return };
-            let Ok(permit) = Arc::clone(&self.connections).try_acquire_owned() else {
+            let Ok(permit) = Arc::clone(&self.handshakes).try_acquire_owned() else {
                 incoming.refuse();
                 continue;
             };
             let me = Arc::clone(&self);
-            tokio::spawn(async move {
-                me.handle_incoming(incoming).await;
-                drop(permit);
-            });
+            tokio::spawn(me.handle_incoming(incoming, permit));
         }
     }
 
-    async fn handle_incoming(self: Arc<Self>, incoming: quinn::Incoming) {
+    async fn handle_incoming(
+        self: Arc<Self>,
+        incoming: quinn::Incoming,
+        handshake: tokio::sync::OwnedSemaphorePermit,
+    ) {
         let remote = incoming.remote_address();
         let conn = match tokio::time::timeout(DIAL_TIMEOUT, incoming).await {
             Ok(Ok(c)) => c,
@@ -368,9 +438,18 @@ impl Shared {
             violated(&conn, "?", close::NOT_PAIRED, "no usable certificate");
             return;
         };
+        drop(handshake);
         match self.store.peer(&id).await {
             Ok(Some(_)) => self.run_session(conn, id, id).await,
-            Ok(None) => self.serve_unpaired(conn, id).await,
+            Ok(None) => {
+                // Strangers get a small, separate budget, so they cannot
+                // crowd out paired peers or hold much memory.
+                let Ok(_slot) = Arc::clone(&self.unpaired).try_acquire_owned() else {
+                    conn.close(close::NOT_PAIRED.into(), b"busy; try again later");
+                    return;
+                };
+                self.serve_unpaired(conn, id).await
+            }
             Err(e) => {
                 tracing::error!(%remote, "{e}");
                 conn.close(close::SHUTDOWN.into(), b"internal error");
@@ -386,8 +465,11 @@ impl Shared {
             violated(&conn, &who, close::NOT_PAIRED, "no invite presented");
             return;
         };
-        let req = match tokio::time::timeout(STREAM_TIMEOUT, frames::read::<Request, _>(&mut recv))
-            .await
+        let req = match tokio::time::timeout(
+            STREAM_TIMEOUT,
+            frames::read_limited::<Request, _>(&mut recv, MAX_JOIN_FRAME),
+        )
+        .await
         {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
@@ -430,23 +512,27 @@ impl Shared {
         conn: &quinn::Connection,
         joiner: PeerId,
         token_id: token::TokenId,
-        proof: [u8; 32],
+        proof: Vec<u8>,
         info: PeerInfo,
     ) -> Response {
         let ip = conn.remote_address().ip();
         let refuse = |message: String| Response::Refused { message };
-        if let Some(wait) = lock(&self.limiter).blocked(ip, Instant::now()) {
-            tracing::warn!(%ip, "join refused: rate limited");
-            return refuse(format!(
-                "too many failed join attempts from {ip}; try again in {}s",
-                wait.as_secs().max(1)
-            ));
-        }
+        // While an address is blocked its attempts are still checked, but a
+        // failure only gets "too many attempts". A genuine token and proof
+        // (128-bit ID, signature) always get through, so nobody can lock
+        // friends out by failing on purpose.
+        let blocked = lock(&self.limiter).blocked(ip, Instant::now());
         let now = now_unix();
         let fail = |message: &str| {
             lock(&self.limiter).failed(ip, Instant::now());
             tracing::warn!(%ip, joiner = %joiner.short(), "join refused: {message}");
-            refuse(message.into())
+            match blocked {
+                Some(wait) => refuse(format!(
+                    "too many failed join attempts from {ip}; try again in {}s",
+                    wait.as_secs().max(1)
+                )),
+                None => refuse(message.into()),
+            }
         };
         let key = match self.store.invite(&token_id, now).await {
             Ok(InviteState::Valid(key)) => key,
@@ -492,8 +578,11 @@ impl Shared {
             }
         }
         tracing::info!(peer = %record.name, id = %joiner, %ip, mail_host = %record.mail_host, "paired: peer joined with an invite");
-        // No dialer yet: the joiner stores us only once it has this answer,
-        // and dials us then; its first session starts our dialer.
+        // The joiner stores us only once it has this answer, and dials us
+        // then; its first session starts our dialer. If it never comes (the
+        // answer was lost), our dialer tries after a grace period, and the
+        // joiner's "not paired" answer then undoes this half-pairing.
+        self.start_dialer_after(joiner, JOIN_GRACE);
         Response::Welcome(self.my_info())
     }
 
@@ -541,11 +630,28 @@ impl Shared {
     async fn run_session(self: Arc<Self>, conn: quinn::Connection, id: PeerId, dialer: PeerId) {
         let name = match self.store.peer(&id).await {
             Ok(Some(p)) => p.name,
-            _ => {
+            Ok(None) => {
                 conn.close(close::NOT_PAIRED.into(), b"not paired");
                 return;
             }
+            Err(e) => {
+                // Never answer "not paired" for a database hiccup: the peer
+                // would take it as an unpair.
+                tracing::error!(peer = %id.short(), "{e}");
+                conn.close(close::SHUTDOWN.into(), b"internal error");
+                return;
+            }
         };
+        // A peer that restarted dials again while its old connection still
+        // looks alive here; if the old one does not answer a ping, drop it
+        // so the new one is not refused as a duplicate.
+        if let Some(old) = self.live_conn(&id) {
+            if old.stable_id() != conn.stable_id()
+                && request(&old, &Request::Ping(0)).await.is_err()
+            {
+                old.close(close::DUPLICATE.into(), b"replaced by a new connection");
+            }
+        }
         if !self.register(&conn, id, dialer) {
             conn.close(close::DUPLICATE.into(), b"another connection is kept");
             return;
@@ -558,6 +664,16 @@ impl Shared {
             .touch_peer(&id, now_unix(), &remote.to_string())
             .await;
 
+        let toucher = {
+            let me = Arc::clone(&self);
+            let addr = remote.to_string();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(TOUCH_EVERY).await;
+                    let _ = me.store.touch_peer(&id, now_unix(), &addr).await;
+                }
+            })
+        };
         let hello = {
             let me = Arc::clone(&self);
             let conn = conn.clone();
@@ -610,6 +726,7 @@ impl Shared {
             ));
         };
         hello.abort();
+        toucher.abort();
 
         let ours = {
             let mut sessions = lock(&self.sessions);
@@ -713,8 +830,11 @@ impl Shared {
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
     ) {
-        let req = match tokio::time::timeout(STREAM_TIMEOUT, frames::read::<Request, _>(&mut recv))
-            .await
+        let req = match tokio::time::timeout(
+            STREAM_TIMEOUT,
+            frames::read_limited::<Request, _>(&mut recv, MAX_JOIN_FRAME),
+        )
+        .await
         {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
@@ -745,7 +865,14 @@ impl Shared {
             Request::Unpair => {
                 tracing::info!(peer = %name, "peer unpaired us; removing it");
                 self.forget_peer(&id).await;
-                Response::Done
+                if frames::write(&mut send, &Response::Done).await.is_ok() {
+                    let _ = send.finish();
+                }
+                // The asker closes once it has the answer; if it does not,
+                // close anyway: this key is no longer a peer.
+                let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+                conn.close(close::UNPAIRED.into(), b"unpaired");
+                return;
             }
             Request::Join { .. } => {
                 violated(&conn, &name, close::UNEXPECTED, "join on a paired session");
@@ -783,7 +910,13 @@ impl Shared {
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
             .map_err(|_| "no randomness available".to_string())?;
         let now = now_unix();
-        let expires_at = now.saturating_add(ttl_secs.min(i64::MAX as u64) as i64);
+        if ttl_secs > MAX_INVITE_TTL {
+            return Err(format!(
+                "an invite may be valid for at most {} days",
+                MAX_INVITE_TTL / 86_400
+            ));
+        }
+        let expires_at = now.saturating_add(ttl_secs as i64);
         let token = InviteToken {
             inviter: self.identity.id,
             addrs: self.config.advertise.clone(),
@@ -824,7 +957,7 @@ impl Shared {
         let mut exporter = [0u8; 32];
         conn.export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
             .map_err(|_| "no tls exporter on this connection".to_string())?;
-        let proof = token::join_proof(&token.key(), &exporter, &self.identity.id);
+        let proof = token.join_proof(&exporter, &self.identity.id);
         let answer = request(
             &conn,
             &Request::Join {
@@ -838,7 +971,7 @@ impl Shared {
         let info = match answer {
             Ok(Response::Welcome(info)) => info,
             Ok(Response::Refused { message }) => {
-                return Err(format!("the inviter refused: {message}"))
+                return Err(format!("the inviter refused: {}", printable(&message)))
             }
             Ok(other) => return Err(format!("the inviter answered {other:?}")),
             Err(e) => return Err(format!("no answer from the inviter: {e}")),
@@ -867,7 +1000,11 @@ impl Shared {
             .into_iter()
             .find(|p| p.name == name)
             .ok_or_else(|| format!("no peer named {name:?} (see `mxfed status`)"))?;
-        let conn = self.live_conn(&peer.id);
+        // Tell it over the live session, or try one dial if there is none.
+        let conn = match self.live_conn(&peer.id) {
+            Some(c) => Some(c),
+            None => self.dial(&peer).await.ok(),
+        };
         let notified = match &conn {
             Some(c) => matches!(request(c, &Request::Unpair).await, Ok(Response::Done)),
             None => false,
@@ -1003,7 +1140,7 @@ fn describe_close(e: &quinn::ConnectionError) -> String {
         quinn::ConnectionError::ApplicationClosed(c) => format!(
             "closed by peer: {} ({})",
             close::name(c.error_code.into_inner()),
-            String::from_utf8_lossy(&c.reason)
+            printable(&String::from_utf8_lossy(&c.reason))
         ),
         quinn::ConnectionError::LocallyClosed => "closed here".into(),
         quinn::ConnectionError::TimedOut => {

@@ -157,6 +157,28 @@ impl Store {
             path: path.into(),
             message: e.to_string(),
         };
+        if path.exists() {
+            // Only migrate an empty database or one of ours: never rewrite
+            // some other application's SQLite file given by mistake. Look
+            // read-only first, since even switching to WAL writes the file.
+            let ro = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(SqliteConnectOptions::new().filename(path).read_only(true))
+                .await
+                .map_err(|e| open_err(&e))?;
+            let tables: Vec<(String,)> = sqlx::query_as(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+            )
+            .fetch_all(&ro)
+            .await
+            .map_err(|e| open_err(&e))?;
+            ro.close().await;
+            if !tables.is_empty() && !tables.iter().any(|(t,)| t == "_sqlx_migrations") {
+                return Err(open_err(
+                    &"not an mxfed database (it has other tables and no migration history)",
+                ));
+            }
+        }
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -792,6 +814,29 @@ mod tests {
             s.invite(&[1u8; 16], 150).await.unwrap(),
             InviteState::Valid(_)
         ));
+    }
+
+    #[tokio::test]
+    async fn a_foreign_sqlite_database_is_not_touched() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("mxfed.db");
+        let other = SqlitePoolOptions::new()
+            .connect_with(
+                SqliteConnectOptions::new()
+                    .filename(&p)
+                    .create_if_missing(true),
+            )
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE customers (id INTEGER)")
+            .execute(&other)
+            .await
+            .unwrap();
+        other.close().await;
+        let before = std::fs::read(&p).unwrap();
+        let e = Store::open(&p).await.unwrap_err().to_string();
+        assert!(e.contains("not an mxfed database"), "{e}");
+        assert!(std::fs::read(&p).unwrap() == before, "the file was changed");
     }
 
     #[tokio::test]

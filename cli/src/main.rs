@@ -42,7 +42,8 @@ enum Command {
     },
     /// Pair with the friend whose invite token this is.
     Join {
-        /// The token from the friend's `mxfed invite`.
+        /// The token from the friend's `mxfed invite`, or '-' to read it from
+        /// stdin (keeps it out of `ps`).
         token: String,
     },
     /// Show this agent and its peers.
@@ -190,6 +191,14 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         }
         Command::Join { token } => {
             let config = load_config(&cli.config)?;
+            let token = if token == "-" {
+                std::io::read_to_string(std::io::stdin())
+                    .map_err(|e| fail(format!("cannot read the token from stdin: {e}")))?
+                    .trim()
+                    .to_string()
+            } else {
+                token
+            };
             match client::call(&config, &ControlRequest::Join { token }).await? {
                 ControlResponse::Joined { name, id } => {
                     output::line(&format!("paired with {name} ({id})"));
@@ -224,7 +233,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                         output::line(&format!("unpaired {name}; it was told and removed us too"));
                     } else {
                         output::line(&format!(
-                            "unpaired {name} here; it was not reachable, so it still lists us until it unpairs too"
+                            "unpaired {name} here; it was not reachable, and will drop us when it next connects"
                         ));
                     }
                     Ok(())

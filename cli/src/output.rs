@@ -21,6 +21,8 @@ pub fn json<T: serde::Serialize>(value: &T) {
 
 /// RFC 3339 form of unix seconds.
 pub fn time(secs: u64) -> String {
+    // humantime formats years up to 9999 only.
+    let secs = secs.min(253_402_300_799);
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
 }
 

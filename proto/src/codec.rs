@@ -223,12 +223,15 @@ mod tests {
     }
 
     #[test]
-    fn huge_length_inside_message_does_not_allocate() {
-        // Variant B with a string length of 2^60: must fail on the limit, not abort.
-        let bytes = [1u8, 0xff, 0, 0, 0, 0, 0, 0, 0, 0x10];
-        assert!(matches!(
-            decode_message::<Two>(&bytes),
-            Err(CodecError::Malformed(_))
-        ));
+    fn huge_length_inside_message_hits_the_limit_instead_of_allocating() {
+        // Variant B, then a string length of 2^60 as a bincode varint
+        // (253 = "u64 follows", little-endian). Without `with_limit` this
+        // would try to allocate an exabyte.
+        let mut bytes = vec![1u8, 253];
+        bytes.extend_from_slice(&(1u64 << 60).to_le_bytes());
+        match decode_message::<Two>(&bytes) {
+            Err(CodecError::Malformed(m)) => assert!(m.contains("LimitExceeded"), "{m}"),
+            other => panic!("expected the limit to refuse it, got {other:?}"),
+        }
     }
 }

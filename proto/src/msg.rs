@@ -89,8 +89,8 @@ pub enum Request {
     Join {
         /// Which invite.
         token_id: TokenId,
-        /// [`crate::token::join_proof`] over this connection.
-        proof: [u8; 32],
+        /// [`crate::InviteToken::join_proof`] over this connection.
+        proof: Vec<u8>,
         /// The joiner.
         info: PeerInfo,
     },

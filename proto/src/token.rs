@@ -7,19 +7,22 @@
 //!
 //! The secret never travels and is never stored. From it both sides derive:
 //! - a [`TokenId`], which the joiner sends so the inviter can find the invite;
-//! - a key, which is what the inviter stores (it cannot be turned back into
-//!   the secret), and with which the joiner computes [`join_proof`]: an HMAC
-//!   over the TLS exporter of *this* connection and the joiner's ID. The
-//!   proof is useless on any other connection, and the inviter's certificate
-//!   is checked against the token's peer ID before the proof is sent, so it
-//!   cannot be phished.
+//! - an Ed25519 key pair seeded by the secret. The inviter stores only the
+//!   public half, [`TokenKey`]; the joiner signs the TLS exporter of *this*
+//!   connection and its own peer ID with the private half ([`join_proof`]).
+//!
+//! So a copy of the inviter's database cannot redeem an invite, the proof is
+//! useless on any other connection or for any other joiner, and since the
+//! inviter's certificate is checked against the token's peer ID before the
+//! proof is sent, it cannot be phished.
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
 
 use data_encoding::BASE64URL_NOPAD;
-use ring::{digest, hmac};
+use ring::digest;
+use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
@@ -34,8 +37,11 @@ pub const MAX_ADDRS: usize = 8;
 /// Looks up an invite on the inviter's side; derived from the secret.
 pub type TokenId = [u8; 16];
 
-/// HMAC key derived from the secret; the only thing the inviter stores.
+/// Public key derived from the secret; the only thing the inviter stores.
 pub type TokenKey = [u8; 32];
+
+/// Length of a [`join_proof`] (an Ed25519 signature).
+pub const PROOF_LEN: usize = 64;
 
 /// A pairing invitation.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,9 +107,27 @@ impl InviteToken {
         id
     }
 
-    /// The key the inviter stores and the joiner proves knowledge of.
+    fn key_pair(&self) -> Option<Ed25519KeyPair> {
+        let seed = sha256(&[b"mxfed/1 invite key", &self.secret]);
+        Ed25519KeyPair::from_seed_unchecked(&seed).ok()
+    }
+
+    /// The public key the inviter stores; the joiner proves it holds the
+    /// matching private key, which only the secret gives.
     pub fn key(&self) -> TokenKey {
-        sha256(&[b"mxfed/1 invite key", &self.secret])
+        let mut out = [0u8; 32];
+        if let Some(k) = self.key_pair() {
+            out.copy_from_slice(k.public_key().as_ref());
+        }
+        out
+    }
+
+    /// The joiner's proof: a signature with the secret's key over this
+    /// connection's TLS exporter value and the joiner's peer ID.
+    pub fn join_proof(&self, exporter: &[u8; 32], joiner: &PeerId) -> Vec<u8> {
+        self.key_pair()
+            .map(|k| k.sign(&proof_message(exporter, joiner)).as_ref().to_vec())
+            .unwrap_or_default()
     }
 
     /// Whether the token has expired at `now` (unix seconds).
@@ -154,25 +178,16 @@ fn proof_message(exporter: &[u8; 32], joiner: &PeerId) -> Vec<u8> {
     m
 }
 
-/// The joiner's proof: HMAC-SHA256 under the token key of this connection's
-/// TLS exporter value and the joiner's peer ID.
-pub fn join_proof(key: &TokenKey, exporter: &[u8; 32], joiner: &PeerId) -> [u8; 32] {
-    let k = hmac::Key::new(hmac::HMAC_SHA256, key);
-    let tag = hmac::sign(&k, &proof_message(exporter, joiner));
-    let mut out = [0u8; 32];
-    out.copy_from_slice(tag.as_ref());
-    out
-}
-
-/// Checks a proof in constant time.
+/// Checks a joiner's proof against the stored key.
 pub fn verify_join_proof(
     key: &TokenKey,
     exporter: &[u8; 32],
     joiner: &PeerId,
-    proof: &[u8; 32],
+    proof: &[u8],
 ) -> bool {
-    let k = hmac::Key::new(hmac::HMAC_SHA256, key);
-    hmac::verify(&k, &proof_message(exporter, joiner), proof).is_ok()
+    UnparsedPublicKey::new(&ED25519, key)
+        .verify(&proof_message(exporter, joiner), proof)
+        .is_ok()
 }
 
 #[cfg(test)]
@@ -248,11 +263,16 @@ mod tests {
         let joiner = PeerId::from_public_key([9; 32]);
         let other = PeerId::from_public_key([8; 32]);
         let ex = [1u8; 32];
-        let p = join_proof(&t.key(), &ex, &joiner);
+        let p = t.join_proof(&ex, &joiner);
+        assert_eq!(p.len(), PROOF_LEN);
         assert!(verify_join_proof(&t.key(), &ex, &joiner, &p));
         assert!(!verify_join_proof(&t.key(), &[2u8; 32], &joiner, &p));
         assert!(!verify_join_proof(&t.key(), &ex, &other, &p));
-        assert!(!verify_join_proof(&[0u8; 32], &ex, &joiner, &p));
+        let mut other_secret = t.clone();
+        other_secret.secret[0] ^= 1;
+        assert!(!verify_join_proof(&other_secret.key(), &ex, &joiner, &p));
+        // The stored key alone cannot make a proof: it is a public key.
+        assert!(!verify_join_proof(&t.key(), &ex, &joiner, &[0u8; 64]));
     }
 
     #[test]

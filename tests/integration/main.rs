@@ -130,8 +130,7 @@ fn tampered_tokens_are_refused_and_change_nothing() {
         stderr(&out)
     );
 
-    // Expiry pushed into the future: the inviter judges by what it stored.
-    // (The honest path for an expired token is in `expired_token_is_refused`.)
+    // (A token whose expiry was edited is in `expired_token_is_refused_on_both_sides`.)
     assert!(a.peer_names().is_empty() && b.peer_names().is_empty());
     // The genuine token still works afterwards.
     assert_ok(&b.mxfed(&["join", &text]), "join with the genuine token");
@@ -181,8 +180,10 @@ fn failed_join_attempts_are_rate_limited() {
             stderr(&out)
         );
     }
-    // Now even the genuine token is turned away for a while.
-    let out = b.mxfed(&["join", &good.to_string()]);
+    // Further failures from that address now only hear "too many attempts" ...
+    let mut t = good.clone();
+    t.secret[1] ^= 0x80;
+    let out = b.mxfed(&["join", &t.to_string()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains("too many failed join attempts"),
@@ -190,6 +191,71 @@ fn failed_join_attempts_are_rate_limited() {
         stderr(&out)
     );
     assert!(a.peer_names().is_empty());
+    // ... but a genuine token and proof still get through, so a stranger who
+    // fails on purpose cannot lock friends out.
+    assert_ok(
+        &b.mxfed(&["join", &good.to_string()]),
+        "genuine join while limited",
+    );
+    wait_for("connected", || a.connected_to("bravo"));
+}
+
+/// Presents `token`'s invite as the agent in `joiner_dir`, with a proof made
+/// by `make_proof(token, exporter_of_this_connection, joiner_id)`.
+async fn present(
+    joiner_dir: &std::path::Path,
+    token: &InviteToken,
+    make_proof: impl Fn(&InviteToken, &[u8; 32], &PeerId) -> Vec<u8>,
+) -> mxfed_proto::msg::Response {
+    let raw = RawPeer::connect(joiner_dir, token.addrs[0], token.inviter).await;
+    let joiner = mxfed_agent::identity::Identity::load(joiner_dir)
+        .unwrap()
+        .id;
+    let mut exporter = [0u8; 32];
+    raw.conn
+        .export_keying_material(&mut exporter, mxfed_proto::msg::EXPORTER_LABEL, b"")
+        .unwrap();
+    let req = Request::Join {
+        token_id: token.id(),
+        proof: make_proof(token, &exporter, &joiner),
+        info: PeerInfo {
+            name: "joiner".into(),
+            mail_host: "mail.joiner.example".into(),
+            addrs: vec![],
+            agent_version: "test".into(),
+        },
+    };
+    raw.request(&req).await
+}
+
+#[test]
+fn a_join_proof_must_be_made_for_this_connection_by_this_joiner() {
+    let mut a = Agent::init("alpha");
+    a.start();
+    let j = Agent::init("joiner");
+    let token: InviteToken = a.invite("10m").parse().unwrap();
+    let refused = |r: mxfed_proto::msg::Response| match r {
+        mxfed_proto::msg::Response::Refused { message } => {
+            assert!(message.contains("invite proof is invalid"), "{message}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    let rt = runtime();
+    rt.block_on(async {
+        // (a) a made-up proof
+        refused(present(&j.data_dir(), &token, |_, _, _| vec![9; 64]).await);
+        // (b) a genuine proof, but for another connection's exporter
+        refused(present(&j.data_dir(), &token, |t, _, me| t.join_proof(&[0; 32], me)).await);
+        // (c) a genuine proof for this connection, but made for another joiner
+        let other = PeerId::from_public_key([5; 32]);
+        refused(present(&j.data_dir(), &token, |t, ex, _| t.join_proof(ex, &other)).await);
+        // The invite is still unused: the right proof pairs.
+        match present(&j.data_dir(), &token, |t, ex, me| t.join_proof(ex, me)).await {
+            mxfed_proto::msg::Response::Welcome(info) => assert_eq!(info.name, "alpha"),
+            other => panic!("expected welcome, got {other:?}"),
+        }
+    });
+    assert_eq!(a.peer_names(), ["joiner"]);
 }
 
 #[test]
@@ -273,7 +339,7 @@ fn misbehave(expected_code: u32, act: impl AsyncFnOnce(&RawPeer)) {
 #[test]
 fn a_frame_over_the_limit_closes_only_that_connection() {
     misbehave(close::FRAME_TOO_LARGE, async |raw| {
-        raw.send_raw(&[0x7f, 0xff, 0xff, 0xff, 0, 0]).await;
+        raw.send_raw_many(&[0x7f, 0xff, 0xff, 0xff, 0, 0], 10).await;
     });
 }
 
@@ -281,14 +347,14 @@ fn a_frame_over_the_limit_closes_only_that_connection() {
 fn a_message_that_does_not_decode_closes_the_connection() {
     misbehave(close::MALFORMED, async |raw| {
         // Variant 0 (Hello) followed by a string length far past the body.
-        raw.send_raw(&[0, 0, 0, 3, 0, 200, 1]).await;
+        raw.send_raw_many(&[0, 0, 0, 3, 0, 200, 1], 10).await;
     });
 }
 
 #[test]
 fn an_unknown_message_type_closes_the_connection() {
     misbehave(close::UNKNOWN_MESSAGE, async |raw| {
-        raw.send_raw(&[0, 0, 0, 2, 77, 0]).await;
+        raw.send_raw_many(&[0, 0, 0, 2, 77, 0], 10).await;
     });
 }
 
@@ -320,6 +386,15 @@ fn garbage_datagrams_do_not_hurt_the_agent() {
     }
     std::thread::sleep(Duration::from_millis(500));
     assert!(a.connected_to("bravo") && b.connected_to("alpha"));
+    // The endpoint still completes new handshakes (and still turns strangers away).
+    let stranger = Agent::init("stranger");
+    let a_id: PeerId = a.id().parse().unwrap();
+    runtime().block_on(async {
+        let raw = RawPeer::connect(&stranger.data_dir(), a.addr, a_id).await;
+        raw.send_raw(&codec::frame(&Request::Ping(1)).unwrap())
+            .await;
+        assert_eq!(raw.close_code().await, u64::from(close::NOT_PAIRED));
+    });
 }
 
 #[test]
@@ -489,4 +564,85 @@ fn invite_prints_exactly_one_line() {
     }
     let out = a.mxfed(&["invite", "--ttl", "soon"]);
     assert_eq!(out.status.code(), Some(2), "bad duration is a usage error");
+}
+
+#[test]
+fn an_identity_without_its_database_refuses_to_start() {
+    // Starting with no peers would make every friend drop us.
+    let a = Agent::init("alpha");
+    for f in ["mxfed.db", "mxfed.db-wal", "mxfed.db-shm"] {
+        let _ = std::fs::remove_file(a.data_dir().join(f));
+    }
+    let out = a.mxfed(&["agent"]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        stderr(&out).contains("mxfed.db") && stderr(&out).contains("missing"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !a.data_dir().join("mxfed.db").exists(),
+        "nothing was created"
+    );
+}
+
+#[test]
+fn init_refuses_a_data_dir_others_can_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cfg = dir.path().join("mxfed.toml");
+    let out = std::process::Command::new(MXFED)
+        .args([
+            "--config",
+            cfg.to_str().unwrap(),
+            "init",
+            "--name",
+            "alpha",
+            "--mail-host",
+            "mail.alpha.example",
+        ])
+        .args([
+            "--advertise",
+            "127.0.0.1:7787",
+            "--data-dir",
+            shared.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        stderr(&out).contains("accessible by group or others"),
+        "{}",
+        stderr(&out)
+    );
+    let mode = std::fs::metadata(&shared).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o755, "mode left alone");
+    assert!(
+        std::fs::read_dir(&shared).unwrap().next().is_none(),
+        "nothing written"
+    );
+}
+
+#[test]
+fn join_reads_the_token_from_stdin() {
+    use std::io::Write;
+    let mut a = Agent::init("alpha");
+    let mut b = Agent::init("bravo");
+    a.start();
+    b.start();
+    let token = a.invite("10m");
+    let mut child = std::process::Command::new(MXFED)
+        .arg("--config")
+        .arg(b.config())
+        .args(["join", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{token}").unwrap();
+    assert!(child.wait().unwrap().success());
+    wait_for("connected", || a.connected_to("bravo"));
 }

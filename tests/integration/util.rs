@@ -277,6 +277,20 @@ impl RawPeer {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    /// Sends the same raw bytes on `n` streams at once.
+    pub async fn send_raw_many(&self, bytes: &[u8], n: usize) {
+        let mut kept = Vec::new();
+        for _ in 0..n {
+            let Ok((mut send, recv)) = self.conn.open_bi().await else {
+                break;
+            };
+            let _ = send.write_all(bytes).await;
+            let _ = send.finish();
+            kept.push((send, recv));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     /// Waits for the server to close the connection; returns its close code.
     pub async fn close_code(&self) -> u64 {
         let reason = tokio::time::timeout(Duration::from_secs(15), self.conn.closed())
