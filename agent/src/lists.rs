@@ -190,6 +190,12 @@ async fn dns_facts(dns: Dns, entry: Entry, my_mail_host: String) -> DnsFacts {
     DnsFacts { mx, ip_listed }
 }
 
+/// Whether my list should be re-signed now: once a day, so that it is
+/// always far from its 14-day expiry while this agent runs.
+fn needs_refresh(list: &DomainList, now: u64) -> bool {
+    now.saturating_sub(list.issued_at) >= REFRESH_AFTER.as_secs() || list.expires_at <= now
+}
+
 /// Counts and notes for the signer.
 fn make_ack(version: u64, held: &[HeldEntry]) -> ListAck {
     let mut ack = ListAck {
@@ -458,11 +464,8 @@ impl Shared {
         loop {
             tick.tick().await;
             let mut mine = self.lists.mine.lock().await;
-            let Some(p) = mine.clone() else { continue };
-            let now = now_unix().max(0) as u64;
-            if now.saturating_sub(p.list.issued_at) < REFRESH_AFTER.as_secs()
-                && p.list.expires_at > now
-            {
+                        let Some(p) = mine.clone() else { continue };
+            if !needs_refresh(&p.list, now_unix().max(0) as u64) {
                 continue;
             }
             let version = p.list.version + 1;
@@ -1091,6 +1094,17 @@ mod tests {
         let (s, r) = judge(&e, &w.own(VerifyMx::Require), Some(&f), None);
         assert_eq!(s, EntryState::Refused);
         assert!(r.unwrap().contains("192.0.2.7"));
+    }
+
+    #[test]
+    fn my_list_is_refreshed_daily_long_before_it_expires() {
+        let id = PeerId::from_public_key([1; 32]);
+        let day = REFRESH_AFTER.as_secs();
+        let list = DomainList::new(id, 1, 1_000, 1_000 + LIST_LIFETIME.as_secs(), vec![]);
+        assert!(!needs_refresh(&list, 1_000));
+        assert!(!needs_refresh(&list, 1_000 + day - 1));
+        assert!(needs_refresh(&list, 1_000 + day));
+        assert!(LIST_LIFETIME.as_secs() >= 7 * day, "a week of margin at least");
     }
 
     #[test]
