@@ -56,6 +56,18 @@ pub struct Config {
     /// How often refused and pending entries of friends' lists are checked again.
     #[serde(default = "default_recheck")]
     pub recheck_interval: HumanDuration,
+    /// Map type for the mxfed maps (`hash`, `lmdb`, `cdb`, ...); empty means
+    /// Postfix's `default_database_type`.
+    #[serde(default)]
+    pub postfix_map_type: String,
+    /// How long a friend's list stays in force after it expired (the friend
+    /// re-signs daily while its agent runs, and a list lasts 14 days).
+    #[serde(default = "default_grace")]
+    pub expired_list_grace: HumanDuration,
+}
+
+fn default_grace() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30 * 86_400))
 }
 
 /// The `verify_mx` setting.
@@ -153,6 +165,8 @@ impl Config {
             verify_mx: VerifyMx::default(),
             dns_servers: Vec::new(),
             recheck_interval: default_recheck(),
+            postfix_map_type: String::new(),
+            expired_list_grace: default_grace(),
         }
     }
 
@@ -196,6 +210,16 @@ impl Config {
         }
         if self.recheck_interval.0 < Duration::from_secs(1) {
             return Err(invalid("recheck_interval", "must be at least 1s".into()));
+        }
+        if !self
+            .postfix_map_type
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric())
+        {
+            return Err(invalid(
+                "postfix_map_type",
+                format!("{:?} is not a map type", self.postfix_map_type),
+            ));
         }
         for (key, p) in [
             ("data_dir", &self.data_dir),

@@ -124,6 +124,13 @@ async fn handle(shared: Arc<Shared>, mut stream: UnixStream) {
             .await
             .map(ControlResponse::DomainsChanged),
         ControlRequest::DomainsList => Ok(ControlResponse::Domains(shared.my_domains().await)),
+        ControlRequest::Apply { dry_run } => Ok(ControlResponse::Applied(
+            shared.apply_now("mxfed apply", dry_run).await,
+        )),
+        ControlRequest::History { limit } => shared
+            .history(limit.min(1000))
+            .await
+            .map(ControlResponse::History),
     };
     let response = response.unwrap_or_else(|message| ControlResponse::Error { message });
     if let Err(e) = frames::write(&mut stream, &response).await {

@@ -19,6 +19,8 @@ pub mod identity;
 mod limiter;
 mod lists;
 pub mod net;
+pub mod postfix;
+mod relay;
 mod session;
 pub mod store;
 
@@ -56,6 +58,9 @@ pub enum AgentError {
     /// The control socket.
     #[error(transparent)]
     Control(#[from] control::ControlError),
+    /// Postfix could not be read.
+    #[error(transparent)]
+    Postfix(#[from] postfix::PostfixError),
     /// The DNS resolver could not be set up.
     #[error("{0}")]
     Dns(String),
@@ -192,12 +197,28 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let dns = dns::Dns::new(&config.dns_servers).map_err(|e| AgentError::Dns(e.to_string()))?;
     let mine = lists::load_mine(&store, identity.id).await?;
     let list_state = lists::ListState::new(dns, mine);
+    let postfix = if postfix::Postfix::present(&config.postfix_config_dir) {
+        let map_type =
+            (!config.postfix_map_type.is_empty()).then_some(config.postfix_map_type.as_str());
+        match postfix::Postfix::open(&config.postfix_config_dir, map_type).await {
+            Ok(p) => {
+                tracing::info!(dir = %config.postfix_config_dir.display(), map_type = p.map_type(), "Postfix integration on");
+                Some(p)
+            }
+            Err(e) => return Err(AgentError::Postfix(e)),
+        }
+    } else {
+        tracing::warn!(dir = %config.postfix_config_dir.display(), "no main.cf there: Postfix integration is off (lists are still exchanged and judged)");
+        None
+    };
+    let relay_state = relay::RelayState::new(postfix);
     let shared = session::Shared::new(
         config,
         identity,
         store.clone(),
         endpoint.clone(),
         list_state,
+        relay_state,
         stop_rx,
     );
     let accept = tokio::spawn(std::sync::Arc::clone(&shared).accept_loop());
@@ -205,7 +226,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let background = [
         tokio::spawn(std::sync::Arc::clone(&shared).recheck_loop()),
         tokio::spawn(std::sync::Arc::clone(&shared).refresh_loop()),
+        tokio::spawn(std::sync::Arc::clone(&shared).apply_loop()),
     ];
+    // Converge after a restart or crash: whatever the maps hold, make them
+    // match the store.
+    shared.request_apply("startup");
     for p in peers {
         shared.start_dialer(p.id);
     }

@@ -94,6 +94,8 @@ pub(crate) struct DnsFacts {
 pub(crate) struct Ownership<'a> {
     pub my_mail_host: &'a str,
     pub my_domains: &'a HashSet<Domain>,
+    /// Domains this Postfix delivers itself, or why that could not be read.
+    pub local: &'a Result<HashSet<Domain>, String>,
     /// Domains accepted for other peers, with the peer's name.
     pub taken: &'a HashMap<Domain, String>,
     pub verify: VerifyMx,
@@ -113,6 +115,21 @@ pub(crate) fn judge(
             EntryState::Refused,
             Some(format!("{d} is one of my own domains")),
         );
+    }
+    match own.local {
+        Ok(local) if local.contains(d) => {
+            return (
+                EntryState::Refused,
+                Some("local domain: this Postfix delivers it (mydestination, virtual_*_domains or relay_domains)".into()),
+            )
+        }
+        Ok(_) => {}
+        Err(why) => {
+            return match previous {
+                Some((EntryState::Accepted, reason)) => (EntryState::Accepted, reason.clone()),
+                _ => (EntryState::Pending, Some(format!("cannot check Postfix's local domains ({why}); will retry"))),
+            }
+        }
     }
     if let Some(other) = own.taken.get(d) {
         return (
@@ -464,7 +481,7 @@ impl Shared {
         loop {
             tick.tick().await;
             let mut mine = self.lists.mine.lock().await;
-                        let Some(p) = mine.clone() else { continue };
+            let Some(p) = mine.clone() else { continue };
             if !needs_refresh(&p.list, now_unix().max(0) as u64) {
                 continue;
             }
@@ -683,6 +700,7 @@ impl Shared {
             tracing::info!(peer = %name, domain = %n.domain, "refused: {}", n.reason);
         }
         self.send_ack(peer, ack);
+        self.request_apply(format!("list v{} from {name}", list.version));
         true
     }
 
@@ -720,9 +738,19 @@ impl Shared {
             .into_iter()
             .filter_map(|(d, n)| Domain::parse_canonical(&d).ok().map(|d| (d, n)))
             .collect();
+        let local = match &self.relay.postfix {
+            Some(p) => {
+                let candidates: Vec<Domain> = entries.iter().map(|e| e.domain.clone()).collect();
+                p.local_domains(&candidates)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            None => Ok(HashSet::new()),
+        };
         let own = Ownership {
             my_mail_host: &self.config.mail_host,
             my_domains: &my_domains,
+            local: &local,
             taken: &taken,
             verify: self.config.verify_mx,
         };
@@ -890,6 +918,7 @@ impl Shared {
         if let Ok(all) = self.store.peer_entries(&peer).await {
             self.send_ack(peer, make_ack(meta.version, &all));
         }
+        self.request_apply(format!("re-check of {name}'s list"));
     }
 }
 
@@ -945,6 +974,7 @@ mod tests {
     struct World {
         mine: HashSet<Domain>,
         taken: HashMap<Domain, String>,
+        local: Result<HashSet<Domain>, String>,
     }
 
     impl World {
@@ -954,12 +984,14 @@ mod tests {
             Self {
                 mine: [Domain::parse("me.example").unwrap()].into(),
                 taken,
+                local: Ok([Domain::parse("local.example").unwrap()].into()),
             }
         }
         fn own(&self, verify: VerifyMx) -> Ownership<'_> {
             Ownership {
                 my_mail_host: "mail.me.example",
                 my_domains: &self.mine,
+                local: &self.local,
                 taken: &self.taken,
                 verify,
             }
@@ -1055,6 +1087,32 @@ mod tests {
     }
 
     #[test]
+    fn domains_this_postfix_delivers_are_refused_as_local() {
+        let mut w = World::new();
+        let f = hosts(&["mail.me.example", "mail.friend.example"]);
+        let (s, r) = judge(
+            &entry("local.example", "mail.friend.example"),
+            &w.own(VerifyMx::Off),
+            Some(&f),
+            None,
+        );
+        assert_eq!(s, EntryState::Refused);
+        assert!(r.unwrap().starts_with("local domain"));
+        // Postfix unreadable: pending, but an accepted entry stays accepted.
+        w.local = Err("postconf failed".into());
+        let e = entry("friend.example", "mail.friend.example");
+        assert_eq!(
+            judge(&e, &w.own(VerifyMx::Require), Some(&f), None).0,
+            EntryState::Pending
+        );
+        let before = (EntryState::Accepted, None);
+        assert_eq!(
+            judge(&e, &w.own(VerifyMx::Require), Some(&f), Some(&before)),
+            before
+        );
+    }
+
+    #[test]
     fn dns_failure_is_pending_and_never_revokes() {
         let w = World::new();
         let e = entry("friend.example", "mail.friend.example");
@@ -1104,7 +1162,10 @@ mod tests {
         assert!(!needs_refresh(&list, 1_000));
         assert!(!needs_refresh(&list, 1_000 + day - 1));
         assert!(needs_refresh(&list, 1_000 + day));
-        assert!(LIST_LIFETIME.as_secs() >= 7 * day, "a week of margin at least");
+        assert!(
+            LIST_LIFETIME.as_secs() >= 7 * day,
+            "a week of margin at least"
+        );
     }
 
     #[test]

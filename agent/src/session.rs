@@ -34,6 +34,7 @@ use crate::identity::Identity;
 use crate::limiter::JoinLimiter;
 use crate::lists::ListState;
 use crate::net;
+use crate::relay::RelayState;
 use crate::store::{InviteState, PeerRecord, Store, StoreError};
 
 /// How long a dial attempt to one address may take.
@@ -54,6 +55,9 @@ const MAX_HANDSHAKES: usize = 64;
 const MAX_UNPAIRED: usize = 16;
 /// Largest frame an unpaired client may send: a join request is small.
 const MAX_JOIN_FRAME: usize = 4096;
+/// How long an old connection has to answer a ping before a new one from
+/// the same peer replaces it.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// A session must last this long before the dialer's backoff resets.
 const STABLE_SESSION: Duration = Duration::from_secs(10);
 /// How often `last_seen` is written while a session is up.
@@ -103,6 +107,7 @@ pub(crate) struct Shared {
     pub store: Store,
     pub endpoint: quinn::Endpoint,
     pub lists: ListState,
+    pub relay: RelayState,
     sessions: Mutex<HashMap<PeerId, Session>>,
     dialers: Mutex<HashMap<PeerId, Dialer>>,
     limiter: Mutex<JoinLimiter>,
@@ -202,6 +207,7 @@ impl Shared {
         store: Store,
         endpoint: quinn::Endpoint,
         lists: ListState,
+        relay: RelayState,
         shutdown: watch::Receiver<bool>,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -210,6 +216,7 @@ impl Shared {
             store,
             endpoint,
             lists,
+            relay,
             sessions: Mutex::new(HashMap::new()),
             dialers: Mutex::new(HashMap::new()),
             limiter: Mutex::new(JoinLimiter::default()),
@@ -646,9 +653,8 @@ impl Shared {
         // looks alive here; if the old one does not answer a ping, drop it
         // so the new one is not refused as a duplicate.
         if let Some(old) = self.live_conn(&id) {
-            if old.stable_id() != conn.stable_id()
-                && request(&old, &Request::Ping(0)).await.is_err()
-            {
+            let ping = tokio::time::timeout(PING_TIMEOUT, request(&old, &Request::Ping(0)));
+            if old.stable_id() != conn.stable_id() && !matches!(ping.await, Ok(Ok(_))) {
                 old.close(close::DUPLICATE.into(), b"replaced by a new connection");
             }
         }
@@ -830,11 +836,8 @@ impl Shared {
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
     ) {
-        let req = match tokio::time::timeout(
-            STREAM_TIMEOUT,
-            frames::read_limited::<Request, _>(&mut recv, MAX_JOIN_FRAME),
-        )
-        .await
+        let req = match tokio::time::timeout(STREAM_TIMEOUT, frames::read::<Request, _>(&mut recv))
+            .await
         {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
@@ -887,6 +890,10 @@ impl Shared {
     /// Removes a peer here: store, dialer and session.
     async fn forget_peer(&self, id: &PeerId) -> bool {
         self.stop_dialer(id);
+        let name = match self.store.peer(id).await {
+            Ok(Some(p)) => p.name,
+            _ => id.short(),
+        };
         let removed = match self.store.remove_peer(id).await {
             Ok(r) => r,
             Err(e) => {
@@ -896,6 +903,9 @@ impl Shared {
         };
         lock(&self.sessions).remove(id);
         self.lists.forget(id);
+        if removed {
+            self.request_apply(format!("unpaired {name}"));
+        }
         removed
     }
 

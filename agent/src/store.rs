@@ -694,6 +694,120 @@ impl Store {
     }
 }
 
+/// One row of `mxfed history`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplyRecord {
+    /// Unix seconds.
+    pub at: i64,
+    /// What caused it.
+    pub trigger: String,
+    /// Whether it worked.
+    pub ok: bool,
+    /// The step that failed.
+    pub step: Option<String>,
+    /// The error, or a summary.
+    pub message: Option<String>,
+    /// Domains added, removed, re-targeted; domains relayed afterwards.
+    pub added: u32,
+    /// See `added`.
+    pub removed: u32,
+    /// See `added`.
+    pub changed: u32,
+    /// See `added`.
+    pub total: u32,
+}
+
+impl Store {
+    /// Accepted entries of lists that have not been expired for longer than
+    /// `grace` seconds, with the peer's name: what Postfix should relay.
+    pub async fn relay_routes(
+        &self,
+        now: i64,
+        grace: i64,
+    ) -> Result<Vec<(String, Entry)>, StoreError> {
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT p.name, e.domain, e.next_hop FROM peer_entries e
+             JOIN peer_lists l ON l.peer_id = e.peer_id
+             JOIN peers p ON p.id = e.peer_id
+             WHERE e.state = 'accepted' AND l.expires_at + ? > ?
+             ORDER BY e.domain",
+        )
+        .bind(grace)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.query_err(e))?;
+        rows.iter()
+            .map(|(n, d, h)| Ok((n.clone(), self.entry_from(d, h)?)))
+            .collect()
+    }
+
+    /// Records an apply, keeping the last 1,000.
+    pub async fn record_apply(&self, r: &ApplyRecord) -> Result<(), StoreError> {
+        let q = |e| self.query_err(e);
+        sqlx::query(
+            "INSERT INTO applies (at, trigger, result, step, message, added, removed, changed, total)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(r.at)
+        .bind(&r.trigger)
+        .bind(if r.ok { "applied" } else { "failed" })
+        .bind(&r.step)
+        .bind(&r.message)
+        .bind(i64::from(r.added))
+        .bind(i64::from(r.removed))
+        .bind(i64::from(r.changed))
+        .bind(i64::from(r.total))
+        .execute(&self.pool)
+        .await
+        .map_err(q)?;
+        sqlx::query("DELETE FROM applies WHERE id <= (SELECT MAX(id) - 1000 FROM applies)")
+            .execute(&self.pool)
+            .await
+            .map_err(q)?;
+        Ok(())
+    }
+
+    /// The last `limit` applies, newest first.
+    pub async fn applies(&self, limit: u32) -> Result<Vec<ApplyRecord>, StoreError> {
+        type Row = (
+            i64,
+            String,
+            String,
+            Option<String>,
+            Option<String>,
+            i64,
+            i64,
+            i64,
+            i64,
+        );
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT at, trigger, result, step, message, added, removed, changed, total
+             FROM applies ORDER BY id DESC LIMIT ?",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.query_err(e))?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(at, trigger, result, step, message, a, r, c, t)| ApplyRecord {
+                    at,
+                    trigger,
+                    ok: result == "applied",
+                    step,
+                    message,
+                    added: a as u32,
+                    removed: r as u32,
+                    changed: c as u32,
+                    total: t as u32,
+                },
+            )
+            .collect())
+    }
+}
+
 async fn insert_entry(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     peer_id: &str,

@@ -60,6 +60,42 @@ enum Command {
     /// Manage the domains I host, which my friends back up.
     #[command(subcommand)]
     Domains(DomainsCommand),
+    /// Show the change between the relay maps in force and what friends'
+    /// accepted lists call for, then apply it (the agent does this by itself
+    /// on every change; this is for checking and forcing).
+    Apply {
+        /// Only show the change.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The last changes to the Postfix maps: time, trigger, result.
+    History {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// How many entries.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Postfix wiring.
+    #[command(subcommand)]
+    Postfix(PostfixCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PostfixCommand {
+    /// Wire main.cf (relay_domains, transport_maps, relay_recipient_maps) to
+    /// the maps mxfed writes into <postfix_config_dir>/mxfed/. Shows the exact
+    /// change first; running it twice changes nothing; refuses to make an
+    /// open relay. Does not need the agent.
+    Setup {
+        /// Only show the change.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -225,6 +261,46 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             let config = load_config(&cli.config)?;
             domains(&config, cmd).await
         }
+        Command::Apply { dry_run, json } => {
+            let config = load_config(&cli.config)?;
+            match client::call(&config, &ControlRequest::Apply { dry_run }).await? {
+                ControlResponse::Applied(r) => {
+                    if json {
+                        output::json(&r);
+                    } else {
+                        output::apply_report(&r);
+                    }
+                    if r.result == "failed" {
+                        Err(fail(format!(
+                            "apply failed at step {}: {}",
+                            r.step.as_deref().unwrap_or("?"),
+                            r.error.as_deref().unwrap_or("?")
+                        )))
+                    } else {
+                        Ok(())
+                    }
+                }
+                other => Err(client::unexpected(other)),
+            }
+        }
+        Command::History { json, limit } => {
+            let config = load_config(&cli.config)?;
+            match client::call(&config, &ControlRequest::History { limit }).await? {
+                ControlResponse::History(h) => {
+                    if json {
+                        output::json(&h);
+                    } else {
+                        output::history(&h);
+                    }
+                    Ok(())
+                }
+                other => Err(client::unexpected(other)),
+            }
+        }
+        Command::Postfix(PostfixCommand::Setup { dry_run }) => {
+            let config = load_config(&cli.config)?;
+            postfix_setup(&config, dry_run).await
+        }
         Command::Unpair { name } => {
             let config = load_config(&cli.config)?;
             match client::call(&config, &ControlRequest::Unpair { name: name.clone() }).await? {
@@ -319,6 +395,63 @@ fn read_domain_file(path: &std::path::Path) -> Result<Vec<String>, Failure> {
         .filter(|l| !l.is_empty())
         .map(String::from)
         .collect())
+}
+
+async fn postfix_setup(config: &Config, dry_run: bool) -> Result<(), Failure> {
+    use mxfed_agent::postfix::Postfix;
+    let dir = &config.postfix_config_dir;
+    if !Postfix::present(dir) {
+        return Err(Failure {
+            code: EX_CONFIG as u8,
+            message: format!(
+                "no main.cf in {} (set postfix_config_dir in {})",
+                dir.display(),
+                "the config"
+            ),
+        });
+    }
+    let map_type =
+        (!config.postfix_map_type.is_empty()).then_some(config.postfix_map_type.as_str());
+    let postfix = Postfix::open(dir, map_type)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let plan = postfix
+        .plan_setup()
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    if plan.changes.is_empty() && plan.create_maps.is_empty() {
+        output::line(&format!(
+            "{}/main.cf is already wired to the mxfed maps; nothing to change",
+            dir.display()
+        ));
+        return Ok(());
+    }
+    for m in &plan.create_maps {
+        output::line(&format!(
+            "create empty map {}:{}",
+            postfix.map_type(),
+            m.display()
+        ));
+    }
+    for c in &plan.changes {
+        output::line(&format!(
+            "postconf -c {} -e '{} = {}'",
+            dir.display(),
+            c.name,
+            c.new
+        ));
+        output::line(&format!("    (was: {} = {})", c.name, c.old));
+    }
+    if dry_run {
+        output::line("dry run: nothing changed");
+        return Ok(());
+    }
+    postfix
+        .setup(&plan)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    output::line("done; the agent keeps these maps in step with friends' accepted domains");
+    Ok(())
 }
 
 async fn init(config_path: &std::path::Path, args: InitArgs) -> Result<(), Failure> {

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use mxfed_proto::control::{EntryState, MyDomains, StatusReport};
+use mxfed_proto::control::{ApplyReport, EntryState, HistoryEntry, MyDomains, StatusReport};
 
 /// Prints one line to stdout.
 pub fn line(s: &str) {
@@ -185,4 +185,56 @@ pub fn status_table(r: &StatusReport) {
             None => println!("{} has not acknowledged my list yet", p.name),
         }
     }
+}
+
+/// `mxfed apply`.
+pub fn apply_report(r: &ApplyReport) {
+    for c in &r.changes {
+        println!("{c}");
+    }
+    match r.result.as_str() {
+        "planned" if r.changes.is_empty() => println!(
+            "dry run: the maps in force already match ({} domains)",
+            r.total
+        ),
+        "planned" => println!(
+            "dry run: {} change(s) would be applied ({} domains afterwards)",
+            r.changes.len(),
+            r.total
+        ),
+        "unchanged" => println!("the maps in force already match ({} domains)", r.total),
+        "applied" => println!(
+            "applied {} change(s); {} domains relayed",
+            r.changes.len(),
+            r.total
+        ),
+        _ => println!(
+            "failed at step {}; the previous maps stay in force",
+            r.step.as_deref().unwrap_or("?")
+        ),
+    }
+}
+
+/// `mxfed history`.
+pub fn history(h: &[HistoryEntry]) {
+    if h.is_empty() {
+        println!("no changes to the Postfix maps yet");
+        return;
+    }
+    let rows: Vec<[String; 5]> = h
+        .iter()
+        .map(|e| {
+            [
+                e.at.clone(),
+                e.result.clone(),
+                format!("+{} -{} ~{} ={}", e.added, e.removed, e.changed, e.total),
+                e.trigger.clone(),
+                match (&e.step, &e.message) {
+                    (Some(s), Some(m)) => format!("{s}: {m}"),
+                    _ => String::new(),
+                },
+            ]
+        })
+        .collect();
+    table(["TIME", "RESULT", "CHANGES", "TRIGGER", "ERROR"], &rows);
 }

@@ -42,10 +42,20 @@ pub enum ControlRequest {
     },
     /// The domains I host.
     DomainsList,
+    /// Bring the Postfix maps in line with the accepted entries now.
+    Apply {
+        /// Only show what would change.
+        dry_run: bool,
+    },
+    /// The last applies.
+    History {
+        /// How many.
+        limit: u32,
+    },
 }
 
 impl Message for ControlRequest {
-    const VARIANTS: u8 = 7;
+    const VARIANTS: u8 = 9;
 }
 
 /// The agent's answer.
@@ -81,6 +91,51 @@ pub enum ControlResponse {
     Domains(MyDomains),
     /// Answer to [`ControlRequest::DomainsAdd`] and [`ControlRequest::DomainsRemove`].
     DomainsChanged(DomainsChanged),
+    /// Answer to [`ControlRequest::Apply`].
+    Applied(ApplyReport),
+    /// Answer to [`ControlRequest::History`], newest first.
+    History(Vec<HistoryEntry>),
+}
+
+/// What an apply did (or, with `dry_run`, would do). `mxfed apply --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyReport {
+    /// Only planned.
+    pub dry_run: bool,
+    /// `applied`, `unchanged`, `planned` (dry run) or `failed`.
+    pub result: String,
+    /// One line per change to the transport map: `+ domain relay:[host]`,
+    /// `- domain ...`, `~ domain old -> new`.
+    pub changes: Vec<String>,
+    /// Domains relayed afterwards.
+    pub total: u32,
+    /// The step that failed.
+    pub step: Option<String>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// One row of `mxfed history --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// RFC 3339 time.
+    pub at: String,
+    /// What caused it: a list received, a re-check, an unpair, startup, `mxfed apply`...
+    pub trigger: String,
+    /// `applied` or `failed`.
+    pub result: String,
+    /// The step that failed.
+    pub step: Option<String>,
+    /// The error.
+    pub message: Option<String>,
+    /// Domains added.
+    pub added: u32,
+    /// Domains removed.
+    pub removed: u32,
+    /// Domains whose next hop changed.
+    pub changed: u32,
+    /// Domains relayed afterwards.
+    pub total: u32,
 }
 
 /// What `domains add` or `domains remove` did.
@@ -97,7 +152,7 @@ pub struct DomainsChanged {
 }
 
 impl Message for ControlResponse {
-    const VARIANTS: u8 = 7;
+    const VARIANTS: u8 = 9;
     const MAX: usize = crate::codec::MAX_CONTROL_FRAME;
 }
 

@@ -2,6 +2,7 @@
 //! addresses, real SQLite files. No mocks.
 
 mod lists;
+mod postfix;
 mod util;
 
 use std::time::Duration;

@@ -511,3 +511,223 @@ impl RawPeer {
         mxfed_agent::frames::read(&mut recv).await.unwrap()
     }
 }
+
+impl Agent {
+    /// Kills the agent with SIGKILL (no chance to clean up).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Points the agent at a Postfix instance.
+    pub fn use_postfix(&self, pf: &PostfixInstance) {
+        self.configure(&format!("postfix_config_dir = \"{}\"", pf.etc().display()));
+    }
+
+    /// The last applies, newest first.
+    pub fn history(&self) -> Vec<serde_json::Value> {
+        let out = self.mxfed(&["history", "--json"]);
+        assert_ok(&out, "history --json");
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+/// A private Postfix instance in a temp dir, listening on 127.0.0.1 on a
+/// port of its own (extra addresses are not on `lo` outside a namespace).
+/// Clients from 127.0.0.1 are outside its `mynetworks`.
+pub struct PostfixInstance {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (is postfix installed? .ci/run installs it)"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl PostfixInstance {
+    /// Writes the instance's config (with `extra` main.cf lines) and starts it.
+    pub fn start(myhostname: &str, extra: &str) -> PostfixInstance {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_tcp_port();
+        let root = dir.path();
+        for d in ["etc", "queue", "data"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        run(Command::new("chown").arg("postfix").arg(root.join("data")));
+        std::fs::copy("/etc/postfix/master.cf", root.join("etc/master.cf")).unwrap();
+        let main = format!(
+            "compatibility_level = 3.6\n\
+             queue_directory = {q}\n\
+             data_directory = {d}\n\
+             inet_interfaces = 127.0.0.1\n\
+             inet_protocols = ipv4\n\
+             myhostname = {myhostname}\n\
+             mydestination = localhost\n\
+             mynetworks = 127.0.0.2/32\n\
+             maillog_file = {r}/maillog\n\
+             maillog_file_prefixes = {r}\n\
+             smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination\n\
+             alias_maps =\n\
+             alias_database =\n\
+             smtp_host_lookup = native\n\
+             {extra}\n",
+            q = root.join("queue").display(),
+            d = root.join("data").display(),
+            r = root.display(),
+        );
+        std::fs::write(root.join("etc/main.cf"), main).unwrap();
+        let etc = root.join("etc");
+        run(Command::new("postconf")
+            .arg("-c")
+            .arg(&etc)
+            .args(["-F", "*/*/chroot = n"]));
+        run(Command::new("postconf")
+            .arg("-c")
+            .arg(&etc)
+            .args(["-MX", "smtp/inet"]));
+        run(Command::new("postconf")
+            .arg("-c")
+            .arg(&etc)
+            .arg("-M")
+            .arg(format!(
+                "127.0.0.1:{port}/inet = 127.0.0.1:{port} inet n - n - - smtpd"
+            )));
+        let pf = PostfixInstance { dir, port };
+        pf.up();
+        pf
+    }
+
+    pub fn etc(&self) -> PathBuf {
+        self.dir.path().join("etc")
+    }
+
+    pub fn up(&self) {
+        run(Command::new("postfix")
+            .arg("-c")
+            .arg(self.etc())
+            .arg("start"));
+        wait_for("postfix to listen", || {
+            std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+        });
+    }
+
+    pub fn down(&self) {
+        let _ = Command::new("postfix")
+            .arg("-c")
+            .arg(self.etc())
+            .arg("stop")
+            .output();
+    }
+
+    pub fn postconf(&self, name: &str) -> String {
+        run(Command::new("postconf")
+            .arg("-c")
+            .arg(self.etc())
+            .args(["-h", name]))
+        .trim()
+        .to_string()
+    }
+
+    pub fn main_cf(&self) -> String {
+        std::fs::read_to_string(self.etc().join("main.cf")).unwrap()
+    }
+
+    /// `postmap -s TYPE:<etc>/mxfed/NAME`: every key/value of a live map db,
+    /// or an error if the db is missing or unreadable.
+    pub fn dump(
+        &self,
+        map_type: &str,
+        name: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>, String> {
+        let out = Command::new("postmap")
+            .arg("-c")
+            .arg(self.etc())
+            .arg("-s")
+            .arg(format!(
+                "{map_type}:{}",
+                self.etc().join("mxfed").join(name).display()
+            ))
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once(char::is_whitespace))
+            .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+            .collect())
+    }
+
+    /// `postmap -q KEY TYPE:<etc>/mxfed/NAME` (works for every map type, cdb included).
+    pub fn query(&self, map_type: &str, name: &str, key: &str) -> Option<String> {
+        let out = Command::new("postmap")
+            .arg("-c")
+            .arg(self.etc())
+            .arg("-q")
+            .arg(key)
+            .arg(format!(
+                "{map_type}:{}",
+                self.etc().join("mxfed").join(name).display()
+            ))
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// Opens an SMTP session from 127.0.0.1 (outside mynetworks) and returns
+    /// the reply code to `RCPT TO:<rcpt>`.
+    pub fn rcpt(&self, rcpt: &str) -> u16 {
+        use std::io::{BufRead, BufReader, Write};
+        let stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut w = stream;
+        let reply = |reader: &mut BufReader<std::net::TcpStream>| -> u16 {
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if line.len() < 4 || line.as_bytes()[3] == b' ' {
+                    return line.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
+                }
+            }
+        };
+        assert_eq!(reply(&mut reader), 220);
+        write!(w, "EHLO client.example\r\n").unwrap();
+        assert_eq!(reply(&mut reader), 250);
+        write!(w, "MAIL FROM:<someone@sender.example>\r\n").unwrap();
+        assert_eq!(reply(&mut reader), 250);
+        write!(w, "RCPT TO:<{rcpt}>\r\n").unwrap();
+        let code = reply(&mut reader);
+        let _ = write!(w, "QUIT\r\n");
+        code
+    }
+}
+
+impl Drop for PostfixInstance {
+    fn drop(&mut self) {
+        self.down();
+    }
+}

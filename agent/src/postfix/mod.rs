@@ -1,0 +1,520 @@
+//! Postfix: the only module that runs Postfix commands or writes Postfix files.
+//!
+//! - [`render`] (pure): accepted entries to map text, and diffs.
+//! - [`Postfix::apply`]: writes each map under a temporary name, runs
+//!   `postmap`, checks every key with `postmap -q`, keeps the previous maps
+//!   as `*.prev`, renames the new ones into place (the `.db` first; a rename
+//!   is atomic, `postmap` on a live `hash:` file is not), then `postfix
+//!   reload`. If a step fails, the previous maps are put back and the error
+//!   names the step. At no point is there no map in place.
+//! - [`Postfix::plan_setup`] / [`Postfix::setup`]: the one-time wiring of
+//!   `relay_domains`, `transport_maps` and (if set) `relay_recipient_maps`
+//!   in main.cf, refusing to make an open relay.
+//! - [`Postfix::local_domains`]: which domains this Postfix delivers itself.
+//!
+//! Every command gets `-c <postfix_config_dir>`.
+
+pub mod render;
+
+use std::collections::{BTreeMap, HashSet};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+use mxfed_proto::domain::Domain;
+
+use render::{map_text, parse_map, RelayMaps, RELAY_DOMAINS, RELAY_RECIPIENTS, TRANSPORT};
+
+/// Name of the directory inside the Postfix config dir that holds our maps.
+pub const MAP_DIR: &str = "mxfed";
+
+/// A Postfix step that failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("postfix: {step}: {message}")]
+pub struct PostfixError {
+    /// The step, e.g. "postmap" or "postfix reload".
+    pub step: &'static str,
+    /// What went wrong, including the command's own words.
+    pub message: String,
+}
+
+fn err(step: &'static str, message: impl Into<String>) -> PostfixError {
+    PostfixError {
+        step,
+        message: message.into(),
+    }
+}
+
+/// One Postfix instance, by its config directory.
+#[derive(Debug, Clone)]
+pub struct Postfix {
+    config_dir: PathBuf,
+    map_type: String,
+}
+
+/// A planned change to one main.cf parameter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamChange {
+    /// Parameter name.
+    pub name: String,
+    /// Value now.
+    pub old: String,
+    /// Value afterwards.
+    pub new: String,
+}
+
+/// What `postfix setup` would do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetupPlan {
+    /// Parameters to change (empty: already wired).
+    pub changes: Vec<ParamChange>,
+    /// Map files to create (empty maps) before main.cf refers to them.
+    pub create_maps: Vec<PathBuf>,
+}
+
+impl Postfix {
+    /// Whether `config_dir` holds a Postfix configuration at all.
+    pub fn present(config_dir: &Path) -> bool {
+        config_dir.join("main.cf").is_file()
+    }
+
+    /// A handle for the instance in `config_dir`, using `map_type` or, if
+    /// `None`, Postfix's `default_database_type`.
+    pub async fn open(config_dir: &Path, map_type: Option<&str>) -> Result<Self, PostfixError> {
+        let mut p = Self {
+            config_dir: config_dir.into(),
+            map_type: String::new(),
+        };
+        p.map_type = match map_type {
+            Some(t) => t.to_string(),
+            None => p.param("default_database_type").await?,
+        };
+        if p.map_type.is_empty() || !p.map_type.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(err(
+                "read postfix config",
+                format!("unusable map type {:?}", p.map_type),
+            ));
+        }
+        Ok(p)
+    }
+
+    /// The map type in use (`hash`, `lmdb`, `cdb`, ...).
+    pub fn map_type(&self) -> &str {
+        &self.map_type
+    }
+
+    /// `<config_dir>/mxfed`.
+    pub fn map_dir(&self) -> PathBuf {
+        self.config_dir.join(MAP_DIR)
+    }
+
+    /// `TYPE:<config_dir>/mxfed/NAME`, as main.cf refers to a map.
+    pub fn map_ref(&self, name: &str) -> String {
+        format!("{}:{}", self.map_type, self.map_dir().join(name).display())
+    }
+
+    fn db_suffix(&self) -> &'static str {
+        match self.map_type.as_str() {
+            "lmdb" => ".lmdb",
+            "cdb" => ".cdb",
+            _ => ".db",
+        }
+    }
+
+    async fn run(
+        &self,
+        step: &'static str,
+        program: &str,
+        args: &[&str],
+        stdin: Option<&[u8]>,
+    ) -> Result<String, PostfixError> {
+        let mut cmd = Command::new(program);
+        cmd.arg("-c")
+            .arg(&self.config_dir)
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| err(step, format!("cannot run {program}: {e}")))?;
+        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            let input = input.to_vec();
+            // Feed stdin concurrently so a large output cannot deadlock us.
+            tokio::spawn(async move {
+                let _ = pipe.write_all(&input).await;
+            });
+        }
+        let out = child
+            .wait_with_output()
+            .await
+            .map_err(|e| err(step, format!("{program}: {e}")))?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let stderr = stderr.trim();
+            return Err(err(
+                step,
+                format!(
+                    "{program} -c {} {} failed ({}){}{}",
+                    self.config_dir.display(),
+                    args.join(" "),
+                    out.status,
+                    if stderr.is_empty() { "" } else { ": " },
+                    stderr
+                ),
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `postconf -h NAME`: a parameter as written (or its default).
+    pub async fn param(&self, name: &str) -> Result<String, PostfixError> {
+        Ok(self
+            .run("read postfix config", "postconf", &["-h", name], None)
+            .await?
+            .trim()
+            .to_string())
+    }
+
+    /// `postconf -xh NAME`: a parameter with `$names` expanded.
+    pub async fn param_expanded(&self, name: &str) -> Result<String, PostfixError> {
+        Ok(self
+            .run("read postfix config", "postconf", &["-xh", name], None)
+            .await?
+            .trim()
+            .to_string())
+    }
+
+    /// The transport map in force, as written (empty if none yet).
+    pub async fn live_transport(&self) -> BTreeMap<String, String> {
+        tokio::fs::read_to_string(self.map_dir().join(TRANSPORT))
+            .await
+            .map(|t| parse_map(&t))
+            .unwrap_or_default()
+    }
+
+    /// Whether the map files exist.
+    pub fn maps_exist(&self) -> bool {
+        [RELAY_DOMAINS, RELAY_RECIPIENTS, TRANSPORT]
+            .iter()
+            .all(|n| {
+                let p = self.map_dir().join(n);
+                p.exists() && PathBuf::from(format!("{}{}", p.display(), self.db_suffix())).exists()
+            })
+    }
+
+    /// Looks keys up in a map: `postmap -q - MAP`, keys on stdin.
+    pub async fn query(
+        &self,
+        map: &str,
+        keys: &[String],
+    ) -> Result<BTreeMap<String, String>, PostfixError> {
+        let mut input = keys.join("\n");
+        input.push('\n');
+        let out = self
+            .run(
+                "verify (postmap -q)",
+                "postmap",
+                &["-q", "-", map],
+                Some(input.as_bytes()),
+            )
+            .await;
+        // postmap -q exits 1 when no key is found at all.
+        let out = match out {
+            Ok(o) => o,
+            Err(e) if keys.is_empty() || e.message.contains("(exit status: 1)") => String::new(),
+            Err(e) => return Err(e),
+        };
+        Ok(parse_map(&out))
+    }
+
+    /// Installs `maps` as described in the module docs. On error, the maps
+    /// in force before are in force again, and the error names the step.
+    pub async fn apply(&self, maps: &RelayMaps, reload: bool) -> Result<(), PostfixError> {
+        let dir = self.map_dir();
+        ensure_dir(&dir).await?;
+        cleanup_temp(&dir).await;
+        // 1. Build every new map beside the live one and check it.
+        for (name, entries) in &maps.maps {
+            let new = dir.join(format!("{name}.new"));
+            write_file(&new, map_text(entries).as_bytes()).await?;
+            let map = format!("{}:{}", self.map_type, new.display());
+            self.run("postmap", "postmap", &[&map], None).await?;
+            let keys: Vec<String> = entries.keys().cloned().collect();
+            let found = self.query(&map, &keys).await?;
+            if &found != entries {
+                let missing = entries.keys().find(|k| found.get(*k) != entries.get(*k));
+                return Err(err(
+                    "verify (postmap -q)",
+                    format!("{map} does not answer as written (first difference: {missing:?})"),
+                ));
+            }
+        }
+        // 2. Keep what is live now, then rename the new maps into place.
+        let suffix = self.db_suffix();
+        for (name, _) in &maps.maps {
+            for s in [suffix, ""] {
+                let live = dir.join(format!("{name}{s}"));
+                let prev = dir.join(format!("{name}{s}.prev"));
+                let _ = tokio::fs::remove_file(&prev).await;
+                if live.exists() {
+                    tokio::fs::hard_link(&live, &prev).await.map_err(|e| {
+                        err("install maps", format!("keep {}: {e}", live.display()))
+                    })?;
+                }
+            }
+        }
+        let installed = self
+            .install(
+                &maps.maps.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+                "new",
+            )
+            .await;
+        if let Err(e) = installed {
+            self.roll_back(maps).await;
+            return Err(e);
+        }
+        // 3. Make Postfix use them now.
+        if reload {
+            if let Err(e) = self.reload().await {
+                self.roll_back(maps).await;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Renames `NAME.<from>{suffix}` and `NAME.<from>` over the live files, db first.
+    async fn install(&self, names: &[&str], from: &str) -> Result<(), PostfixError> {
+        let dir = self.map_dir();
+        let suffix = self.db_suffix();
+        for name in names {
+            for (src, dst) in [
+                (format!("{name}.{from}{suffix}"), format!("{name}{suffix}")),
+                (format!("{name}.{from}"), name.to_string()),
+            ] {
+                let (src, dst) = (dir.join(src), dir.join(dst));
+                if src.exists() {
+                    tokio::fs::rename(&src, &dst).await.map_err(|e| {
+                        err(
+                            "install maps",
+                            format!("rename {} to {}: {e}", src.display(), dst.display()),
+                        )
+                    })?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts the `*.prev` maps back (best effort) and reloads.
+    async fn roll_back(&self, maps: &RelayMaps) {
+        let dir = self.map_dir();
+        let suffix = self.db_suffix();
+        for (name, _) in &maps.maps {
+            for s in [suffix, ""] {
+                let prev = dir.join(format!("{name}{s}.prev"));
+                let live = dir.join(format!("{name}{s}"));
+                if prev.exists() {
+                    if let Err(e) = tokio::fs::rename(&prev, &live).await {
+                        tracing::error!("roll back {}: {e}", live.display());
+                    }
+                }
+            }
+        }
+        cleanup_temp(&dir).await;
+        if let Err(e) = self.reload().await {
+            tracing::warn!("after rolling back the maps: {e}");
+        }
+    }
+
+    /// `postfix reload`.
+    pub async fn reload(&self) -> Result<(), PostfixError> {
+        self.run("postfix reload", "postfix", &["reload"], None)
+            .await
+            .map(|_| ())
+    }
+
+    /// What `postfix setup` would change. Fails if wiring would make an open relay.
+    pub async fn plan_setup(&self) -> Result<SetupPlan, PostfixError> {
+        let relay_restrictions = self.param("smtpd_relay_restrictions").await?;
+        let recipient_restrictions = self.param("smtpd_recipient_restrictions").await?;
+        if !has_word(&relay_restrictions, "reject_unauth_destination")
+            && !has_word(&recipient_restrictions, "reject_unauth_destination")
+        {
+            return Err(err(
+                "check relay restrictions",
+                "neither smtpd_relay_restrictions nor smtpd_recipient_restrictions contains reject_unauth_destination; adding relay domains now would make an open relay, so nothing was changed",
+            ));
+        }
+        let mut changes = Vec::new();
+        let mut wanted = vec![
+            ("relay_domains", RELAY_DOMAINS),
+            ("transport_maps", TRANSPORT),
+        ];
+        if !self.param("relay_recipient_maps").await?.trim().is_empty() {
+            wanted.push(("relay_recipient_maps", RELAY_RECIPIENTS));
+        }
+        for (param, map) in &wanted {
+            let old = self.param(param).await?;
+            let path = self.map_dir().join(map).display().to_string();
+            // Already wired, with any map type?
+            if old
+                .split([',', ' ', '\t', '\n'])
+                .any(|t| t.split_once(':').is_some_and(|(_, p)| p == path))
+            {
+                continue;
+            }
+            let ours = self.map_ref(map);
+            let new = if old.trim().is_empty() {
+                ours
+            } else {
+                format!("{}, {ours}", old.trim())
+            };
+            changes.push(ParamChange {
+                name: param.to_string(),
+                old,
+                new,
+            });
+        }
+        let create_maps = if self.maps_exist() {
+            Vec::new()
+        } else {
+            [RELAY_DOMAINS, RELAY_RECIPIENTS, TRANSPORT]
+                .iter()
+                .map(|n| self.map_dir().join(n))
+                .collect()
+        };
+        Ok(SetupPlan {
+            changes,
+            create_maps,
+        })
+    }
+
+    /// Carries out a [`SetupPlan`]: creates empty maps if missing (so main.cf
+    /// never names a map that does not exist), edits main.cf with
+    /// `postconf -e`, then reloads Postfix if it is running.
+    pub async fn setup(&self, plan: &SetupPlan) -> Result<(), PostfixError> {
+        if !plan.create_maps.is_empty() {
+            self.apply(&render::render_maps(&[]), false).await?;
+        }
+        for c in &plan.changes {
+            let assignment = format!("{} = {}", c.name, c.new);
+            self.run(
+                "edit main.cf (postconf -e)",
+                "postconf",
+                &["-e", &assignment],
+                None,
+            )
+            .await?;
+        }
+        if !plan.changes.is_empty() && self.is_running().await {
+            self.reload().await?;
+        }
+        Ok(())
+    }
+
+    /// Whether the Postfix master is running (`postfix status`).
+    pub async fn is_running(&self) -> bool {
+        self.run("postfix status", "postfix", &["status"], None)
+            .await
+            .is_ok()
+    }
+
+    /// Which of `candidates` this Postfix delivers itself or relays outside
+    /// mxfed: in `mydestination`, `virtual_alias_domains`,
+    /// `virtual_mailbox_domains`, or `relay_domains` (less our own map).
+    pub async fn local_domains(
+        &self,
+        candidates: &[Domain],
+    ) -> Result<HashSet<Domain>, PostfixError> {
+        let ours = self.map_dir().display().to_string();
+        let keys: Vec<String> = candidates.iter().map(|d| d.to_string()).collect();
+        let mut local = HashSet::new();
+        for param in [
+            "mydestination",
+            "virtual_alias_domains",
+            "virtual_mailbox_domains",
+            "relay_domains",
+        ] {
+            let value = self.param_expanded(param).await?;
+            for token in value
+                .split([',', ' ', '\t', '\n'])
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+            {
+                if token.starts_with('/') {
+                    // A file of list items.
+                    if let Ok(text) = tokio::fs::read_to_string(token).await {
+                        for item in text.split_whitespace().filter(|w| !w.starts_with('#')) {
+                            insert_literal(&mut local, candidates, item);
+                        }
+                    }
+                } else if let Some((_, path)) = token.split_once(':') {
+                    if path.starts_with(&ours) {
+                        continue; // our own relay map
+                    }
+                    for (k, _) in self.query(token, &keys).await? {
+                        insert_literal(&mut local, candidates, &k);
+                    }
+                } else {
+                    insert_literal(&mut local, candidates, token);
+                }
+            }
+        }
+        Ok(local)
+    }
+}
+
+fn insert_literal(local: &mut HashSet<Domain>, candidates: &[Domain], item: &str) {
+    let item = item.trim().to_ascii_lowercase();
+    if let Some(d) = candidates.iter().find(|d| d.as_str() == item) {
+        local.insert(d.clone());
+    }
+}
+
+fn has_word(list: &str, word: &str) -> bool {
+    list.split([',', ' ', '\t', '\n']).any(|w| w == word)
+}
+
+async fn ensure_dir(dir: &Path) -> Result<(), PostfixError> {
+    if !dir.exists() {
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| err("write map source", format!("create {}: {e}", dir.display())))?;
+        tokio::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+            .await
+            .map_err(|e| err("write map source", format!("chmod {}: {e}", dir.display())))?;
+    }
+    Ok(())
+}
+
+async fn write_file(path: &Path, data: &[u8]) -> Result<(), PostfixError> {
+    let io = |e: std::io::Error| err("write map source", format!("{}: {e}", path.display()));
+    let mut f = tokio::fs::File::create(path).await.map_err(io)?;
+    f.write_all(data).await.map_err(io)?;
+    f.sync_all().await.map_err(io)?;
+    tokio::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+        .await
+        .map_err(io)
+}
+
+/// Removes `*.new*` files a previous, interrupted apply left behind.
+async fn cleanup_temp(dir: &Path) {
+    let Ok(mut rd) = tokio::fs::read_dir(dir).await else {
+        return;
+    };
+    while let Ok(Some(e)) = rd.next_entry().await {
+        if e.file_name().to_string_lossy().contains(".new") {
+            let _ = tokio::fs::remove_file(e.path()).await;
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! Rendering the mxfed maps: pure functions from accepted entries to map
+//! text, and back from map text to entries (for diffs of what is in force).
+//!
+//! - `transport`: `domain relay:[next-hop]` (with `:port` when set). The
+//!   brackets turn off MX lookup, so the backup never sends mail back to
+//!   itself (Postfix STANDARD_CONFIGURATION_README, "backup MX host").
+//! - `relay_domains`: `domain OK`.
+//! - `relay_recipients`: `@domain OK`, for `relay_recipient_maps`, so that
+//!   every recipient of a backed-up domain is accepted.
+
+use std::collections::BTreeMap;
+
+use mxfed_proto::domain::{Domain, NextHop};
+
+/// File names of the maps inside `<postfix_config_dir>/mxfed/`.
+pub const TRANSPORT: &str = "transport";
+/// See [`TRANSPORT`].
+pub const RELAY_DOMAINS: &str = "relay_domains";
+/// See [`TRANSPORT`].
+pub const RELAY_RECIPIENTS: &str = "relay_recipients";
+
+const HEADER: &str = "# Written by mxfed from friends' accepted domain lists. Do not edit:\n# changes are overwritten. See `mxfed status` and `mxfed history`.\n";
+
+/// One domain to relay, and where to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Route {
+    /// The backed-up domain.
+    pub domain: Domain,
+    /// The friend's declared next hop for it.
+    pub next_hop: NextHop,
+}
+
+/// The three maps, as file contents and as key/value pairs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayMaps {
+    /// (file name, key → value), in file-name order.
+    pub maps: Vec<(&'static str, BTreeMap<String, String>)>,
+}
+
+/// Renders the maps for `routes` (duplicates by domain: the first wins).
+pub fn render_maps(routes: &[Route]) -> RelayMaps {
+    let mut transport = BTreeMap::new();
+    let mut relay = BTreeMap::new();
+    let mut recipients = BTreeMap::new();
+    for r in routes {
+        let d = r.domain.as_str().to_string();
+        if transport.contains_key(&d) {
+            continue;
+        }
+        transport.insert(d.clone(), format!("relay:{}", r.next_hop.postfix_nexthop()));
+        relay.insert(d.clone(), "OK".to_string());
+        recipients.insert(format!("@{d}"), "OK".to_string());
+    }
+    RelayMaps {
+        maps: vec![
+            (RELAY_DOMAINS, relay),
+            (RELAY_RECIPIENTS, recipients),
+            (TRANSPORT, transport),
+        ],
+    }
+}
+
+/// The text of a map file.
+pub fn map_text(entries: &BTreeMap<String, String>) -> String {
+    let mut out = String::with_capacity(HEADER.len() + entries.len() * 48);
+    out.push_str(HEADER);
+    for (k, v) in entries {
+        out.push_str(k);
+        out.push(' ');
+        out.push_str(v);
+        out.push('\n');
+    }
+    out
+}
+
+/// Parses a map file as written by [`map_text`] (comments and blank lines skipped).
+pub fn parse_map(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.split_once(char::is_whitespace)?;
+            Some((k.to_string(), v.trim().to_string()))
+        })
+        .collect()
+}
+
+/// What changes between two transport maps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MapDiff {
+    /// Domains relayed afterwards but not before: (domain, new value).
+    pub added: Vec<(String, String)>,
+    /// Domains relayed before but not afterwards: (domain, old value).
+    pub removed: Vec<(String, String)>,
+    /// Domains whose next hop changes: (domain, old, new).
+    pub changed: Vec<(String, String, String)>,
+}
+
+impl MapDiff {
+    /// Whether nothing changes.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
+
+    /// One line per change, `+`, `-` or `~` first.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (d, v) in &self.added {
+            out.push(format!("+ {d} {v}"));
+        }
+        for (d, v) in &self.removed {
+            out.push(format!("- {d} {v}"));
+        }
+        for (d, old, new) in &self.changed {
+            out.push(format!("~ {d} {old} -> {new}"));
+        }
+        out
+    }
+}
+
+/// The difference from `before` to `after`.
+pub fn diff(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>) -> MapDiff {
+    let mut d = MapDiff::default();
+    for (k, v) in after {
+        match before.get(k) {
+            None => d.added.push((k.clone(), v.clone())),
+            Some(old) if old != v => d.changed.push((k.clone(), old.clone(), v.clone())),
+            Some(_) => {}
+        }
+    }
+    for (k, v) in before {
+        if !after.contains_key(k) {
+            d.removed.push((k.clone(), v.clone()));
+        }
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(d: &str, hop: &str) -> Route {
+        Route {
+            domain: Domain::parse(d).unwrap(),
+            next_hop: NextHop::parse(hop).unwrap(),
+        }
+    }
+
+    /// Golden output: exactly what Postfix gets.
+    #[test]
+    fn golden_maps() {
+        let maps = render_maps(&[
+            route("friend.example", "mail.friend.example"),
+            route("bücher.example", "mail.friend.example:2525"),
+            route("ip.example", "[192.0.2.7]:25"),
+            route("v6.example", "[2001:db8::1]"),
+        ]);
+        let text: Vec<(&str, String)> = maps.maps.iter().map(|(n, m)| (*n, map_text(m))).collect();
+        assert_eq!(
+            text[2],
+            (
+                "transport",
+                format!(
+                    "{HEADER}friend.example relay:[mail.friend.example]\nip.example relay:[192.0.2.7]:25\nv6.example relay:[2001:db8::1]\nxn--bcher-kva.example relay:[mail.friend.example]:2525\n"
+                )
+            )
+        );
+        assert_eq!(
+            text[0],
+            (
+                "relay_domains",
+                format!("{HEADER}friend.example OK\nip.example OK\nv6.example OK\nxn--bcher-kva.example OK\n")
+            )
+        );
+        assert_eq!(
+            text[1],
+            (
+                "relay_recipients",
+                format!("{HEADER}@friend.example OK\n@ip.example OK\n@v6.example OK\n@xn--bcher-kva.example OK\n")
+            )
+        );
+    }
+
+    #[test]
+    fn empty_maps_are_just_the_header() {
+        for (_, m) in render_maps(&[]).maps {
+            assert_eq!(map_text(&m), HEADER);
+        }
+    }
+
+    #[test]
+    fn every_transport_entry_points_at_its_own_next_hop() {
+        let routes: Vec<Route> = (0..50)
+            .map(|i| {
+                route(
+                    &format!("d{i}.example"),
+                    &format!("mx{}.friend{}.example", i % 3, i % 7),
+                )
+            })
+            .collect();
+        let maps = render_maps(&routes);
+        let transport = &maps.maps[2].1;
+        for r in &routes {
+            assert_eq!(
+                transport[r.domain.as_str()],
+                format!("relay:[{}]", r.next_hop)
+            );
+        }
+        assert_eq!(transport.len(), routes.len());
+    }
+
+    #[test]
+    fn parse_reads_back_what_render_wrote_and_diff_says_what_changed() {
+        let before = render_maps(&[
+            route("a.example", "mail.x.example"),
+            route("b.example", "mail.x.example"),
+        ]);
+        let after = render_maps(&[
+            route("b.example", "mail.y.example"),
+            route("c.example", "mail.x.example"),
+        ]);
+        let b = parse_map(&map_text(&before.maps[2].1));
+        assert_eq!(b, before.maps[2].1);
+        let d = diff(&b, &after.maps[2].1);
+        assert_eq!(
+            d.added,
+            vec![("c.example".into(), "relay:[mail.x.example]".into())]
+        );
+        assert_eq!(
+            d.removed,
+            vec![("a.example".into(), "relay:[mail.x.example]".into())]
+        );
+        assert_eq!(
+            d.changed,
+            vec![(
+                "b.example".into(),
+                "relay:[mail.x.example]".into(),
+                "relay:[mail.y.example]".into()
+            )]
+        );
+        assert!(diff(&b, &b).is_empty());
+    }
+}

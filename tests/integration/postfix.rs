@@ -1,0 +1,365 @@
+//! Applying accepted lists to a real Postfix: each test runs its own
+//! instance in a temp dir (see `util::PostfixInstance`).
+
+use std::time::Duration;
+
+use crate::util::*;
+
+/// alpha publishes; bravo backs alpha up with a private Postfix.
+struct Pair {
+    alpha: Agent,
+    bravo: Agent,
+    pf: PostfixInstance,
+}
+
+fn pair(bravo_extra: &str, main_cf_extra: &str) -> Pair {
+    let pf = PostfixInstance::start("mail.bravo.example", main_cf_extra);
+    let mut alpha = Agent::init("alpha");
+    let mut bravo = Agent::init("bravo");
+    bravo.use_postfix(&pf);
+    bravo.configure(bravo_extra);
+    assert_ok(&bravo.mxfed(&["postfix", "setup"]), "postfix setup");
+    alpha.start();
+    bravo.start();
+    let token = alpha.invite("10m");
+    assert_ok(&bravo.mxfed(&["join", &token]), "join");
+    wait_for("connected", || {
+        alpha.connected_to("bravo") && bravo.connected_to("alpha")
+    });
+    Pair { alpha, bravo, pf }
+}
+
+#[test]
+fn setup_shows_the_change_keeps_admin_values_and_is_idempotent() {
+    let pf = PostfixInstance::start(
+        "mail.bravo.example",
+        "relay_domains = old.example\nrelay_recipient_maps = hash:/etc/postfix/nonexistent",
+    );
+    let a = Agent::init("bravo");
+    a.use_postfix(&pf);
+    let before = pf.main_cf();
+    let out = a.mxfed(&["postfix", "setup", "--dry-run"]);
+    assert_ok(&out, "setup --dry-run");
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    let map_dir = pf.etc().join("mxfed");
+    assert!(
+        shown.contains(&format!(
+            "relay_domains = old.example, hash:{}/relay_domains",
+            map_dir.display()
+        )),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!(
+            "transport_maps = hash:{}/transport",
+            map_dir.display()
+        )),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("relay_recipient_maps = hash:/etc/postfix/nonexistent, hash:"),
+        "{shown}"
+    );
+    assert_eq!(pf.main_cf(), before, "dry run changes nothing");
+    assert!(!map_dir.exists(), "dry run creates no maps");
+
+    assert_ok(&a.mxfed(&["postfix", "setup"]), "setup");
+    assert_eq!(
+        pf.postconf("relay_domains"),
+        format!("old.example, hash:{}/relay_domains", map_dir.display())
+    );
+    assert_eq!(
+        pf.postconf("transport_maps"),
+        format!("hash:{}/transport", map_dir.display())
+    );
+    assert!(
+        pf.dump("hash", "transport").unwrap().is_empty(),
+        "empty maps exist before main.cf names them"
+    );
+
+    let after = pf.main_cf();
+    let out = a.mxfed(&["postfix", "setup"]);
+    assert_ok(&out, "second setup");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to change"));
+    assert_eq!(pf.main_cf(), after, "second run changes nothing");
+}
+
+#[test]
+fn setup_refuses_to_make_an_open_relay() {
+    let pf = PostfixInstance::start("mail.bravo.example", "smtpd_relay_restrictions = permit_mynetworks, permit\nsmtpd_recipient_restrictions = permit_mynetworks");
+    let a = Agent::init("bravo");
+    a.use_postfix(&pf);
+    let before = pf.main_cf();
+    let out = a.mxfed(&["postfix", "setup"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("reject_unauth_destination") && stderr(&out).contains("open relay"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(pf.main_cf(), before);
+}
+
+#[test]
+fn accepted_domains_are_relayed_to_their_next_hop_and_removal_takes_relay_away() {
+    let mut records = vec![];
+    for d in ["a1.example", "a2.example", "localhost.example"] {
+        records.push(Rec::Mx(d, "mail.alpha.example", 0));
+        records.push(Rec::Mx(d, "mail.bravo.example", 10));
+    }
+    records.push(Rec::Mx("notmine.example", "mail.alpha.example", 0));
+    let dns = DnsServer::start(&["example"], &records);
+    let p = {
+        let pf = PostfixInstance::start(
+            "mail.bravo.example",
+            "mydestination = localhost, localhost.example",
+        );
+        let mut alpha = Agent::init("alpha");
+        let mut bravo = Agent::init("bravo");
+        bravo.use_postfix(&pf);
+        bravo.use_dns(&dns);
+        assert_ok(&bravo.mxfed(&["postfix", "setup"]), "postfix setup");
+        alpha.start();
+        bravo.start();
+        let token = alpha.invite("10m");
+        assert_ok(&bravo.mxfed(&["join", &token]), "join");
+        wait_for("connected", || bravo.connected_to("alpha"));
+        Pair { alpha, bravo, pf }
+    };
+    // Relay is denied before anything is accepted.
+    assert_eq!(p.pf.rcpt("x@a1.example"), 554);
+
+    p.alpha
+        .domains(&["add", "a1.example", "localhost.example", "notmine.example"]);
+    p.alpha
+        .domains(&["add", "a2.example", "--next-hop", "mail.alpha.example:2525"]);
+    wait_for("a1 relayed", || p.pf.rcpt("x@a1.example") == 250);
+    wait_for("a2 relayed", || p.pf.rcpt("x@a2.example") == 250);
+    assert_eq!(
+        p.pf.rcpt("x@notmine.example"),
+        554,
+        "MX does not list bravo"
+    );
+    assert_eq!(p.pf.rcpt("x@other.example"), 554);
+    let (state, reason) = p.bravo.held("alpha")["localhost.example"].clone();
+    assert_eq!(state, "refused");
+    assert!(reason.starts_with("local domain"), "{reason}");
+
+    // The transport map points each domain at exactly its declared next hop.
+    let transport = p.pf.dump("hash", "transport").unwrap();
+    let expected: std::collections::BTreeMap<String, String> = [
+        (
+            "a1.example".to_string(),
+            "relay:[mail.alpha.example]".to_string(),
+        ),
+        (
+            "a2.example".to_string(),
+            "relay:[mail.alpha.example]:2525".to_string(),
+        ),
+    ]
+    .into();
+    assert_eq!(transport, expected);
+    assert_eq!(p.pf.dump("hash", "relay_domains").unwrap().len(), 2);
+
+    // Removal takes the relay away.
+    p.alpha.domains(&["remove", "a1.example"]);
+    wait_for("a1 no longer relayed", || p.pf.rcpt("x@a1.example") == 554);
+    assert_eq!(p.pf.rcpt("x@a2.example"), 250);
+    // So does unpairing.
+    assert_ok(&p.bravo.mxfed(&["unpair", "alpha"]), "unpair");
+    wait_for("a2 no longer relayed", || p.pf.rcpt("x@a2.example") == 554);
+    assert!(p.pf.dump("hash", "transport").unwrap().is_empty());
+
+    let history = p.bravo.history();
+    assert!(
+        history
+            .iter()
+            .any(|h| h["trigger"].as_str().unwrap().contains("unpaired alpha")),
+        "{history:?}"
+    );
+    assert!(
+        history.iter().all(|h| h["result"] == "applied"),
+        "{history:?}"
+    );
+}
+
+#[test]
+fn an_unreachable_peer_removes_nothing() {
+    let mut p = pair("verify_mx = \"off\"", "");
+    p.alpha.domains(&["add", "a1.example"]);
+    wait_for("relayed", || p.pf.rcpt("x@a1.example") == 250);
+    p.alpha.kill();
+    wait_for("alpha gone", || !p.bravo.connected_to("alpha"));
+    p.bravo.stop();
+    p.bravo.start();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(p.pf.rcpt("x@a1.example"), 250);
+    assert_eq!(
+        p.bravo.state_of("alpha", "a1.example").as_deref(),
+        Some("accepted")
+    );
+}
+
+fn relay_with_map_type(map_type: &str) {
+    let p = pair(
+        &format!("verify_mx = \"off\"\npostfix_map_type = \"{map_type}\""),
+        "",
+    );
+    assert!(p
+        .pf
+        .postconf("transport_maps")
+        .starts_with(&format!("{map_type}:")));
+    p.alpha.domains(&["add", "a1.example"]);
+    wait_for("relayed", || p.pf.rcpt("x@a1.example") == 250);
+    assert_eq!(
+        p.pf.query(map_type, "transport", "a1.example").as_deref(),
+        Some("relay:[mail.alpha.example]")
+    );
+    p.alpha.domains(&["remove", "a1.example"]);
+    wait_for("not relayed", || p.pf.rcpt("x@a1.example") == 554);
+}
+
+#[test]
+fn hash_maps_work() {
+    relay_with_map_type("hash");
+}
+
+#[test]
+fn lmdb_maps_work() {
+    relay_with_map_type("lmdb");
+}
+
+#[test]
+fn cdb_maps_work() {
+    relay_with_map_type("cdb");
+}
+
+#[test]
+fn apply_dry_run_shows_the_diff_and_history_records_applies() {
+    let p = pair("verify_mx = \"off\"", "");
+    p.alpha.domains(&["add", "a1.example"]);
+    wait_for("relayed", || p.pf.rcpt("x@a1.example") == 250);
+    let out = p.bravo.mxfed(&["apply", "--dry-run"]);
+    assert_ok(&out, "apply --dry-run");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("already match"));
+    let out = p.bravo.mxfed(&["apply", "--json"]);
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["result"], "unchanged");
+    let h = p.bravo.history();
+    assert_eq!(h[0]["result"], "applied");
+    assert_eq!(h[0]["added"], 1);
+    assert!(
+        h[0]["trigger"].as_str().unwrap().contains("from alpha"),
+        "{h:?}"
+    );
+    let table = String::from_utf8_lossy(&p.bravo.mxfed(&["history"]).stdout).into_owned();
+    assert!(table.contains("applied") && table.contains("+1"), "{table}");
+}
+
+#[test]
+fn when_postmap_fails_the_old_maps_stay_and_the_step_is_named() {
+    let mut p = pair("verify_mx = \"off\"", "");
+    p.alpha.domains(&["add", "a1.example"]);
+    wait_for("relayed", || p.pf.rcpt("x@a1.example") == 250);
+    p.bravo.stop();
+    p.bravo.configure("postfix_map_type = \"nosuchtype\"");
+    p.bravo.start();
+    p.alpha.domains(&["add", "a2.example"]);
+    wait_for("a failed apply", || {
+        p.bravo.history().iter().any(|h| h["result"] == "failed")
+    });
+    let failed = p
+        .bravo
+        .history()
+        .into_iter()
+        .find(|h| h["result"] == "failed")
+        .unwrap();
+    assert_eq!(failed["step"], "postmap", "{failed:?}");
+    // Postfix still has the old maps, and they work.
+    assert_eq!(p.pf.rcpt("x@a1.example"), 250);
+    assert_eq!(p.pf.rcpt("x@a2.example"), 554);
+    let transport = p.pf.dump("hash", "transport").unwrap();
+    assert_eq!(transport.keys().collect::<Vec<_>>(), ["a1.example"]);
+    let out = p.bravo.mxfed(&["apply"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("postmap"), "{}", stderr(&out));
+}
+
+#[test]
+fn when_reload_fails_the_previous_maps_are_put_back() {
+    let p = pair("verify_mx = \"off\"", "");
+    p.alpha.domains(&["add", "a1.example"]);
+    wait_for("relayed", || p.pf.rcpt("x@a1.example") == 250);
+    p.pf.down(); // `postfix reload` now fails: the mail system is not running
+    p.alpha.domains(&["add", "a2.example"]);
+    wait_for("a failed apply", || {
+        p.bravo.history().iter().any(|h| h["result"] == "failed")
+    });
+    let failed = p
+        .bravo
+        .history()
+        .into_iter()
+        .find(|h| h["result"] == "failed")
+        .unwrap();
+    assert_eq!(failed["step"], "postfix reload", "{failed:?}");
+    let transport = p.pf.dump("hash", "transport").unwrap();
+    assert_eq!(
+        transport.keys().collect::<Vec<_>>(),
+        ["a1.example"],
+        "rolled back"
+    );
+    let source = std::fs::read_to_string(p.pf.etc().join("mxfed/transport")).unwrap();
+    assert!(
+        !source.contains("a2.example"),
+        "source rolled back too: {source}"
+    );
+    // Postfix comes back: applying now works.
+    p.pf.up();
+    assert_eq!(p.pf.rcpt("x@a2.example"), 554);
+    assert_ok(&p.bravo.mxfed(&["apply"]), "apply");
+    wait_for("a2 relayed", || p.pf.rcpt("x@a2.example") == 250);
+}
+
+#[test]
+fn killing_the_agent_mid_apply_never_leaves_postfix_without_maps() {
+    const N: usize = 10_000;
+    let mut p = pair("verify_mx = \"off\"", "");
+    p.bravo.stop();
+    let file = domain_file(p.alpha.dir.path(), N);
+    p.alpha
+        .domains(&["add", "--from-file", file.to_str().unwrap()]);
+    let mut delay = Duration::from_millis(150);
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        p.bravo.start();
+        std::thread::sleep(delay);
+        p.bravo.kill();
+        // Every live map is a whole map: the old (empty) one or the new one.
+        for name in ["transport", "relay_domains", "relay_recipients"] {
+            let db =
+                p.pf.dump("hash", name)
+                    .unwrap_or_else(|e| panic!("{name} unreadable after kill: {e}"));
+            assert!(
+                db.is_empty() || db.len() == N,
+                "{name} has {} entries after a kill at {delay:?}",
+                db.len()
+            );
+            let source = std::fs::read_to_string(p.pf.etc().join("mxfed").join(name)).unwrap();
+            let lines = source.lines().filter(|l| !l.starts_with('#')).count();
+            assert!(lines == 0 || lines == N, "{name} source has {lines} lines");
+        }
+        eprintln!("round {rounds}: killed after {delay:?}");
+        if p.pf.dump("hash", "transport").unwrap().len() == N || rounds > 40 {
+            break;
+        }
+        delay += Duration::from_millis(200);
+    }
+    // Whatever happened, a restart converges.
+    p.bravo.start();
+    wait_for("converged", || {
+        p.pf.dump("hash", "transport").map(|m| m.len()) == Ok(N)
+    });
+    assert_eq!(p.pf.rcpt("x@d000042.bulk.example"), 250);
+    assert!(rounds >= 2, "the first kill came too late to test anything");
+}
