@@ -17,6 +17,7 @@
 //! to the signer as a [`ListAck`].
 
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +42,8 @@ pub const LIST_LIFETIME: Duration = Duration::from_secs(14 * 86_400);
 pub const REFRESH_AFTER: Duration = Duration::from_secs(86_400);
 /// DNS look-ups in flight at once while judging a list.
 const DNS_CONCURRENCY: usize = 32;
+/// How long a whole list transfer may take.
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long to wait for each frame of a list transfer.
 const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -49,6 +52,8 @@ const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) struct Published {
     pub list: DomainList,
     pub signature: Vec<u8>,
+    /// The stored signature does not match the stored entries: re-sign now.
+    pub stale: bool,
 }
 
 /// List bookkeeping inside [`Shared`].
@@ -88,11 +93,51 @@ pub(crate) struct DnsFacts {
     /// For an `[IP]` next hop: whether one of the MX hosts resolves to it
     /// (`Err` if those look-ups failed). Unused for a host-name next hop.
     pub ip_listed: Result<bool, String>,
+    /// The addresses the next hop resolves to (for an `[IP]` next hop, that
+    /// address), or why they could not be found.
+    pub hop_addrs: Result<Vec<IpAddr>, String>,
+}
+
+/// Why mail must not be relayed to `ip`, if it must not: only public
+/// unicast addresses that are not this server's are a friend's host.
+fn forbidden_hop(ip: &IpAddr, mine: &[IpAddr]) -> Option<&'static str> {
+    if mine.contains(ip) {
+        return Some("is this server");
+    }
+    let bad = match ip {
+        IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_unspecified()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.octets()[0] == 0
+        }
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00 // unique local
+                || (v6.segments()[0] & 0xffc0) == 0xfe80 // link local
+                || v6.to_ipv4_mapped().is_some_and(|v4| forbidden_hop(&IpAddr::V4(v4), mine).is_some())
+        }
+    };
+    bad.then_some("is not a public address")
+}
+
+/// DNS and Postfix facts for a batch of entries.
+struct Gathered {
+    facts: HashMap<Domain, DnsFacts>,
+    local: Result<HashSet<Domain>, String>,
+    my_addrs: Vec<IpAddr>,
 }
 
 /// The local facts an entry is judged against.
 pub(crate) struct Ownership<'a> {
     pub my_mail_host: &'a str,
+    /// The addresses of my mail host (empty if unknown).
+    pub my_addrs: &'a [IpAddr],
     pub my_domains: &'a HashSet<Domain>,
     /// Domains this Postfix delivers itself, or why that could not be read.
     pub local: &'a Result<HashSet<Domain>, String>,
@@ -131,11 +176,28 @@ pub(crate) fn judge(
             }
         }
     }
-    if let Some(other) = own.taken.get(d) {
+    if own.taken.contains_key(d) {
+        // Do not tell one friend which other friends are paired here.
         return (
             EntryState::Refused,
-            Some(format!("{d} is already backed up here for peer {other}")),
+            Some(format!("{d} is already backed up here for another peer")),
         );
+    }
+    // Mail goes only to the friend's host: never back to me, never to a
+    // loopback, private or otherwise non-public address.
+    match entry.next_hop.host() {
+        Host::Name(name) if name.as_str() == own.my_mail_host => {
+            return (
+                EntryState::Refused,
+                Some(format!("next hop {name} is this server's own mail host")),
+            );
+        }
+        Host::Ip(ip) => {
+            if let Some(why) = forbidden_hop(ip, own.my_addrs) {
+                return (EntryState::Refused, Some(format!("next hop {ip} {why}")));
+            }
+        }
+        Host::Name(_) => {}
     }
     if own.verify == VerifyMx::Off {
         return (EntryState::Accepted, None);
@@ -150,6 +212,28 @@ pub(crate) fn judge(
             Some(format!("DNS look-up for {d} failed ({why}); will retry")),
         ),
     };
+    if let Host::Name(name) = entry.next_hop.host() {
+        match &facts.hop_addrs {
+            Err(why) => return failed(why),
+            Ok(addrs) if addrs.is_empty() => {
+                return (
+                    EntryState::Refused,
+                    Some(format!("next hop {name} has no address")),
+                )
+            }
+            Ok(addrs) => {
+                if let Some((ip, why)) = addrs
+                    .iter()
+                    .find_map(|ip| forbidden_hop(ip, own.my_addrs).map(|w| (ip, w)))
+                {
+                    return (
+                        EntryState::Refused,
+                        Some(format!("next hop {name} resolves to {ip}, which {why}")),
+                    );
+                }
+            }
+        }
+    }
     let missing: Vec<String> = match &facts.mx {
         MxAnswer::Failed(why) => return failed(why),
         MxAnswer::NoMx => vec![format!("{d} has no MX records")],
@@ -190,7 +274,7 @@ async fn dns_facts(dns: Dns, entry: Entry, my_mail_host: String) -> DnsFacts {
     let ip_listed = match (entry.next_hop.host(), &mx) {
         (Host::Ip(ip), MxAnswer::Hosts(hosts)) => {
             let mut found = Ok(false);
-            for h in hosts.iter().filter(|h| **h != my_mail_host) {
+            for h in hosts.iter().filter(|h| **h != my_mail_host).take(10) {
                 match dns.addresses(h).await {
                     Ok(addrs) if addrs.contains(ip) => {
                         found = Ok(true);
@@ -204,7 +288,15 @@ async fn dns_facts(dns: Dns, entry: Entry, my_mail_host: String) -> DnsFacts {
         }
         _ => Ok(false),
     };
-    DnsFacts { mx, ip_listed }
+    let hop_addrs = match entry.next_hop.host() {
+        Host::Ip(ip) => Ok(vec![*ip]),
+        Host::Name(name) => dns.addresses(name.as_str()).await,
+    };
+    DnsFacts {
+        mx,
+        ip_listed,
+        hop_addrs,
+    }
 }
 
 /// Whether my list should be re-signed now: once a day, so that it is
@@ -276,7 +368,9 @@ fn check_ack(ack: &ListAck, my_version: u64) -> Result<(), String> {
     }
     for n in ack.refused.iter().chain(&ack.pending) {
         Domain::parse_canonical(&n.domain).map_err(|e| format!("note: {e}"))?;
-        if n.reason.len() > MAX_REASON || n.reason.chars().any(char::is_control) {
+        if n.reason.len() > MAX_REASON
+            || !n.reason.bytes().all(|b| b == b' ' || b.is_ascii_graphic())
+        {
             return Err(format!(
                 "note for {}: reason too long or not printable",
                 n.domain
@@ -326,13 +420,14 @@ pub(crate) async fn load_mine(
         meta.expires_at,
         store.my_entries().await?,
     );
-    if !id.verify(&list.signing_bytes(), &meta.signature) {
-        // Entries edited behind our back; it is re-signed on the next change or refresh.
-        tracing::warn!("my stored domain list does not match its signature; it will be re-signed");
+    let stale = !id.verify(&list.signing_bytes(), &meta.signature);
+    if stale {
+        tracing::warn!("my stored domain list does not match its signature; re-signing it");
     }
     Ok(Some(Published {
         list,
         signature: meta.signature,
+        stale,
     }))
 }
 
@@ -449,6 +544,8 @@ impl Shared {
         *mine = Some(published);
         drop(mine);
         self.offer_to_all(version);
+        let added: Vec<Domain> = upserted.iter().map(|e| e.domain.clone()).collect();
+        self.revoke_now_mine(&added).await;
         Ok(out)
     }
 
@@ -472,7 +569,11 @@ impl Shared {
             .publish_my_list(&list, &signature, upserted, removed)
             .await
             .map_err(|e| e.to_string())?;
-        Ok(Arc::new(Published { list, signature }))
+        Ok(Arc::new(Published {
+            list,
+            signature,
+            stale: false,
+        }))
     }
 
     /// Re-signs my list (same entries, new version) once it is a day old.
@@ -482,7 +583,7 @@ impl Shared {
             tick.tick().await;
             let mut mine = self.lists.mine.lock().await;
             let Some(p) = mine.clone() else { continue };
-            if !needs_refresh(&p.list, now_unix().max(0) as u64) {
+            if !p.stale && !needs_refresh(&p.list, now_unix().max(0) as u64) {
                 continue;
             }
             let version = p.list.version + 1;
@@ -561,25 +662,40 @@ impl Shared {
             return; // a fetch is running; it re-checks the offered version when done
         }
         loop {
-            let held = match self.store.peer_list_meta(&peer).await {
-                Ok(m) => m.map_or(0, |m| m.version),
-                Err(e) => {
-                    tracing::error!("{e}");
-                    break;
-                }
+            let newer = self.newer_offered(&peer).await;
+            let ok = match (newer, self.live_conn(&peer)) {
+                (Some(held), Some(conn)) => self.fetch_once(&conn, peer, held).await,
+                _ => false,
             };
-            let offered = lock(&self.lists.offered).get(&peer).copied().unwrap_or(0);
-            if offered <= held {
-                break;
+            if ok {
+                continue;
             }
-            let Some(conn) = self.live_conn(&peer) else {
-                break;
-            };
-            if !self.fetch_once(&conn, peer, held).await {
-                break;
+            // Done, refused or failed (the next offer or Hello tries again).
+            lock(&self.lists.fetching).remove(&peer);
+            // An offer that arrived after the last check but before the
+            // removal saw a fetch running and returned: look once more.
+            if !ok
+                && newer.is_none()
+                && self.newer_offered(&peer).await.is_some()
+                && lock(&self.lists.fetching).insert(peer)
+            {
+                continue;
             }
+            return;
         }
-        lock(&self.lists.fetching).remove(&peer);
+    }
+
+    /// The version held, if the peer has offered a newer one.
+    async fn newer_offered(&self, peer: &PeerId) -> Option<u64> {
+        let held = match self.store.peer_list_meta(peer).await {
+            Ok(m) => m.map_or(0, |m| m.version),
+            Err(e) => {
+                tracing::error!("{e}");
+                return None;
+            }
+        };
+        let offered = lock(&self.lists.offered).get(peer).copied().unwrap_or(0);
+        (offered > held).then_some(held)
     }
 
     /// One fetch; true if a newer list was stored.
@@ -590,7 +706,7 @@ impl Shared {
         held: u64,
     ) -> bool {
         let name = self.peer_name(&peer).await;
-        let result = async {
+        let transfer = async {
             let (mut send, mut recv) = conn
                 .open_bi()
                 .await
@@ -613,8 +729,14 @@ impl Shared {
                 }
             }
             Ok((rx.finish()?, signature))
-        }
-        .await;
+        };
+        let result = match tokio::time::timeout(TRANSFER_TIMEOUT, transfer).await {
+            Ok(r) => r,
+            Err(_) => Err(FetchError::Io(format!(
+                "transfer not finished within {}s",
+                TRANSFER_TIMEOUT.as_secs()
+            ))),
+        };
         match result {
             Ok((list, signature)) => self.accept_list(peer, &name, list, signature).await,
             Err(FetchError::List(e)) => {
@@ -663,6 +785,7 @@ impl Shared {
         list: DomainList,
         signature: Vec<u8>,
     ) -> bool {
+        let gathered = self.gather(list.entries()).await;
         let judging = self.lists.judging.lock().await;
         let previous = match self.previous_states(&peer).await {
             Ok(p) => p,
@@ -671,7 +794,10 @@ impl Shared {
                 return false;
             }
         };
-        let held = match self.judge_entries(&peer, list.entries(), &previous).await {
+        let held = match self
+            .judge_with(&peer, list.entries(), &previous, &gathered)
+            .await
+        {
             Ok(h) => h,
             Err(e) => {
                 tracing::error!("{e}");
@@ -717,27 +843,10 @@ impl Shared {
             .collect())
     }
 
-    async fn judge_entries(
-        &self,
-        peer: &PeerId,
-        entries: &[Entry],
-        previous: &HashMap<Entry, (EntryState, Option<String>)>,
-    ) -> Result<Vec<HeldEntry>, crate::store::StoreError> {
-        let my_domains: HashSet<Domain> = self
-            .lists
-            .mine
-            .lock()
-            .await
-            .as_ref()
-            .map(|p| p.list.entries().iter().map(|e| e.domain.clone()).collect())
-            .unwrap_or_default();
-        let taken: HashMap<Domain, String> = self
-            .store
-            .accepted_elsewhere(peer)
-            .await?
-            .into_iter()
-            .filter_map(|(d, n)| Domain::parse_canonical(&d).ok().map(|d| (d, n)))
-            .collect();
+    /// Everything judging needs from DNS and Postfix, gathered without
+    /// holding the judging lock (this is the slow part).
+    async fn gather(&self, entries: &[Entry]) -> Gathered {
+        let my_domains = self.my_domain_set().await;
         let local = match &self.relay.postfix {
             Some(p) => {
                 let candidates: Vec<Domain> = entries.iter().map(|e| e.domain.clone()).collect();
@@ -747,22 +856,17 @@ impl Shared {
             }
             None => Ok(HashSet::new()),
         };
-        let own = Ownership {
-            my_mail_host: &self.config.mail_host,
-            my_domains: &my_domains,
-            local: &local,
-            taken: &taken,
-            verify: self.config.verify_mx,
-        };
-        // Look up DNS only for entries the local rules do not already decide.
+        let my_addrs = self
+            .lists
+            .dns
+            .addresses(&self.config.mail_host)
+            .await
+            .unwrap_or_default();
         let mut facts: HashMap<Domain, DnsFacts> = HashMap::new();
-        if own.verify != VerifyMx::Off {
+        if self.config.verify_mx != VerifyMx::Off {
             let limit = Arc::new(Semaphore::new(DNS_CONCURRENCY));
             let mut tasks = JoinSet::new();
-            for e in entries {
-                if my_domains.contains(&e.domain) || taken.contains_key(&e.domain) {
-                    continue;
-                }
+            for e in entries.iter().filter(|e| !my_domains.contains(&e.domain)) {
                 let (dns, e, host, limit) = (
                     self.lists.dns.clone(),
                     e.clone(),
@@ -781,10 +885,53 @@ impl Shared {
                 }
             }
         }
+        Gathered {
+            facts,
+            local,
+            my_addrs,
+        }
+    }
+
+    async fn my_domain_set(&self) -> HashSet<Domain> {
+        self.lists
+            .mine
+            .lock()
+            .await
+            .as_ref()
+            .map(|p| p.list.entries().iter().map(|e| e.domain.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Judges entries; call with the judging lock held, so that "taken by
+    /// another peer" and "one of mine" are read at the moment of deciding.
+    async fn judge_with(
+        &self,
+        peer: &PeerId,
+        entries: &[Entry],
+        previous: &HashMap<Entry, (EntryState, Option<String>)>,
+        gathered: &Gathered,
+    ) -> Result<Vec<HeldEntry>, crate::store::StoreError> {
+        let my_domains = self.my_domain_set().await;
+        let taken: HashMap<Domain, String> = self
+            .store
+            .accepted_elsewhere(peer)
+            .await?
+            .into_iter()
+            .filter_map(|(d, n)| Domain::parse_canonical(&d).ok().map(|d| (d, n)))
+            .collect();
+        let own = Ownership {
+            my_mail_host: &self.config.mail_host,
+            my_addrs: &gathered.my_addrs,
+            my_domains: &my_domains,
+            local: &gathered.local,
+            taken: &taken,
+            verify: self.config.verify_mx,
+        };
         Ok(entries
             .iter()
             .map(|e| {
-                let (state, reason) = judge(e, &own, facts.get(&e.domain), previous.get(e));
+                let (state, reason) =
+                    judge(e, &own, gathered.facts.get(&e.domain), previous.get(e));
                 HeldEntry {
                     entry: e.clone(),
                     state,
@@ -792,6 +939,53 @@ impl Shared {
                 }
             })
             .collect())
+    }
+
+    /// After my own domains changed: a friend's entry for a domain that is now
+    /// mine is refused at once (no DNS needed), and Postfix follows.
+    async fn revoke_now_mine(self: &Arc<Self>, added: &[Domain]) {
+        if added.is_empty() {
+            return;
+        }
+        let added: HashSet<&Domain> = added.iter().collect();
+        let Ok(peers) = self.store.peers().await else {
+            return;
+        };
+        for p in peers {
+            let judging = self.lists.judging.lock().await;
+            let Ok(held) = self.store.peer_entries(&p.id).await else {
+                continue;
+            };
+            let changed: Vec<HeldEntry> = held
+                .into_iter()
+                .filter(|h| added.contains(&h.entry.domain) && h.state != EntryState::Refused)
+                .map(|h| HeldEntry {
+                    reason: Some(format!("{} is one of my own domains", h.entry.domain)),
+                    state: EntryState::Refused,
+                    entry: h.entry,
+                })
+                .collect();
+            if changed.is_empty() {
+                continue;
+            }
+            if let Err(e) = self
+                .store
+                .update_entry_states(&p.id, &changed, now_unix())
+                .await
+            {
+                tracing::error!("{e}");
+                continue;
+            }
+            drop(judging);
+            for c in &changed {
+                tracing::info!(peer = %p.name, domain = %c.entry.domain, "refused now: it is one of my own domains");
+            }
+            self.resend_ack(p.id).await;
+            self.request_apply(format!(
+                "{} became one of my domains",
+                changed[0].entry.domain
+            ));
+        }
     }
 
     /// Sends the current acknowledgement of `peer`'s list, if connected.
@@ -860,30 +1054,46 @@ impl Shared {
     }
 
     async fn recheck(self: &Arc<Self>, peer: PeerId, name: &str) {
-        let judging = self.lists.judging.lock().await;
-        let Ok(Some(meta)) = self.store.peer_list_meta(&peer).await else {
-            return;
-        };
-        let held = match self.store.peer_entries(&peer).await {
-            Ok(h) => h,
+        let open: Vec<Entry> = match self.store.peer_entries(&peer).await {
+            Ok(held) => held
+                .into_iter()
+                .filter(|h| h.state != EntryState::Accepted)
+                .map(|h| h.entry)
+                .collect(),
             Err(e) => {
                 tracing::error!("{e}");
                 return;
             }
         };
-        let open: Vec<Entry> = held
-            .iter()
-            .filter(|h| h.state != EntryState::Accepted)
-            .map(|h| h.entry.clone())
-            .collect();
         if open.is_empty() {
             return;
         }
+        // DNS first, without the lock; then decide against the state as it
+        // is under the lock (a newer list may have arrived meanwhile).
+        let gathered = self.gather(&open).await;
+        let judging = self.lists.judging.lock().await;
+        let (Ok(Some(meta)), Ok(held)) = (
+            self.store.peer_list_meta(&peer).await,
+            self.store.peer_entries(&peer).await,
+        ) else {
+            return;
+        };
         let previous: HashMap<Entry, (EntryState, Option<String>)> = held
             .iter()
             .map(|h| (h.entry.clone(), (h.state, h.reason.clone())))
             .collect();
-        let judged = match self.judge_entries(&peer, &open, &previous).await {
+        let still_open: Vec<Entry> = open
+            .into_iter()
+            .filter(|e| {
+                previous
+                    .get(e)
+                    .is_some_and(|(s, _)| *s != EntryState::Accepted)
+            })
+            .collect();
+        let judged = match self
+            .judge_with(&peer, &still_open, &previous, &gathered)
+            .await
+        {
             Ok(j) => j,
             Err(e) => {
                 tracing::error!("{e}");
@@ -905,6 +1115,7 @@ impl Shared {
             tracing::error!("{e}");
             return;
         }
+        let all = self.store.peer_entries(&peer).await;
         drop(judging);
         for c in &changed {
             tracing::info!(
@@ -915,7 +1126,7 @@ impl Shared {
                 "re-checked entry changed state"
             );
         }
-        if let Ok(all) = self.store.peer_entries(&peer).await {
+        if let Ok(all) = all {
             self.send_ack(peer, make_ack(meta.version, &all));
         }
         self.request_apply(format!("re-check of {name}'s list"));
@@ -968,6 +1179,59 @@ mod tests {
         DnsFacts {
             mx: MxAnswer::Hosts(h.iter().map(|s| s.to_string()).collect()),
             ip_listed: Ok(false),
+            hop_addrs: Ok(vec!["192.0.2.9".parse().unwrap()]),
+        }
+    }
+
+    const MY_ADDRS: &[IpAddr] = &[IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1))];
+
+    #[test]
+    fn mail_never_goes_back_to_me_or_to_a_non_public_address() {
+        let w = World::new();
+        let f = hosts(&["mail.me.example", "mail.friend.example"]);
+        for verify in [VerifyMx::Require, VerifyMx::Off] {
+            let (s, r) = judge(
+                &entry("friend.example", "mail.me.example"),
+                &w.own(verify),
+                Some(&f),
+                None,
+            );
+            assert_eq!(s, EntryState::Refused, "{verify:?}");
+            assert!(r.unwrap().contains("this server"));
+            for ip in [
+                "127.0.0.1",
+                "10.1.2.3",
+                "192.168.1.1",
+                "169.254.0.1",
+                "0.0.0.0",
+                "::1",
+                "fd00::1",
+                "fe80::1",
+                "192.0.2.1",
+            ] {
+                let hop = format!("[{ip}]:10025");
+                let (s, r) = judge(
+                    &entry("friend.example", &hop),
+                    &w.own(verify),
+                    Some(&f),
+                    None,
+                );
+                assert_eq!(s, EntryState::Refused, "{hop} {verify:?}");
+                assert!(r.unwrap().contains(ip), "{hop}");
+            }
+        }
+        // A host name that resolves to a forbidden address is refused too.
+        for ip in ["127.0.0.1", "10.0.0.7", "192.0.2.1"] {
+            let mut facts = hosts(&["mail.me.example", "mail.friend.example"]);
+            facts.hop_addrs = Ok(vec![ip.parse().unwrap()]);
+            let (s, r) = judge(
+                &entry("friend.example", "mail.friend.example"),
+                &w.own(VerifyMx::Require),
+                Some(&facts),
+                None,
+            );
+            assert_eq!(s, EntryState::Refused, "{ip}");
+            assert!(r.unwrap().contains(&format!("resolves to {ip}")));
         }
     }
 
@@ -990,6 +1254,7 @@ mod tests {
         fn own(&self, verify: VerifyMx) -> Ownership<'_> {
             Ownership {
                 my_mail_host: "mail.me.example",
+                my_addrs: MY_ADDRS,
                 my_domains: &self.mine,
                 local: &self.local,
                 taken: &self.taken,
@@ -1038,6 +1303,7 @@ mod tests {
         let nomx = DnsFacts {
             mx: MxAnswer::NoMx,
             ip_listed: Ok(false),
+            hop_addrs: Ok(vec!["192.0.2.9".parse().unwrap()]),
         };
         let (s, r) = judge(&e, &w.own(VerifyMx::Require), Some(&nomx), None);
         assert_eq!(s, EntryState::Refused);
@@ -1082,7 +1348,7 @@ mod tests {
                 None,
             );
             assert_eq!(s, EntryState::Refused);
-            assert!(r.unwrap().contains("peer carol"));
+            assert!(r.unwrap().contains("another peer"));
         }
     }
 
@@ -1119,6 +1385,7 @@ mod tests {
         let fail = DnsFacts {
             mx: MxAnswer::Failed("SERVFAIL".into()),
             ip_listed: Ok(false),
+            hop_addrs: Ok(vec!["192.0.2.9".parse().unwrap()]),
         };
         let (s, r) = judge(&e, &w.own(VerifyMx::Require), Some(&fail), None);
         assert_eq!(s, EntryState::Pending);

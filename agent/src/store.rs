@@ -619,7 +619,8 @@ impl Store {
              VALUES (?, ?, ?, ?, ?, ?)
              ON CONFLICT (peer_id) DO UPDATE SET version = excluded.version, accepted = excluded.accepted,
                refused_count = excluded.refused_count, pending_count = excluded.pending_count,
-               received_at = excluded.received_at",
+               received_at = excluded.received_at
+             WHERE excluded.version >= my_list_acks.version",
         )
         .bind(&id)
         .bind(ack.version as i64)
@@ -630,6 +631,16 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(q)?;
+        let stored: Option<(i64,)> =
+            sqlx::query_as("SELECT version FROM my_list_acks WHERE peer_id = ?")
+                .bind(&id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(q)?;
+        if stored.map(|(v,)| v) != Some(ack.version as i64) {
+            // An older acknowledgement arriving late: keep the newer one.
+            return tx.commit().await.map_err(q);
+        }
         sqlx::query("DELETE FROM my_list_ack_notes WHERE peer_id = ?")
             .bind(&id)
             .execute(&mut *tx)

@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand};
 
 use mxfed_agent::config::{self, Config};
 use mxfed_agent::{AgentError, EX_CONFIG};
-use mxfed_proto::control::{ControlRequest, ControlResponse, DomainsChanged};
+use mxfed_proto::control::{ControlRequest, ControlResponse};
 
 /// Automatic backup MX between friends running Postfix.
 #[derive(Debug, Parser)]
@@ -126,9 +126,6 @@ enum DomainsCommand {
         json: bool,
     },
 }
-
-/// Domains per control request; keeps each request well inside a frame.
-const DOMAIN_BATCH: usize = 5_000;
 
 #[derive(Debug, Args)]
 struct InitArgs {
@@ -336,21 +333,9 @@ async fn domains(config: &Config, cmd: DomainsCommand) -> Result<(), Failure> {
                 mxfed_proto::domain::Domain::parse(d)
                     .map_err(|e| fail(format!("invalid domain: {e}")))?;
             }
-            let mut sum: Option<DomainsChanged> = None;
-            for batch in domains.chunks(DOMAIN_BATCH) {
-                let req = ControlRequest::DomainsAdd {
-                    domains: batch.to_vec(),
-                    next_hop: next_hop.clone(),
-                };
-                match client::call(config, &req).await? {
-                    ControlResponse::DomainsChanged(c) => {
-                        let added = sum.as_ref().map_or(0, |s| s.added) + c.added;
-                        sum = Some(DomainsChanged { added, ..c });
-                    }
-                    other => return Err(client::unexpected(other)),
-                }
-            }
-            (sum.map(ControlResponse::DomainsChanged), false)
+            // One request: the whole change is one new version of the list.
+            let req = ControlRequest::DomainsAdd { domains, next_hop };
+            (Some(client::call(config, &req).await?), false)
         }
         DomainsCommand::Remove { domains } => {
             let req = ControlRequest::DomainsRemove { domains };

@@ -56,6 +56,9 @@ pub enum ControlRequest {
 
 impl Message for ControlRequest {
     const VARIANTS: u8 = 9;
+    // `domains add --from-file` with 100,000 names is one request. Only a
+    // local user who can open the 0600 socket can send one.
+    const MAX: usize = crate::codec::MAX_CONTROL_FRAME;
 }
 
 /// The agent's answer.

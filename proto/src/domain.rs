@@ -25,7 +25,7 @@ pub enum DomainError {
     #[error("empty name")]
     Empty,
     /// Whitespace or a control character somewhere in the name.
-    #[error("{0:?} contains whitespace or a control character")]
+    #[error("{0:?} contains whitespace, a control character or an invisible character")]
     Whitespace(String),
     /// A `*` label.
     #[error("{0:?} is a wildcard; list the domain itself")]
@@ -65,10 +65,23 @@ pub enum DomainError {
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Domain(String);
 
+/// Characters that are invisible or reorder text: IDNA would silently drop
+/// some of them (`ex\u{200B}ample` becomes `example`), so refuse them outright.
+fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
+        | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{206F}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}'
+        | '\u{FFF0}'..='\u{FFF8}' | '\u{E0000}'..='\u{E0FFF}')
+}
+
 impl Domain {
     /// Checks and normalises user input: `Exämple.ORG` becomes `xn--exmple-cua.org`.
     pub fn parse(input: &str) -> Result<Self, DomainError> {
-        if input.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if input
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || is_invisible(c))
+        {
             return Err(DomainError::Whitespace(input.into()));
         }
         if input.is_empty() || input == "." {
@@ -133,11 +146,14 @@ impl Domain {
         if labels.len() < 2 {
             return Err(DomainError::SingleLabel(input.into()));
         }
-        // "1.2.3.4" is LDH but an address; a real TLD is never all digits.
-        if labels
-            .last()
-            .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()))
-        {
+        // "1.2.3.4" and "0x7f.0x1" are LDH but addresses to inet_aton; a
+        // real TLD is never all digits nor a hex number.
+        let numeric = |l: &str| {
+            l.bytes().all(|b| b.is_ascii_digit())
+                || l.strip_prefix("0x")
+                    .is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+        };
+        if labels.last().is_some_and(|l| numeric(l)) {
             return Err(DomainError::IpLiteral(input.into()));
         }
         Ok(())
@@ -360,6 +376,11 @@ mod tests {
             "[192.0.2.1]",
             "::1",
             "1.2.3.4",
+            "0x7f.0x1",
+            "10.0xa",
+            "ex\u{200B}ample.com",
+            "exam\u{00AD}ple.com",
+            "a\u{202E}b.example",
             "localhost",
             "com",
             "-a.example",

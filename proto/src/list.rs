@@ -24,6 +24,10 @@ pub const MAX_ENTRIES: u32 = 250_000;
 pub const MAX_LIST_BYTES: usize = 16 << 20;
 /// Most entries in one chunk; 1,000 worst-case entries fit well inside a frame.
 pub const CHUNK_ENTRIES: usize = 1_000;
+/// Longest validity a list may claim, from `issued_at` to `expires_at`.
+pub const MAX_LIFETIME: u64 = 90 * 86_400;
+/// How far in the future `issued_at` may be (clock skew between friends).
+pub const MAX_SKEW: u64 = 86_400;
 
 const SIGNING_PREFIX: &[u8] = b"mxfed/1 domain list\0";
 
@@ -239,6 +243,18 @@ impl ListReceiver {
                 "version 0 is reserved for \"no list\"".into(),
             ));
         }
+        if header.issued_at > header.expires_at
+            || header.expires_at - header.issued_at > MAX_LIFETIME
+            || header.issued_at > now.saturating_add(MAX_SKEW)
+        {
+            return Err(ListError::Malformed(format!(
+                "implausible times: issued at {}, expires at {}, now {now} (at most {} days, {}s of clock skew)",
+                header.issued_at,
+                header.expires_at,
+                MAX_LIFETIME / 86_400,
+                MAX_SKEW
+            )));
+        }
         if header.expires_at <= now {
             return Err(ListError::Expired {
                 version: header.version,
@@ -273,7 +289,7 @@ impl ListReceiver {
 
     /// Adds a chunk, checking each entry.
     pub fn push(&mut self, chunk: Vec<WireEntry>) -> Result<(), ListError> {
-        if chunk.len() > CHUNK_ENTRIES {
+        if chunk.is_empty() || chunk.len() > CHUNK_ENTRIES {
             return Err(ListError::Malformed(format!(
                 "chunk of {} entries",
                 chunk.len()
@@ -462,6 +478,30 @@ mod tests {
             receive(h, chunks, id, None),
             Err(ListError::Expired { .. })
         ));
+    }
+
+    #[test]
+    fn implausible_times_and_empty_chunks_are_refused() {
+        let (k, id) = key(1);
+        for (issued, expires) in [
+            (2000, 1500),
+            (900, 900 + MAX_LIFETIME + 1),
+            (1000 + MAX_SKEW + 1, 1000 + MAX_SKEW + 100),
+        ] {
+            let list = DomainList::new(id, 3, issued, expires, vec![entry("a.example")]);
+            let (h, _) = signed(&k, &list);
+            assert!(
+                matches!(
+                    ListReceiver::start(h, id, None, 1000),
+                    Err(ListError::Malformed(_))
+                ),
+                "{issued} {expires}"
+            );
+        }
+        let list = DomainList::new(id, 3, 900, 5000, vec![entry("a.example")]);
+        let (h, _) = signed(&k, &list);
+        let mut r = ListReceiver::start(h, id, None, 1000).unwrap();
+        assert!(matches!(r.push(vec![]), Err(ListError::Malformed(_))));
     }
 
     #[test]

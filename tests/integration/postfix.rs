@@ -108,6 +108,8 @@ fn accepted_domains_are_relayed_to_their_next_hop_and_removal_takes_relay_away()
         records.push(Rec::Mx(d, "mail.bravo.example", 10));
     }
     records.push(Rec::Mx("notmine.example", "mail.alpha.example", 0));
+    records.push(Rec::A("mail.alpha.example", "192.0.2.1"));
+    records.push(Rec::A("mail.bravo.example", "192.0.2.2"));
     let dns = DnsServer::start(&["example"], &records);
     let p = {
         let pf = PostfixInstance::start(
