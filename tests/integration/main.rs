@@ -1,6 +1,7 @@
 //! Integration tests: real `mxfed` processes, real QUIC on loopback
 //! addresses, real SQLite files. No mocks.
 
+mod bench;
 mod lists;
 mod postfix;
 mod util;
