@@ -36,7 +36,9 @@ fn bench_propagation_domains_add_to_rcpt_250() {
     bravo.start();
     let token = alpha.invite("10m");
     assert_ok(&bravo.mxfed(&["join", &token]), "join");
-    wait_for("connected", || bravo.connected_to("alpha") && alpha.connected_to("bravo"));
+    wait_for("connected", || {
+        bravo.connected_to("alpha") && alpha.connected_to("bravo")
+    });
 
     let mut times = Vec::new();
     for d in &names {

@@ -365,3 +365,102 @@ fn killing_the_agent_mid_apply_never_leaves_postfix_without_maps() {
     assert_eq!(p.pf.rcpt("x@d000042.bulk.example"), 250);
     assert!(rounds >= 2, "the first kill came too late to test anything");
 }
+
+#[test]
+fn an_expired_list_leaves_the_maps_only_after_the_grace_period() {
+    use mxfed_proto::domain::{Domain, NextHop};
+    use mxfed_proto::list::{DomainList, Entry};
+    use mxfed_proto::msg::{Hello, PeerInfo, Request, Response};
+
+    // alpha is the backup here; "bravo" is played by a raw client holding
+    // bravo's key, because a real agent never lets its list run out.
+    let pf = PostfixInstance::start("mail.alpha.example", "");
+    let mut alpha = Agent::init("alpha");
+    let mut bravo = Agent::init("bravo");
+    alpha.use_postfix(&pf);
+    alpha.configure("verify_mx = \"off\"\nexpired_list_grace = \"4s\"");
+    assert_ok(&alpha.mxfed(&["postfix", "setup"]), "setup");
+    alpha.start();
+    bravo.start();
+    let token = alpha.invite("10m");
+    assert_ok(&bravo.mxfed(&["join", &token]), "join");
+    wait_for("connected", || alpha.connected_to("bravo"));
+    bravo.stop();
+    wait_for("bravo gone", || !alpha.connected_to("bravo"));
+
+    let key = mxfed_agent::identity::Identity::load(&bravo.data_dir()).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let entry = Entry {
+        domain: Domain::parse("short.example").unwrap(),
+        next_hop: NextHop::parse("mail.bravo.example").unwrap(),
+    };
+    let expires_at = now + 3;
+    let list = DomainList::new(key.id, 1, now, expires_at, vec![entry]);
+    let header = list.header(key.sign(&list.signing_bytes()));
+    let chunks: Vec<_> = list.chunks().collect();
+    let a_id: mxfed_proto::PeerId = alpha.id().parse().unwrap();
+    let info = PeerInfo {
+        name: "bravo".into(),
+        mail_host: "mail.bravo.example".into(),
+        addrs: vec![],
+        agent_version: "test".into(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let raw = RawPeer::connect(&bravo.data_dir(), alpha.addr, a_id).await;
+        let serve_info = info.clone();
+        let _server = raw.serve(move |req| match req {
+            Request::FetchList { .. } => {
+                let mut out = vec![Response::ListHeader(header.clone())];
+                out.extend(chunks.iter().cloned().map(Response::ListChunk));
+                out
+            }
+            Request::Hello(_) => vec![Response::Hello(Hello {
+                info: serve_info.clone(),
+                list_version: 1,
+            })],
+            _ => vec![Response::Done],
+        });
+        raw.request(&Request::Hello(Hello {
+            info,
+            list_version: 1,
+        }))
+        .await;
+        wait_for("relayed", || pf.rcpt("x@short.example") == 250);
+        raw.conn.close(0u32.into(), b"");
+    });
+    // Expired, but within the grace period: still in force.
+    while std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        <= expires_at + 1
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_ok(&alpha.mxfed(&["apply"]), "apply within grace");
+    assert_eq!(pf.rcpt("x@short.example"), 250);
+    // Past expiry + grace: the entry leaves the maps.
+    while std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        <= expires_at + 5
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = alpha.mxfed(&["apply"]);
+    assert_ok(&out, "apply after grace");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("- short.example"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(pf.rcpt("x@short.example"), 554);
+}
