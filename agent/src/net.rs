@@ -138,9 +138,7 @@ impl ServerCertVerifier for PinnedServer {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls13RequiredForQuic,
-        ))
+        no_tls12()
     }
 
     fn verify_tls13_signature(
@@ -192,9 +190,7 @@ impl ClientCertVerifier for AnyEd25519Client {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls13RequiredForQuic,
-        ))
+        no_tls12()
     }
 
     fn verify_tls13_signature(
@@ -209,6 +205,13 @@ impl ClientCertVerifier for AnyEd25519Client {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         vec![SignatureScheme::ED25519]
     }
+}
+
+/// TLS 1.2 never happens (QUIC is TLS 1.3 only); refuse it outright.
+fn no_tls12() -> Result<HandshakeSignatureValid, rustls::Error> {
+    Err(rustls::Error::PeerIncompatible(
+        rustls::PeerIncompatible::Tls13RequiredForQuic,
+    ))
 }
 
 fn transport() -> Arc<quinn::TransportConfig> {

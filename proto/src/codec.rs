@@ -82,13 +82,23 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
 
 /// Decodes a value that must fill `bytes` exactly.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    if bytes.len() > MAX_FRAME {
+    decode_with(bytes, MAX_FRAME, config())
+}
+
+/// Decodes with `config`, whose limit must be `max`: length first, then the
+/// bounded decode, then no trailing bytes.
+fn decode_with<T: DeserializeOwned>(
+    bytes: &[u8],
+    max: usize,
+    config: impl bincode::config::Config,
+) -> Result<T, CodecError> {
+    if bytes.len() > max {
         return Err(CodecError::TooLarge {
             len: bytes.len(),
-            max: MAX_FRAME,
+            max,
         });
     }
-    let (value, used) = bincode::serde::decode_from_slice(bytes, config())
+    let (value, used) = bincode::serde::decode_from_slice(bytes, config)
         .map_err(|e| CodecError::Malformed(e.to_string()))?;
     if used != bytes.len() {
         return Err(CodecError::Trailing(bytes.len() - used));
@@ -103,20 +113,7 @@ pub fn decode_message<T: Message>(bytes: &[u8]) -> Result<T, CodecError> {
         None => Err(CodecError::Malformed("empty message".into())),
         Some(&tag) if tag >= T::VARIANTS => Err(CodecError::UnknownType(tag)),
         Some(_) if T::MAX <= MAX_FRAME => decode(bytes),
-        Some(_) => {
-            if bytes.len() > MAX_CONTROL_FRAME {
-                return Err(CodecError::TooLarge {
-                    len: bytes.len(),
-                    max: MAX_CONTROL_FRAME,
-                });
-            }
-            let (value, used) = bincode::serde::decode_from_slice(bytes, control_config())
-                .map_err(|e| CodecError::Malformed(e.to_string()))?;
-            if used != bytes.len() {
-                return Err(CodecError::Trailing(bytes.len() - used));
-            }
-            Ok(value)
-        }
+        Some(_) => decode_with(bytes, MAX_CONTROL_FRAME, control_config()),
     }
 }
 
