@@ -18,6 +18,7 @@ pub mod frames;
 pub mod identity;
 mod limiter;
 mod lists;
+pub mod mailq;
 pub mod net;
 pub mod postfix;
 mod relay;
