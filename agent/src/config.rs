@@ -64,6 +64,10 @@ pub struct Config {
     /// re-signs daily while its agent runs, and a list lasts 14 days).
     #[serde(default = "default_grace")]
     pub expired_list_grace: HumanDuration,
+    /// Accept friends' next hops on loopback, private or link-local
+    /// addresses. For labs and friends on one private network only.
+    #[serde(default)]
+    pub allow_non_public_next_hops: bool,
 }
 
 fn default_grace() -> HumanDuration {
@@ -167,6 +171,7 @@ impl Config {
             recheck_interval: default_recheck(),
             postfix_map_type: String::new(),
             expired_list_grace: default_grace(),
+            allow_non_public_next_hops: false,
         }
     }
 

@@ -131,6 +131,11 @@ async fn handle(shared: Arc<Shared>, mut stream: UnixStream) {
             .history(limit.min(1000))
             .await
             .map(ControlResponse::History),
+        ControlRequest::Queue => shared.queue_view().await.map(ControlResponse::Queue),
+        ControlRequest::Flush { peer } => shared
+            .request_flush(peer.as_deref())
+            .await
+            .map(ControlResponse::Flushed),
     };
     let response = response.unwrap_or_else(|message| ControlResponse::Error { message });
     if let Err(e) = frames::write(&mut stream, &response).await {

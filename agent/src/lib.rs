@@ -21,6 +21,7 @@ mod lists;
 pub mod mailq;
 pub mod net;
 pub mod postfix;
+mod queue;
 mod relay;
 mod session;
 pub mod store;
@@ -228,6 +229,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tokio::spawn(std::sync::Arc::clone(&shared).recheck_loop()),
         tokio::spawn(std::sync::Arc::clone(&shared).refresh_loop()),
         tokio::spawn(std::sync::Arc::clone(&shared).apply_loop()),
+        tokio::spawn(std::sync::Arc::clone(&shared).queue_loop()),
     ];
     // Converge after a restart or crash: whatever the maps hold, make them
     // match the store.

@@ -100,9 +100,12 @@ pub(crate) struct DnsFacts {
 
 /// Why mail must not be relayed to `ip`, if it must not: only public
 /// unicast addresses that are not this server's are a friend's host.
-fn forbidden_hop(ip: &IpAddr, mine: &[IpAddr]) -> Option<&'static str> {
+fn forbidden_hop(ip: &IpAddr, mine: &[IpAddr], allow_non_public: bool) -> Option<&'static str> {
     if mine.contains(ip) {
         return Some("is this server");
+    }
+    if allow_non_public {
+        return None;
     }
     let bad = match ip {
         IpAddr::V4(v4) => {
@@ -120,7 +123,7 @@ fn forbidden_hop(ip: &IpAddr, mine: &[IpAddr]) -> Option<&'static str> {
                 || v6.is_multicast()
                 || (v6.segments()[0] & 0xfe00) == 0xfc00 // unique local
                 || (v6.segments()[0] & 0xffc0) == 0xfe80 // link local
-                || v6.to_ipv4_mapped().is_some_and(|v4| forbidden_hop(&IpAddr::V4(v4), mine).is_some())
+                || v6.to_ipv4_mapped().is_some_and(|v4| forbidden_hop(&IpAddr::V4(v4), mine, false).is_some())
         }
     };
     bad.then_some("is not a public address")
@@ -138,6 +141,8 @@ pub(crate) struct Ownership<'a> {
     pub my_mail_host: &'a str,
     /// The addresses of my mail host (empty if unknown).
     pub my_addrs: &'a [IpAddr],
+    /// `allow_non_public_next_hops`.
+    pub allow_non_public: bool,
     pub my_domains: &'a HashSet<Domain>,
     /// Domains this Postfix delivers itself, or why that could not be read.
     pub local: &'a Result<HashSet<Domain>, String>,
@@ -193,7 +198,7 @@ pub(crate) fn judge(
             );
         }
         Host::Ip(ip) => {
-            if let Some(why) = forbidden_hop(ip, own.my_addrs) {
+            if let Some(why) = forbidden_hop(ip, own.my_addrs, own.allow_non_public) {
                 return (EntryState::Refused, Some(format!("next hop {ip} {why}")));
             }
         }
@@ -222,10 +227,9 @@ pub(crate) fn judge(
                 )
             }
             Ok(addrs) => {
-                if let Some((ip, why)) = addrs
-                    .iter()
-                    .find_map(|ip| forbidden_hop(ip, own.my_addrs).map(|w| (ip, w)))
-                {
+                if let Some((ip, why)) = addrs.iter().find_map(|ip| {
+                    forbidden_hop(ip, own.my_addrs, own.allow_non_public).map(|w| (ip, w))
+                }) {
                     return (
                         EntryState::Refused,
                         Some(format!("next hop {name} resolves to {ip}, which {why}")),
@@ -922,6 +926,7 @@ impl Shared {
         let own = Ownership {
             my_mail_host: &self.config.mail_host,
             my_addrs: &gathered.my_addrs,
+            allow_non_public: self.config.allow_non_public_next_hops,
             my_domains: &my_domains,
             local: &gathered.local,
             taken: &taken,
@@ -1255,6 +1260,7 @@ mod tests {
             Ownership {
                 my_mail_host: "mail.me.example",
                 my_addrs: MY_ADDRS,
+                allow_non_public: false,
                 my_domains: &self.mine,
                 local: &self.local,
                 taken: &self.taken,

@@ -119,6 +119,15 @@ pub struct QueueTally {
 /// Reasons are cut to this many bytes so a hostile server name cannot bloat reports.
 const MAX_REASON: usize = 200;
 
+/// A delay reason, cut to [`MAX_REASON`] bytes.
+fn cut(reason: &str) -> String {
+    let mut end = reason.len().min(MAX_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_string()
+}
+
 impl QueueTally {
     /// A tally that counts mail for `watched` domains (lower-case).
     pub fn new(watched: HashSet<String>) -> Self {
@@ -158,15 +167,7 @@ impl QueueTally {
             let e = here.entry(d).or_default();
             e.recipients += 1;
             if let Some(reason) = &r.delay_reason {
-                let mut reason = reason.to_string();
-                if reason.len() > MAX_REASON {
-                    let mut end = MAX_REASON;
-                    while !reason.is_char_boundary(end) {
-                        end -= 1;
-                    }
-                    reason.truncate(end);
-                }
-                *e.reasons.entry(reason).or_default() += 1;
+                *e.reasons.entry(cut(reason)).or_default() += 1;
             }
         }
         for (d, mut e) in here {
@@ -225,7 +226,11 @@ impl PeerTally {
             let Some(peer) = domain_of(&r.address).and_then(|d| self.owner.get(&d)) else {
                 continue;
             };
-            here.entry(peer.as_str()).or_default().recipients += 1;
+            let e = here.entry(peer.as_str()).or_default();
+            e.recipients += 1;
+            if let Some(reason) = &r.delay_reason {
+                *e.reasons.entry(cut(reason)).or_default() += 1;
+            }
         }
         for (peer, mut e) in here {
             e.messages = 1;
@@ -273,8 +278,9 @@ mod tests {
         );
         let o = t.domains.domain("other.example").unwrap();
         assert_eq!((o.messages, o.recipients, o.bytes), (1, 1, 310));
-        // Per peer, a message counts once.
+        // Per peer, a message counts once; reasons are kept per peer too.
         assert_eq!(t.peers["friend"].messages, 2);
+        assert_eq!(t.peers["friend"].top_reasons(1)[0].1, 3);
         assert_eq!(t.peers["other"].messages, 1);
     }
 

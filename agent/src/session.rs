@@ -34,6 +34,7 @@ use crate::identity::Identity;
 use crate::limiter::JoinLimiter;
 use crate::lists::ListState;
 use crate::net;
+use crate::queue::QueueState;
 use crate::relay::RelayState;
 use crate::store::{InviteState, PeerRecord, Store, StoreError};
 
@@ -108,6 +109,7 @@ pub(crate) struct Shared {
     pub endpoint: quinn::Endpoint,
     pub lists: ListState,
     pub relay: RelayState,
+    pub queue: QueueState,
     sessions: Mutex<HashMap<PeerId, Session>>,
     dialers: Mutex<HashMap<PeerId, Dialer>>,
     limiter: Mutex<JoinLimiter>,
@@ -217,6 +219,7 @@ impl Shared {
             endpoint,
             lists,
             relay,
+            queue: QueueState::default(),
             sessions: Mutex::new(HashMap::new()),
             dialers: Mutex::new(HashMap::new()),
             limiter: Mutex::new(JoinLimiter::default()),
@@ -826,6 +829,9 @@ impl Shared {
         // of theirs, which they may have missed while apart.
         self.list_offered(id, list_version);
         self.resend_ack(id).await;
+        // Tell the friend what I hold for it, and whether my MTA accepts:
+        // that is how it knows I am back and flushes what it holds for me.
+        self.report_to(id, name, true).await;
     }
 
     async fn serve_stream(
@@ -864,6 +870,8 @@ impl Shared {
                 return;
             }
             Request::ListAck(ack) => self.receive_ack(id, &name, ack).await,
+            Request::QueueReport(report) => self.receive_queue_report(id, &name, report).await,
+            Request::Flush => self.handle_flush_request(id, &name).await,
             Request::Ping(n) => Response::Pong(n),
             Request::Unpair => {
                 tracing::info!(peer = %name, "peer unpaired us; removing it");
@@ -903,6 +911,7 @@ impl Shared {
         };
         lock(&self.sessions).remove(id);
         self.lists.forget(id);
+        self.queue.forget(id);
         if removed {
             self.request_apply(format!("unpaired {name}"));
         }
@@ -1058,6 +1067,8 @@ impl Shared {
             .into_iter()
             .zip(lists)
             .map(|(p, (list_version, list_expires_at, domains, my_list))| {
+                let (held_for_peer, held_by_peer, peer_mta_accepting) =
+                    self.held_status(&p.id, &p.name);
                 let live = sessions
                     .get(&p.id)
                     .filter(|s| s.conn.close_reason().is_none());
@@ -1088,6 +1099,9 @@ impl Shared {
                     list_expires_at,
                     domains,
                     my_list,
+                    held_for_peer,
+                    held_by_peer,
+                    peer_mta_accepting,
                 }
             })
             .collect();

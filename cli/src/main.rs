@@ -83,6 +83,20 @@ enum Command {
     /// Postfix wiring.
     #[command(subcommand)]
     Postfix(PostfixCommand),
+    /// What my Postfix queue holds for each friend's domains (a fresh
+    /// `postqueue -j` scan). Unknown, never 0, when Postfix is down.
+    Queue {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask the friends that hold my mail to deliver it now (ETRN over the
+    /// session; each friend honours it at most every 30 s).
+    Flush {
+        /// Only this friend.
+        #[arg(long)]
+        peer: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -288,6 +302,35 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                         output::json(&h);
                     } else {
                         output::history(&h);
+                    }
+                    Ok(())
+                }
+                other => Err(client::unexpected(other)),
+            }
+        }
+        Command::Queue { json } => {
+            let config = load_config(&cli.config)?;
+            match client::call(&config, &ControlRequest::Queue).await? {
+                ControlResponse::Queue(q) => {
+                    if json {
+                        output::json(&q);
+                    } else {
+                        output::queue(&q);
+                    }
+                    Ok(())
+                }
+                other => Err(client::unexpected(other)),
+            }
+        }
+        Command::Flush { peer } => {
+            let config = load_config(&cli.config)?;
+            match client::call(&config, &ControlRequest::Flush { peer }).await? {
+                ControlResponse::Flushed(results) => {
+                    for r in &results {
+                        output::line(&format!("{}: {}", r.peer, r.result));
+                    }
+                    if results.is_empty() {
+                        output::line("no peers");
                     }
                     Ok(())
                 }

@@ -4,7 +4,9 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use mxfed_proto::control::{ApplyReport, EntryState, HistoryEntry, MyDomains, StatusReport};
+use mxfed_proto::control::{
+    ApplyReport, EntryState, HeldStatus, HistoryEntry, MyDomains, QueueView, StatusReport,
+};
 
 /// Prints one line to stdout.
 pub fn line(s: &str) {
@@ -160,6 +162,17 @@ pub fn status_table(r: &StatusReport) {
                 d.reason.as_deref().unwrap_or("")
             );
         }
+        println!(
+            "I hold for {}: {}; {} holds for me: {}{}",
+            p.name,
+            held(&p.held_for_peer),
+            p.name,
+            held(&p.held_by_peer),
+            match p.peer_mta_accepting {
+                Some(false) => " (its MTA is down)",
+                _ => "",
+            }
+        );
         let m = &p.my_list;
         match m.version_acked {
             Some(v) => {
@@ -237,4 +250,71 @@ pub fn history(h: &[HistoryEntry]) {
         })
         .collect();
     table(["TIME", "RESULT", "CHANGES", "TRIGGER", "ERROR"], &rows);
+}
+
+fn held(h: &HeldStatus) -> String {
+    match (h.messages, h.bytes) {
+        (Some(0), _) => "nothing".into(),
+        (Some(m), Some(b)) => format!(
+            "{m} message(s), {}, oldest {}",
+            bytes(b),
+            h.oldest_arrival.as_deref().unwrap_or("?")
+        ),
+        _ if h.reported_at.is_some() => "unknown (queue unreadable)".into(),
+        _ => "not reported yet".into(),
+    }
+}
+
+/// `mxfed queue`.
+pub fn queue(q: &QueueView) {
+    if !q.known {
+        println!(
+            "queue depth unknown: {} (scanned {})",
+            q.error.as_deref().unwrap_or("?"),
+            q.scanned_at
+        );
+        return;
+    }
+    if q.peers.is_empty() {
+        println!("no friends' domains are relayed here yet");
+        return;
+    }
+    for p in &q.peers {
+        let queues: Vec<String> = p.queues.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        println!(
+            "{}: {} message(s), {} recipient(s), {}, oldest {}{}",
+            p.name,
+            p.messages,
+            p.recipients,
+            bytes(p.bytes),
+            p.oldest_arrival.as_deref().unwrap_or("-"),
+            if queues.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", queues.join(", "))
+            }
+        );
+        let rows: Vec<[String; 5]> = p
+            .domains
+            .iter()
+            .map(|d| {
+                [
+                    d.domain.clone(),
+                    d.messages.to_string(),
+                    d.recipients.to_string(),
+                    bytes(d.bytes),
+                    d.oldest_arrival.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        if !rows.is_empty() {
+            table(
+                ["  DOMAIN", "MESSAGES", "RECIPIENTS", "BYTES", "OLDEST"],
+                &rows,
+            );
+        }
+        for r in &p.reasons {
+            println!("  {} x {}", r.count, r.reason);
+        }
+    }
 }

@@ -52,10 +52,17 @@ pub enum ControlRequest {
         /// How many.
         limit: u32,
     },
+    /// What I hold in my queue for each peer (a fresh `postqueue -j` scan).
+    Queue,
+    /// Ask the peers that hold my mail to deliver it now.
+    Flush {
+        /// Only this peer.
+        peer: Option<String>,
+    },
 }
 
 impl Message for ControlRequest {
-    const VARIANTS: u8 = 9;
+    const VARIANTS: u8 = 11;
     // `domains add --from-file` with 100,000 names is one request. Only a
     // local user who can open the 0600 socket can send one.
     const MAX: usize = crate::codec::MAX_CONTROL_FRAME;
@@ -98,6 +105,91 @@ pub enum ControlResponse {
     Applied(ApplyReport),
     /// Answer to [`ControlRequest::History`], newest first.
     History(Vec<HistoryEntry>),
+    /// Answer to [`ControlRequest::Queue`].
+    Queue(QueueView),
+    /// Answer to [`ControlRequest::Flush`]: per peer, what happened.
+    Flushed(Vec<FlushResult>),
+}
+
+/// `mxfed queue --json`: what I hold for each peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueView {
+    /// False when the queue could not be read (Postfix down): depths unknown.
+    pub known: bool,
+    /// Why it could not be read.
+    pub error: Option<String>,
+    /// RFC 3339 time of the scan.
+    pub scanned_at: String,
+    /// Per peer with accepted domains.
+    pub peers: Vec<QueuePeer>,
+}
+
+/// Mail held for one peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuePeer {
+    /// Peer name.
+    pub name: String,
+    /// Messages with a recipient in the peer's domains (each counted once).
+    pub messages: u64,
+    /// Recipients in the peer's domains.
+    pub recipients: u64,
+    /// Bytes of those messages.
+    pub bytes: u64,
+    /// RFC 3339 arrival of the oldest.
+    pub oldest_arrival: Option<String>,
+    /// Messages per queue: incoming, active, deferred, hold.
+    pub queues: std::collections::BTreeMap<String, u64>,
+    /// The most common delay reasons.
+    pub reasons: Vec<ReasonCount>,
+    /// Per domain with mail.
+    pub domains: Vec<QueueDomain>,
+}
+
+/// Mail held for one domain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueDomain {
+    /// The domain.
+    pub domain: String,
+    /// Messages.
+    pub messages: u64,
+    /// Recipients.
+    pub recipients: u64,
+    /// Bytes.
+    pub bytes: u64,
+    /// RFC 3339 arrival of the oldest.
+    pub oldest_arrival: Option<String>,
+}
+
+/// A delay reason and how many recipients have it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReasonCount {
+    /// Postfix's delay reason.
+    pub reason: String,
+    /// Recipients.
+    pub count: u64,
+}
+
+/// What `mxfed flush` did for one peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlushResult {
+    /// Peer name.
+    pub peer: String,
+    /// `flushed`, or why not.
+    pub result: String,
+}
+
+/// Held mail in `status`: what I hold for a peer, or what it reports
+/// holding for me. `messages` and `bytes` are null when unknown.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldStatus {
+    /// Messages (null: unknown).
+    pub messages: Option<u64>,
+    /// Bytes (null: unknown).
+    pub bytes: Option<u64>,
+    /// RFC 3339 arrival of the oldest.
+    pub oldest_arrival: Option<String>,
+    /// RFC 3339 time of the scan or report.
+    pub reported_at: Option<String>,
 }
 
 /// What an apply did (or, with `dry_run`, would do). `mxfed apply --json`.
@@ -155,7 +247,7 @@ pub struct DomainsChanged {
 }
 
 impl Message for ControlResponse {
-    const VARIANTS: u8 = 9;
+    const VARIANTS: u8 = 11;
     const MAX: usize = crate::codec::MAX_CONTROL_FRAME;
 }
 
@@ -319,4 +411,10 @@ pub struct PeerStatus {
     pub domains: Vec<PeerDomain>,
     /// What it holds of my list.
     pub my_list: MyListAtPeer,
+    /// What I hold in my queue for it.
+    pub held_for_peer: HeldStatus,
+    /// What it reports holding in its queue for me.
+    pub held_by_peer: HeldStatus,
+    /// Whether its MTA was accepting mail, as it last reported.
+    pub peer_mta_accepting: Option<bool>,
 }

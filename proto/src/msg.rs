@@ -76,6 +76,34 @@ pub struct ListAck {
     pub pending: Vec<EntryNote>,
 }
 
+/// Totals of queued mail.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Held {
+    /// Messages.
+    pub messages: u64,
+    /// Recipients.
+    pub recipients: u64,
+    /// Bytes.
+    pub bytes: u64,
+    /// Unix seconds of the oldest message.
+    pub oldest_arrival: Option<i64>,
+}
+
+/// Most domains listed in a [`QueueReport`].
+pub const MAX_REPORT_DOMAINS: usize = 1_000;
+
+/// What I hold in my queue for the peer I send this to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueReport {
+    /// Whether my own MTA is running and accepting mail.
+    pub mta_accepting: bool,
+    /// Totals for the receiver's domains; `None` when my queue cannot be
+    /// read (Postfix down): unknown, never zero.
+    pub held: Option<Held>,
+    /// Per domain with mail, at most [`MAX_REPORT_DOMAINS`].
+    pub domains: Vec<(String, Held)>,
+}
+
 /// A request on a new stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
@@ -108,10 +136,15 @@ pub enum Request {
     },
     /// What I made of your list.
     ListAck(ListAck),
+    /// What I hold for you (sent when it changes, and every 30 s while I
+    /// hold mail).
+    QueueReport(QueueReport),
+    /// "Deliver what you hold for me now" (ETRN over the session).
+    Flush,
 }
 
 impl Message for Request {
-    const VARIANTS: u8 = 7;
+    const VARIANTS: u8 = 9;
 }
 
 /// The answer to a [`Request`].

@@ -4,6 +4,7 @@
 mod bench;
 mod lists;
 mod postfix;
+mod queue;
 mod util;
 
 use std::time::Duration;

@@ -565,7 +565,33 @@ fn run(cmd: &mut Command) -> String {
 impl PostfixInstance {
     /// Writes the instance's config (with `extra` main.cf lines) and starts it.
     pub fn start(myhostname: &str, extra: &str) -> PostfixInstance {
+        Self::start_in(tempfile::tempdir().unwrap(), myhostname, extra)
+    }
+
+    /// An instance that delivers every recipient of `domain` into one
+    /// mailbox, `<dir>/mail/inbox/new/`, which [`Self::inbox`] counts.
+    pub fn start_mailbox(myhostname: &str, domain: &str) -> PostfixInstance {
         let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("mail");
+        std::fs::create_dir_all(&base).unwrap();
+        run(Command::new("chown").arg("65534:65534").arg(&base));
+        let extra = format!(
+            "virtual_mailbox_domains = {domain}\n\
+             virtual_mailbox_base = {}\n\
+             virtual_mailbox_maps = static:inbox/\n\
+             virtual_uid_maps = static:65534\n\
+             virtual_gid_maps = static:65534",
+            base.display()
+        );
+        Self::start_in(dir, myhostname, &extra)
+    }
+
+    /// Messages delivered into the mailbox of [`Self::start_mailbox`].
+    pub fn inbox(&self) -> usize {
+        std::fs::read_dir(self.dir.path().join("mail/inbox/new")).map_or(0, |d| d.count())
+    }
+
+    fn start_in(dir: tempfile::TempDir, myhostname: &str, extra: &str) -> PostfixInstance {
         let port = free_tcp_port();
         let root = dir.path();
         for d in ["etc", "queue", "data"] {
@@ -629,12 +655,22 @@ impl PostfixInstance {
         });
     }
 
+    /// Stops the instance and waits until it is really gone.
     pub fn down(&self) {
         let _ = Command::new("postfix")
             .arg("-c")
             .arg(self.etc())
             .arg("stop")
             .output();
+        wait_for("postfix to stop", || {
+            let running = Command::new("postfix")
+                .arg("-c")
+                .arg(self.etc())
+                .arg("status")
+                .output()
+                .is_ok_and(|o| o.status.success());
+            !running && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err()
+        });
     }
 
     pub fn postconf(&self, name: &str) -> String {
@@ -693,6 +729,39 @@ impl PostfixInstance {
         out.status
             .success()
             .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// Sends one message to `rcpt` over SMTP from outside mynetworks; panics
+    /// unless Postfix takes it (250 after the data).
+    pub fn send(&self, rcpt: &str, subject: &str) {
+        use std::io::{BufRead, BufReader, Write};
+        let stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut w = stream;
+        let reply = |reader: &mut BufReader<std::net::TcpStream>| -> u16 {
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if line.len() < 4 || line.as_bytes()[3] == b' ' {
+                    return line.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
+                }
+            }
+        };
+        assert_eq!(reply(&mut reader), 220);
+        for (cmd, want) in [
+            ("EHLO client.example".to_string(), 250),
+            ("MAIL FROM:<someone@sender.example>".to_string(), 250),
+            (format!("RCPT TO:<{rcpt}>"), 250),
+            ("DATA".to_string(), 354),
+            (format!("Subject: {subject}\r\n\r\nhello\r\n."), 250),
+        ] {
+            write!(w, "{cmd}\r\n").unwrap();
+            assert_eq!(reply(&mut reader), want, "{cmd}");
+        }
+        let _ = write!(w, "QUIT\r\n");
     }
 
     /// Opens an SMTP session from 127.0.0.1 (outside mynetworks) and returns

@@ -422,6 +422,60 @@ impl Postfix {
         Ok(())
     }
 
+    /// Streams `postqueue -j` into `line` one line at a time. Fails (so the
+    /// depth is unknown, never zero) if Postfix is not running.
+    pub async fn read_queue(&self, mut line: impl FnMut(&str)) -> Result<(), PostfixError> {
+        use tokio::io::AsyncBufReadExt;
+        let step = "read queue (postqueue -j)";
+        let mut child = Command::new("postqueue")
+            .arg("-c")
+            .arg(&self.config_dir)
+            .arg("-j")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| err(step, format!("cannot run postqueue: {e}")))?;
+        let stdout = child.stdout.take().ok_or_else(|| err(step, "no stdout"))?;
+        let mut lines = tokio::io::BufReader::with_capacity(1 << 16, stdout).lines();
+        while let Some(l) = lines
+            .next_line()
+            .await
+            .map_err(|e| err(step, e.to_string()))?
+        {
+            line(&l);
+        }
+        let out = child
+            .wait_with_output()
+            .await
+            .map_err(|e| err(step, e.to_string()))?;
+        if !out.status.success() {
+            return Err(err(
+                step,
+                format!(
+                    "postqueue -c {} -j failed ({}): {}",
+                    self.config_dir.display(),
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `postqueue -s DOMAIN`: deliver the mail queued for one destination now.
+    pub async fn flush_domain(&self, domain: &Domain) -> Result<(), PostfixError> {
+        self.run(
+            "flush (postqueue -s)",
+            "postqueue",
+            &["-s", domain.as_str()],
+            None,
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Whether the Postfix master is running (`postfix status`).
     pub async fn is_running(&self) -> bool {
         self.run("postfix status", "postfix", &["status"], None)

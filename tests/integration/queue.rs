@@ -1,0 +1,166 @@
+//! Held mail: queue depth in both directions, and the flush when the
+//! friend comes back. Real Postfix on both sides.
+
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+/// alpha hosts a1.example on its own Postfix (a mailbox we can count);
+/// bravo is its backup MX with its own Postfix.
+struct World {
+    alpha: Agent,
+    bravo: Agent,
+    pf_alpha: PostfixInstance,
+    pf_bravo: PostfixInstance,
+}
+
+fn world() -> World {
+    let pf_alpha = PostfixInstance::start_mailbox("mail.alpha.example", "a1.example");
+    let pf_bravo = PostfixInstance::start("mail.bravo.example", "");
+    let mut alpha = Agent::init("alpha");
+    let mut bravo = Agent::init("bravo");
+    alpha.use_postfix(&pf_alpha);
+    bravo.use_postfix(&pf_bravo);
+    // Loopback next hops are only allowed by explicit opt-in (a lab).
+    bravo.configure("verify_mx = \"off\"\nallow_non_public_next_hops = true");
+    assert_ok(&bravo.mxfed(&["postfix", "setup"]), "setup");
+    alpha.start();
+    bravo.start();
+    let token = alpha.invite("10m");
+    assert_ok(&bravo.mxfed(&["join", &token]), "join");
+    wait_for("connected", || {
+        alpha.connected_to("bravo") && bravo.connected_to("alpha")
+    });
+    let hop = format!("[127.0.0.1]:{}", pf_alpha.port);
+    alpha.domains(&["add", "a1.example", "--next-hop", &hop]);
+    wait_for("bravo relays a1", || pf_bravo.rcpt("x@a1.example") == 250);
+    World {
+        alpha,
+        bravo,
+        pf_alpha,
+        pf_bravo,
+    }
+}
+
+fn json(a: &Agent, args: &[&str]) -> serde_json::Value {
+    let out = a.mxfed(args);
+    assert_ok(&out, &format!("{args:?}"));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn held_mail_is_counted_on_both_sides_and_flushed_when_the_friend_returns() {
+    let w = world();
+    // The friend's mail server goes down; mail arrives at the backup.
+    w.pf_alpha.down();
+    for i in 0..3 {
+        w.pf_bravo
+            .send(&format!("user{i}@a1.example"), &format!("held {i}"));
+    }
+    wait_for("deferred at bravo", || {
+        let q = json(&w.bravo, &["queue", "--json"]);
+        q["peers"][0]["messages"] == 3 && q["peers"][0]["queues"]["deferred"] == 3
+    });
+    let q = json(&w.bravo, &["queue", "--json"]);
+    assert_eq!(q["known"], true);
+    assert_eq!(q["peers"][0]["name"], "alpha");
+    assert_eq!(q["peers"][0]["domains"][0]["domain"], "a1.example");
+    assert_eq!(q["peers"][0]["domains"][0]["recipients"], 3);
+    assert!(
+        q["peers"][0]["reasons"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("refused"),
+        "{q}"
+    );
+    // Both sides show the depth.
+    wait_for("bravo's status", || {
+        w.bravo.peer("alpha").unwrap()["held_for_peer"]["messages"] == 3
+    });
+    wait_for("alpha hears it", || {
+        w.alpha.peer("bravo").unwrap()["held_by_peer"]["messages"] == 3
+    });
+    let p = w.alpha.peer("bravo").unwrap();
+    assert!(p["held_by_peer"]["bytes"].as_u64().unwrap() > 0);
+    assert!(
+        p["held_by_peer"]["oldest_arrival"].is_string()
+            && p["held_by_peer"]["reported_at"].is_string()
+    );
+    assert_eq!(w.pf_alpha.inbox(), 0);
+
+    // The friend comes back. Its agent reports its MTA accepting; bravo
+    // flushes. Postfix alone would wait its 300 s minimal backoff.
+    let t0 = Instant::now();
+    w.pf_alpha.up();
+    wait_for("the held mail in alpha's mailbox", || {
+        w.pf_alpha.inbox() == 3
+    });
+    let took = t0.elapsed();
+    assert!(
+        took < Duration::from_secs(60),
+        "delivered after {took:?}, not by a flush"
+    );
+    eprintln!("held mail delivered {took:?} after the friend came back");
+    assert!(w.bravo.log_text().contains("flushed held mail"));
+    wait_for("queue empty", || {
+        json(&w.bravo, &["queue", "--json"])["peers"][0]["messages"] == 0
+    });
+    wait_for("alpha hears it", || {
+        w.alpha.peer("bravo").unwrap()["held_by_peer"]["messages"] == 0
+    });
+}
+
+#[test]
+fn an_unreadable_queue_makes_the_depth_unknown_not_zero() {
+    let w = world();
+    // As root, postqueue reads the queue directly while Postfix is down, so
+    // the depth stays known then. It is unknown when postqueue fails: here
+    // the queue directory is gone (moved aside).
+    w.pf_bravo.down();
+    let queue = w.pf_bravo.dir.path().join("queue");
+    let aside = w.pf_bravo.dir.path().join("queue.aside");
+    std::fs::rename(&queue, &aside).unwrap();
+    let q = json(&w.bravo, &["queue", "--json"]);
+    assert_eq!(q["known"], false);
+    assert!(q["error"].as_str().unwrap().contains("postqueue"), "{q}");
+    let table = String::from_utf8_lossy(&w.bravo.mxfed(&["queue"]).stdout).into_owned();
+    assert!(table.contains("unknown"), "{table}");
+    assert!(w.bravo.peer("alpha").unwrap()["held_for_peer"]["messages"].is_null());
+    // alpha hears "unknown", not zero, and that bravo's MTA is down.
+    wait_for("alpha hears unknown", || {
+        let p = w.alpha.peer("bravo").unwrap();
+        p["held_by_peer"]["messages"].is_null()
+            && p["held_by_peer"]["reported_at"].is_string()
+            && p["peer_mta_accepting"] == false
+    });
+    std::fs::rename(&aside, &queue).unwrap();
+}
+
+#[test]
+fn flush_asks_the_friend_and_is_rate_limited() {
+    let w = world();
+    let out = w.alpha.mxfed(&["flush"]);
+    assert_ok(&out, "flush");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("bravo: flushed"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // Hold some mail, then flush twice quickly: the second is refused.
+    w.pf_alpha.down();
+    w.pf_bravo.send("z@a1.example", "one");
+    wait_for("queued", || {
+        json(&w.bravo, &["queue", "--json"])["peers"][0]["messages"] == 1
+    });
+    let first =
+        String::from_utf8_lossy(&w.alpha.mxfed(&["flush", "--peer", "bravo"]).stdout).into_owned();
+    let second =
+        String::from_utf8_lossy(&w.alpha.mxfed(&["flush", "--peer", "bravo"]).stdout).into_owned();
+    assert!(
+        first.contains("bravo: flushed") || first.contains("rate limited"),
+        "{first}"
+    );
+    assert!(second.contains("rate limited"), "{second}");
+    let out = w.alpha.mxfed(&["flush", "--peer", "nobody"]);
+    assert_eq!(out.status.code(), Some(1));
+}
