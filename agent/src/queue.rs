@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use mxfed_proto::control::{
     FlushResult, HeldStatus, QueueDomain, QueuePeer, QueueView, ReasonCount,
 };
-use mxfed_proto::domain::Domain;
+use mxfed_proto::domain::{Domain, Host, NextHop};
 use mxfed_proto::msg::{Held, QueueReport, Request, Response, MAX_REPORT_DOMAINS};
 use mxfed_proto::PeerId;
 
@@ -29,6 +29,8 @@ use crate::session::{lock, now_unix, printable, request, rfc3339, Shared};
 pub const SCAN_EVERY: Duration = Duration::from_secs(10);
 /// A friend hears from me at least this often while I hold its mail.
 pub const REPORT_EVERY: Duration = Duration::from_secs(30);
+/// How long a probe of a next hop's SMTP port may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Flushes for one friend (either direction) at most this often.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(30);
 
@@ -53,6 +55,8 @@ pub(crate) struct QueueState {
     sent: Mutex<HashMap<PeerId, (QueueReport, Instant)>>,
     /// When I last flushed for (or at the request of) each friend.
     flushed: Mutex<HashMap<PeerId, Instant>>,
+    /// Whether each friend's next hop answered my last probe.
+    probes: Mutex<HashMap<PeerId, bool>>,
     /// One scan at a time.
     scanning: tokio::sync::Mutex<()>,
 }
@@ -62,6 +66,7 @@ impl QueueState {
         lock(&self.reports).remove(peer);
         lock(&self.sent).remove(peer);
         lock(&self.flushed).remove(peer);
+        lock(&self.probes).remove(peer);
     }
 }
 
@@ -175,13 +180,69 @@ impl Shared {
         }
         loop {
             tokio::time::sleep(SCAN_EVERY).await;
-            self.scan().await;
+            let scan = self.scan().await;
             let Ok(peers) = self.store.peers().await else {
                 continue;
             };
-            for p in peers {
+            for p in &peers {
                 self.report_to(p.id, &p.name, false).await;
             }
+            if let Ok((held, _)) = &scan.result {
+                for p in peers
+                    .iter()
+                    .filter(|p| held.get(&p.name).is_some_and(|d| d.messages > 0))
+                {
+                    self.probe(p.id, &p.name, scan.at).await;
+                }
+            }
+        }
+    }
+
+    /// Probes the SMTP port of the next hops I hold mail for; when one
+    /// answers after failing, the friend is back: flush.
+    async fn probe(&self, peer: PeerId, name: &str, now: i64) {
+        let routes = self
+            .store
+            .relay_routes(now, i64::MAX / 4)
+            .await
+            .unwrap_or_default();
+        let mut hops: Vec<NextHop> = routes
+            .into_iter()
+            .filter(|(p, _)| p == name)
+            .map(|(_, e)| e.next_hop)
+            .collect();
+        hops.sort();
+        hops.dedup();
+        let mut up = false;
+        for hop in hops.iter().take(5) {
+            let port = hop.port().unwrap_or(25);
+            let addrs = match hop.host() {
+                Host::Ip(ip) => vec![*ip],
+                Host::Name(n) => self
+                    .lists
+                    .dns
+                    .addresses(n.as_str())
+                    .await
+                    .unwrap_or_default(),
+            };
+            for ip in addrs.into_iter().take(4) {
+                let connect = tokio::net::TcpStream::connect((ip, port));
+                if matches!(
+                    tokio::time::timeout(PROBE_TIMEOUT, connect).await,
+                    Ok(Ok(_))
+                ) {
+                    up = true;
+                    break;
+                }
+            }
+            if up {
+                break;
+            }
+        }
+        let before = lock(&self.queue.probes).insert(peer, up);
+        if up && before == Some(false) {
+            self.flush_for(peer, name, "its next hop answers again")
+                .await;
         }
     }
 

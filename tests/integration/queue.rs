@@ -164,3 +164,20 @@ fn flush_asks_the_friend_and_is_rate_limited() {
     let out = w.alpha.mxfed(&["flush", "--peer", "nobody"]);
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn a_next_hop_that_answers_again_is_flushed_even_without_its_agent() {
+    let mut w = world();
+    // Friend's agent and mail server both down.
+    w.alpha.stop();
+    w.pf_alpha.down();
+    w.pf_bravo.send("p@a1.example", "probe");
+    wait_for("held", || {
+        json(&w.bravo, &["queue", "--json"])["peers"][0]["messages"] == 1
+    });
+    // Let at least one probe fail, then bring only the mail server back.
+    std::thread::sleep(std::time::Duration::from_secs(12));
+    w.pf_alpha.up();
+    wait_for("delivered after the probe", || w.pf_alpha.inbox() == 1);
+    assert!(w.bravo.log_text().contains("its next hop answers again"));
+}
