@@ -68,6 +68,9 @@ pub struct Config {
     /// addresses. For labs and friends on one private network only.
     #[serde(default)]
     pub allow_non_public_next_hops: bool,
+    /// Where to serve Prometheus metrics (`GET /metrics`); off when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 fn default_grace() -> HumanDuration {
@@ -172,6 +175,7 @@ impl Config {
             postfix_map_type: String::new(),
             expired_list_grace: default_grace(),
             allow_non_public_next_hops: false,
+            metrics_listen: None,
         }
     }
 

@@ -19,6 +19,7 @@ pub mod identity;
 mod limiter;
 mod lists;
 pub mod mailq;
+mod metrics;
 pub mod net;
 pub mod postfix;
 mod queue;
@@ -180,6 +181,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let store = Store::open(&config.db_path()).await?;
     let endpoint = net::bind(&identity, config.listen)?;
     let listener = control::bind(&config.control_socket)?;
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| AgentError::Net(net::NetError::Bind { addr, source }))?,
+        ),
+        None => None,
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let peers = store.peers().await?;
     let local = endpoint
@@ -230,6 +239,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tokio::spawn(std::sync::Arc::clone(&shared).refresh_loop()),
         tokio::spawn(std::sync::Arc::clone(&shared).apply_loop()),
         tokio::spawn(std::sync::Arc::clone(&shared).queue_loop()),
+        tokio::spawn({
+            let shared = std::sync::Arc::clone(&shared);
+            async move {
+                if let Some(l) = metrics_listener {
+                    metrics::serve(shared, l).await
+                }
+            }
+        }),
     ];
     // Converge after a restart or crash: whatever the maps hold, make them
     // match the store.

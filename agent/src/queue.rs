@@ -436,6 +436,20 @@ impl Shared {
         })
     }
 
+    /// The last scan's per-peer and per-domain depths (`None`: unknown).
+    pub(crate) fn queue_depths(&self) -> Option<(Depths, Depths)> {
+        lock(&self.queue.last)
+            .as_ref()
+            .and_then(|s| s.result.clone().ok())
+    }
+
+    /// What a friend last reported holding for me (`None`: unknown).
+    pub(crate) fn held_by_peer_messages(&self, peer: &PeerId) -> Option<u64> {
+        lock(&self.queue.reports)
+            .get(peer)
+            .and_then(|(r, _)| r.held.map(|h| h.messages))
+    }
+
     /// `held_for_peer`, `held_by_peer` and the peer's MTA state for `status`.
     pub(crate) fn held_status(
         &self,

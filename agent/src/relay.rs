@@ -9,6 +9,7 @@
 //! than `expired_list_grace` drop out; an unreachable peer never removes
 //! anything.
 
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,6 +35,12 @@ pub(crate) struct RelayState {
     triggers: Mutex<Vec<String>>,
     /// One apply at a time.
     running: tokio::sync::Mutex<()>,
+    /// Applies since start, by result, for the metrics.
+    pub applied: AtomicU64,
+    /// See `applied`.
+    pub failed: AtomicU64,
+    /// Unix time of the last successful apply (0: none since start).
+    pub last_ok: AtomicI64,
 }
 
 impl RelayState {
@@ -43,6 +50,9 @@ impl RelayState {
             wake: Notify::new(),
             triggers: Mutex::new(Vec::new()),
             running: tokio::sync::Mutex::new(()),
+            applied: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            last_ok: AtomicI64::new(0),
         }
     }
 }
@@ -166,6 +176,8 @@ impl Shared {
         }
         match outcome {
             Ok(()) => {
+                self.relay.applied.fetch_add(1, Ordering::Relaxed);
+                self.relay.last_ok.store(record.at, Ordering::Relaxed);
                 report.result = "applied".into();
                 tracing::info!(
                     trigger,
@@ -180,6 +192,7 @@ impl Shared {
                 }
             }
             Err(e) => {
+                self.relay.failed.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(
                     trigger,
                     step = e.step,

@@ -15,6 +15,10 @@ struct World {
 }
 
 fn world() -> World {
+    world_with("")
+}
+
+fn world_with(bravo_extra: &str) -> World {
     let pf_alpha = PostfixInstance::start_mailbox("mail.alpha.example", "a1.example");
     let pf_bravo = PostfixInstance::start("mail.bravo.example", "");
     let mut alpha = Agent::init("alpha");
@@ -23,6 +27,7 @@ fn world() -> World {
     bravo.use_postfix(&pf_bravo);
     // Loopback next hops are only allowed by explicit opt-in (a lab).
     bravo.configure("verify_mx = \"off\"\nallow_non_public_next_hops = true");
+    bravo.configure(bravo_extra);
     assert_ok(&bravo.mxfed(&["postfix", "setup"]), "setup");
     alpha.start();
     bravo.start();
@@ -180,4 +185,48 @@ fn a_next_hop_that_answers_again_is_flushed_even_without_its_agent() {
     w.pf_alpha.up();
     wait_for("delivered after the probe", || w.pf_alpha.inbox() == 1);
     assert!(w.bravo.log_text().contains("its next hop answers again"));
+}
+
+fn scrape(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+    out
+}
+
+#[test]
+fn metrics_show_peers_lists_applies_and_held_mail() {
+    let addr = std::net::SocketAddr::new(fresh_ip().into(), 9787);
+    let w = world_with(&format!("metrics_listen = \"{addr}\""));
+    w.pf_alpha.down();
+    w.pf_bravo.send("m@a1.example", "metrics");
+    wait_for("held", || {
+        json(&w.bravo, &["queue", "--json"])["peers"][0]["messages"] == 1
+    });
+    wait_for("scanned", || {
+        scrape(addr).contains("mxfed_held_messages{peer=\"alpha\"} 1")
+    });
+    let m = scrape(addr);
+    for want in [
+        "mxfed_peer_up{peer=\"alpha\"} 1",
+        "mxfed_peer_list_version{peer=\"alpha\"} 1",
+        "mxfed_held_domain_messages{peer=\"alpha\",domain=\"a1.example\"} 1",
+        "mxfed_applies_total{result=\"applied\"}",
+        "mxfed_queue_readable 1",
+        "mxfed_last_sync_timestamp_seconds",
+        "# EOF",
+    ] {
+        assert!(m.contains(want), "missing {want:?} in\n{m}");
+    }
+    assert!(!m.contains("mxfed_last_sync_timestamp_seconds 0\n"), "{m}");
+    // Anything else is 404.
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET / HTTP/1.1\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 404"), "{out}");
 }

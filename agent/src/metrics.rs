@@ -1,0 +1,218 @@
+//! Prometheus metrics at `metrics_listen` (off by default), in the
+//! OpenMetrics text format written by the `prometheus-client` crate.
+//!
+//! A registry is built afresh for each scrape from the agent's state, so
+//! there is nothing to keep in step. The HTTP side is deliberately tiny:
+//! `GET /metrics` answers, anything else is 404, one request per connection.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::session::{now_unix, Shared};
+
+type Labels = Vec<(String, String)>;
+
+fn family(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Gauge> {
+    let f = Family::<Labels, Gauge>::default();
+    registry.register(name, help, f.clone());
+    f
+}
+
+fn gauge(registry: &mut Registry, name: &str, help: &str, value: i64) {
+    let g = Gauge::<i64>::default();
+    g.set(value);
+    registry.register(name, help, g);
+}
+
+impl Shared {
+    /// The metrics text for one scrape.
+    pub(crate) async fn render_metrics(&self) -> String {
+        let mut r = Registry::default();
+        let now = now_unix();
+        let up = family(
+            &mut r,
+            "mxfed_peer_up",
+            "1 while a session with the peer is up",
+        );
+        let list = family(
+            &mut r,
+            "mxfed_peer_list_version",
+            "Version of the peer's domain list held here (0: none)",
+        );
+        let held_msgs = family(
+            &mut r,
+            "mxfed_held_messages",
+            "Messages in my queue for the peer's domains",
+        );
+        let held_bytes = family(
+            &mut r,
+            "mxfed_held_bytes",
+            "Bytes in my queue for the peer's domains",
+        );
+        let held_age = family(
+            &mut r,
+            "mxfed_held_oldest_age_seconds",
+            "Age of the oldest message in my queue for the peer",
+        );
+        let dom_msgs = family(
+            &mut r,
+            "mxfed_held_domain_messages",
+            "Messages in my queue per backed-up domain",
+        );
+        let dom_bytes = family(
+            &mut r,
+            "mxfed_held_domain_bytes",
+            "Bytes in my queue per backed-up domain",
+        );
+        let dom_age = family(
+            &mut r,
+            "mxfed_held_domain_oldest_age_seconds",
+            "Age of the oldest message per backed-up domain",
+        );
+        let by_peer = family(
+            &mut r,
+            "mxfed_held_by_peer_messages",
+            "Messages the peer reports holding for me",
+        );
+        let peers = self.store.peers().await.unwrap_or_default();
+        let scan = self.queue_depths();
+        let routes = self
+            .store
+            .relay_routes(now, i64::MAX / 4)
+            .await
+            .unwrap_or_default();
+        for p in &peers {
+            let l = vec![("peer".to_string(), p.name.clone())];
+            up.get_or_create(&l)
+                .set(i64::from(self.live_conn(&p.id).is_some()));
+            let v = self
+                .store
+                .peer_list_meta(&p.id)
+                .await
+                .ok()
+                .flatten()
+                .map_or(0, |m| m.version);
+            list.get_or_create(&l).set(v as i64);
+            if let Some((peer_depths, domain_depths)) = &scan {
+                let d = peer_depths.get(&p.name).cloned().unwrap_or_default();
+                held_msgs.get_or_create(&l).set(d.messages as i64);
+                held_bytes.get_or_create(&l).set(d.bytes as i64);
+                held_age
+                    .get_or_create(&l)
+                    .set(d.oldest_arrival.map_or(0, |t| (now - t).max(0)));
+                for (_, e) in routes.iter().filter(|(n, _)| *n == p.name) {
+                    if let Some(dd) = domain_depths.get(e.domain.as_str()) {
+                        let dl = vec![
+                            ("peer".to_string(), p.name.clone()),
+                            ("domain".to_string(), e.domain.to_string()),
+                        ];
+                        dom_msgs.get_or_create(&dl).set(dd.messages as i64);
+                        dom_bytes.get_or_create(&dl).set(dd.bytes as i64);
+                        dom_age
+                            .get_or_create(&dl)
+                            .set(dd.oldest_arrival.map_or(0, |t| (now - t).max(0)));
+                    }
+                }
+            }
+            if let Some(m) = self.held_by_peer_messages(&p.id) {
+                by_peer.get_or_create(&l).set(m as i64);
+            }
+        }
+        gauge(
+            &mut r,
+            "mxfed_queue_readable",
+            "1 if the last postqueue -j scan worked (0: depths unknown)",
+            i64::from(scan.is_some()),
+        );
+        gauge(
+            &mut r,
+            "mxfed_my_list_version",
+            "Version of my own signed domain list",
+            self.my_list_version().await as i64,
+        );
+        let applies = Family::<Labels, Counter>::default();
+        r.register(
+            "mxfed_applies",
+            "Changes to the Postfix maps, by result",
+            applies.clone(),
+        );
+        for (result, n) in [
+            ("applied", &self.relay.applied),
+            ("failed", &self.relay.failed),
+        ] {
+            applies
+                .get_or_create(&vec![("result".to_string(), result.to_string())])
+                .inc_by(n.load(Ordering::Relaxed));
+        }
+        gauge(
+            &mut r,
+            "mxfed_last_sync_timestamp_seconds",
+            "Unix time of the last successful change to the Postfix maps (0: none since start)",
+            self.relay.last_ok.load(Ordering::Relaxed),
+        );
+        let mut out = String::new();
+        if encode(&mut out, &r).is_err() {
+            out = "# encoding failed\n".into();
+        }
+        out
+    }
+}
+
+/// Serves `GET /metrics` until the task is aborted.
+pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        tokio::spawn(handle(Arc::clone(&shared), stream));
+    }
+}
+
+async fn handle(shared: Arc<Shared>, mut stream: TcpStream) {
+    let mut buf = vec![0u8; 8192];
+    let mut len = 0;
+    let read = async {
+        while len < buf.len() {
+            let n = stream.read(&mut buf[len..]).await.ok()?;
+            if n == 0 {
+                break;
+            }
+            len += n;
+            if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+        Some(())
+    };
+    if tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .ok()
+        .flatten()
+        .is_none()
+    {
+        return;
+    }
+    let head = String::from_utf8_lossy(&buf[..len]);
+    let first = head.lines().next().unwrap_or("");
+    let (status, body) = if first.starts_with("GET /metrics ") || first == "GET /metrics" {
+        ("200 OK", shared.render_metrics().await)
+    } else {
+        ("404 Not Found", "not found; try /metrics\n".to_string())
+    };
+    let reply = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(reply.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
