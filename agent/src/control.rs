@@ -132,6 +132,7 @@ async fn handle(shared: Arc<Shared>, mut stream: UnixStream) {
             .await
             .map(ControlResponse::History),
         ControlRequest::Queue => shared.queue_view().await.map(ControlResponse::Queue),
+        ControlRequest::Doctor => Ok(ControlResponse::Doctor(shared.doctor().await)),
         ControlRequest::Flush { peer } => shared
             .request_flush(peer.as_deref())
             .await

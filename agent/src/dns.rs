@@ -106,6 +106,26 @@ impl Dns {
         }
     }
 
+    /// The MX records of `domain` as (preference, host), sorted.
+    pub async fn mx_prefs(&self, domain: &str) -> Result<Vec<(u16, String)>, String> {
+        match self.resolver.mx_lookup(fqdn(domain)).await {
+            Ok(lookup) => {
+                let mut v: Vec<(u16, String)> = lookup
+                    .answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::MX(mx) => Some((mx.preference, host_of(&mx.exchange))),
+                        _ => None,
+                    })
+                    .collect();
+                v.sort();
+                Ok(v)
+            }
+            Err(e) if e.is_nx_domain() || e.is_no_records_found() => Ok(Vec::new()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     /// The addresses of `host`.
     pub async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, String> {
         match self.resolver.lookup_ip(fqdn(host)).await {

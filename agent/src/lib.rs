@@ -14,6 +14,7 @@
 pub mod config;
 pub mod control;
 pub mod dns;
+mod doctor;
 pub mod frames;
 pub mod identity;
 mod limiter;

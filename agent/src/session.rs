@@ -113,6 +113,8 @@ pub(crate) struct Shared {
     sessions: Mutex<HashMap<PeerId, Session>>,
     dialers: Mutex<HashMap<PeerId, Dialer>>,
     limiter: Mutex<JoinLimiter>,
+    /// Per peer: its clock minus mine, from its last Hello.
+    pub(crate) clock_skew: Mutex<HashMap<PeerId, i64>>,
     handshakes: Arc<Semaphore>,
     unpaired: Arc<Semaphore>,
     shutdown: watch::Receiver<bool>,
@@ -223,6 +225,7 @@ impl Shared {
             sessions: Mutex::new(HashMap::new()),
             dialers: Mutex::new(HashMap::new()),
             limiter: Mutex::new(JoinLimiter::default()),
+            clock_skew: Mutex::new(HashMap::new()),
             handshakes: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
             unpaired: Arc::new(Semaphore::new(MAX_UNPAIRED)),
             shutdown,
@@ -258,6 +261,7 @@ impl Shared {
         Hello {
             info: self.my_info(),
             list_version: self.my_list_version().await,
+            now: now_unix().max(0) as u64,
         }
     }
 
@@ -798,7 +802,12 @@ impl Shared {
         name: &str,
         hello: Hello,
     ) {
-        let Hello { info, list_version } = hello;
+        let Hello {
+            info,
+            list_version,
+            now: their_now,
+        } = hello;
+        lock(&self.clock_skew).insert(id, their_now as i64 - now_unix());
         if let Err(why) = check_info(&info) {
             violated(
                 conn,

@@ -90,6 +90,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check the setup the backup-MX arrangement needs (DNS MX of my domains,
+    /// local-domain conflicts, queue lifetimes, Postfix wiring, clock skew
+    /// with friends) and say what to fix. Exit 1 if a check fails.
+    Doctor {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Ask the friends that hold my mail to deliver it now (ETRN over the
     /// session; each friend honours it at most every 30 s).
     Flush {
@@ -318,6 +326,24 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                         output::queue(&q);
                     }
                     Ok(())
+                }
+                other => Err(client::unexpected(other)),
+            }
+        }
+        Command::Doctor { json } => {
+            let config = load_config(&cli.config)?;
+            match client::call(&config, &ControlRequest::Doctor).await? {
+                ControlResponse::Doctor(r) => {
+                    if json {
+                        output::json(&r);
+                    } else {
+                        output::doctor(&r);
+                    }
+                    if r.ok {
+                        Ok(())
+                    } else {
+                        Err(fail("some checks failed; see the fixes above"))
+                    }
                 }
                 other => Err(client::unexpected(other)),
             }

@@ -5,7 +5,8 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use mxfed_proto::control::{
-    ApplyReport, EntryState, HeldStatus, HistoryEntry, MyDomains, QueueView, StatusReport,
+    ApplyReport, DoctorReport, EntryState, HeldStatus, HistoryEntry, MyDomains, QueueView,
+    StatusReport,
 };
 
 /// Prints one line to stdout.
@@ -315,6 +316,16 @@ pub fn queue(q: &QueueView) {
         }
         for r in &p.reasons {
             println!("  {} x {}", r.count, r.reason);
+        }
+    }
+}
+
+/// `mxfed doctor`.
+pub fn doctor(r: &DoctorReport) {
+    for c in &r.checks {
+        println!("{:<4}  {:<14}  {}", c.status, c.check, c.detail);
+        if !c.fix.is_empty() {
+            println!("{:<4}  {:<14}  fix: {}", "", "", c.fix);
         }
     }
 }

@@ -59,10 +59,12 @@ pub enum ControlRequest {
         /// Only this peer.
         peer: Option<String>,
     },
+    /// Check the setup and say what to fix.
+    Doctor,
 }
 
 impl Message for ControlRequest {
-    const VARIANTS: u8 = 11;
+    const VARIANTS: u8 = 12;
     // `domains add --from-file` with 100,000 names is one request. Only a
     // local user who can open the 0600 socket can send one.
     const MAX: usize = crate::codec::MAX_CONTROL_FRAME;
@@ -109,6 +111,30 @@ pub enum ControlResponse {
     Queue(QueueView),
     /// Answer to [`ControlRequest::Flush`]: per peer, what happened.
     Flushed(Vec<FlushResult>),
+    /// Answer to [`ControlRequest::Doctor`].
+    Doctor(DoctorReport),
+}
+
+/// `mxfed doctor --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoctorReport {
+    /// False if any check failed.
+    pub ok: bool,
+    /// Every check made.
+    pub checks: Vec<Check>,
+}
+
+/// One finding of `mxfed doctor`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    /// Which check: `mx`, `local-domains`, `queue-lifetime`, `postfix-setup`, `clock`.
+    pub check: String,
+    /// `ok`, `warn` or `fail`.
+    pub status: String,
+    /// What was found.
+    pub detail: String,
+    /// What to do about it (empty when ok).
+    pub fix: String,
 }
 
 /// `mxfed queue --json`: what I hold for each peer.
@@ -247,7 +273,7 @@ pub struct DomainsChanged {
 }
 
 impl Message for ControlResponse {
-    const VARIANTS: u8 = 11;
+    const VARIANTS: u8 = 12;
     const MAX: usize = crate::codec::MAX_CONTROL_FRAME;
 }
 

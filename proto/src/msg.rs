@@ -43,6 +43,8 @@ pub struct Hello {
     /// The version of my domain list (0: none yet), so the other side can
     /// fetch it if it holds an older one.
     pub list_version: u64,
+    /// The sender's clock (unix seconds), for `mxfed doctor`'s skew check.
+    pub now: u64,
 }
 
 /// Most notes of each kind in a [`ListAck`].

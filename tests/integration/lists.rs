@@ -495,12 +495,14 @@ fn hostile_lists_are_refused_and_the_previous_list_stays_in_force() {
             Request::Hello(_) => vec![Response::Hello(Hello {
                 info: bravo_info(),
                 list_version: 1_000,
+                now: 0,
             })],
             _ => vec![Response::Done],
         });
         let hello = Request::Hello(Hello {
             info: bravo_info(),
             list_version: 1_000,
+            now: 0,
         });
         assert!(matches!(raw.request(&hello).await, Response::Hello(_)));
         for (i, (what, h, c, expect)) in cases.into_iter().enumerate() {

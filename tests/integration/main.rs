@@ -280,6 +280,7 @@ fn an_unpaired_agent_cannot_open_a_session() {
                 agent_version: "0".into(),
             },
             list_version: 0,
+            now: 0,
         });
         raw.send_raw(&codec::frame(&hello).unwrap()).await;
         assert_eq!(raw.close_code().await, u64::from(close::NOT_PAIRED));

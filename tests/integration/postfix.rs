@@ -424,12 +424,14 @@ fn an_expired_list_leaves_the_maps_only_after_the_grace_period() {
             Request::Hello(_) => vec![Response::Hello(Hello {
                 info: serve_info.clone(),
                 list_version: 1,
+                now: 0,
             })],
             _ => vec![Response::Done],
         });
         raw.request(&Request::Hello(Hello {
             info,
             list_version: 1,
+            now: 0,
         }))
         .await;
         wait_for("relayed", || pf.rcpt("x@short.example") == 250);
@@ -463,4 +465,85 @@ fn an_expired_list_leaves_the_maps_only_after_the_grace_period() {
         String::from_utf8_lossy(&out.stdout)
     );
     assert_eq!(pf.rcpt("x@short.example"), 554);
+}
+
+#[test]
+fn doctor_checks_mx_lifetimes_wiring_and_clocks() {
+    let dns = DnsServer::start(
+        &["example"],
+        &[
+            Rec::Mx("bravo.example", "mail.bravo.example", 0),
+            Rec::Mx("bravo.example", "mail.alpha.example", 10),
+            Rec::Mx("nobackup.example", "mail.bravo.example", 0),
+            Rec::Mx("samepref.example", "mail.bravo.example", 10),
+            Rec::Mx("samepref.example", "mail.alpha.example", 5),
+        ],
+    );
+    let pf = PostfixInstance::start("mail.bravo.example", "bounce_queue_lifetime = 1d");
+    let mut alpha = Agent::init("alpha");
+    let mut bravo = Agent::init("bravo");
+    bravo.use_postfix(&pf);
+    bravo.use_dns(&dns);
+    alpha.start();
+    bravo.start();
+    let token = alpha.invite("10m");
+    assert_ok(&bravo.mxfed(&["join", &token]), "join");
+    wait_for("connected", || bravo.connected_to("alpha"));
+    bravo.domains(&[
+        "add",
+        "bravo.example",
+        "nobackup.example",
+        "samepref.example",
+    ]);
+
+    let out = bravo.mxfed(&["doctor", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "a failed check exits 1");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["ok"], false);
+    let find = |check: &str, needle: &str| -> serde_json::Value {
+        r["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == check && c["detail"].as_str().unwrap().contains(needle))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {check} check about {needle}: {r}"))
+    };
+    assert_eq!(find("mx", "bravo.example: MX 0")["status"], "ok");
+    let missing = find("mx", "nobackup.example does not list friend alpha");
+    assert_eq!(missing["status"], "fail");
+    assert!(missing["fix"]
+        .as_str()
+        .unwrap()
+        .contains("nobackup.example. MX 10 mail.alpha.example."));
+    assert_eq!(
+        find("mx", "samepref.example: friend alpha has MX preference 5")["status"],
+        "warn"
+    );
+    assert_eq!(
+        find("queue-lifetime", "bounce_queue_lifetime = 1d")["status"],
+        "warn"
+    );
+    assert_eq!(
+        find("queue-lifetime", "maximal_queue_lifetime")["status"],
+        "ok"
+    );
+    assert_eq!(
+        find("postfix-setup", "does not use the mxfed maps")["status"],
+        "fail"
+    );
+    assert_eq!(find("clock", "alpha: clocks agree")["status"], "ok");
+
+    // After `postfix setup` the wiring check passes; the table names fixes.
+    assert_ok(&bravo.mxfed(&["postfix", "setup"]), "setup");
+    let out = bravo.mxfed(&["doctor"]);
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        table.contains("main.cf is wired to the mxfed maps"),
+        "{table}"
+    );
+    assert!(
+        table.contains("fix: postconf -e 'bounce_queue_lifetime = 10d'"),
+        "{table}"
+    );
 }
