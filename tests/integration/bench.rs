@@ -3,6 +3,7 @@
 //! `cargo test --release -p mxfed --test integration -- --ignored --nocapture bench_`
 //! and record the figures in BENCHMARKS.md.
 
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::util::*;
@@ -60,5 +61,124 @@ fn bench_propagation_domains_add_to_rcpt_250() {
         ms(&times[ROUNDS / 2]),
         ms(&times[ROUNDS * 9 / 10]),
         ms(&times[ROUNDS - 1])
+    );
+}
+
+/// Reading a 100,000-message queue: `postqueue -j > /dev/null`, the agent's
+/// streaming tally of the same output, and `qshape` on the same queue.
+/// The messages sit in the hold queue (a HOLD action), so nothing moves
+/// while we measure.
+#[test]
+#[ignore]
+fn bench_queue_scan_100000_messages() {
+    use std::io::{BufRead, BufReader, Write};
+    let n: usize = std::env::var("MXFED_BENCH_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let pf = PostfixInstance::start(
+        "mail.bravo.example",
+        "mynetworks = 127.0.0.0/8\nsmtpd_recipient_restrictions = check_recipient_access static:HOLD, permit_mynetworks, reject\nrelay_domains = friend.example",
+    );
+    // Inject over a few connections, many messages each.
+    let t0 = Instant::now();
+    let per_conn = 2000;
+    for c in 0..n.div_ceil(per_conn) {
+        let stream = std::net::TcpStream::connect(("127.0.0.1", pf.port)).unwrap();
+        let mut r = BufReader::new(stream.try_clone().unwrap());
+        let mut w = std::io::BufWriter::new(stream);
+        let mut line = String::new();
+        let mut read_reply = |r: &mut BufReader<std::net::TcpStream>| loop {
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            if line.len() < 4 || line.as_bytes()[3] == b' ' {
+                break;
+            }
+        };
+        read_reply(&mut r);
+        write!(w, "EHLO bench\r\n").unwrap();
+        w.flush().unwrap();
+        read_reply(&mut r);
+        for i in 0..per_conn.min(n - c * per_conn) {
+            let k = c * per_conn + i;
+            write!(
+                w,
+                "MAIL FROM:<s{k}@sender.example>\r\nRCPT TO:<u{k}@friend.example>\r\nRCPT TO:<v{k}@friend.example>\r\nDATA\r\n"
+            )
+            .unwrap();
+            w.flush().unwrap();
+            for _ in 0..4 {
+                read_reply(&mut r);
+            }
+            write!(w, "Subject: m{k}\r\n\r\nbody {k}\r\n.\r\n").unwrap();
+            w.flush().unwrap();
+            read_reply(&mut r);
+        }
+        write!(w, "QUIT\r\n").unwrap();
+        w.flush().unwrap();
+    }
+    eprintln!("injected {n} messages in {:?}", t0.elapsed());
+    let etc = pf.etc();
+    wait_for("all queued", || {
+        let out = Command::new("postqueue")
+            .arg("-c")
+            .arg(&etc)
+            .arg("-j")
+            .output()
+            .unwrap();
+        out.stdout.iter().filter(|b| **b == b'\n').count() >= n
+    });
+
+    let time = |label: &str, f: &mut dyn FnMut()| {
+        let mut best = Duration::MAX;
+        for _ in 0..3 {
+            let t = Instant::now();
+            f();
+            best = best.min(t.elapsed());
+        }
+        eprintln!("{label}: best of 3 {:.0} ms", best.as_secs_f64() * 1000.0);
+        best
+    };
+    let raw = time("postqueue -j > /dev/null", &mut || {
+        let s = Command::new("postqueue")
+            .arg("-c")
+            .arg(&etc)
+            .arg("-j")
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(s.success());
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let postfix = rt
+        .block_on(mxfed_agent::postfix::Postfix::open(&etc, None))
+        .unwrap();
+    let ours = time(
+        "mxfed tally (postqueue -j streamed and parsed)",
+        &mut || {
+            let mut t = mxfed_agent::mailq::PeerTally::new([(
+                "friend".to_string(),
+                "friend.example".to_string(),
+            )]);
+            rt.block_on(postfix.read_queue(|l| t.add_line(l))).unwrap();
+            assert_eq!(t.peers["friend"].messages as usize, n);
+        },
+    );
+    time("qshape -c ... hold", &mut || {
+        let s = Command::new("qshape")
+            .arg("-c")
+            .arg(&etc)
+            .arg("hold")
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(s.success());
+    });
+    eprintln!(
+        "overhead of the tally over postqueue -j alone: {:.1}%",
+        (ours.as_secs_f64() / raw.as_secs_f64() - 1.0) * 100.0
     );
 }
