@@ -284,6 +284,26 @@ mod tests {
         assert_eq!(t.peers["other"].messages, 1);
     }
 
+    /// Also captured for real: a 1,000-recipient message caught in the
+    /// active queue, and a bounce (empty sender) to quoted, spaced,
+    /// mixed-case and backslashed addresses.
+    const BULK_AND_ODD: &str = include_str!("../testdata/postqueue-bulk-and-odd.jsonl");
+
+    #[test]
+    fn golden_bulk_and_odd_addresses() {
+        let t = tally(&[("friend", "friend.example"), ("other", "other.example")], BULK_AND_ODD);
+        assert_eq!((t.domains.messages_seen, t.domains.bad_lines), (4, 0));
+        let f = t.domains.domain("friend.example").unwrap();
+        assert_eq!((f.messages, f.recipients, f.bytes), (4, 1006, 6254));
+        assert_eq!(f.oldest_arrival, Some(1795595557));
+        assert_eq!(f.by_queue.get("active"), Some(&1));
+        assert_eq!(f.by_queue.get("deferred"), Some(&3));
+        let o = t.domains.domain("other.example").unwrap();
+        assert_eq!((o.messages, o.recipients, o.bytes), (2, 2, 612));
+        assert_eq!(t.peers["friend"].messages, 4);
+        assert_eq!(t.peers["friend"].recipients, 1006);
+    }
+
     #[test]
     fn odd_addresses_unknown_members_and_both_expiry_spellings() {
         let text = concat!(
