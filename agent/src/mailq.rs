@@ -291,7 +291,10 @@ mod tests {
 
     #[test]
     fn golden_bulk_and_odd_addresses() {
-        let t = tally(&[("friend", "friend.example"), ("other", "other.example")], BULK_AND_ODD);
+        let t = tally(
+            &[("friend", "friend.example"), ("other", "other.example")],
+            BULK_AND_ODD,
+        );
         assert_eq!((t.domains.messages_seen, t.domains.bad_lines), (4, 0));
         let f = t.domains.domain("friend.example").unwrap();
         assert_eq!((f.messages, f.recipients, f.bytes), (4, 1006, 6254));
