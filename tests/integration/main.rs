@@ -2,6 +2,7 @@
 //! addresses, real SQLite files. No mocks.
 
 mod bench;
+mod e2e;
 mod lists;
 mod postfix;
 mod queue;
@@ -649,4 +650,37 @@ fn join_reads_the_token_from_stdin() {
     writeln!(child.stdin.take().unwrap(), "{token}").unwrap();
     assert!(child.wait().unwrap().success());
     wait_for("connected", || a.connected_to("bravo"));
+}
+
+#[test]
+fn the_systemd_unit_verifies_and_is_hardened() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/mxfed.service"
+    ))
+    .unwrap();
+    for directive in [
+        "ProtectSystem=strict",
+        "ReadWritePaths=/var/lib/mxfed /run/mxfed -/etc/postfix/mxfed",
+        "NoNewPrivileges=yes",
+        "PrivateTmp=yes",
+        "CapabilityBoundingSet=",
+        "RestartPreventExitStatus=78",
+    ] {
+        assert!(unit.contains(directive), "unit lacks {directive}");
+    }
+    // systemd's own checker, with ExecStart pointing at the binary just built.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mxfed.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/mxfed", MXFED)).unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze not found (package systemd; .ci/run installs it)");
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "systemd-analyze verify: {}",
+        stderr(&out)
+    );
 }
