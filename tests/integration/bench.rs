@@ -33,13 +33,7 @@ fn bench_propagation_domains_add_to_rcpt_250() {
     bravo.use_dns(&dns);
     alpha.use_dns(&dns);
     assert_ok(&bravo.mxfed(&["postfix", "setup"]), "setup");
-    alpha.start();
-    bravo.start();
-    let token = alpha.invite("10m");
-    assert_ok(&bravo.mxfed(&["join", &token]), "join");
-    wait_for("connected", || {
-        bravo.connected_to("alpha") && alpha.connected_to("bravo")
-    });
+    start_and_pair(&mut alpha, &mut bravo);
 
     let mut times = Vec::new();
     for d in &names {

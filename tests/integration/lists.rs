@@ -28,13 +28,7 @@ fn world() -> Vec<Rec> {
 }
 
 fn pair_with(a: &mut Agent, b: &mut Agent) {
-    a.start();
-    b.start();
-    let token = a.invite("10m");
-    assert_ok(&b.mxfed(&["join", &token]), "join");
-    wait_for("connected", || {
-        a.connected_to(&b.name) && b.connected_to(&a.name)
-    });
+    start_and_pair(a, b);
 }
 
 fn two_friends(dns: &DnsServer, b_extra: &str) -> (Agent, Agent) {

@@ -19,13 +19,7 @@ fn pair(bravo_extra: &str, main_cf_extra: &str) -> Pair {
     bravo.use_postfix(&pf);
     bravo.configure(bravo_extra);
     assert_ok(&bravo.mxfed(&["postfix", "setup"]), "postfix setup");
-    alpha.start();
-    bravo.start();
-    let token = alpha.invite("10m");
-    assert_ok(&bravo.mxfed(&["join", &token]), "join");
-    wait_for("connected", || {
-        alpha.connected_to("bravo") && bravo.connected_to("alpha")
-    });
+    start_and_pair(&mut alpha, &mut bravo);
     Pair { alpha, bravo, pf }
 }
 
@@ -121,11 +115,7 @@ fn accepted_domains_are_relayed_to_their_next_hop_and_removal_takes_relay_away()
         bravo.use_postfix(&pf);
         bravo.use_dns(&dns);
         assert_ok(&bravo.mxfed(&["postfix", "setup"]), "postfix setup");
-        alpha.start();
-        bravo.start();
-        let token = alpha.invite("10m");
-        assert_ok(&bravo.mxfed(&["join", &token]), "join");
-        wait_for("connected", || bravo.connected_to("alpha"));
+        start_and_pair(&mut alpha, &mut bravo);
         Pair { alpha, bravo, pf }
     };
     // Relay is denied before anything is accepted.
@@ -380,11 +370,7 @@ fn an_expired_list_leaves_the_maps_only_after_the_grace_period() {
     alpha.use_postfix(&pf);
     alpha.configure("verify_mx = \"off\"\nexpired_list_grace = \"4s\"");
     assert_ok(&alpha.mxfed(&["postfix", "setup"]), "setup");
-    alpha.start();
-    bravo.start();
-    let token = alpha.invite("10m");
-    assert_ok(&bravo.mxfed(&["join", &token]), "join");
-    wait_for("connected", || alpha.connected_to("bravo"));
+    start_and_pair(&mut alpha, &mut bravo);
     bravo.stop();
     wait_for("bravo gone", || !alpha.connected_to("bravo"));
 
@@ -484,11 +470,7 @@ fn doctor_checks_mx_lifetimes_wiring_and_clocks() {
     let mut bravo = Agent::init("bravo");
     bravo.use_postfix(&pf);
     bravo.use_dns(&dns);
-    alpha.start();
-    bravo.start();
-    let token = alpha.invite("10m");
-    assert_ok(&bravo.mxfed(&["join", &token]), "join");
-    wait_for("connected", || bravo.connected_to("alpha"));
+    start_and_pair(&mut alpha, &mut bravo);
     bravo.domains(&[
         "add",
         "bravo.example",

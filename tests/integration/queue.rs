@@ -29,13 +29,7 @@ fn world_with(bravo_extra: &str) -> World {
     bravo.configure("verify_mx = \"off\"\nallow_non_public_next_hops = true");
     bravo.configure(bravo_extra);
     assert_ok(&bravo.mxfed(&["postfix", "setup"]), "setup");
-    alpha.start();
-    bravo.start();
-    let token = alpha.invite("10m");
-    assert_ok(&bravo.mxfed(&["join", &token]), "join");
-    wait_for("connected", || {
-        alpha.connected_to("bravo") && bravo.connected_to("alpha")
-    });
+    start_and_pair(&mut alpha, &mut bravo);
     let hop = format!("[127.0.0.1]:{}", pf_alpha.port);
     alpha.domains(&["add", "a1.example", "--next-hop", &hop]);
     wait_for("bravo relays a1", || pf_bravo.rcpt("x@a1.example") == 250);

@@ -228,18 +228,23 @@ pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Starts two initialised agents and pairs them: `b` joins `a`'s invite.
+pub fn start_and_pair(a: &mut Agent, b: &mut Agent) {
+    a.start();
+    b.start();
+    let token = a.invite("10m");
+    assert_ok(&b.mxfed(&["join", &token]), "join");
+    let (an, bn) = (a.name.clone(), b.name.clone());
+    wait_for("both sides connected", || {
+        a.connected_to(&bn) && b.connected_to(&an)
+    });
+}
+
 /// Starts two agents and pairs them: `b` joins `a`'s invite.
 pub fn paired_pair(a: &str, b: &str) -> (Agent, Agent) {
     let mut x = Agent::init(a);
     let mut y = Agent::init(b);
-    x.start();
-    y.start();
-    let token = x.invite("10m");
-    let out = y.mxfed(&["join", &token]);
-    assert_ok(&out, "join");
-    wait_for("both sides connected", || {
-        x.connected_to(b) && y.connected_to(a)
-    });
+    start_and_pair(&mut x, &mut y);
     (x, y)
 }
 
@@ -734,23 +739,7 @@ impl PostfixInstance {
     /// Sends one message to `rcpt` over SMTP from outside mynetworks; panics
     /// unless Postfix takes it (250 after the data).
     pub fn send(&self, rcpt: &str, subject: &str) {
-        use std::io::{BufRead, BufReader, Write};
-        let stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
-        let mut w = stream;
-        let reply = |reader: &mut BufReader<std::net::TcpStream>| -> u16 {
-            loop {
-                let mut line = String::new();
-                reader.read_line(&mut line).unwrap();
-                if line.len() < 4 || line.as_bytes()[3] == b' ' {
-                    return line.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
-                }
-            }
-        };
-        assert_eq!(reply(&mut reader), 220);
+        let mut smtp = Smtp::open(self.port);
         for (cmd, want) in [
             ("EHLO client.example".to_string(), 250),
             ("MAIL FROM:<someone@sender.example>".to_string(), 250),
@@ -758,40 +747,65 @@ impl PostfixInstance {
             ("DATA".to_string(), 354),
             (format!("Subject: {subject}\r\n\r\nhello\r\n."), 250),
         ] {
-            write!(w, "{cmd}\r\n").unwrap();
-            assert_eq!(reply(&mut reader), want, "{cmd}");
+            assert_eq!(smtp.command(&cmd), want, "{cmd}");
         }
-        let _ = write!(w, "QUIT\r\n");
     }
 
     /// Opens an SMTP session from 127.0.0.1 (outside mynetworks) and returns
     /// the reply code to `RCPT TO:<rcpt>`.
     pub fn rcpt(&self, rcpt: &str) -> u16 {
-        use std::io::{BufRead, BufReader, Write};
-        let stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        let mut smtp = Smtp::open(self.port);
+        assert_eq!(smtp.command("EHLO client.example"), 250);
+        assert_eq!(smtp.command("MAIL FROM:<someone@sender.example>"), 250);
+        smtp.command(&format!("RCPT TO:<{rcpt}>"))
+    }
+}
+
+/// A minimal SMTP client session; says QUIT when dropped.
+struct Smtp {
+    reader: std::io::BufReader<std::net::TcpStream>,
+    writer: std::net::TcpStream,
+}
+
+impl Smtp {
+    /// Connects to 127.0.0.1:`port` and reads the 220 greeting.
+    fn open(port: u16) -> Smtp {
+        let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
-        let mut w = stream;
-        let reply = |reader: &mut BufReader<std::net::TcpStream>| -> u16 {
-            loop {
-                let mut line = String::new();
-                reader.read_line(&mut line).unwrap();
-                if line.len() < 4 || line.as_bytes()[3] == b' ' {
-                    return line.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
-                }
-            }
+        let mut smtp = Smtp {
+            reader: std::io::BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
         };
-        assert_eq!(reply(&mut reader), 220);
-        write!(w, "EHLO client.example\r\n").unwrap();
-        assert_eq!(reply(&mut reader), 250);
-        write!(w, "MAIL FROM:<someone@sender.example>\r\n").unwrap();
-        assert_eq!(reply(&mut reader), 250);
-        write!(w, "RCPT TO:<{rcpt}>\r\n").unwrap();
-        let code = reply(&mut reader);
-        let _ = write!(w, "QUIT\r\n");
-        code
+        assert_eq!(smtp.reply(), 220);
+        smtp
+    }
+
+    /// The code of the next (possibly multi-line) reply.
+    fn reply(&mut self) -> u16 {
+        use std::io::BufRead;
+        loop {
+            let mut line = String::new();
+            self.reader.read_line(&mut line).unwrap();
+            if line.len() < 4 || line.as_bytes()[3] == b' ' {
+                return line.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
+            }
+        }
+    }
+
+    /// Sends one command line and returns the reply code.
+    fn command(&mut self, cmd: &str) -> u16 {
+        use std::io::Write;
+        write!(self.writer, "{cmd}\r\n").unwrap();
+        self.reply()
+    }
+}
+
+impl Drop for Smtp {
+    fn drop(&mut self) {
+        use std::io::Write;
+        let _ = write!(self.writer, "QUIT\r\n");
     }
 }
 
