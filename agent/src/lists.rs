@@ -42,6 +42,9 @@ pub const LIST_LIFETIME: Duration = Duration::from_secs(14 * 86_400);
 pub const REFRESH_AFTER: Duration = Duration::from_secs(86_400);
 /// DNS look-ups in flight at once while judging a list.
 const DNS_CONCURRENCY: usize = 32;
+/// How far a friend's acknowledgement may move my list version forward
+/// (after a restore from backup); bounds what a hostile friend can do.
+const MAX_VERSION_JUMP: u64 = 1 << 32;
 /// How long a whole list transfer may take.
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long to wait for each frame of a list transfer.
@@ -606,6 +609,24 @@ impl Shared {
         }
     }
 
+    /// Re-signs my list (same entries) with at least `version`, and offers it.
+    async fn resign_as(self: &Arc<Self>, version: u64) -> Result<u64, String> {
+        let mut mine = self.lists.mine.lock().await;
+        let current = mine.as_ref().map_or(0, |p| p.list.version);
+        if current >= version {
+            return Ok(current);
+        }
+        let entries = mine
+            .as_ref()
+            .map(|p| p.list.entries().to_vec())
+            .unwrap_or_default();
+        let published = self.sign_and_store(version, entries, &[], &[]).await?;
+        *mine = Some(published);
+        drop(mine);
+        self.offer_to_all(version);
+        Ok(version)
+    }
+
     fn offer_to_all(self: &Arc<Self>, version: u64) {
         for (id, conn) in self.live_sessions() {
             tokio::spawn(async move {
@@ -1017,8 +1038,32 @@ impl Shared {
     }
 
     /// Stores what a peer made of my list.
-    pub(crate) async fn receive_ack(&self, peer: PeerId, name: &str, ack: ListAck) -> Response {
+    pub(crate) async fn receive_ack(
+        self: &Arc<Self>,
+        peer: PeerId,
+        name: &str,
+        ack: ListAck,
+    ) -> Response {
         let mine = self.my_list_version().await;
+        if ack.version > mine && ack.version - mine <= MAX_VERSION_JUMP {
+            // The friend holds a newer version of my list than I do: my
+            // database was restored from an older backup. Friends refuse
+            // anything not newer than what they hold, so sign past it.
+            tracing::warn!(
+                peer = %name,
+                theirs = ack.version,
+                mine,
+                "a friend holds a newer version of my list than I have (database restored?); re-signing past it"
+            );
+            let message = match self.resign_as(ack.version + 1).await {
+                Ok(v) => format!(
+                    "you hold my list v{}, which I lost; re-signed as v{v}",
+                    ack.version
+                ),
+                Err(e) => format!("cannot re-sign my list: {e}"),
+            };
+            return Response::Refused { message };
+        }
         if let Err(why) = check_ack(&ack, mine) {
             tracing::warn!(peer = %name, "ignored list acknowledgement: {why}");
             return Response::Refused { message: why };

@@ -543,3 +543,43 @@ fn bravo_info() -> PeerInfo {
         agent_version: "test".into(),
     }
 }
+
+#[test]
+fn after_a_restore_from_an_old_backup_my_list_is_re_signed_past_what_friends_hold() {
+    let (mut a, mut b) = {
+        let mut a = Agent::init("alpha");
+        let mut b = Agent::init("bravo");
+        b.configure("verify_mx = \"off\"");
+        pair_with(&mut a, &mut b);
+        (a, b)
+    };
+    a.domains(&["add", "one.example"]);
+    wait_for("v1 held", || b.peer("alpha").unwrap()["list_version"] == 1);
+    // Back up alpha's database at v1.
+    a.stop();
+    let backup = a.dir.path().join("backup");
+    std::fs::create_dir(&backup).unwrap();
+    for f in ["mxfed.db", "mxfed.db-wal", "mxfed.db-shm"] {
+        let _ = std::fs::copy(a.data_dir().join(f), backup.join(f));
+    }
+    a.start();
+    a.domains(&["add", "two.example"]);
+    a.domains(&["add", "three.example"]);
+    wait_for("v3 held", || b.peer("alpha").unwrap()["list_version"] == 3);
+    // Disaster: alpha comes back from the v1 backup.
+    a.stop();
+    for f in ["mxfed.db", "mxfed.db-wal", "mxfed.db-shm"] {
+        let _ = std::fs::remove_file(a.data_dir().join(f));
+        if backup.join(f).exists() {
+            std::fs::copy(backup.join(f), a.data_dir().join(f)).unwrap();
+        }
+    }
+    a.start();
+    // bravo acknowledges v3 on reconnect; alpha re-signs as v4, which bravo takes.
+    wait_for("bravo holds v4", || {
+        b.peer("alpha").unwrap()["list_version"] == 4
+    });
+    assert_eq!(b.held("alpha").keys().collect::<Vec<_>>(), ["one.example"]);
+    assert!(a.log_text().contains("re-signing past it"));
+    b.stop();
+}
