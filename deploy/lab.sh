@@ -217,11 +217,11 @@ demo() {
     ok "friend is down"
     say "5. a sender on the internet mails bob@friend.test: MX 0 is down, so it lands at MX 10 (me)"
     send_mail bob@friend.test "held while friend was down"
-    wait_until "the mail to be held at me" 60 env MXFED_BIN=$MXFED bash -c "MXFED_LAB=$LAB MXFED_LAB_NETNS=$NS $SELF _queue me | grep -q '\"messages\": 1'"
+    wait_until "the mail to be held at me" 60 env MXFED_BIN=$MXFED bash -c "MXFED_LAB=$LAB MXFED_LAB_NETNS=$NS $SELF _queue me | grep -q '\"messages\": 1,'"
     say "6. both sides show the depth"
     as me queue | sed 's/^/   me> /'
     agent_start friend
-    wait_until "friend to hear what me holds" 60 env MXFED_BIN=$MXFED bash -c "MXFED_LAB=$LAB MXFED_LAB_NETNS=$NS $SELF _status friend | tr -d ' \n' | grep -q '\"held_by_peer\":{\"messages\":1'"
+    wait_until "friend to hear what me holds" 60 env MXFED_BIN=$MXFED bash -c "MXFED_LAB=$LAB MXFED_LAB_NETNS=$NS $SELF _status friend | tr -d ' \n' | grep -q '\"held_by_peer\":{\"messages\":1,'"
     as friend status | sed 's/^/   friend> /'
     ok "me holds 1 message for friend, and friend sees it"
 

@@ -220,14 +220,16 @@ impl Config {
         if self.recheck_interval.0 < Duration::from_secs(1) {
             return Err(invalid("recheck_interval", "must be at least 1s".into()));
         }
-        if !self
-            .postfix_map_type
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric())
+        if !self.postfix_map_type.is_empty()
+            && !crate::postfix::SUPPORTED_MAP_TYPES.contains(&self.postfix_map_type.as_str())
         {
             return Err(invalid(
                 "postfix_map_type",
-                format!("{:?} is not a map type", self.postfix_map_type),
+                format!(
+                    "{:?} is not one of {} (empty: Postfix's default_database_type)",
+                    self.postfix_map_type,
+                    crate::postfix::SUPPORTED_MAP_TYPES.join(", ")
+                ),
             ));
         }
         for (key, p) in [

@@ -85,7 +85,7 @@ impl Shared {
                     )),
                 }
                 for param in ["bounce_queue_lifetime", "maximal_queue_lifetime"] {
-                    match p.param(param).await.map(|v| (postfix_seconds(&v, 'd'), v)) {
+                    match p.param_expanded(param).await.map(|v| (postfix_seconds(&v, 'd'), v)) {
                         Ok((Some(secs), v)) if secs >= MIN_LIFETIME => {
                             checks.push(check("queue-lifetime", "ok", format!("{param} = {v}"), ""))
                         }

@@ -684,34 +684,41 @@ impl Shared {
 
     async fn fetch_loop(self: Arc<Self>, peer: PeerId) {
         if !lock(&self.lists.fetching).insert(peer) {
-            return; // a fetch is running; it re-checks the offered version when done
+            return; // a fetch is running; it looks at the offered version when done
         }
         loop {
-            let newer = self.newer_offered(&peer).await;
-            let ok = match (newer, self.live_conn(&peer)) {
-                (Some(held), Some(conn)) => self.fetch_once(&conn, peer, held).await,
-                _ => false,
+            let Some((held, offered)) = self.newer_offered(&peer).await else {
+                lock(&self.lists.fetching).remove(&peer);
+                // An offer that arrived after the check above but before the
+                // removal saw a fetch running and returned: look once more.
+                if self.newer_offered(&peer).await.is_some()
+                    && lock(&self.lists.fetching).insert(peer)
+                {
+                    continue;
+                }
+                return;
+            };
+            let ok = match self.live_conn(&peer) {
+                Some(conn) => self.fetch_once(&conn, peer, held).await,
+                None => false,
             };
             if ok {
                 continue;
             }
-            // Done, refused or failed (the next offer or Hello tries again).
-            lock(&self.lists.fetching).remove(&peer);
-            // An offer that arrived after the last check but before the
-            // removal saw a fetch running and returned: look once more.
-            if !ok
-                && newer.is_none()
-                && self.newer_offered(&peer).await.is_some()
-                && lock(&self.lists.fetching).insert(peer)
-            {
+            // Refused or failed. Try again only if a newer offer came in
+            // meanwhile; otherwise wait for the next offer or Hello rather
+            // than hammering the peer.
+            let now_offered = lock(&self.lists.offered).get(&peer).copied().unwrap_or(0);
+            if now_offered > offered {
                 continue;
             }
+            lock(&self.lists.fetching).remove(&peer);
             return;
         }
     }
 
-    /// The version held, if the peer has offered a newer one.
-    async fn newer_offered(&self, peer: &PeerId) -> Option<u64> {
+    /// `(held, offered)` if the peer has offered a version newer than the one held.
+    async fn newer_offered(&self, peer: &PeerId) -> Option<(u64, u64)> {
         let held = match self.store.peer_list_meta(peer).await {
             Ok(m) => m.map_or(0, |m| m.version),
             Err(e) => {
@@ -720,7 +727,7 @@ impl Shared {
             }
         };
         let offered = lock(&self.lists.offered).get(peer).copied().unwrap_or(0);
-        (offered > held).then_some(held)
+        (offered > held).then_some((held, offered))
     }
 
     /// One fetch; true if a newer list was stored.

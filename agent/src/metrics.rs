@@ -167,14 +167,26 @@ impl Shared {
     }
 }
 
+/// Scrapes served at once; more wait in the kernel's accept queue.
+const MAX_SCRAPES: usize = 4;
+
 /// Serves `GET /metrics` until the task is aborted.
 pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
     loop {
+        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        tokio::spawn(handle(Arc::clone(&shared), stream));
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            // A client that does not read cannot hold a slot for long.
+            let _ = tokio::time::timeout(Duration::from_secs(10), handle(shared, stream)).await;
+            drop(permit);
+        });
     }
 }
 

@@ -57,6 +57,8 @@ pub(crate) struct QueueState {
     flushed: Mutex<HashMap<PeerId, Instant>>,
     /// Whether each friend's next hop answered my last probe.
     probes: Mutex<HashMap<PeerId, bool>>,
+    /// Friends with a flush in flight.
+    flushing: Mutex<std::collections::HashSet<PeerId>>,
     /// One scan at a time.
     scanning: tokio::sync::Mutex<()>,
 }
@@ -284,7 +286,31 @@ impl Shared {
         let Some(postfix) = &self.relay.postfix else {
             return "no Postfix here".into();
         };
-        let scan = self.scan().await;
+        // One flush in flight per friend; requests meanwhile are dropped.
+        if !lock(&self.queue.flushing).insert(peer) {
+            return "a flush is already running".into();
+        }
+        let result = self.flush_with(postfix, peer, name, why).await;
+        lock(&self.queue.flushing).remove(&peer);
+        result
+    }
+
+    async fn flush_with(
+        &self,
+        postfix: &crate::postfix::Postfix,
+        peer: PeerId,
+        name: &str,
+        why: &str,
+    ) -> String {
+        // A friend's request must not make me read the whole queue each
+        // time: use the periodic scan unless it is stale.
+        let cached = lock(&self.queue.last)
+            .clone()
+            .filter(|s| now_unix() - s.at <= 2 * SCAN_EVERY.as_secs() as i64);
+        let scan = match cached {
+            Some(s) => s,
+            None => self.scan().await,
+        };
         let domains: Vec<String> = match &scan.result {
             Err(e) => return format!("queue unreadable: {e}"),
             Ok((peers, domains)) => {
@@ -322,16 +348,23 @@ impl Shared {
             flushed.insert(peer, Instant::now());
         }
         let mut done = 0;
+        let mut failed = 0;
         for d in &domains {
             let Ok(domain) = Domain::parse_canonical(d) else {
                 continue;
             };
             match postfix.flush_domain(&domain).await {
                 Ok(()) => done += 1,
-                Err(e) => tracing::warn!(peer = %name, domain = %d, "flush failed: {e}"),
+                Err(e) => {
+                    failed += 1;
+                    tracing::warn!(peer = %name, domain = %d, "flush failed: {e}")
+                }
             }
         }
-        tracing::info!(peer = %name, domains = done, "flushed held mail ({why})");
+        tracing::info!(peer = %name, domains = done, failed, "flushed held mail ({why})");
+        if failed > 0 && done == 0 {
+            return format!("postqueue -s failed for {failed} domain(s); see the log");
+        }
         format!("flushed {done} domain(s)")
     }
 

@@ -156,6 +156,13 @@ impl Shared {
             return report;
         }
         if change.is_empty() && postfix.maps_exist() {
+            // A crash between renaming the maps and reloading leaves new maps
+            // that running daemons may not have picked up: reload at startup.
+            if trigger.contains("startup") && postfix.is_running().await {
+                if let Err(e) = postfix.reload().await {
+                    tracing::warn!("startup reload: {e}");
+                }
+            }
             report.result = "unchanged".into();
             return report;
         }

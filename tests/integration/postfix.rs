@@ -250,12 +250,11 @@ fn apply_dry_run_shows_the_diff_and_history_records_applies() {
 
 #[test]
 fn when_postmap_fails_the_old_maps_stay_and_the_step_is_named() {
-    let mut p = pair("verify_mx = \"off\"", "");
+    let p = pair("verify_mx = \"off\"", "");
     p.alpha.domains(&["add", "a1.example"]);
     wait_for("relayed", || p.pf.rcpt("x@a1.example") == 250);
-    p.bravo.stop();
-    p.bravo.configure("postfix_map_type = \"nosuchtype\"");
-    p.bravo.start();
+    // Make postmap fail: a directory sits where the new database must go.
+    std::fs::create_dir(p.pf.etc().join("mxfed/transport.new.db")).unwrap();
     p.alpha.domains(&["add", "a2.example"]);
     wait_for("a failed apply", || {
         p.bravo.history().iter().any(|h| h["result"] == "failed")
@@ -528,4 +527,43 @@ fn doctor_checks_mx_lifetimes_wiring_and_clocks() {
         table.contains("fix: postconf -e 'bounce_queue_lifetime = 10d'"),
         "{table}"
     );
+}
+
+#[test]
+fn setup_never_overwrites_existing_maps() {
+    let p = pair("verify_mx = \"off\"", "");
+    p.alpha.domains(&["add", "a1.example"]);
+    wait_for("relayed", || p.pf.rcpt("x@a1.example") == 250);
+    // One map's database goes missing; setup recreates only that one.
+    std::fs::remove_file(p.pf.etc().join("mxfed/relay_recipients.db")).unwrap();
+    assert_ok(&p.bravo.mxfed(&["postfix", "setup"]), "setup");
+    assert!(p.pf.etc().join("mxfed/relay_recipients.db").exists());
+    assert_eq!(
+        p.pf.dump("hash", "transport").unwrap().len(),
+        1,
+        "transport untouched"
+    );
+    assert_eq!(p.pf.rcpt("x@a1.example"), 250);
+}
+
+#[test]
+fn an_unreadable_local_domain_table_keeps_entries_pending_not_accepted() {
+    // Regression: `postmap -q` exits 1 for "not found" and for a fatal
+    // error alike; a broken table must not make a local domain look foreign.
+    let p = pair(
+        "verify_mx = \"off\"",
+        "virtual_alias_domains = hash:/nonexistent/mxfed-test-table",
+    );
+    p.alpha.domains(&["add", "a1.example"]);
+    wait_for("judged", || {
+        p.bravo.state_of("alpha", "a1.example").is_some()
+    });
+    let (state, reason) = p.bravo.held("alpha")["a1.example"].clone();
+    assert_eq!(state, "pending", "{reason}");
+    assert!(
+        reason.contains("cannot check Postfix's local domains"),
+        "{reason}"
+    );
+    // Not relayed (Postfix itself tempfails with 451 while the table is broken).
+    assert_ne!(p.pf.rcpt("x@a1.example"), 250);
 }

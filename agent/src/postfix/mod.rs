@@ -31,6 +31,12 @@ use render::{map_text, parse_map, RelayMaps, RELAY_DOMAINS, RELAY_RECIPIENTS, TR
 /// Name of the directory inside the Postfix config dir that holds our maps.
 pub const MAP_DIR: &str = "mxfed";
 
+/// Map types mxfed writes: single-file databases it can rename atomically.
+pub const SUPPORTED_MAP_TYPES: &[&str] = &["hash", "btree", "lmdb", "cdb"];
+
+/// Longest any Postfix command may run before it is killed.
+const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// A Postfix step that failed.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("postfix: {step}: {message}")]
@@ -92,10 +98,14 @@ impl Postfix {
             Some(t) => t.to_string(),
             None => p.param("default_database_type").await?,
         };
-        if p.map_type.is_empty() || !p.map_type.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        if !SUPPORTED_MAP_TYPES.contains(&p.map_type.as_str()) {
             return Err(err(
                 "read postfix config",
-                format!("unusable map type {:?}", p.map_type),
+                format!(
+                    "map type {:?} is not supported; use one of {} (postfix_map_type)",
+                    p.map_type,
+                    SUPPORTED_MAP_TYPES.join(", ")
+                ),
             ));
         }
         Ok(p)
@@ -153,9 +163,17 @@ impl Postfix {
                 let _ = pipe.write_all(&input).await;
             });
         }
-        let out = child
-            .wait_with_output()
+        let out = tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output())
             .await
+            .map_err(|_| {
+                err(
+                    step,
+                    format!(
+                        "{program} did not finish within {}s",
+                        COMMAND_TIMEOUT.as_secs()
+                    ),
+                )
+            })?
             .map_err(|e| err(step, format!("{program}: {e}")))?;
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
@@ -230,7 +248,16 @@ impl Postfix {
         // postmap -q exits 1 when no key is found at all.
         let out = match out {
             Ok(o) => o,
-            Err(e) if keys.is_empty() || e.message.contains("(exit status: 1)") => String::new(),
+            // ... but also on a fatal error (a missing or unreadable table):
+            // only a quiet exit 1 means "not found", or a local domain would
+            // slip through as not local.
+            Err(e)
+                if keys.is_empty()
+                    || (e.message.contains("(exit status: 1)")
+                        && !e.message.contains("fatal:")) =>
+            {
+                String::new()
+            }
             Err(e) => return Err(e),
         };
         Ok(parse_map(&out))
@@ -366,18 +393,33 @@ impl Postfix {
         for (param, map) in &wanted {
             let old = self.param(param).await?;
             let path = self.map_dir().join(map).display().to_string();
-            // Already wired, with any map type?
-            if old
-                .split([',', ' ', '\t', '\n'])
-                .any(|t| t.split_once(':').is_some_and(|(_, p)| p == path))
-            {
-                continue;
-            }
             let ours = self.map_ref(map);
-            let new = if old.trim().is_empty() {
+            let tokens: Vec<&str> = old
+                .split([',', ' ', '\t', '\n'])
+                .filter(|t| !t.is_empty())
+                .collect();
+            if tokens.contains(&ours.as_str()) {
+                continue; // already wired, with this map type
+            }
+            let stale = tokens
+                .iter()
+                .any(|t| t.split_once(':').is_some_and(|(_, p)| p == path));
+            let base = if stale {
+                // Wired with another map type: drop that reference. (Only
+                // then is the value re-joined; otherwise it is kept verbatim,
+                // since it may be an expression like Postfix's default.)
+                tokens
+                    .into_iter()
+                    .filter(|t| t.split_once(':').is_none_or(|(_, p)| p != path))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            } else {
+                old.trim().to_string()
+            };
+            let new = if base.is_empty() {
                 ours
             } else {
-                format!("{}, {ours}", old.trim())
+                format!("{base}, {ours}")
             };
             changes.push(ParamChange {
                 name: param.to_string(),
@@ -403,8 +445,21 @@ impl Postfix {
     /// never names a map that does not exist), edits main.cf with
     /// `postconf -e`, then reloads Postfix if it is running.
     pub async fn setup(&self, plan: &SetupPlan) -> Result<(), PostfixError> {
+        // Create only the maps that are missing; existing ones (and the
+        // agent's work in progress) are never touched here.
         if !plan.create_maps.is_empty() {
-            self.apply(&render::render_maps(&[]), false).await?;
+            ensure_dir(&self.map_dir()).await?;
+            for (name, entries) in render::render_maps(&[]).maps {
+                let path = self.map_dir().join(name);
+                let db = PathBuf::from(format!("{}{}", path.display(), self.db_suffix()));
+                if !path.exists() {
+                    write_file(&path, map_text(&entries).as_bytes()).await?;
+                }
+                if !db.exists() {
+                    let map = format!("{}:{}", self.map_type, path.display());
+                    self.run("postmap", "postmap", &[&map], None).await?;
+                }
+            }
         }
         for c in &plan.changes {
             let assignment = format!("{} = {}", c.name, c.new);
@@ -438,26 +493,52 @@ impl Postfix {
             .spawn()
             .map_err(|e| err(step, format!("cannot run postqueue: {e}")))?;
         let stdout = child.stdout.take().ok_or_else(|| err(step, "no stdout"))?;
-        let mut lines = tokio::io::BufReader::with_capacity(1 << 16, stdout).lines();
-        while let Some(l) = lines
-            .next_line()
+        // Drain stderr as we go (a full pipe would stall postqueue), keeping
+        // only the first few KiB for the error message.
+        let mut stderr = child.stderr.take().ok_or_else(|| err(step, "no stderr"))?;
+        let errors = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut kept = Vec::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                if kept.len() < 4096 {
+                    kept.extend_from_slice(&buf[..n]);
+                }
+            }
+            String::from_utf8_lossy(&kept).trim().to_string()
+        });
+        let read = async {
+            let mut lines = tokio::io::BufReader::with_capacity(1 << 16, stdout).lines();
+            while let Some(l) = lines
+                .next_line()
+                .await
+                .map_err(|e| err(step, e.to_string()))?
+            {
+                line(&l);
+            }
+            child.wait().await.map_err(|e| err(step, e.to_string()))
+        };
+        let status = tokio::time::timeout(COMMAND_TIMEOUT, read)
             .await
-            .map_err(|e| err(step, e.to_string()))?
-        {
-            line(&l);
-        }
-        let out = child
-            .wait_with_output()
-            .await
-            .map_err(|e| err(step, e.to_string()))?;
-        if !out.status.success() {
+            .map_err(|_| {
+                err(
+                    step,
+                    format!(
+                        "postqueue did not finish within {}s",
+                        COMMAND_TIMEOUT.as_secs()
+                    ),
+                )
+            })??;
+        if !status.success() {
             return Err(err(
                 step,
                 format!(
-                    "postqueue -c {} -j failed ({}): {}",
+                    "postqueue -c {} -j failed ({status}): {}",
                     self.config_dir.display(),
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr).trim()
+                    errors.await.unwrap_or_default()
                 ),
             ));
         }
