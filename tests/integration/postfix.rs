@@ -27,7 +27,7 @@ fn pair(bravo_extra: &str, main_cf_extra: &str) -> Pair {
 fn setup_shows_the_change_keeps_admin_values_and_is_idempotent() {
     let pf = PostfixInstance::start(
         "mail.bravo.example",
-        "relay_domains = old.example\nrelay_recipient_maps = hash:/etc/postfix/nonexistent",
+        "relay_domains = old.example\nrelay_recipient_maps = hash:/etc/postfix/nonexistent\ntransport_maps = hash:/etc/postfix/admin-transport",
     );
     let a = Agent::init("bravo");
     a.use_postfix(&pf);
@@ -44,8 +44,9 @@ fn setup_shows_the_change_keeps_admin_values_and_is_idempotent() {
         "{shown}"
     );
     assert!(
+        // Ours first, so an admin wildcard transport cannot override it.
         shown.contains(&format!(
-            "transport_maps = hash:{}/transport",
+            "transport_maps = hash:{}/transport, hash:/etc/postfix/admin-transport",
             map_dir.display()
         )),
         "{shown}"
@@ -64,7 +65,10 @@ fn setup_shows_the_change_keeps_admin_values_and_is_idempotent() {
     );
     assert_eq!(
         pf.postconf("transport_maps"),
-        format!("hash:{}/transport", map_dir.display())
+        format!(
+            "hash:{}/transport, hash:/etc/postfix/admin-transport",
+            map_dir.display()
+        )
     );
     assert!(
         pf.dump("hash", "transport").unwrap().is_empty(),

@@ -418,6 +418,11 @@ impl Postfix {
             };
             let new = if base.is_empty() {
                 ours
+            } else if *param == "transport_maps" {
+                // First, so an admin's wildcard or `.parent` transport entry
+                // cannot send a friend's mail elsewhere. (Ours holds exact
+                // domains only, so it shadows nothing of the admin's.)
+                format!("{ours}, {base}")
             } else {
                 format!("{base}, {ours}")
             };
