@@ -19,11 +19,13 @@ use mxfed_proto::control::{
     FlushResult, HeldStatus, QueueDomain, QueuePeer, QueueView, ReasonCount,
 };
 use mxfed_proto::domain::{Domain, Host, NextHop};
+use mxfed_proto::list::Entry;
 use mxfed_proto::msg::{Held, QueueReport, Request, Response, MAX_REPORT_DOMAINS};
 use mxfed_proto::PeerId;
 
 use crate::mailq::{DomainDepth, PeerTally, TOP_REASONS};
 use crate::session::{lock, now_unix, printable, request, rfc3339, Shared};
+use crate::store::ANY_EXPIRY;
 
 /// How often the queue is read.
 pub const SCAN_EVERY: Duration = Duration::from_secs(10);
@@ -37,18 +39,31 @@ pub const FLUSH_EVERY: Duration = Duration::from_secs(30);
 /// Queued mail by peer name or by domain.
 type Depths = HashMap<String, DomainDepth>;
 
-/// The last scan of my queue.
-#[derive(Debug, Clone)]
-struct Scan {
-    at: i64,
+/// One scan of my queue, shared (not copied) by reports, flushes, probes,
+/// `status` and the metrics until the next.
+#[derive(Debug)]
+pub(crate) struct Scan {
+    pub at: i64,
     /// Per peer name, and per domain; or why the queue could not be read.
-    result: Result<(Depths, Depths), String>,
+    pub result: Result<(Depths, Depths), String>,
+    /// The (peer name, entry) routes the tally was made for.
+    pub routes: Vec<(String, Entry)>,
+}
+
+impl Scan {
+    /// The entries relayed for one friend.
+    fn entries_of<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Entry> + 'a {
+        self.routes
+            .iter()
+            .filter(move |(p, _)| p == name)
+            .map(|(_, e)| e)
+    }
 }
 
 /// Queue bookkeeping inside [`Shared`].
 #[derive(Default)]
 pub(crate) struct QueueState {
-    last: Mutex<Option<Scan>>,
+    last: Mutex<Option<Arc<Scan>>>,
     /// What each friend last reported holding for me, and when.
     reports: Mutex<HashMap<PeerId, (QueueReport, i64)>>,
     /// What I last reported to each friend, and when.
@@ -83,50 +98,54 @@ fn held(d: &DomainDepth) -> Held {
 
 impl Shared {
     /// Reads the queue now and keeps the result.
-    async fn scan(&self) -> Scan {
+    async fn scan(&self) -> Arc<Scan> {
         let _one = self.queue.scanning.lock().await;
         let at = now_unix();
-        let result = match &self.relay.postfix {
-            None => Err("Postfix integration is off".to_string()),
-            Some(postfix) => match self.store.relay_routes(at, i64::MAX / 4).await {
-                Err(e) => Err(e.to_string()),
-                Ok(routes) => {
-                    let mut tally = PeerTally::new(
-                        routes
-                            .into_iter()
-                            .map(|(peer, e)| (peer, e.domain.to_string())),
-                    );
-                    match postfix.read_queue(|l| tally.add_line(l)).await {
-                        Ok(()) => Ok((tally.peers, tally.domains.domains)),
-                        Err(e) => Err(e.to_string()),
-                    }
-                }
-            },
+        // Mail held for a list past its grace period is still held: count it.
+        let routes = self.store.relay_routes(at, ANY_EXPIRY).await;
+        let (result, routes) = match (&self.relay.postfix, routes) {
+            (None, _) => (Err("Postfix integration is off".to_string()), Vec::new()),
+            (_, Err(e)) => (Err(e.to_string()), Vec::new()),
+            (Some(postfix), Ok(routes)) => {
+                let mut tally = PeerTally::new(
+                    routes
+                        .iter()
+                        .map(|(peer, e)| (peer.clone(), e.domain.to_string())),
+                );
+                let result = match postfix.read_queue(|l| tally.add_line(l)).await {
+                    Ok(()) => Ok((tally.peers, tally.domains.domains)),
+                    Err(e) => Err(e.to_string()),
+                };
+                (result, routes)
+            }
         };
-        let scan = Scan { at, result };
-        *lock(&self.queue.last) = Some(scan.clone());
+        let scan = Arc::new(Scan { at, result, routes });
+        *lock(&self.queue.last) = Some(Arc::clone(&scan));
         scan
     }
 
-    /// My report for one friend, from the last scan.
-    async fn report_for(&self, name: &str, scan: &Scan) -> QueueReport {
-        let mta_accepting = match &self.relay.postfix {
+    /// The last scan, if any.
+    pub(crate) fn last_scan(&self) -> Option<Arc<Scan>> {
+        lock(&self.queue.last).clone()
+    }
+
+    /// Whether my own Postfix is running.
+    async fn mta_accepting(&self) -> bool {
+        match &self.relay.postfix {
             Some(p) => p.is_running().await,
             None => false,
-        };
+        }
+    }
+
+    /// My report for one friend, from a scan.
+    fn report_for(name: &str, scan: &Scan, mta_accepting: bool) -> QueueReport {
         let (held_total, domains) = match &scan.result {
             Err(_) => (None, Vec::new()),
             Ok((peers, domains)) => {
                 let total = peers.get(name).map(held).unwrap_or_default();
-                let routes = self
-                    .store
-                    .relay_routes(scan.at, i64::MAX / 4)
-                    .await
-                    .unwrap_or_default();
-                let mut mine: Vec<(String, Held)> = routes
-                    .iter()
-                    .filter(|(p, _)| p == name)
-                    .filter_map(|(_, e)| {
+                let mut mine: Vec<(String, Held)> = scan
+                    .entries_of(name)
+                    .filter_map(|e| {
                         domains
                             .get(e.domain.as_str())
                             .map(|d| (e.domain.to_string(), held(d)))
@@ -145,16 +164,26 @@ impl Shared {
     }
 
     /// Sends `peer` my report if it changed, is due, or `force`.
-    pub(crate) async fn report_to(&self, peer: PeerId, name: &str, force: bool) {
+    /// `mta_accepting`: my Postfix's state if the caller just looked.
+    pub(crate) async fn report_to(
+        &self,
+        peer: PeerId,
+        name: &str,
+        force: bool,
+        mta_accepting: Option<bool>,
+    ) {
         let Some(conn) = self.live_conn(&peer) else {
             return;
         };
-        let cached = lock(&self.queue.last).clone();
-        let scan = match cached {
+        let scan = match self.last_scan() {
             Some(s) => s,
             None => self.scan().await,
         };
-        let report = self.report_for(name, &scan).await;
+        let mta_accepting = match mta_accepting {
+            Some(m) => m,
+            None => self.mta_accepting().await,
+        };
+        let report = Self::report_for(name, &scan, mta_accepting);
         let due = {
             let sent = lock(&self.queue.sent);
             match sent.get(&peer) {
@@ -186,15 +215,18 @@ impl Shared {
             let Ok(peers) = self.store.peers().await else {
                 continue;
             };
+            // Once per round, not once per friend.
+            let mta_accepting = self.mta_accepting().await;
             for p in &peers {
-                self.report_to(p.id, &p.name, false).await;
+                self.report_to(p.id, &p.name, false, Some(mta_accepting))
+                    .await;
             }
             if let Ok((held, _)) = &scan.result {
                 for p in peers
                     .iter()
                     .filter(|p| held.get(&p.name).is_some_and(|d| d.messages > 0))
                 {
-                    self.probe(p.id, &p.name, scan.at).await;
+                    self.probe(p.id, &p.name, &scan).await;
                 }
             }
         }
@@ -202,17 +234,8 @@ impl Shared {
 
     /// Probes the SMTP port of the next hops I hold mail for; when one
     /// answers after failing, the friend is back: flush.
-    async fn probe(&self, peer: PeerId, name: &str, now: i64) {
-        let routes = self
-            .store
-            .relay_routes(now, i64::MAX / 4)
-            .await
-            .unwrap_or_default();
-        let mut hops: Vec<NextHop> = routes
-            .into_iter()
-            .filter(|(p, _)| p == name)
-            .map(|(_, e)| e.next_hop)
-            .collect();
+    async fn probe(&self, peer: PeerId, name: &str, scan: &Scan) {
+        let mut hops: Vec<&NextHop> = scan.entries_of(name).map(|e| &e.next_hop).collect();
         hops.sort();
         hops.dedup();
         let mut up = false;
@@ -304,8 +327,8 @@ impl Shared {
     ) -> String {
         // A friend's request must not make me read the whole queue each
         // time: use the periodic scan unless it is stale.
-        let cached = lock(&self.queue.last)
-            .clone()
+        let cached = self
+            .last_scan()
             .filter(|s| now_unix() - s.at <= 2 * SCAN_EVERY.as_secs() as i64);
         let scan = match cached {
             Some(s) => s,
@@ -317,20 +340,13 @@ impl Shared {
                 if peers.get(name).is_none_or(|d| d.messages == 0) {
                     return "nothing held".into();
                 }
-                let routes = self
-                    .store
-                    .relay_routes(scan.at, i64::MAX / 4)
-                    .await
-                    .unwrap_or_default();
-                routes
-                    .into_iter()
-                    .filter(|(p, e)| {
-                        p == name
-                            && domains
-                                .get(e.domain.as_str())
-                                .is_some_and(|d| d.messages > 0)
+                scan.entries_of(name)
+                    .filter(|e| {
+                        domains
+                            .get(e.domain.as_str())
+                            .is_some_and(|d| d.messages > 0)
                     })
-                    .map(|(_, e)| e.domain.to_string())
+                    .map(|e| e.domain.to_string())
                     .collect()
             }
         };
@@ -416,26 +432,21 @@ impl Shared {
     /// `mxfed queue`: a fresh scan, per peer.
     pub(crate) async fn queue_view(&self) -> Result<QueueView, String> {
         let scan = self.scan().await;
-        let (known, error, peer_depths, domain_depths) = match scan.result {
+        let empty = Depths::new();
+        let (known, error, peer_depths, domain_depths) = match &scan.result {
             Ok((p, d)) => (true, None, p, d),
-            Err(e) => (false, Some(e), HashMap::new(), HashMap::new()),
+            Err(e) => (false, Some(e.clone()), &empty, &empty),
         };
-        let routes = self
-            .store
-            .relay_routes(scan.at, i64::MAX / 4)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut names: Vec<String> = routes.iter().map(|(p, _)| p.clone()).collect();
+        let mut names: Vec<String> = scan.routes.iter().map(|(p, _)| p.clone()).collect();
         names.sort();
         names.dedup();
         let peers = names
             .into_iter()
             .map(|name| {
                 let total = peer_depths.get(&name).cloned().unwrap_or_default();
-                let domains = routes
-                    .iter()
-                    .filter(|(p, _)| *p == name)
-                    .filter_map(|(_, e)| {
+                let domains = scan
+                    .entries_of(&name)
+                    .filter_map(|e| {
                         domain_depths.get(e.domain.as_str()).map(|d| QueueDomain {
                             domain: e.domain.to_string(),
                             messages: d.messages,
@@ -467,13 +478,6 @@ impl Shared {
             scanned_at: rfc3339(scan.at),
             peers,
         })
-    }
-
-    /// The last scan's per-peer and per-domain depths (`None`: unknown).
-    pub(crate) fn queue_depths(&self) -> Option<(Depths, Depths)> {
-        lock(&self.queue.last)
-            .as_ref()
-            .and_then(|s| s.result.clone().ok())
     }
 
     /// What a friend last reported holding for me (`None`: unknown).

@@ -840,7 +840,7 @@ impl Shared {
         self.resend_ack(id).await;
         // Tell the friend what I hold for it, and whether my MTA accepts:
         // that is how it knows I am back and flushes what it holds for me.
-        self.report_to(id, name, true).await;
+        self.report_to(id, name, true, None).await;
     }
 
     async fn serve_stream(

@@ -728,6 +728,10 @@ pub struct ApplyRecord {
     pub total: u32,
 }
 
+/// A grace period for [`Store::relay_routes`] that no list outlives: every
+/// accepted entry, however long its list has been expired.
+pub const ANY_EXPIRY: i64 = i64::MAX / 4;
+
 impl Store {
     /// Accepted entries of lists that have not been expired for longer than
     /// `grace` seconds, with the peer's name: what Postfix should relay.
