@@ -252,6 +252,18 @@ fn apply_dry_run_shows_the_diff_and_history_records_applies() {
     assert!(table.contains("applied") && table.contains("+1"), "{table}");
 }
 
+/// Waits for an apply to fail and returns its history entry.
+fn first_failed_apply(agent: &Agent) -> serde_json::Value {
+    let failed = || {
+        agent
+            .history()
+            .into_iter()
+            .find(|h| h["result"] == "failed")
+    };
+    wait_for("a failed apply", || failed().is_some());
+    failed().unwrap()
+}
+
 #[test]
 fn when_postmap_fails_the_old_maps_stay_and_the_step_is_named() {
     let p = pair("verify_mx = \"off\"", "");
@@ -260,15 +272,7 @@ fn when_postmap_fails_the_old_maps_stay_and_the_step_is_named() {
     // Make postmap fail: a directory sits where the new database must go.
     std::fs::create_dir(p.pf.etc().join("mxfed/transport.new.db")).unwrap();
     p.alpha.domains(&["add", "a2.example"]);
-    wait_for("a failed apply", || {
-        p.bravo.history().iter().any(|h| h["result"] == "failed")
-    });
-    let failed = p
-        .bravo
-        .history()
-        .into_iter()
-        .find(|h| h["result"] == "failed")
-        .unwrap();
+    let failed = first_failed_apply(&p.bravo);
     assert_eq!(failed["step"], "postmap", "{failed:?}");
     // Postfix still has the old maps, and they work.
     assert_eq!(p.pf.rcpt("x@a1.example"), 250);
@@ -287,15 +291,7 @@ fn when_reload_fails_the_previous_maps_are_put_back() {
     wait_for("relayed", || p.pf.rcpt("x@a1.example") == 250);
     p.pf.down(); // `postfix reload` now fails: the mail system is not running
     p.alpha.domains(&["add", "a2.example"]);
-    wait_for("a failed apply", || {
-        p.bravo.history().iter().any(|h| h["result"] == "failed")
-    });
-    let failed = p
-        .bravo
-        .history()
-        .into_iter()
-        .find(|h| h["result"] == "failed")
-        .unwrap();
+    let failed = first_failed_apply(&p.bravo);
     assert_eq!(failed["step"], "postfix reload", "{failed:?}");
     let transport = p.pf.dump("hash", "transport").unwrap();
     assert_eq!(
