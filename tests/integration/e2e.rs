@@ -52,3 +52,56 @@ fn the_seeds_story_end_to_end_in_a_network_namespace() {
         assert!(stdout.contains(step), "missing {step:?} in\n{stdout}");
     }
 }
+
+#[test]
+fn the_lab_comes_up_for_a_look_around_and_goes_down() {
+    let lab = tempfile::tempdir().unwrap();
+    let dir = lab.path().join("lab");
+    let ns = format!("mxfed-up-{}", std::process::id());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/lab.sh");
+    let lab_sh = |cmd: &str| {
+        Command::new("bash")
+            .arg(script)
+            .arg(cmd)
+            .env("MXFED_LAB", &dir)
+            .env("MXFED_LAB_NETNS", &ns)
+            .env("MXFED_BIN", env!("CARGO_BIN_EXE_mxfed"))
+            .output()
+            .unwrap()
+    };
+    let out = lab_sh("up");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        let _ = lab_sh("down");
+        panic!(
+            "lab.sh up failed\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The command it prints for reaching an agent works as printed.
+    let hint = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("running; try: "))
+        .expect("up prints how to reach an agent")
+        .to_string();
+    let status = Command::new("bash").arg("-c").arg(&hint).output().unwrap();
+    let down = lab_sh("down");
+    assert!(
+        status.status.success() && String::from_utf8_lossy(&status.stdout).contains("friend"),
+        "`{hint}`: {}{}",
+        String::from_utf8_lossy(&status.stdout),
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    assert!(String::from_utf8_lossy(&down.stdout).contains("lab removed"));
+    let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&netns.stdout).contains(&ns),
+        "namespace {ns} is gone"
+    );
+    assert!(!dir.exists(), "lab dir removed");
+}

@@ -583,3 +583,46 @@ fn after_a_restore_from_an_old_backup_my_list_is_re_signed_past_what_friends_hol
     assert!(a.log_text().contains("re-signing past it"));
     b.stop();
 }
+
+#[test]
+fn domains_come_from_stdin_with_comments_and_list_prints_a_table() {
+    use std::io::Write;
+    let mut a = Agent::init("alpha");
+    a.start();
+    let mut child = std::process::Command::new(MXFED)
+        .arg("--config")
+        .arg(a.config())
+        .args(["domains", "add", "--from-file", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"# the domains I host\nstdin-one.example\n\n  stdin-two.example   # the shop\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_ok(&out, "domains add --from-file -");
+    let table = String::from_utf8(a.domains(&["list"]).stdout).unwrap();
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("my list: version 1,") && lines[0].ends_with("2 domain(s)"),
+        "{table}"
+    );
+    assert!(
+        lines[1].starts_with("DOMAIN") && lines[1].contains("NEXT HOP"),
+        "{table}"
+    );
+    for d in ["stdin-one.example", "stdin-two.example"] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with(d) && l.contains("mail.alpha.example")),
+            "{d} missing in\n{table}"
+        );
+    }
+    assert_eq!(lines.len(), 4, "{table}");
+}

@@ -6,6 +6,7 @@ mod e2e;
 mod lists;
 mod postfix;
 mod queue;
+mod quickstart;
 mod util;
 
 use std::time::Duration;
@@ -682,5 +683,74 @@ fn the_systemd_unit_verifies_and_is_hardened() {
         out.status.success() && out.stderr.is_empty(),
         "systemd-analyze verify: {}",
         stderr(&out)
+    );
+}
+
+#[test]
+fn mxfed_config_from_the_environment_two_advertised_addresses_and_a_debug_log() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("mxfed.toml");
+    let listen = std::net::SocketAddr::new(fresh_ip().into(), 7787);
+    let run = |args: &[&str]| {
+        Command::new(MXFED)
+            .env("MXFED_CONFIG", &cfg)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let data = dir.path().join("data");
+    let sock = dir.path().join("control.sock");
+    let out = run(&[
+        "init",
+        "--name",
+        "alpha",
+        "--mail-host",
+        "mail.alpha.example",
+        "--listen",
+        &listen.to_string(),
+        "--advertise",
+        &listen.to_string(),
+        "--advertise",
+        "192.0.2.7:7787",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--control-socket",
+        sock.to_str().unwrap(),
+    ]);
+    assert_ok(&out, "init with MXFED_CONFIG");
+    assert!(cfg.exists(), "init wrote the file MXFED_CONFIG names");
+    let log = dir.path().join("agent.log");
+    let mut agent = Command::new(MXFED)
+        .env("MXFED_CONFIG", &cfg)
+        .env("MXFED_LOG", "debug")
+        .arg("agent")
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for("the agent to answer", || {
+        run(&["status", "--json"]).status.success()
+    });
+    let status: serde_json::Value =
+        serde_json::from_slice(&run(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(
+        status["self"]["advertise"],
+        serde_json::json!([listen.to_string(), "192.0.2.7:7787"])
+    );
+    let token: InviteToken = String::from_utf8(run(&["invite"]).stdout)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(token.addrs.len(), 2, "the token carries both addresses");
+    let _ = Command::new("kill")
+        .args(["-TERM", &agent.id().to_string()])
+        .status();
+    assert!(agent.wait().unwrap().success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains(" DEBUG "),
+        "MXFED_LOG=debug logs debug lines:\n{text}"
     );
 }

@@ -99,6 +99,25 @@ fn setup_refuses_to_make_an_open_relay() {
 }
 
 #[test]
+fn setup_accepts_debians_stock_relay_restrictions() {
+    // Debian's postinst writes defer_unauth_destination (a 4xx for the
+    // same refusal); the quick start runs `postfix setup` on exactly that.
+    let pf = PostfixInstance::start(
+        "mail.charlie.example",
+        "smtpd_relay_restrictions = permit_mynetworks permit_sasl_authenticated defer_unauth_destination",
+    );
+    let a = Agent::init("charlie");
+    a.use_postfix(&pf);
+    let out = a.mxfed(&["postfix", "setup"]);
+    assert_ok(&out, "setup on Debian's defaults");
+    assert!(
+        pf.postconf("relay_domains").contains("mxfed/relay_domains"),
+        "{}",
+        pf.postconf("relay_domains")
+    );
+}
+
+#[test]
 fn accepted_domains_are_relayed_to_their_next_hop_and_removal_takes_relay_away() {
     let mut records = vec![];
     for d in ["a1.example", "a2.example", "localhost.example"] {
@@ -238,6 +257,12 @@ fn apply_dry_run_shows_the_diff_and_history_records_applies() {
     let out = p.bravo.mxfed(&["apply", "--dry-run"]);
     assert_ok(&out, "apply --dry-run");
     assert!(String::from_utf8_lossy(&out.stdout).contains("already match"));
+    let out = p.bravo.mxfed(&["apply", "--dry-run", "--json"]);
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["dry_run"], true);
+    assert_eq!(r["result"], "planned");
+    assert_eq!(r["changes"].as_array().unwrap().len(), 0, "{r}");
+    assert_eq!(r["total"], 1);
     let out = p.bravo.mxfed(&["apply", "--json"]);
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["result"], "unchanged");
@@ -250,6 +275,15 @@ fn apply_dry_run_shows_the_diff_and_history_records_applies() {
     );
     let table = String::from_utf8_lossy(&p.bravo.mxfed(&["history"]).stdout).into_owned();
     assert!(table.contains("applied") && table.contains("+1"), "{table}");
+
+    // A second apply; --limit keeps the newest.
+    p.alpha.domains(&["add", "a2.example"]);
+    wait_for("a2 relayed", || p.pf.rcpt("x@a2.example") == 250);
+    assert!(p.bravo.history().len() >= 2);
+    let out = p.bravo.mxfed(&["history", "--json", "--limit", "1"]);
+    let limited: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(limited.len(), 1);
+    assert_eq!(limited[0]["total"], 2, "{limited:?}");
 }
 
 /// Waits for an apply to fail and returns its history entry.

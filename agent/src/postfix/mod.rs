@@ -374,12 +374,16 @@ impl Postfix {
     pub async fn plan_setup(&self) -> Result<SetupPlan, PostfixError> {
         let relay_restrictions = self.param("smtpd_relay_restrictions").await?;
         let recipient_restrictions = self.param("smtpd_recipient_restrictions").await?;
-        if !has_word(&relay_restrictions, "reject_unauth_destination")
-            && !has_word(&recipient_restrictions, "reject_unauth_destination")
-        {
+        // Debian's stock main.cf has `defer_unauth_destination`, which
+        // refuses the same mail with a 4xx instead of a 5xx.
+        let guarded = |value: &str| {
+            has_word(value, "reject_unauth_destination")
+                || has_word(value, "defer_unauth_destination")
+        };
+        if !guarded(&relay_restrictions) && !guarded(&recipient_restrictions) {
             return Err(err(
                 "check relay restrictions",
-                "neither smtpd_relay_restrictions nor smtpd_recipient_restrictions contains reject_unauth_destination; adding relay domains now would make an open relay, so nothing was changed",
+                "neither smtpd_relay_restrictions nor smtpd_recipient_restrictions contains reject_unauth_destination (or defer_unauth_destination); adding relay domains now would make an open relay, so nothing was changed",
             ));
         }
         let mut changes = Vec::new();

@@ -1,0 +1,318 @@
+#!/usr/bin/env bash
+# README's "Quick start for two real friends", for real: two Debian systems
+# booted with systemd (systemd-nspawn containers), each with its own network
+# namespace, joined by a cable (a veth pair), with dnsmasq as the DNS both
+# use. Each runs the quick start's commands as written in README.md, in the
+# same order (the script checks that each line it runs for "me" is in the
+# README), with mxfed under deploy/mxfed.service and its hardening.
+#
+#   deploy/quickstart.sh run    build everything, play the quick start, check
+#                               every step, remove it all (exit 0 only if all pass)
+#   deploy/quickstart.sh down   remove what a failed run left (MXFED_QS_KEEP=1)
+#
+#   203.0.113.5   mail.me.example       me's system: Postfix, mxfed under systemd
+#   203.0.113.6   mail.friend.example   friend's system: the same
+#   203.0.113.53                        dnsmasq (in me's namespace)
+#
+#   example.org, example.net  MX 0 mail.me.example,     MX 10 mail.friend.example
+#   example.com               MX 0 mail.friend.example, MX 10 mail.me.example
+#
+# Needs root. Installs what is missing (debootstrap, systemd-container,
+# dnsmasq-base, iproute2) and builds the Debian system once with debootstrap
+# from deb.debian.org (about a minute; kept in $MXFED_QS_CACHE, default
+# /var/cache/mxfed-quickstart). The mxfed binary is built with the quick
+# start's own `cargo build --release --locked`, unless MXFED_BIN names one
+# (the test passes its own, as cargo holds the build lock while tests run).
+#
+# The one change to what a real admin does: these are documentation
+# addresses (TEST-NET-3), which mxfed refuses as next hops unless
+# allow_non_public_next_hops = true, so the script sets it after `init`.
+set -euo pipefail
+SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$REPO"
+
+WORK=${MXFED_QS_DIR:-/var/tmp/mxfed-quickstart}
+CACHE=${MXFED_QS_CACHE:-/var/cache/mxfed-quickstart}
+TAG=${MXFED_QS_TAG:-mxqs}
+SUITE=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
+MIRROR=${MXFED_QS_MIRROR:-http://deb.debian.org/debian}
+declare -A IP=([me]=203.0.113.5 [friend]=203.0.113.6)
+DNS=203.0.113.53
+PATHS=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+ok() { printf '   ok: %s\n' "$*"; }
+fail() {
+    printf '\n\033[31mQUICK START CHECK FAILED: %s\033[0m\n' "$*" >&2
+    for who in me friend; do
+        [ -f "$WORK/$who.pid" ] || continue
+        echo "--- $who: systemctl status mxfed; journalctl -u mxfed -u postfix@-" >&2
+        on "$who" systemctl --no-pager status mxfed >&2 2>&1 || true
+        on "$who" journalctl --no-pager -n 40 -u mxfed -u postfix@- >&2 2>&1 || true
+    done
+    exit 1
+}
+
+need_root() { [ "$(id -u)" = 0 ] || { echo "deploy/quickstart.sh needs root (containers, namespaces)" >&2; exit 1; }; }
+
+install_prereqs() {
+    local need=()
+    command -v debootstrap >/dev/null || need+=(debootstrap)
+    command -v systemd-nspawn >/dev/null || need+=(systemd-container)
+    command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
+    command -v ip >/dev/null || need+=(iproute2)
+    command -v nsenter >/dev/null || need+=(util-linux)
+    if [ "${#need[@]}" -gt 0 ]; then
+        say "installing ${need[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
+    fi
+}
+
+# The Debian system both friends start from: systemd as init, and Postfix
+# as Debian's package configures it.
+ROOTFS="$CACHE/$SUITE"
+rootfs() {
+    local root=$ROOTFS
+    if [ ! -f "$root/.complete" ]; then
+        say "building a Debian $SUITE system with systemd and postfix (debootstrap, once)"
+        rm -rf "$root.partial"
+        mkdir -p "$CACHE"
+        debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,postfix,iproute2 \
+            "$SUITE" "$root.partial" "$MIRROR" >"$CACHE/debootstrap.log" 2>&1 ||
+            { tail -n 20 "$CACHE/debootstrap.log" >&2; fail "debootstrap $SUITE from $MIRROR (log: $CACHE/debootstrap.log)"; }
+        touch "$root.partial/.complete"
+        rm -rf "$root"
+        mv "$root.partial" "$root"
+    fi
+}
+
+# on WHO CMD...: runs CMD inside WHO's booted system, as its root, in /src
+# (where the checkout's deploy/ and target/release/mxfed are).
+on() {
+    local who=$1; shift
+    nsenter -t "$(leader "$who")" -a -r -w \
+        /usr/bin/env -i PATH=$PATHS HOME=/root LANG=C.UTF-8 bash -c 'cd /src && "$@"' on "$@"
+}
+leader() { pgrep -P "$(cat "$WORK/$1.pid")" -x systemd; }
+
+# qs WHO LINE: runs one quick-start line in WHO's system, echoing it. For me
+# the line must appear as written in README.md.
+qs() {
+    if [ "$1" = me ] && ! grep -qF -- "$2" README.md; then
+        fail "README.md no longer has the quick-start line: $2"
+    fi
+    step "$@"
+}
+
+# step WHO LINE: runs LINE in WHO's system, echoing it and its output.
+step() {
+    local who=$1 line=$2
+    printf '   %s# %s\n' "$who" "$line"
+    on "$who" bash -c "$line" 2>&1 | sed "s/^/   $who> /" || fail "$who: \`$line\` failed"
+}
+
+# wait_until DESCRIPTION SECONDS COMMAND...
+wait_until() {
+    local what=$1 secs=$2; shift 2
+    local deadline=$((SECONDS + secs))
+    until "$@" >/dev/null 2>&1; do
+        [ "$SECONDS" -lt "$deadline" ] || fail "timed out after ${secs}s waiting for: $what"
+        sleep 0.5
+    done
+}
+
+# rcpt_code FROM TO_IP ADDRESS: the reply to RCPT TO, from FROM's namespace.
+rcpt_code() {
+    ip netns exec "$TAG-$1" bash -c '
+        exec 3<>"/dev/tcp/$0/25" || exit 1
+        reply() { local l; while IFS= read -r -t 10 l <&3; do [ "${l:3:1}" = " " ] && { echo "${l:0:3}"; break; }; done; }
+        reply >/dev/null
+        for c in "EHLO probe.test" "MAIL FROM:<probe@probe.test>" "RCPT TO:<$1>"; do printf "%s\r\n" "$c" >&3; reply; done | tail -n 1
+        printf "QUIT\r\n" >&3
+    ' "$2" "$3"
+}
+
+state_of() { # WHO DOMAIN -> accepted/refused/pending, as WHO judged it
+    on "$1" mxfed status --json | tr -d ' \n' | grep -o "{\"domain\":\"$2\",[^}]*}" | grep -o '"state":"[a-z]*"' | cut -d'"' -f4
+}
+last_apply() { # WHO -> applied/failed, the newest entry of mxfed history
+    on "$1" mxfed history --json | tr -d ' \n' | grep -o '"result":"[a-z]*"' | head -n 1 | cut -d'"' -f4
+}
+connected() { on "$1" mxfed status --json | grep -A3 "\"name\": \"$2\"" | grep -q '"connected": true'; }
+
+network() {
+    say "two network namespaces joined by a veth pair; dnsmasq on $DNS"
+    for who in me friend; do ip netns add "$TAG-$who"; ip netns exec "$TAG-$who" ip link set lo up; done
+    ip link add "$TAG-me0" netns "$TAG-me" type veth peer name "$TAG-fr0" netns "$TAG-friend"
+    ip netns exec "$TAG-me" ip addr add "${IP[me]}/24" dev "$TAG-me0"
+    ip netns exec "$TAG-me" ip addr add "$DNS/24" dev "$TAG-me0"
+    ip netns exec "$TAG-friend" ip addr add "${IP[friend]}/24" dev "$TAG-fr0"
+    ip netns exec "$TAG-me" ip link set "$TAG-me0" up
+    ip netns exec "$TAG-friend" ip link set "$TAG-fr0" up
+    ip netns exec "$TAG-me" dnsmasq --conf-file=/dev/null --no-resolv --no-hosts --bind-interfaces \
+        --listen-address="$DNS" --pid-file="$WORK/dnsmasq.pid" --local=/example/ --local=/example.org/ \
+        --local=/example.net/ --local=/example.com/ --local-ttl=0 \
+        --mx-host=example.org,mail.me.example,0 --mx-host=example.org,mail.friend.example,10 \
+        --mx-host=example.net,mail.me.example,0 --mx-host=example.net,mail.friend.example,10 \
+        --mx-host=example.com,mail.friend.example,0 --mx-host=example.com,mail.me.example,10 \
+        --host-record=mail.me.example,"${IP[me]}" --host-record=mail.friend.example,"${IP[friend]}"
+}
+
+# boot WHO MXFED_BINARY: a copy of the Debian system, named and addressed as
+# WHO, with the checkout's deploy/ and the binary at /src, booted.
+boot() {
+    local who=$1 bin=$2 root="$WORK/$1"
+    cp -a --reflink=auto "$ROOTFS" "$root"
+    echo "$who" >"$root/etc/hostname"
+    echo "mail.$who.example" >"$root/etc/mailname"
+    echo "nameserver $DNS" >"$root/etc/resolv.conf"
+    postconf -c "$root/etc/postfix" -e "myhostname = mail.$who.example" "mydestination = localhost" \
+        "inet_protocols = ipv4" "mynetworks = 127.0.0.0/8"
+    mkdir -p "$root/src/deploy" "$root/src/target/release"
+    cp deploy/mxfed.service "$root/src/deploy/"
+    cp "$bin" "$root/src/target/release/mxfed"
+    systemd-nspawn -q -D "$root" -b --register=no --keep-unit -M "$TAG-$who" \
+        --network-namespace-path="/run/netns/$TAG-$who" --resolv-conf=off \
+        >"$WORK/$who.console" 2>&1 &
+    echo $! >"$WORK/$who.pid"
+    wait_until "$who's system to boot" 60 bash -c "[ \"\$(MXFED_QS_DIR=$WORK MXFED_QS_TAG=$TAG $SELF _on $who systemctl is-system-running)\" = running ]"
+    ok "$who: $(on "$who" systemctl is-system-running), $(on "$who" systemctl is-active postfix@-) postfix, systemd $(on "$who" systemctl --version | head -n 1 | cut -d' ' -f2)"
+}
+
+run() {
+    need_root
+    install_prereqs
+    down quiet
+    # Leave nothing behind if a step fails (set MXFED_QS_KEEP=1 to look around).
+    trap 'rc=$?; if [ $rc -ne 0 ] && [ -z "${MXFED_QS_KEEP:-}" ]; then down quiet; fi' EXIT
+    mkdir -p "$WORK"
+    local bin=${MXFED_BIN:-}
+    if [ -z "$bin" ]; then
+        say "cargo build --release --locked (the quick start's build line)"
+        cargo build --release --locked
+        bin=$REPO/target/release/mxfed
+    fi
+    rootfs
+    network
+    say "boot both systems with systemd"
+    boot me "$bin"
+    boot friend "$bin"
+
+    say "on each server: install, init, postfix setup, enable the unit"
+    qs me "install target/release/mxfed /usr/local/bin/"
+    qs friend "install target/release/mxfed /usr/local/bin/"
+    qs me "mxfed init --name me --mail-host mail.me.example --advertise 203.0.113.5:7787"
+    qs friend "mxfed init --name friend --mail-host mail.friend.example --advertise 203.0.113.6:7787"
+    for who in me friend; do
+        echo "   $who: allow_non_public_next_hops = true (TEST-NET-3 addresses)"
+        on "$who" sed -i 's/^allow_non_public_next_hops = false$/allow_non_public_next_hops = true/' /etc/mxfed/mxfed.toml
+        on "$who" grep -qx 'allow_non_public_next_hops = true' /etc/mxfed/mxfed.toml || fail "$who: could not set allow_non_public_next_hops"
+        qs "$who" "mxfed postfix setup --dry-run"
+        qs "$who" "mxfed postfix setup"
+        qs "$who" "install -m 644 deploy/mxfed.service /etc/systemd/system/ && systemctl enable --now mxfed"
+        wait_until "$who: mxfed answering under systemd" 30 on "$who" mxfed status
+        [ "$(on "$who" systemctl is-active mxfed)" = active ] || fail "$who: mxfed.service is not active"
+        local pid
+        pid=$(on "$who" systemctl show -P MainPID mxfed)
+        on "$who" grep -qE '^NoNewPrivs:[[:space:]]+1$' "/proc/$pid/status" || fail "$who: the agent runs without NoNewPrivileges"
+        ok "$who: mxfed.service active (pid $pid in its system), NoNewPrivileges, $(on "$who" grep -E '^CapBnd' "/proc/$pid/status" | tr -s '\t' ' ')"
+    done
+
+    say "pair: me invites, friend joins"
+    local token
+    printf '   me# mxfed invite\n'
+    grep -qF 'mxfed invite ' README.md || fail "README.md no longer has the quick-start line: mxfed invite"
+    token=$(on me mxfed invite) || fail "me: mxfed invite failed"
+    echo "   me> $token"
+    grep -qF 'mxfed join mxfed1-...' README.md || fail "README.md no longer has the quick-start line: mxfed join mxfed1-..."
+    qs friend "mxfed join $token"
+    wait_until "me and friend connected" 30 connected me friend
+    wait_until "friend and me connected" 30 connected friend me
+    qs me "mxfed status"
+    ok "paired and connected"
+
+    say "each side lists the domains it hosts"
+    qs me "mxfed domains add example.org example.net"
+    qs friend "mxfed domains add example.com"
+    wait_until "friend to accept example.org" 30 bash -c "[ \"\$(MXFED_QS_DIR=$WORK MXFED_QS_TAG=$TAG $SELF _state friend example.org)\" = accepted ]"
+    wait_until "friend to accept example.net" 30 bash -c "[ \"\$(MXFED_QS_DIR=$WORK MXFED_QS_TAG=$TAG $SELF _state friend example.net)\" = accepted ]"
+    wait_until "me to accept example.com" 30 bash -c "[ \"\$(MXFED_QS_DIR=$WORK MXFED_QS_TAG=$TAG $SELF _state me example.com)\" = accepted ]"
+    qs me "mxfed status"
+    qs friend "mxfed status"
+
+    say "the agents, sandboxed by the unit, rewrote the maps and reloaded Postfix"
+    for who in me friend; do
+        wait_until "$who's first apply" 30 bash -c "[ -n \"\$(MXFED_QS_DIR=$WORK MXFED_QS_TAG=$TAG $SELF _applied $who)\" ]"
+        [ "$(last_apply "$who")" = applied ] ||
+            fail "$who: the apply failed under the unit: $(on "$who" mxfed history | sed -n 2p)"
+    done
+    wait_until "RCPT x@example.org at mail.friend.example to be 250" 30 \
+        bash -c "[ \"\$(MXFED_QS_DIR=$WORK MXFED_QS_TAG=$TAG $SELF _rcpt me ${IP[friend]} x@example.org)\" = 250 ]"
+    ok "RCPT TO:<x@example.org> at mail.friend.example: 250"
+    wait_until "RCPT x@example.com at mail.me.example to be 250" 30 \
+        bash -c "[ \"\$(MXFED_QS_DIR=$WORK MXFED_QS_TAG=$TAG $SELF _rcpt friend ${IP[me]} x@example.com)\" = 250 ]"
+    ok "RCPT TO:<x@example.com> at mail.me.example: 250"
+    local c
+    c=$(rcpt_code me "${IP[friend]}" x@other.example)
+    case "$c" in 454 | 554) ok "RCPT TO:<x@other.example> at mail.friend.example: $c (not relayed)" ;;
+        *) fail "relay for other.example at friend answered $c" ;; esac
+    qs friend "postconf relay_domains transport_maps"
+    qs friend "mxfed history"
+    on friend mxfed history --json | tr -d ' \n' | grep -q '"result":"applied"' || fail "friend: no successful apply in mxfed history"
+    qs friend "mxfed queue"
+    on friend mxfed queue --json | tr -d ' \n' | grep -q '"known":true' || fail "friend: mxfed queue could not read the queue under the unit's sandbox"
+    qs me "mxfed doctor"
+    qs friend "mxfed doctor"
+
+    say "the agents stay paired across restarts"
+    step me "systemctl stop mxfed"
+    qs me "systemctl start mxfed"
+    wait_until "me back and connected to friend" 60 connected me friend
+    step friend "systemctl restart mxfed"
+    wait_until "friend back and connected to me" 60 connected friend me
+    ok "stopped, started and restarted; paired and connected again"
+    for who in me friend; do
+        [ "$(on "$who" systemctl show -P NRestarts mxfed)" = 0 ] || fail "$who: mxfed.service restarted on its own"
+        if on "$who" journalctl --no-pager -q -o cat -u mxfed |
+            grep -E ' ERROR |fatal:|denied|Read-only file system|not permitted|not supported'; then
+            fail "$who: the unit's sandbox got in the agent's way (above)"
+        fi
+    done
+    ok "no restarts, and no permission errors in either journal"
+    down quiet
+    say "ALL QUICK START CHECKS PASSED"
+}
+
+down() {
+    for who in me friend; do
+        if [ -f "$WORK/$who.pid" ]; then
+            local pid
+            pid=$(cat "$WORK/$who.pid")
+            kill -TERM "$pid" 2>/dev/null || true
+            for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    done
+    [ -f "$WORK/dnsmasq.pid" ] && kill "$(cat "$WORK/dnsmasq.pid")" 2>/dev/null || true
+    for who in me friend; do
+        if ip netns list 2>/dev/null | grep -qw "$TAG-$who"; then
+            for pid in $(ip netns pids "$TAG-$who" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
+            ip netns del "$TAG-$who"
+        fi
+    done
+    rm -rf "$WORK"
+    [ "${1:-}" = quiet ] || echo "quick start lab removed"
+}
+
+case "${1:-}" in
+    run) run ;;
+    down) need_root; down ;;
+    # Helpers run in subshells by wait_until.
+    _on) shift; on "$@" ;;
+    _state) state_of "$2" "$3" ;;
+    _rcpt) rcpt_code "$2" "$3" "$4" ;;
+    _applied) last_apply "$2" ;;
+    *) sed -n '2,29p' "$0"; exit 2 ;;
+esac
