@@ -209,9 +209,18 @@ run() {
         echo "   $who: allow_non_public_next_hops = true (TEST-NET-3 addresses)"
         on "$who" sed -i 's/^allow_non_public_next_hops = false$/allow_non_public_next_hops = true/' /etc/mxfed/mxfed.toml
         on "$who" grep -qx 'allow_non_public_next_hops = true' /etc/mxfed/mxfed.toml || fail "$who: could not set allow_non_public_next_hops"
-        qs "$who" "mxfed postfix setup --dry-run"
-        qs "$who" "mxfed postfix setup"
+        # me follows the README's order; friend starts the agent before
+        # `postfix setup`, the other order an admin may take.
+        if [ "$who" = me ]; then
+            qs "$who" "mxfed postfix setup --dry-run"
+            qs "$who" "mxfed postfix setup"
+        fi
         qs "$who" "install -m 644 deploy/mxfed.service /etc/systemd/system/ && systemctl enable --now mxfed"
+        if [ "$who" = friend ]; then
+            wait_until "$who: mxfed answering under systemd" 30 on "$who" mxfed status
+            qs "$who" "mxfed postfix setup --dry-run"
+            qs "$who" "mxfed postfix setup"
+        fi
         wait_until "$who: mxfed answering under systemd" 30 on "$who" mxfed status
         [ "$(on "$who" systemctl is-active mxfed)" = active ] || fail "$who: mxfed.service is not active"
         local pid
