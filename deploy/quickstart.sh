@@ -168,7 +168,7 @@ boot() {
     echo "$who" >"$root/etc/hostname"
     echo "mail.$who.example" >"$root/etc/mailname"
     echo "nameserver $DNS" >"$root/etc/resolv.conf"
-    postconf -c "$root/etc/postfix" -e "myhostname = mail.$who.example" "mydestination = localhost" \
+    chroot "$root" postconf -e "myhostname = mail.$who.example" "mydestination = localhost" \
         "inet_protocols = ipv4" "mynetworks = 127.0.0.0/8"
     mkdir -p "$root/src/deploy" "$root/src/target/release"
     cp deploy/mxfed.service "$root/src/deploy/"
