@@ -28,6 +28,8 @@ mod relay;
 mod session;
 pub mod store;
 
+pub use relay::MIN_APPLY_GAP;
+
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

@@ -49,6 +49,12 @@ const MAX_VERSION_JUMP: u64 = 1 << 32;
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long to wait for each frame of a list transfer.
 const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+/// Least time between two fetches of one peer's list.
+const MIN_FETCH_GAP: Duration = Duration::from_secs(1);
+/// Refused and pending entries re-checked per peer per `recheck_interval`;
+/// a peer with more has them re-checked in turn, so what DNS load a peer's
+/// list can cause does not grow with its length.
+pub const RECHECK_BUDGET: usize = 1000;
 
 /// My current signed list.
 #[derive(Debug)]
@@ -70,6 +76,8 @@ pub(crate) struct ListState {
     fetching: std::sync::Mutex<HashSet<PeerId>>,
     /// Serialises judging, so two peers cannot both claim a domain at once.
     judging: tokio::sync::Mutex<()>,
+    /// Where each peer's next re-check round starts among its open entries.
+    recheck_from: std::sync::Mutex<HashMap<PeerId, usize>>,
 }
 
 impl ListState {
@@ -80,11 +88,13 @@ impl ListState {
             offered: Default::default(),
             fetching: Default::default(),
             judging: tokio::sync::Mutex::new(()),
+            recheck_from: Default::default(),
         }
     }
 
     pub(crate) fn forget(&self, peer: &PeerId) {
         lock(&self.offered).remove(peer);
+        lock(&self.recheck_from).remove(peer);
     }
 }
 
@@ -698,11 +708,16 @@ impl Shared {
                 }
                 return;
             };
+            let started = tokio::time::Instant::now();
             let ok = match self.live_conn(&peer) {
                 Some(conn) => self.fetch_once(&conn, peer, held).await,
                 None => false,
             };
             if ok {
+                // A peer that publishes versions back to back is fetched
+                // (and its new entries looked up in DNS) at most this often;
+                // the versions in between are skipped, only the newest counts.
+                tokio::time::sleep_until(started + MIN_FETCH_GAP).await;
                 continue;
             }
             // Refused or failed. Try again only if a newer offer came in
@@ -1125,6 +1140,13 @@ impl Shared {
         if open.is_empty() {
             return;
         }
+        let open = {
+            let mut from = lock(&self.lists.recheck_from);
+            let start = from.entry(peer).or_insert(0);
+            let (batch, next) = take_in_turn(open, *start, RECHECK_BUDGET);
+            *start = next;
+            batch
+        };
         // DNS first, without the lock; then decide against the state as it
         // is under the lock (a newer list may have arrived meanwhile).
         let gathered = self.gather(&open).await;
@@ -1190,6 +1212,19 @@ impl Shared {
     }
 }
 
+/// Up to `budget` of `items`, starting at `start` (wrapped) and going round;
+/// and where the next turn starts.
+fn take_in_turn<T>(mut items: Vec<T>, start: usize, budget: usize) -> (Vec<T>, usize) {
+    let len = items.len();
+    if len <= budget {
+        return (items, 0);
+    }
+    let start = start % len;
+    items.rotate_left(start);
+    items.truncate(budget);
+    (items, (start + budget) % len)
+}
+
 /// Why a fetch ended without a new list.
 enum FetchError {
     Io(String),
@@ -1224,6 +1259,28 @@ async fn read_response(recv: &mut quinn::RecvStream) -> Result<Response, FetchEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rechecks_take_a_budget_in_turn_and_cover_everything() {
+        let items: Vec<u32> = (0..10).collect();
+        assert_eq!(take_in_turn(items.clone(), 7, 10), (items.clone(), 0));
+        let mut seen = Vec::new();
+        let mut start = 0;
+        for _ in 0..3 {
+            let (batch, next) = take_in_turn(items.clone(), start, 4);
+            assert_eq!(batch.len(), 4);
+            seen.extend(batch);
+            start = next;
+        }
+        assert_eq!(&seen[..4], &[0, 1, 2, 3]);
+        assert_eq!(&seen[8..], &[8, 9, 0, 1], "wraps round");
+        let mut all = seen.clone();
+        all.sort();
+        all.dedup();
+        assert_eq!(all, items, "three turns of 4 cover all 10");
+        // The list shrank since the last turn: the start wraps.
+        assert_eq!(take_in_turn(vec![1, 2, 3, 4, 5], 12, 2), (vec![3, 4], 4));
+    }
 
     fn entry(d: &str, hop: &str) -> Entry {
         Entry {

@@ -91,7 +91,19 @@ impl DomainDepth {
             *self.by_queue.entry(q.clone()).or_default() += n;
         }
         for (r, n) in &other.reasons {
-            *self.reasons.entry(r.clone()).or_default() += n;
+            self.add_reason(r, *n);
+        }
+    }
+
+    /// Counts `n` recipients delayed for `reason` (already cut). Past
+    /// [`MAX_DISTINCT_REASONS`], new reasons are counted as [`OTHER_REASONS`].
+    fn add_reason(&mut self, reason: &str, n: u64) {
+        if let Some(c) = self.reasons.get_mut(reason) {
+            *c += n;
+        } else if self.reasons.len() < MAX_DISTINCT_REASONS {
+            self.reasons.insert(reason.to_string(), n);
+        } else {
+            *self.reasons.entry(OTHER_REASONS.to_string()).or_default() += n;
         }
     }
 
@@ -118,6 +130,12 @@ pub struct QueueTally {
 
 /// Reasons are cut to this many bytes so a hostile server name cannot bloat reports.
 const MAX_REASON: usize = 200;
+/// Distinct delay reasons kept per domain or peer (they can name each
+/// recipient, so a big queue could otherwise hold one per recipient); the
+/// rest are counted under [`OTHER_REASONS`].
+const MAX_DISTINCT_REASONS: usize = 100;
+/// Where reasons past [`MAX_DISTINCT_REASONS`] are counted.
+pub const OTHER_REASONS: &str = "(other reasons)";
 
 /// A delay reason, cut to [`MAX_REASON`] bytes.
 fn cut(reason: &str) -> String {
@@ -167,7 +185,7 @@ impl QueueTally {
             let e = here.entry(d).or_default();
             e.recipients += 1;
             if let Some(reason) = &r.delay_reason {
-                *e.reasons.entry(cut(reason)).or_default() += 1;
+                e.add_reason(&cut(reason), 1);
             }
         }
         for (d, mut e) in here {
@@ -229,7 +247,7 @@ impl PeerTally {
             let e = here.entry(peer.as_str()).or_default();
             e.recipients += 1;
             if let Some(reason) = &r.delay_reason {
-                *e.reasons.entry(cut(reason)).or_default() += 1;
+                e.add_reason(&cut(reason), 1);
             }
         }
         for (peer, mut e) in here {
@@ -351,6 +369,31 @@ mod tests {
         assert_eq!((f.messages, f.recipients, f.bytes), (1, 5000, 999));
         assert_eq!(f.top_reasons(TOP_REASONS).len(), 3);
         assert_eq!(f.top_reasons(1)[0].1, 1000);
+    }
+
+    #[test]
+    fn distinct_delay_reasons_are_capped_and_the_rest_still_counted() {
+        // Reasons that name each recipient: one distinct reason per line.
+        let text: String = (0..500)
+            .map(|i| {
+                format!(
+                    "{{\"queue_name\":\"deferred\",\"queue_id\":\"Q{i}\",\"arrival_time\":1,\"message_size\":1,\"recipients\":[{{\"address\":\"u{i}@friend.example\",\"delay_reason\":\"550 <u{i}@friend.example> busy\"}}]}}\n"
+                )
+            })
+            .collect();
+        let t = tally(&[("friend", "friend.example")], &text);
+        for f in [
+            t.domains.domain("friend.example").unwrap(),
+            &t.peers["friend"],
+        ] {
+            assert_eq!(f.reasons.len(), MAX_DISTINCT_REASONS + 1);
+            assert_eq!(
+                f.reasons.values().sum::<u64>(),
+                500,
+                "every recipient counted"
+            );
+            assert_eq!(f.reasons[OTHER_REASONS], 500 - MAX_DISTINCT_REASONS as u64);
+        }
     }
 
     #[test]

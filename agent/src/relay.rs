@@ -3,7 +3,8 @@
 //! Every change of the accepted set (a list stored, a re-check, an unpair,
 //! startup, an expiry check) calls [`Shared::request_apply`]. One worker
 //! ([`Shared::apply_loop`]) coalesces the requests, renders the maps from
-//! the store and hands them to [`crate::postfix::Postfix::apply`]. Each real
+//! the store and hands them to [`crate::postfix::Postfix::apply`], at most
+//! one rewrite every [`MIN_APPLY_GAP`]. Each real
 //! change or failure is recorded for `mxfed history`; a failure is retried a
 //! minute later. Only entries of lists that have been expired for longer
 //! than `expired_list_grace` drop out; an unreachable peer never removes
@@ -26,6 +27,11 @@ use crate::store::ApplyRecord;
 const RETRY_AFTER: Duration = Duration::from_secs(60);
 /// How often to look for lists that expired beyond the grace period.
 const EXPIRY_CHECK: Duration = Duration::from_secs(3600);
+/// Least time between two applies that rewrote the maps: a change right
+/// after another waits out the rest, and everything asked for meanwhile
+/// goes in one apply, so no friend (however fast it flips its list) can
+/// make Postfix reload more than once per this.
+pub const MIN_APPLY_GAP: Duration = Duration::from_secs(5);
 
 /// Apply bookkeeping inside [`Shared`].
 pub(crate) struct RelayState {
@@ -57,6 +63,21 @@ impl RelayState {
     }
 }
 
+/// The history's trigger text for the requests one apply served: all of
+/// them if few, else the first and last few and how many in between.
+fn summarize(triggers: &[String]) -> String {
+    const SHOWN: usize = 3;
+    if triggers.len() <= 2 * SHOWN {
+        return triggers.join("; ");
+    }
+    format!(
+        "{}; and {} more; {}",
+        triggers[..SHOWN].join("; "),
+        triggers.len() - 2 * SHOWN,
+        triggers[triggers.len() - SHOWN..].join("; ")
+    )
+}
+
 impl Shared {
     /// Asks the worker to bring Postfix in line; `trigger` goes into the history.
     pub(crate) fn request_apply(&self, trigger: impl Into<String>) {
@@ -73,6 +94,7 @@ impl Shared {
             return;
         }
         let mut retry: Option<String> = None;
+        let mut last_change: Option<tokio::time::Instant> = None;
         loop {
             let wait = if retry.is_some() {
                 RETRY_AFTER
@@ -93,9 +115,18 @@ impl Shared {
             if triggers.is_empty() {
                 continue;
             }
+            if let Some(at) = last_change {
+                if at.elapsed() < MIN_APPLY_GAP {
+                    tokio::time::sleep_until(at + MIN_APPLY_GAP).await;
+                    triggers.append(&mut lock(&self.relay.triggers));
+                }
+            }
             triggers.dedup();
-            let trigger = triggers.join("; ");
+            let trigger = summarize(&triggers);
             let report = self.apply_now(&trigger, false).await;
+            if report.result != "unchanged" {
+                last_change = Some(tokio::time::Instant::now());
+            }
             retry = (report.result == "failed").then_some(trigger);
         }
     }
@@ -159,8 +190,11 @@ impl Shared {
             // A crash between renaming the maps and reloading leaves new maps
             // that running daemons may not have picked up: reload at startup.
             if trigger.contains("startup") && postfix.is_running().await {
-                if let Err(e) = postfix.reload().await {
-                    tracing::warn!("startup reload: {e}");
+                match postfix.reload().await {
+                    Ok(()) => tracing::info!(
+                        "maps unchanged; reloaded Postfix once at startup in case an earlier run stopped between installing maps and reloading"
+                    ),
+                    Err(e) => tracing::warn!("startup reload: {e}"),
                 }
             }
             report.result = "unchanged".into();
@@ -232,5 +266,21 @@ impl Shared {
                 total: r.total,
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::summarize;
+
+    #[test]
+    fn many_triggers_are_summarized() {
+        let t: Vec<String> = (1..=4).map(|v| format!("list v{v} from a")).collect();
+        assert_eq!(
+            summarize(&t),
+            "list v1 from a; list v2 from a; list v3 from a; list v4 from a"
+        );
+        let t: Vec<String> = (1..=100).map(|v| format!("v{v}")).collect();
+        assert_eq!(summarize(&t), "v1; v2; v3; and 94 more; v98; v99; v100");
     }
 }

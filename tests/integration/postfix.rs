@@ -601,3 +601,51 @@ fn an_unreadable_local_domain_table_keeps_entries_pending_not_accepted() {
     // Not relayed (Postfix itself tempfails with 451 while the table is broken).
     assert_ne!(p.pf.rcpt("x@a1.example"), 250);
 }
+
+#[test]
+fn a_friend_flipping_its_list_cannot_make_postfix_reload_in_a_storm() {
+    let p = pair("verify_mx = \"off\"", "");
+    wait_for("bravo's startup reload", || {
+        p.bravo
+            .log_text()
+            .contains("reloaded Postfix once at startup")
+    });
+    let reloads = || {
+        std::fs::read_to_string(p.pf.dir.path().join("maillog"))
+            .unwrap()
+            .matches("reload -- version")
+            .count()
+    };
+    let (reloads_before, applies_before) = (reloads(), p.bravo.history().len());
+    // 12 new versions as fast as the CLI goes, ending with flip.example removed.
+    for i in 0..12 {
+        let verb = if i % 2 == 0 { "add" } else { "remove" };
+        assert_ok(&p.alpha.domains(&[verb, "flip.example"]), verb);
+    }
+    p.alpha.domains(&["add", "last.example"]);
+    wait_for("the last version to be relayed", || {
+        p.pf.rcpt("x@last.example") == 250
+    });
+    assert_eq!(p.pf.rcpt("x@flip.example"), 554, "the final list wins");
+    let h = p.bravo.history();
+    assert!(
+        h.len() < 13,
+        "13 versions were coalesced into fewer applies: {h:#?}"
+    );
+    // Rewrites (and so reloads) are never closer than MIN_APPLY_GAP (5 s;
+    // history times are whole seconds).
+    let at = |e: &serde_json::Value| humantime::parse_rfc3339(e["at"].as_str().unwrap()).unwrap();
+    for w in h.windows(2) {
+        let gap = at(&w[0]).duration_since(at(&w[1])).unwrap();
+        assert!(
+            gap >= std::time::Duration::from_secs(4),
+            "{gap:?} between {w:#?}"
+        );
+    }
+    let new_reloads = reloads() - reloads_before;
+    let new_applies = h.len() - applies_before;
+    assert!(
+        new_reloads <= new_applies,
+        "{new_reloads} reloads for {new_applies} applies"
+    );
+}
