@@ -29,7 +29,8 @@ NS=${MXFED_LAB_NETNS:-mxfed-lab}
 MXFED=${MXFED_BIN:-$PWD/target/debug/mxfed}
 declare -A IP=([me]=198.18.0.1 [friend]=198.18.0.2 [sender]=198.18.0.3 [mallory]=198.18.0.4 [dns]=198.18.0.53)
 
-say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# shellcheck source=deploy/lib.sh
+. "$(dirname "$SELF")/lib.sh"
 fail() {
     printf '\n\033[31mLAB CHECK FAILED: %s\033[0m\n' "$*" >&2
     for f in "$LAB"/*/agent.log "$LAB"/*/maillog; do
@@ -37,7 +38,6 @@ fail() {
     done
     exit 1
 }
-ok() { printf '   ok: %s\n' "$*"; }
 inns() { ip netns exec "$NS" "$@"; }
 as() { local who=$1; shift; inns "$MXFED" --config "$LAB/$who/mxfed.toml" "$@"; }
 
@@ -53,16 +53,6 @@ install_prereqs() {
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
     fi
-}
-
-# wait_until DESCRIPTION SECONDS COMMAND...
-wait_until() {
-    local what=$1 secs=$2; shift 2
-    local deadline=$((SECONDS + secs))
-    until "$@" >/dev/null 2>&1; do
-        [ "$SECONDS" -lt "$deadline" ] || fail "timed out after ${secs}s waiting for: $what"
-        sleep 0.3
-    done
 }
 
 # smtp HOST_IP CMDS... : talks SMTP from inside the lab; prints the last line

@@ -41,8 +41,8 @@ declare -A IP=([me]=203.0.113.5 [friend]=203.0.113.6)
 DNS=203.0.113.53
 PATHS=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
-say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-ok() { printf '   ok: %s\n' "$*"; }
+# shellcheck source=deploy/lib.sh
+. "$(dirname "$SELF")/lib.sh"
 fail() {
     printf '\n\033[31mQUICK START CHECK FAILED: %s\033[0m\n' "$*" >&2
     for who in me friend; do
@@ -111,16 +111,6 @@ step() {
     local who=$1 line=$2
     printf '   %s# %s\n' "$who" "$line"
     on "$who" bash -c "$line" 2>&1 | sed "s/^/   $who> /" || fail "$who: \`$line\` failed"
-}
-
-# wait_until DESCRIPTION SECONDS COMMAND...
-wait_until() {
-    local what=$1 secs=$2; shift 2
-    local deadline=$((SECONDS + secs))
-    until "$@" >/dev/null 2>&1; do
-        [ "$SECONDS" -lt "$deadline" ] || fail "timed out after ${secs}s waiting for: $what"
-        sleep 0.5
-    done
 }
 
 # rcpt_code FROM TO_IP ADDRESS: the reply to RCPT TO, from FROM's namespace.

@@ -10,27 +10,22 @@
 
 use std::process::Command;
 
+use crate::util::deploy_script;
+
 #[test]
 fn the_seeds_story_end_to_end_in_a_network_namespace() {
-    let id = Command::new("id").arg("-u").output().unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&id.stdout).trim(),
-        "0",
-        "the end-to-end test needs root for network namespaces (CI runs as root)"
-    );
     let lab = tempfile::tempdir().unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/lab.sh");
-    let out = Command::new("bash")
-        .arg(script)
-        .arg("demo")
-        .env("MXFED_LAB", lab.path().join("lab"))
-        .env(
-            "MXFED_LAB_NETNS",
-            format!("mxfed-e2e-{}", std::process::id()),
-        )
-        .env("MXFED_BIN", env!("CARGO_BIN_EXE_mxfed"))
-        .output()
-        .unwrap();
+    let out = deploy_script(
+        "lab.sh",
+        "demo",
+        &[
+            ("MXFED_LAB", lab.path().join("lab").as_os_str()),
+            (
+                "MXFED_LAB_NETNS",
+                format!("mxfed-e2e-{}", std::process::id()).as_ref(),
+            ),
+        ],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -58,16 +53,15 @@ fn the_lab_comes_up_for_a_look_around_and_goes_down() {
     let lab = tempfile::tempdir().unwrap();
     let dir = lab.path().join("lab");
     let ns = format!("mxfed-up-{}", std::process::id());
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/lab.sh");
     let lab_sh = |cmd: &str| {
-        Command::new("bash")
-            .arg(script)
-            .arg(cmd)
-            .env("MXFED_LAB", &dir)
-            .env("MXFED_LAB_NETNS", &ns)
-            .env("MXFED_BIN", env!("CARGO_BIN_EXE_mxfed"))
-            .output()
-            .unwrap()
+        deploy_script(
+            "lab.sh",
+            cmd,
+            &[
+                ("MXFED_LAB", dir.as_os_str()),
+                ("MXFED_LAB_NETNS", ns.as_ref()),
+            ],
+        )
     };
     let out = lab_sh("up");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();

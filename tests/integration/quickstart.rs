@@ -13,26 +13,19 @@
 //! skipped. The mxfed binary is this build's, since `cargo build --release`
 //! cannot run while cargo runs the tests; the demo runs that line.
 
-use std::process::Command;
+use crate::util::deploy_script;
 
 #[test]
 fn the_readme_quick_start_runs_under_systemd() {
-    let id = Command::new("id").arg("-u").output().unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&id.stdout).trim(),
-        "0",
-        "the quick-start test needs root for containers (CI runs as root)"
-    );
     let work = tempfile::tempdir().unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/quickstart.sh");
-    let out = Command::new("bash")
-        .arg(script)
-        .arg("run")
-        .env("MXFED_QS_DIR", work.path().join("qs"))
-        .env("MXFED_QS_TAG", format!("qs{}", std::process::id()))
-        .env("MXFED_BIN", env!("CARGO_BIN_EXE_mxfed"))
-        .output()
-        .unwrap();
+    let out = deploy_script(
+        "quickstart.sh",
+        "run",
+        &[
+            ("MXFED_QS_DIR", work.path().join("qs").as_os_str()),
+            ("MXFED_QS_TAG", format!("qs{}", std::process::id()).as_ref()),
+        ],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -814,3 +814,26 @@ impl Drop for PostfixInstance {
         self.down();
     }
 }
+
+/// `bash deploy/SCRIPT ARG` with `env` and this build's `mxfed` as
+/// `MXFED_BIN`. The deploy scripts need root (namespaces, containers); CI
+/// runs as root, and nothing is skipped.
+pub fn deploy_script(script: &str, arg: &str, env: &[(&str, &std::ffi::OsStr)]) -> Output {
+    let id = Command::new("id").arg("-u").output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&id.stdout).trim(),
+        "0",
+        "deploy/{script} needs root (CI runs as root)"
+    );
+    Command::new("bash")
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../deploy")
+                .join(script),
+        )
+        .arg(arg)
+        .envs(env.iter().copied())
+        .env("MXFED_BIN", MXFED)
+        .output()
+        .unwrap()
+}

@@ -306,14 +306,12 @@ impl Postfix {
             )
             .await;
         if let Err(e) = installed {
-            self.roll_back(maps).await;
-            return Err(e);
+            return Err(self.roll_back(maps, e).await);
         }
         // 3. Make Postfix use them now.
         if reload {
             if let Err(e) = self.reload().await {
-                self.roll_back(maps).await;
-                return Err(e);
+                return Err(self.roll_back(maps, e).await);
             }
         }
         Ok(())
@@ -342,10 +340,13 @@ impl Postfix {
         Ok(())
     }
 
-    /// Puts the `*.prev` maps back (best effort) and reloads.
-    async fn roll_back(&self, maps: &RelayMaps) {
+    /// Puts the `*.prev` maps back (best effort) and reloads. Returns
+    /// `failure`, with what went wrong in rolling back added to its message
+    /// (so `mxfed history` shows it, not only the log).
+    async fn roll_back(&self, maps: &RelayMaps, mut failure: PostfixError) -> PostfixError {
         let dir = self.map_dir();
         let suffix = self.db_suffix();
+        let mut problems = Vec::new();
         for (name, _) in &maps.maps {
             for s in [suffix, ""] {
                 let prev = dir.join(format!("{name}{s}.prev"));
@@ -353,6 +354,7 @@ impl Postfix {
                 if prev.exists() {
                     if let Err(e) = tokio::fs::rename(&prev, &live).await {
                         tracing::error!("roll back {}: {e}", live.display());
+                        problems.push(format!("restore {}: {e}", live.display()));
                     }
                 }
             }
@@ -360,7 +362,20 @@ impl Postfix {
         cleanup_temp(&dir).await;
         if let Err(e) = self.reload().await {
             tracing::warn!("after rolling back the maps: {e}");
+            // A reload that failed the first time is expected to fail again.
+            if failure.step != "postfix reload" {
+                problems.push(format!("reload after rolling back: {e}"));
+            }
         }
+        if !problems.is_empty() {
+            failure.message = format!(
+                "{}; rolling back also failed ({}); check the maps in {}",
+                failure.message,
+                problems.join("; "),
+                dir.display()
+            );
+        }
+        failure
     }
 
     /// `postfix reload`.
