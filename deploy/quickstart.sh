@@ -35,7 +35,8 @@ cd "$REPO"
 WORK=${MXFED_QS_DIR:-/var/tmp/mxfed-quickstart}
 CACHE=${MXFED_QS_CACHE:-/var/cache/mxfed-quickstart}
 TAG=${MXFED_QS_TAG:-mxqs}
-SUITE=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
+# The Debian release to boot: the host's, so the host-built binary runs there.
+SUITE=${MXFED_QS_SUITE:-$(. /etc/os-release && [ "${ID:-}" = debian ] && echo "${VERSION_CODENAME:-}")}
 MIRROR=${MXFED_QS_MIRROR:-http://deb.debian.org/debian}
 declare -A IP=([me]=203.0.113.5 [friend]=203.0.113.6)
 DNS=203.0.113.53
@@ -55,6 +56,9 @@ fail() {
 }
 
 need_root() { [ "$(id -u)" = 0 ] || { echo "deploy/quickstart.sh needs root (containers, namespaces)" >&2; exit 1; }; }
+need_suite() {
+    [ -n "$SUITE" ] || { echo "deploy/quickstart.sh: this host is not Debian; set MXFED_QS_SUITE to a Debian release whose glibc runs the mxfed binary (e.g. trixie)" >&2; exit 1; }
+}
 
 install_prereqs() {
     local need=()
@@ -75,10 +79,13 @@ install_prereqs() {
 ROOTFS="$CACHE/$SUITE"
 rootfs() {
     local root=$ROOTFS
+    mkdir -p "$CACHE"
+    # One build at a time (concurrent runs share the cache).
+    exec 9>"$CACHE/.lock"
+    flock 9
     if [ ! -f "$root/.complete" ]; then
         say "building a Debian $SUITE system with systemd and postfix (debootstrap, once)"
         rm -rf "$root.partial"
-        mkdir -p "$CACHE"
         debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,postfix,iproute2 \
             "$SUITE" "$root.partial" "$MIRROR" >"$CACHE/debootstrap.log" 2>&1 ||
             { tail -n 20 "$CACHE/debootstrap.log" >&2; fail "debootstrap $SUITE from $MIRROR (log: $CACHE/debootstrap.log)"; }
@@ -86,6 +93,7 @@ rootfs() {
         rm -rf "$root"
         mv "$root.partial" "$root"
     fi
+    flock -u 9
 }
 
 # on WHO CMD...: runs CMD inside WHO's booted system, as its root, in /src
@@ -127,8 +135,9 @@ rcpt_code() {
 state_of() { # WHO DOMAIN -> accepted/refused/pending, as WHO judged it
     on "$1" mxfed status --json | tr -d ' \n' | grep -o "{\"domain\":\"$2\",[^}]*}" | grep -o '"state":"[a-z]*"' | cut -d'"' -f4
 }
-last_apply() { # WHO -> applied/failed, the newest entry of mxfed history
-    on "$1" mxfed history --json | tr -d ' \n' | grep -o '"result":"[a-z]*"' | head -n 1 | cut -d'"' -f4
+list_apply() { # WHO -> applied/failed: the newest apply of a friend's list in mxfed history
+    on "$1" mxfed history --json | tr -d '\n' | grep -o '"trigger": *"list v[^"]*", *"result": *"[a-z]*"' |
+        head -n 1 | sed 's/.*"result": *"//; s/"$//'
 }
 connected() { on "$1" mxfed status --json | grep -A3 "\"name\": \"$2\"" | grep -q '"connected": true'; }
 
@@ -167,7 +176,16 @@ boot() {
         --network-namespace-path="/run/netns/$TAG-$who" --resolv-conf=off \
         >"$WORK/$who.console" 2>&1 &
     echo $! >"$WORK/$who.pid"
-    wait_until "$who's system to boot" 60 bash -c "[ \"\$(MXFED_QS_DIR=$WORK MXFED_QS_TAG=$TAG $SELF _on $who systemctl is-system-running)\" = running ]"
+    local state deadline=$((SECONDS + 60))
+    while :; do
+        state=$(on "$who" systemctl is-system-running 2>/dev/null) || true
+        case "$state" in
+            running) break ;;
+            degraded) fail "$who's system booted degraded: $(on "$who" systemctl --failed --no-legend)" ;;
+        esac
+        [ "$SECONDS" -lt "$deadline" ] || fail "$who's system did not finish booting in 60s (state: ${state:-no answer})"
+        sleep 0.3
+    done
     ok "$who: $(on "$who" systemctl is-system-running), $(on "$who" systemctl is-active postfix@-) postfix, systemd $(on "$who" systemctl --version | head -n 1 | cut -d' ' -f2)"
 }
 
@@ -243,9 +261,9 @@ run() {
 
     say "the agents, sandboxed by the unit, rewrote the maps and reloaded Postfix"
     for who in me friend; do
-        wait_until "$who's first apply" 30 bash -c "[ -n \"\$(MXFED_QS_DIR=$WORK MXFED_QS_TAG=$TAG $SELF _applied $who)\" ]"
-        [ "$(last_apply "$who")" = applied ] ||
-            fail "$who: the apply failed under the unit: $(on "$who" mxfed history | sed -n 2p)"
+        wait_until "$who's apply of its friend's list" 30 bash -c "[ -n \"\$(MXFED_QS_DIR=$WORK MXFED_QS_TAG=$TAG $SELF _applied $who)\" ]"
+        [ "$(list_apply "$who")" = applied ] ||
+            fail "$who: the apply failed under the unit: $(on "$who" mxfed history | grep 'list v' | head -n 1)"
     done
     wait_until "RCPT x@example.org at mail.friend.example to be 250" 30 \
         bash -c "[ \"\$(MXFED_QS_DIR=$WORK MXFED_QS_TAG=$TAG $SELF _rcpt me ${IP[friend]} x@example.org)\" = 250 ]"
@@ -257,9 +275,12 @@ run() {
     c=$(rcpt_code me "${IP[friend]}" x@other.example)
     case "$c" in 454 | 554) ok "RCPT TO:<x@other.example> at mail.friend.example: $c (not relayed)" ;;
         *) fail "relay for other.example at friend answered $c" ;; esac
+    local mode
+    mode=$(on friend stat -c %a /etc/postfix/mxfed)
+    [ "$mode" = 755 ] || fail "friend: /etc/postfix/mxfed (made by the unit before the agent started) has mode $mode, not 755"
     qs friend "postconf relay_domains transport_maps"
     qs friend "mxfed history"
-    on friend mxfed history --json | tr -d ' \n' | grep -q '"result":"applied"' || fail "friend: no successful apply in mxfed history"
+    [ "$(list_apply friend)" = applied ] || fail "friend: no successful apply of me's list in mxfed history"
     qs friend "mxfed queue"
     on friend mxfed queue --json | tr -d ' \n' | grep -q '"known":true' || fail "friend: mxfed queue could not read the queue under the unit's sandbox"
     qs me "mxfed doctor"
@@ -289,6 +310,8 @@ down() {
         if [ -f "$WORK/$who.pid" ]; then
             local pid
             pid=$(cat "$WORK/$who.pid")
+            # Only ever our own container (the file may be stale).
+            [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = systemd-nspawn ] || continue
             kill -TERM "$pid" 2>/dev/null || true
             for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
             kill -KILL "$pid" 2>/dev/null || true
@@ -306,12 +329,12 @@ down() {
 }
 
 case "${1:-}" in
-    run) run ;;
+    run) need_suite; run ;;
     down) need_root; down ;;
     # Helpers run in subshells by wait_until.
     _on) shift; on "$@" ;;
     _state) state_of "$2" "$3" ;;
     _rcpt) rcpt_code "$2" "$3" "$4" ;;
-    _applied) last_apply "$2" ;;
+    _applied) list_apply "$2" ;;
     *) sed -n '2,29p' "$0"; exit 2 ;;
 esac

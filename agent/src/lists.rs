@@ -76,8 +76,11 @@ pub(crate) struct ListState {
     fetching: std::sync::Mutex<HashSet<PeerId>>,
     /// Serialises judging, so two peers cannot both claim a domain at once.
     judging: tokio::sync::Mutex<()>,
-    /// Where each peer's next re-check round starts among its open entries.
-    recheck_from: std::sync::Mutex<HashMap<PeerId, usize>>,
+    /// When each peer's list was last fetched (see [`MIN_FETCH_GAP`]).
+    last_fetch: std::sync::Mutex<HashMap<PeerId, tokio::time::Instant>>,
+    /// The last domain of each peer's previous re-check round; the next
+    /// round starts after it.
+    recheck_from: std::sync::Mutex<HashMap<PeerId, String>>,
 }
 
 impl ListState {
@@ -88,6 +91,7 @@ impl ListState {
             offered: Default::default(),
             fetching: Default::default(),
             judging: tokio::sync::Mutex::new(()),
+            last_fetch: Default::default(),
             recheck_from: Default::default(),
         }
     }
@@ -95,6 +99,7 @@ impl ListState {
     pub(crate) fn forget(&self, peer: &PeerId) {
         lock(&self.offered).remove(peer);
         lock(&self.recheck_from).remove(peer);
+        lock(&self.last_fetch).remove(peer);
     }
 }
 
@@ -697,6 +702,14 @@ impl Shared {
             return; // a fetch is running; it looks at the offered version when done
         }
         loop {
+            // However fast a peer offers versions (and whether or not its
+            // lists turn out good), it is fetched, and its new entries looked
+            // up in DNS, at most once per MIN_FETCH_GAP; versions offered in
+            // between are skipped, only the newest counts.
+            let last = lock(&self.lists.last_fetch).get(&peer).copied();
+            if let Some(at) = last {
+                tokio::time::sleep_until(at + MIN_FETCH_GAP).await;
+            }
             let Some((held, offered)) = self.newer_offered(&peer).await else {
                 lock(&self.lists.fetching).remove(&peer);
                 // An offer that arrived after the check above but before the
@@ -708,16 +721,12 @@ impl Shared {
                 }
                 return;
             };
-            let started = tokio::time::Instant::now();
+            lock(&self.lists.last_fetch).insert(peer, tokio::time::Instant::now());
             let ok = match self.live_conn(&peer) {
                 Some(conn) => self.fetch_once(&conn, peer, held).await,
                 None => false,
             };
             if ok {
-                // A peer that publishes versions back to back is fetched
-                // (and its new entries looked up in DNS) at most this often;
-                // the versions in between are skipped, only the newest counts.
-                tokio::time::sleep_until(started + MIN_FETCH_GAP).await;
                 continue;
             }
             // Refused or failed. Try again only if a newer offer came in
@@ -1142,9 +1151,13 @@ impl Shared {
         }
         let open = {
             let mut from = lock(&self.lists.recheck_from);
-            let start = from.entry(peer).or_insert(0);
-            let (batch, next) = take_in_turn(open, *start, RECHECK_BUDGET);
-            *start = next;
+            let after = from.remove(&peer);
+            let (batch, last) = take_in_turn(open, after.as_deref(), RECHECK_BUDGET, |e| {
+                e.domain.as_str()
+            });
+            if let Some(last) = last {
+                from.insert(peer, last);
+            }
             batch
         };
         // DNS first, without the lock; then decide against the state as it
@@ -1212,17 +1225,27 @@ impl Shared {
     }
 }
 
-/// Up to `budget` of `items`, starting at `start` (wrapped) and going round;
-/// and where the next turn starts.
-fn take_in_turn<T>(mut items: Vec<T>, start: usize, budget: usize) -> (Vec<T>, usize) {
-    let len = items.len();
-    if len <= budget {
-        return (items, 0);
+/// Up to `budget` of `items`, in order of `key`, starting after the key
+/// `after` (where the previous turn ended) and going round; and the key of
+/// the last one taken, for the next turn (`None` when all fit). Resuming by
+/// key, not position, means entries that come or go between turns do not
+/// make others skip a turn.
+fn take_in_turn<T>(
+    mut items: Vec<T>,
+    after: Option<&str>,
+    budget: usize,
+    key: impl Fn(&T) -> &str,
+) -> (Vec<T>, Option<String>) {
+    if items.len() <= budget {
+        return (items, None);
     }
-    let start = start % len;
+    items.sort_by(|a, b| key(a).cmp(key(b)));
+    let start = after.map_or(0, |after| items.partition_point(|t| key(t) <= after));
+    let start = if start == items.len() { 0 } else { start };
     items.rotate_left(start);
     items.truncate(budget);
-    (items, (start + budget) % len)
+    let last = items.last().map(|t| key(t).to_string());
+    (items, last)
 }
 
 /// Why a fetch ended without a new list.
@@ -1262,24 +1285,39 @@ mod tests {
 
     #[test]
     fn rechecks_take_a_budget_in_turn_and_cover_everything() {
-        let items: Vec<u32> = (0..10).collect();
-        assert_eq!(take_in_turn(items.clone(), 7, 10), (items.clone(), 0));
+        let turn = |items: &[&'static str], after: Option<&str>, budget| {
+            take_in_turn(items.to_vec(), after, budget, |s| s)
+        };
+        let items = ["d", "a", "c", "b", "e", "f", "g"];
+        assert_eq!(
+            turn(&items, Some("c"), 7),
+            (items.to_vec(), None),
+            "all fit"
+        );
         let mut seen = Vec::new();
-        let mut start = 0;
+        let mut after = None;
         for _ in 0..3 {
-            let (batch, next) = take_in_turn(items.clone(), start, 4);
-            assert_eq!(batch.len(), 4);
+            let (batch, last) = turn(&items, after.as_deref(), 3);
+            assert_eq!(batch.len(), 3);
             seen.extend(batch);
-            start = next;
+            after = last;
         }
-        assert_eq!(&seen[..4], &[0, 1, 2, 3]);
-        assert_eq!(&seen[8..], &[8, 9, 0, 1], "wraps round");
-        let mut all = seen.clone();
-        all.sort();
-        all.dedup();
-        assert_eq!(all, items, "three turns of 4 cover all 10");
-        // The list shrank since the last turn: the start wraps.
-        assert_eq!(take_in_turn(vec![1, 2, 3, 4, 5], 12, 2), (vec![3, 4], 4));
+        assert_eq!(
+            seen,
+            ["a", "b", "c", "d", "e", "f", "g", "a", "b"],
+            "in order, wrapping round"
+        );
+        // Entries that went away (c was accepted) or came (ca) since the last
+        // turn do not make others skip theirs: the next turn starts after "c".
+        assert_eq!(
+            turn(&["a", "b", "ca", "d", "e"], Some("c"), 2),
+            (vec!["ca", "d"], Some("d".to_string()))
+        );
+        // Past the end: back to the start.
+        assert_eq!(
+            turn(&["a", "b", "c"], Some("z"), 2),
+            (vec!["a", "b"], Some("b".to_string()))
+        );
     }
 
     fn entry(d: &str, hop: &str) -> Entry {

@@ -95,16 +95,30 @@ impl DomainDepth {
         }
     }
 
-    /// Counts `n` recipients delayed for `reason` (already cut). Past
-    /// [`MAX_DISTINCT_REASONS`], new reasons are counted as [`OTHER_REASONS`].
+    /// Counts `n` recipients delayed for `reason` (already cut). At most
+    /// [`MAX_DISTINCT_REASONS`] are kept, by the space-saving algorithm: a
+    /// new reason takes the place of the least counted one and inherits its
+    /// count, so a reason common anywhere in the queue is never crowded out
+    /// by one-off reasons (counts are exact until the cap is reached, then
+    /// over by at most the smallest kept count; their sum stays exact).
     fn add_reason(&mut self, reason: &str, n: u64) {
         if let Some(c) = self.reasons.get_mut(reason) {
             *c += n;
-        } else if self.reasons.len() < MAX_DISTINCT_REASONS {
-            self.reasons.insert(reason.to_string(), n);
-        } else {
-            *self.reasons.entry(OTHER_REASONS.to_string()).or_default() += n;
+            return;
         }
+        let mut base = 0;
+        if self.reasons.len() >= MAX_DISTINCT_REASONS {
+            let least = self
+                .reasons
+                .iter()
+                .min_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
+                .map(|(r, c)| (r.clone(), *c));
+            if let Some((r, c)) = least {
+                self.reasons.remove(&r);
+                base = c;
+            }
+        }
+        self.reasons.insert(reason.to_string(), base + n);
     }
 
     /// The most common delay reasons, most frequent first.
@@ -131,11 +145,8 @@ pub struct QueueTally {
 /// Reasons are cut to this many bytes so a hostile server name cannot bloat reports.
 const MAX_REASON: usize = 200;
 /// Distinct delay reasons kept per domain or peer (they can name each
-/// recipient, so a big queue could otherwise hold one per recipient); the
-/// rest are counted under [`OTHER_REASONS`].
+/// recipient, so a big queue could otherwise hold one per recipient).
 const MAX_DISTINCT_REASONS: usize = 100;
-/// Where reasons past [`MAX_DISTINCT_REASONS`] are counted.
-pub const OTHER_REASONS: &str = "(other reasons)";
 
 /// A delay reason, cut to [`MAX_REASON`] bytes.
 fn cut(reason: &str) -> String {
@@ -372,27 +383,41 @@ mod tests {
     }
 
     #[test]
-    fn distinct_delay_reasons_are_capped_and_the_rest_still_counted() {
-        // Reasons that name each recipient: one distinct reason per line.
-        let text: String = (0..500)
-            .map(|i| {
-                format!(
-                    "{{\"queue_name\":\"deferred\",\"queue_id\":\"Q{i}\",\"arrival_time\":1,\"message_size\":1,\"recipients\":[{{\"address\":\"u{i}@friend.example\",\"delay_reason\":\"550 <u{i}@friend.example> busy\"}}]}}\n"
-                )
-            })
-            .collect();
+    fn distinct_delay_reasons_are_capped_without_hiding_the_common_one() {
+        // 500 reasons that name their recipient (one-offs) first, then one
+        // reason shared by 300 recipients, then more one-offs.
+        let line = |i: usize, reason: &str| {
+            format!(
+                "{{\"queue_name\":\"deferred\",\"queue_id\":\"Q{i}\",\"arrival_time\":1,\"message_size\":1,\"recipients\":[{{\"address\":\"u{i}@friend.example\",\"delay_reason\":\"{reason}\"}}]}}\n"
+            )
+        };
+        let mut text = String::new();
+        for i in 0..500 {
+            text += &line(i, &format!("550 <u{i}@friend.example> busy"));
+        }
+        for i in 500..800 {
+            text += &line(
+                i,
+                "connect to mail.friend.example[192.0.2.1]:25: Connection refused",
+            );
+        }
+        for i in 800..1000 {
+            text += &line(i, &format!("550 <u{i}@friend.example> busy"));
+        }
         let t = tally(&[("friend", "friend.example")], &text);
         for f in [
             t.domains.domain("friend.example").unwrap(),
             &t.peers["friend"],
         ] {
-            assert_eq!(f.reasons.len(), MAX_DISTINCT_REASONS + 1);
+            assert_eq!(f.reasons.len(), MAX_DISTINCT_REASONS);
             assert_eq!(
                 f.reasons.values().sum::<u64>(),
-                500,
+                1000,
                 "every recipient counted"
             );
-            assert_eq!(f.reasons[OTHER_REASONS], 500 - MAX_DISTINCT_REASONS as u64);
+            let (top, n) = f.top_reasons(1).remove(0);
+            assert!(top.ends_with("Connection refused"), "{top}");
+            assert!(n >= 300, "{n}");
         }
     }
 

@@ -10,7 +10,7 @@
 //! than `expired_list_grace` drop out; an unreachable peer never removes
 //! anything.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -47,6 +47,8 @@ pub(crate) struct RelayState {
     pub failed: AtomicU64,
     /// Unix time of the last successful apply (0: none since start).
     pub last_ok: AtomicI64,
+    /// No apply has run since start (see the startup reload in `apply_now`).
+    first: AtomicBool,
 }
 
 impl RelayState {
@@ -59,6 +61,7 @@ impl RelayState {
             applied: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             last_ok: AtomicI64::new(0),
+            first: AtomicBool::new(true),
         }
     }
 }
@@ -186,10 +189,11 @@ impl Shared {
             report.result = "planned".into();
             return report;
         }
+        let first = self.relay.first.swap(false, Ordering::Relaxed);
         if change.is_empty() && postfix.maps_exist() {
             // A crash between renaming the maps and reloading leaves new maps
             // that running daemons may not have picked up: reload at startup.
-            if trigger.contains("startup") && postfix.is_running().await {
+            if first && postfix.is_running().await {
                 match postfix.reload().await {
                     Ok(()) => tracing::info!(
                         "maps unchanged; reloaded Postfix once at startup in case an earlier run stopped between installing maps and reloading"

@@ -63,15 +63,22 @@ fn the_lab_comes_up_for_a_look_around_and_goes_down() {
             ],
         )
     };
+    // Whatever happens below, the lab goes (down is idempotent).
+    struct Down<F: Fn(&str) -> std::process::Output>(F);
+    impl<F: Fn(&str) -> std::process::Output> Drop for Down<F> {
+        fn drop(&mut self) {
+            let _ = (self.0)("down");
+        }
+    }
+    let guard = Down(lab_sh);
+    let lab_sh = &guard.0;
     let out = lab_sh("up");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() {
-        let _ = lab_sh("down");
-        panic!(
-            "lab.sh up failed\n{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    assert!(
+        out.status.success(),
+        "lab.sh up failed\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The command it prints for reaching an agent works as printed.
     let hint = stdout
         .lines()

@@ -722,14 +722,24 @@ fn mxfed_config_from_the_environment_two_advertised_addresses_and_a_debug_log() 
     assert_ok(&out, "init with MXFED_CONFIG");
     assert!(cfg.exists(), "init wrote the file MXFED_CONFIG names");
     let log = dir.path().join("agent.log");
-    let mut agent = Command::new(MXFED)
-        .env("MXFED_CONFIG", &cfg)
-        .env("MXFED_LOG", "debug")
-        .arg("agent")
-        .stdin(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    // Killed if an assertion below fails first.
+    struct Running(std::process::Child);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut agent = Running(
+        Command::new(MXFED)
+            .env("MXFED_CONFIG", &cfg)
+            .env("MXFED_LOG", "debug")
+            .arg("agent")
+            .stdin(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     wait_for("the agent to answer", || {
         run(&["status", "--json"]).status.success()
     });
@@ -745,9 +755,9 @@ fn mxfed_config_from_the_environment_two_advertised_addresses_and_a_debug_log() 
         .unwrap();
     assert_eq!(token.addrs.len(), 2, "the token carries both addresses");
     let _ = Command::new("kill")
-        .args(["-TERM", &agent.id().to_string()])
+        .args(["-TERM", &agent.0.id().to_string()])
         .status();
-    assert!(agent.wait().unwrap().success());
+    assert!(agent.0.wait().unwrap().success());
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
         text.contains(" DEBUG "),

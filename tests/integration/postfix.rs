@@ -656,3 +656,51 @@ fn a_friend_flipping_its_list_cannot_make_postfix_reload_in_a_storm() {
         "{new_reloads} reloads for {new_applies} applies"
     );
 }
+
+#[test]
+fn local_domains_in_inline_maps_and_parent_forms_are_seen_and_do_not_block_the_rest() {
+    let mut records = vec![];
+    for d in [
+        "inl.example",
+        "ok.example",
+        "x.parent.example",
+        "y.sub.example",
+    ] {
+        records.push(Rec::Mx(d, "mail.alpha.example", 0));
+        records.push(Rec::Mx(d, "mail.bravo.example", 10));
+    }
+    records.push(Rec::A("mail.alpha.example", "192.0.2.1"));
+    records.push(Rec::A("mail.bravo.example", "192.0.2.2"));
+    let dns = DnsServer::start(&["example"], &records);
+    // An inline table: one list item with commas and spaces inside braces.
+    // relay_domains is in parent_domain_matches_subdomains by default, so
+    // the admin's parent.example covers x.parent.example; .sub.example
+    // covers subdomains anywhere.
+    let pf = PostfixInstance::start(
+        "mail.bravo.example",
+        "virtual_alias_domains = inline:{ inl.example=yes, { elsewhere.example = yes } }\n\
+         relay_domains = parent.example\n\
+         mydestination = localhost, .sub.example",
+    );
+    let mut alpha = Agent::init("alpha");
+    let mut bravo = Agent::init("bravo");
+    bravo.use_postfix(&pf);
+    bravo.use_dns(&dns);
+    assert_ok(&bravo.mxfed(&["postfix", "setup"]), "postfix setup");
+    start_and_pair(&mut alpha, &mut bravo);
+    alpha.domains(&[
+        "add",
+        "inl.example",
+        "ok.example",
+        "x.parent.example",
+        "y.sub.example",
+    ]);
+    wait_for("ok.example relayed", || pf.rcpt("x@ok.example") == 250);
+    let held = bravo.held("alpha");
+    assert_eq!(held["ok.example"].0, "accepted", "{held:?}");
+    for d in ["inl.example", "x.parent.example", "y.sub.example"] {
+        let (state, reason) = held[d].clone();
+        assert_eq!(state, "refused", "{d}: {held:?}");
+        assert!(reason.starts_with("local domain"), "{d}: {reason}");
+    }
+}

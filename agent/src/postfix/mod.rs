@@ -413,10 +413,7 @@ impl Postfix {
             let old = self.param(param).await?;
             let path = self.map_dir().join(map).display().to_string();
             let ours = self.map_ref(map);
-            let tokens: Vec<&str> = old
-                .split([',', ' ', '\t', '\n'])
-                .filter(|t| !t.is_empty())
-                .collect();
+            let tokens = list_tokens(&old);
             if tokens.contains(&ours.as_str()) {
                 continue; // already wired, with this map type
             }
@@ -590,13 +587,21 @@ impl Postfix {
 
     /// Which of `candidates` this Postfix delivers itself or relays outside
     /// mxfed: in `mydestination`, `virtual_alias_domains`,
-    /// `virtual_mailbox_domains`, or `relay_domains` (less our own map).
+    /// `virtual_mailbox_domains`, or `relay_domains` (less our own map),
+    /// including `.parent` items and, where `parent_domain_matches_subdomains`
+    /// names the parameter, parent domains.
     pub async fn local_domains(
         &self,
         candidates: &[Domain],
     ) -> Result<HashSet<Domain>, PostfixError> {
         let ours = self.map_dir().display().to_string();
-        let keys: Vec<String> = candidates.iter().map(|d| d.to_string()).collect();
+        let mut keys: Vec<String> = candidates
+            .iter()
+            .flat_map(|d| lookup_keys(d.as_str()))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        let parent_params = self.param("parent_domain_matches_subdomains").await?;
         let mut local = HashSet::new();
         for param in [
             "mydestination",
@@ -604,17 +609,22 @@ impl Postfix {
             "virtual_mailbox_domains",
             "relay_domains",
         ] {
+            let parent = has_word(&parent_params, param);
+            let mut matching = |item: &str| {
+                let item = item.trim().to_ascii_lowercase();
+                for d in candidates {
+                    if list_matches(d.as_str(), &item, parent) {
+                        local.insert(d.clone());
+                    }
+                }
+            };
             let value = self.param_expanded(param).await?;
-            for token in value
-                .split([',', ' ', '\t', '\n'])
-                .map(str::trim)
-                .filter(|t| !t.is_empty())
-            {
+            for token in list_tokens(&value) {
                 if token.starts_with('/') {
                     // A file of list items.
                     if let Ok(text) = tokio::fs::read_to_string(token).await {
                         for item in text.split_whitespace().filter(|w| !w.starts_with('#')) {
-                            insert_literal(&mut local, candidates, item);
+                            matching(item);
                         }
                     }
                 } else if let Some((_, path)) = token.split_once(':') {
@@ -622,10 +632,10 @@ impl Postfix {
                         continue; // our own relay map
                     }
                     for (k, _) in self.query(token, &keys).await? {
-                        insert_literal(&mut local, candidates, &k);
+                        matching(&k);
                     }
                 } else {
-                    insert_literal(&mut local, candidates, token);
+                    matching(token);
                 }
             }
         }
@@ -633,15 +643,61 @@ impl Postfix {
     }
 }
 
-fn insert_literal(local: &mut HashSet<Domain>, candidates: &[Domain], item: &str) {
-    let item = item.trim().to_ascii_lowercase();
-    if let Some(d) = candidates.iter().find(|d| d.as_str() == item) {
-        local.insert(d.clone());
+/// Whether the domain-list item `item` (lower case) covers `domain`: the
+/// same name; `.parent` covers its subdomains; with `parent` (the list is in
+/// `parent_domain_matches_subdomains`), `parent` covers them too.
+fn list_matches(domain: &str, item: &str, parent: bool) -> bool {
+    if item.starts_with('.') {
+        return domain.ends_with(item);
     }
+    domain == item
+        || (parent
+            && domain.len() > item.len()
+            && domain.ends_with(item)
+            && domain.as_bytes()[domain.len() - item.len() - 1] == b'.')
+}
+
+/// The keys a table in a domain list is looked up with for `domain`: the
+/// domain, then each parent domain as `parent` and `.parent`.
+fn lookup_keys(domain: &str) -> Vec<String> {
+    let mut keys = vec![domain.to_string()];
+    let mut rest = domain;
+    while let Some((_, parent)) = rest.split_once('.') {
+        keys.push(parent.to_string());
+        keys.push(format!(".{parent}"));
+        rest = parent;
+    }
+    keys
 }
 
 fn has_word(list: &str, word: &str) -> bool {
-    list.split([',', ' ', '\t', '\n']).any(|w| w == word)
+    list_tokens(list).contains(&word)
+}
+
+/// The items of a Postfix list parameter: separated by commas and white
+/// space, except inside `{...}`, so `inline:{ a.example=x, b.example=y }`
+/// stays one map reference.
+fn list_tokens(value: &str) -> Vec<&str> {
+    let mut tokens = Vec::new();
+    let (mut depth, mut start) = (0usize, None);
+    for (i, c) in value.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => depth = depth.saturating_sub(1),
+            ',' | ' ' | '\t' | '\n' | '\r' if depth == 0 => {
+                if let Some(s) = start.take() {
+                    tokens.push(&value[s..i]);
+                }
+                continue;
+            }
+            _ => {}
+        }
+        start.get_or_insert(i);
+    }
+    if let Some(s) = start {
+        tokens.push(&value[s..]);
+    }
+    tokens
 }
 
 async fn ensure_dir(dir: &Path) -> Result<(), PostfixError> {
@@ -675,5 +731,69 @@ async fn cleanup_temp(dir: &Path) {
         if e.file_name().to_string_lossy().contains(".new") {
             let _ = tokio::fs::remove_file(e.path()).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{has_word, list_matches, list_tokens, lookup_keys};
+
+    #[test]
+    fn domain_list_items_cover_names_dot_parents_and_parents_when_asked() {
+        assert!(list_matches("a.example", "a.example", false));
+        assert!(!list_matches("a.example", "b.example", true));
+        assert!(list_matches("x.a.example", ".a.example", false));
+        assert!(
+            !list_matches("a.example", ".a.example", false),
+            ".parent is only subdomains"
+        );
+        assert!(!list_matches("x.a.example", "a.example", false));
+        assert!(list_matches("x.a.example", "a.example", true));
+        assert!(
+            !list_matches("xa.example", "a.example", true),
+            "a label boundary"
+        );
+        assert_eq!(
+            lookup_keys("x.a.example"),
+            [
+                "x.a.example",
+                "a.example",
+                ".a.example",
+                "example",
+                ".example"
+            ]
+        );
+    }
+
+    #[test]
+    fn list_items_keep_braced_groups_whole() {
+        assert_eq!(
+            list_tokens("a.example, b.example\n\tc.example,,"),
+            ["a.example", "b.example", "c.example"]
+        );
+        assert_eq!(
+            list_tokens(
+                "$myhostname, inline:{ x.example=OK, { y.example = OK } } hash:/etc/postfix/v"
+            ),
+            [
+                "$myhostname",
+                "inline:{ x.example=OK, { y.example = OK } }",
+                "hash:/etc/postfix/v"
+            ]
+        );
+        // Debian's default relay_domains, unexpanded: one expression.
+        assert_eq!(
+            list_tokens("${{$compatibility_level} <level {2} ? {$mydestination} : {}}"),
+            ["${{$compatibility_level} <level {2} ? {$mydestination} : {}}"]
+        );
+        assert!(list_tokens(" \n, ").is_empty());
+        assert!(has_word(
+            "permit_mynetworks permit_sasl_authenticated defer_unauth_destination",
+            "defer_unauth_destination"
+        ));
+        assert!(!has_word(
+            "check_recipient_access inline:{ reject_unauth_destination=OK }",
+            "reject_unauth_destination"
+        ));
     }
 }
