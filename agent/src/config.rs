@@ -56,6 +56,11 @@ pub struct Config {
     /// How often refused and pending entries of friends' lists are checked again.
     #[serde(default = "default_recheck")]
     pub recheck_interval: HumanDuration,
+    /// How long an accepted entry goes before it is checked against DNS
+    /// again (at the next re-check round after that), whether or not its
+    /// friend republishes.
+    #[serde(default = "default_reverify")]
+    pub reverify_interval: HumanDuration,
     /// Map type for the mxfed maps (`hash`, `lmdb`, `cdb`, ...); empty means
     /// Postfix's `default_database_type`.
     #[serde(default)]
@@ -111,6 +116,10 @@ impl<'de> Deserialize<'de> for HumanDuration {
 
 fn default_recheck() -> HumanDuration {
     HumanDuration(Duration::from_secs(300))
+}
+
+fn default_reverify() -> HumanDuration {
+    HumanDuration(Duration::from_secs(86_400))
 }
 
 fn default_listen() -> SocketAddr {
@@ -172,6 +181,7 @@ impl Config {
             verify_mx: VerifyMx::default(),
             dns_servers: Vec::new(),
             recheck_interval: default_recheck(),
+            reverify_interval: default_reverify(),
             postfix_map_type: String::new(),
             expired_list_grace: default_grace(),
             allow_non_public_next_hops: false,
@@ -219,6 +229,9 @@ impl Config {
         }
         if self.recheck_interval.0 < Duration::from_secs(1) {
             return Err(invalid("recheck_interval", "must be at least 1s".into()));
+        }
+        if self.reverify_interval.0 < Duration::from_secs(1) {
+            return Err(invalid("reverify_interval", "must be at least 1s".into()));
         }
         if !self.postfix_map_type.is_empty()
             && !crate::postfix::SUPPORTED_MAP_TYPES.contains(&self.postfix_map_type.as_str())

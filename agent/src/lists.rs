@@ -13,8 +13,10 @@
 //! up for another peer, and — with `verify_mx = "require"` — unless its MX
 //! records name both my mail host and the entry's next hop. A DNS failure
 //! makes an entry pending, never revokes an accepted one, and is retried
-//! every `recheck_interval` ([`Shared::recheck_loop`]). The outcome goes back
-//! to the signer as a [`ListAck`].
+//! every `recheck_interval` ([`Shared::recheck_loop`]); accepted entries are
+//! checked again once `reverify_interval` has passed, so relay ends for a
+//! domain whose MX stops naming both servers even if the friend stays
+//! offline. The outcome goes back to the signer as a [`ListAck`].
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -1116,7 +1118,8 @@ impl Shared {
         Response::Done
     }
 
-    /// Re-judges refused and pending entries every `recheck_interval`.
+    /// Re-judges refused and pending entries, and accepted ones due for
+    /// re-verification, every `recheck_interval`.
     pub(crate) async fn recheck_loop(self: Arc<Self>) {
         let every = self.config.recheck_interval.0;
         loop {
@@ -1135,12 +1138,18 @@ impl Shared {
     }
 
     async fn recheck(self: &Arc<Self>, peer: PeerId, name: &str) {
-        let open: Vec<Entry> = match self.store.peer_entries(&peer).await {
-            Ok(held) => held
-                .into_iter()
-                .filter(|h| h.state != EntryState::Accepted)
-                .map(|h| h.entry)
-                .collect(),
+        // Refused and pending entries, and accepted ones not checked for
+        // `reverify_interval`: a friend that stays offline (and so never
+        // republishes) keeps relay only for domains whose MX still names it.
+        let reverify_before = now_unix()
+            - self
+                .config
+                .reverify_interval
+                .0
+                .as_secs()
+                .min(i64::MAX as u64) as i64;
+        let open: Vec<Entry> = match self.store.entries_due(&peer, reverify_before).await {
+            Ok(held) => held.into_iter().map(|h| h.entry).collect(),
             Err(e) => {
                 tracing::error!("{e}");
                 return;
@@ -1174,16 +1183,12 @@ impl Shared {
             .iter()
             .map(|h| (h.entry.clone(), (h.state, h.reason.clone())))
             .collect();
-        let still_open: Vec<Entry> = open
+        let still_held: Vec<Entry> = open
             .into_iter()
-            .filter(|e| {
-                previous
-                    .get(e)
-                    .is_some_and(|(s, _)| *s != EntryState::Accepted)
-            })
+            .filter(|e| previous.contains_key(e))
             .collect();
         let judged = match self
-            .judge_with(&peer, &still_open, &previous, &gathered)
+            .judge_with(&peer, &still_held, &previous, &gathered)
             .await
         {
             Ok(j) => j,
@@ -1192,19 +1197,21 @@ impl Shared {
                 return;
             }
         };
+        // Every entry judged is stored as checked now (so an accepted one
+        // waits another `reverify_interval`), changed or not.
+        if let Err(e) = self
+            .store
+            .update_entry_states(&peer, &judged, now_unix())
+            .await
+        {
+            tracing::error!("{e}");
+            return;
+        }
         let changed: Vec<HeldEntry> = judged
             .into_iter()
             .filter(|j| previous.get(&j.entry) != Some(&(j.state, j.reason.clone())))
             .collect();
         if changed.is_empty() {
-            return;
-        }
-        if let Err(e) = self
-            .store
-            .update_entry_states(&peer, &changed, now_unix())
-            .await
-        {
-            tracing::error!("{e}");
             return;
         }
         let all = self.store.peer_entries(&peer).await;

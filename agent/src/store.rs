@@ -512,6 +512,32 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .map_err(|e| self.query_err(e))?;
+        self.held_entries(rows)
+    }
+
+    /// The entries of `peer` due for a re-check: every one not accepted, and
+    /// the accepted ones last checked before `accepted_before` (Unix seconds).
+    pub async fn entries_due(
+        &self,
+        peer: &PeerId,
+        accepted_before: i64,
+    ) -> Result<Vec<HeldEntry>, StoreError> {
+        let rows: Vec<(String, String, String, Option<String>)> = sqlx::query_as(
+            "SELECT domain, next_hop, state, reason FROM peer_entries
+             WHERE peer_id = ? AND (state != 'accepted' OR checked_at < ?) ORDER BY domain",
+        )
+        .bind(peer.to_string())
+        .bind(accepted_before)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.query_err(e))?;
+        self.held_entries(rows)
+    }
+
+    fn held_entries(
+        &self,
+        rows: Vec<(String, String, String, Option<String>)>,
+    ) -> Result<Vec<HeldEntry>, StoreError> {
         rows.into_iter()
             .map(|(d, h, s, reason)| {
                 Ok(HeldEntry {

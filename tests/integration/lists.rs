@@ -626,3 +626,43 @@ fn domains_come_from_stdin_with_comments_and_list_prints_a_table() {
     }
     assert_eq!(lines.len(), 4, "{table}");
 }
+
+#[test]
+fn an_accepted_domain_is_verified_again_while_its_friend_is_offline() {
+    let mut dns = DnsServer::start(ZONES, &world());
+    let (mut a, b) = two_friends(
+        &dns,
+        "recheck_interval = \"1s\"\nreverify_interval = \"2s\"",
+    );
+    a.domains(&["add", "alpha.example", "a2.example"]);
+    wait_for("both accepted", || {
+        b.state_of("alpha", "alpha.example").as_deref() == Some("accepted")
+            && b.state_of("alpha", "a2.example").as_deref() == Some("accepted")
+    });
+    // alpha goes offline, so it cannot republish.
+    a.stop();
+    wait_for("bravo to see alpha go", || !b.connected_to("alpha"));
+    // A DNS failure never revokes: several re-verifications pass, still accepted.
+    dns.restart(&[], &[]);
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    assert_eq!(
+        b.state_of("alpha", "alpha.example").as_deref(),
+        Some("accepted")
+    );
+    // A definite answer does: alpha.example's MX no longer names bravo.
+    let moved: Vec<Rec> = world()
+        .into_iter()
+        .filter(|r| !matches!(r, Rec::Mx("alpha.example", "mail.bravo.example", _)))
+        .collect();
+    dns.restart(ZONES, &moved);
+    wait_for("alpha.example refused without alpha republishing", || {
+        b.state_of("alpha", "alpha.example").as_deref() == Some("refused")
+    });
+    let (_, reason) = b.held("alpha")["alpha.example"].clone();
+    assert!(reason.contains("does not list"), "{reason}");
+    assert_eq!(
+        b.state_of("alpha", "a2.example").as_deref(),
+        Some("accepted"),
+        "a domain whose MX still names both stays"
+    );
+}
