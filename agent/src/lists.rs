@@ -1214,7 +1214,13 @@ impl Shared {
         if changed.is_empty() {
             return;
         }
-        let all = self.store.peer_entries(&peer).await;
+        // What the peer's list now stands at: what was held, with the changes.
+        let now_states: HashMap<&Entry, &HeldEntry> =
+            changed.iter().map(|c| (&c.entry, c)).collect();
+        let all: Vec<HeldEntry> = held
+            .iter()
+            .map(|h| now_states.get(&h.entry).map_or(h, |c| *c).clone())
+            .collect();
         drop(judging);
         for c in &changed {
             tracing::info!(
@@ -1225,9 +1231,7 @@ impl Shared {
                 "re-checked entry changed state"
             );
         }
-        if let Ok(all) = all {
-            self.send_ack(peer, make_ack(meta.version, &all));
-        }
+        self.send_ack(peer, make_ack(meta.version, &all));
         self.request_apply(format!("re-check of {name}'s list"));
     }
 }
