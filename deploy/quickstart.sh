@@ -18,7 +18,7 @@
 #   example.com               MX 0 mail.friend.example, MX 10 mail.me.example
 #
 # Needs root. Installs what is missing (debootstrap, systemd-container,
-# dnsmasq-base, iproute2) and builds the Debian system once with debootstrap
+# dnsmasq-base, iproute2, procps) and builds the Debian system once with debootstrap
 # from deb.debian.org (about a minute; kept in $MXFED_QS_CACHE, default
 # /var/cache/mxfed-quickstart). The mxfed binary is built with the quick
 # start's own `cargo build --release --locked`, unless MXFED_BIN names one
@@ -67,6 +67,7 @@ install_prereqs() {
     command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
     command -v ip >/dev/null || need+=(iproute2)
     command -v nsenter >/dev/null || need+=(util-linux)
+    command -v pgrep >/dev/null || need+=(procps)
     if [ "${#need[@]}" -gt 0 ]; then
         say "installing ${need[*]}"
         export DEBIAN_FRONTEND=noninteractive
