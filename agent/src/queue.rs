@@ -217,18 +217,27 @@ impl Shared {
             };
             // Once per round, not once per friend.
             let mta_accepting = self.mta_accepting().await;
+            // Reports and probes run side by side, each bounded by its own
+            // timeout: a friend that never answers, or a next hop that drops
+            // packets, delays no one else's.
+            let mut work = tokio::task::JoinSet::new();
             for p in &peers {
-                self.report_to(p.id, &p.name, false, Some(mta_accepting))
-                    .await;
+                let (me, id, name) = (Arc::clone(&self), p.id, p.name.clone());
+                work.spawn(async move {
+                    me.report_to(id, &name, false, Some(mta_accepting)).await;
+                });
             }
             if let Ok((held, _)) = &scan.result {
                 for p in peers
                     .iter()
                     .filter(|p| held.get(&p.name).is_some_and(|d| d.messages > 0))
                 {
-                    self.probe(p.id, &p.name, &scan).await;
+                    let (me, scan, id, name) =
+                        (Arc::clone(&self), Arc::clone(&scan), p.id, p.name.clone());
+                    work.spawn(async move { me.probe(id, &name, &scan).await });
                 }
             }
+            while work.join_next().await.is_some() {}
         }
     }
 
