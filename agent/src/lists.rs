@@ -53,9 +53,10 @@ const TRANSFER_TIMEOUT: Duration = Duration::from_secs(300);
 const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 /// Least time between two fetches of one peer's list.
 const MIN_FETCH_GAP: Duration = Duration::from_secs(1);
-/// Refused and pending entries re-checked per peer per `recheck_interval`;
-/// a peer with more has them re-checked in turn, so what DNS load a peer's
-/// list can cause does not grow with its length.
+/// Entries re-checked per peer per `recheck_interval` (refused, pending, and
+/// accepted ones due for re-verification); a peer with more has them
+/// re-checked in turn, so what DNS load a peer's list can cause does not
+/// grow with its length.
 pub const RECHECK_BUDGET: usize = 1000;
 
 /// My current signed list.
@@ -228,7 +229,11 @@ pub(crate) fn judge(
         return (EntryState::Accepted, None);
     }
     let Some(facts) = dns else {
-        return (EntryState::Pending, Some("not checked yet".into()));
+        return match previous {
+            // No answer is not an answer: never a reason to revoke.
+            Some((EntryState::Accepted, reason)) => (EntryState::Accepted, reason.clone()),
+            _ => (EntryState::Pending, Some("not checked yet".into())),
+        };
     };
     let failed = |why: &str| match previous {
         Some((EntryState::Accepted, reason)) => (EntryState::Accepted, reason.clone()),
@@ -291,6 +296,26 @@ pub(crate) fn judge(
         VerifyMx::Warn => (EntryState::Accepted, Some(format!("warning: {reason}"))),
         _ => (EntryState::Refused, Some(reason)),
     }
+}
+
+/// Whether judging `entry` could check everything it depends on (Postfix's
+/// local domains and, unless `verify` is off, every DNS look-up), so that
+/// keeping it accepted counts as a re-verification.
+fn conclusive(entry: &Entry, local_ok: bool, verify: VerifyMx, dns: Option<&DnsFacts>) -> bool {
+    if !local_ok {
+        return false;
+    }
+    if verify == VerifyMx::Off {
+        return true;
+    }
+    let Some(f) = dns else {
+        return false;
+    };
+    !matches!(f.mx, MxAnswer::Failed(_))
+        && match entry.next_hop.host() {
+            Host::Name(_) => f.hop_addrs.is_ok(),
+            Host::Ip(_) => f.ip_listed.is_ok(),
+        }
 }
 
 async fn dns_facts(dns: Dns, entry: Entry, my_mail_host: String) -> DnsFacts {
@@ -1170,7 +1195,12 @@ impl Shared {
             batch
         };
         // DNS first, without the lock; then decide against the state as it
-        // is under the lock (a newer list may have arrived meanwhile).
+        // is under the lock. A newer list stored meanwhile was judged with
+        // fresher DNS than this round's: leave it be.
+        let version_before = match self.store.peer_list_meta(&peer).await {
+            Ok(Some(meta)) => meta.version,
+            _ => return,
+        };
         let gathered = self.gather(&open).await;
         let judging = self.lists.judging.lock().await;
         let (Ok(Some(meta)), Ok(held)) = (
@@ -1179,6 +1209,9 @@ impl Shared {
         ) else {
             return;
         };
+        if meta.version != version_before {
+            return;
+        }
         let previous: HashMap<Entry, (EntryState, Option<String>)> = held
             .iter()
             .map(|h| (h.entry.clone(), (h.state, h.reason.clone())))
@@ -1197,11 +1230,25 @@ impl Shared {
                 return;
             }
         };
-        // Every entry judged is stored as checked now (so an accepted one
-        // waits another `reverify_interval`), changed or not.
+        // Entries judged are stored as checked now, changed or not, so an
+        // accepted one waits another `reverify_interval`; but not an accepted
+        // one kept only because a look-up failed: it comes up again next round.
+        let checked: Vec<HeldEntry> = judged
+            .iter()
+            .filter(|j| {
+                j.state != EntryState::Accepted
+                    || conclusive(
+                        &j.entry,
+                        gathered.local.is_ok(),
+                        self.config.verify_mx,
+                        gathered.facts.get(&j.entry.domain),
+                    )
+            })
+            .cloned()
+            .collect();
         if let Err(e) = self
             .store
-            .update_entry_states(&peer, &judged, now_unix())
+            .update_entry_states(&peer, &checked, now_unix())
             .await
         {
             tracing::error!("{e}");
@@ -1567,6 +1614,43 @@ mod tests {
             Some(&before),
         );
         assert_eq!(s, EntryState::Refused);
+    }
+
+    #[test]
+    fn no_answer_never_revokes_and_only_full_checks_count_as_reverified() {
+        let w = World::new();
+        let e = entry("friend.example", "mail.friend.example");
+        let before = (EntryState::Accepted, None);
+        // No DNS facts at all (a look-up task that died): kept, not pending.
+        assert_eq!(
+            judge(&e, &w.own(VerifyMx::Require), None, Some(&before)),
+            before
+        );
+        assert_eq!(
+            judge(&e, &w.own(VerifyMx::Require), None, None).0,
+            EntryState::Pending
+        );
+        let good = hosts(&["mail.me.example", "mail.friend.example"]);
+        assert!(conclusive(&e, true, VerifyMx::Require, Some(&good)));
+        assert!(
+            !conclusive(&e, false, VerifyMx::Require, Some(&good)),
+            "local domains unread"
+        );
+        assert!(!conclusive(&e, true, VerifyMx::Require, None));
+        let mut failed = good.clone();
+        failed.mx = MxAnswer::Failed("SERVFAIL".into());
+        assert!(!conclusive(&e, true, VerifyMx::Require, Some(&failed)));
+        let mut no_addr = good.clone();
+        no_addr.hop_addrs = Err("timeout".into());
+        assert!(!conclusive(&e, true, VerifyMx::Require, Some(&no_addr)));
+        let ip = entry("friend.example", "[192.0.2.7]");
+        let mut unlisted = good.clone();
+        unlisted.ip_listed = Err("timeout".into());
+        assert!(!conclusive(&ip, true, VerifyMx::Require, Some(&unlisted)));
+        assert!(
+            conclusive(&e, true, VerifyMx::Off, None),
+            "nothing to look up"
+        );
     }
 
     #[test]

@@ -218,8 +218,9 @@ impl Shared {
             // Once per round, not once per friend.
             let mta_accepting = self.mta_accepting().await;
             // Reports and probes run side by side, each bounded by its own
-            // timeout: a friend that never answers, or a next hop that drops
-            // packets, delays no one else's.
+            // timeouts: a friend that never answers, or a next hop that drops
+            // packets, delays no one else's. (A probe that finds a friend
+            // back flushes its mail, which takes as long as Postfix does.)
             let mut work = tokio::task::JoinSet::new();
             for p in &peers {
                 let (me, id, name) = (Arc::clone(&self), p.id, p.name.clone());

@@ -916,6 +916,58 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn entries_are_due_when_open_or_accepted_and_not_checked_lately() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("mxfed.db")).await.unwrap();
+        let friend = peer(1, "friend");
+        s.insert_peer(&friend).await.unwrap();
+        let held = |domain: &str, state| HeldEntry {
+            entry: Entry {
+                domain: Domain::parse(domain).unwrap(),
+                next_hop: NextHop::parse("mail.friend.example").unwrap(),
+            },
+            state,
+            reason: None,
+        };
+        let entries = [
+            held("a.example", EntryState::Accepted),
+            held("p.example", EntryState::Pending),
+            held("r.example", EntryState::Refused),
+        ];
+        let list = DomainList::new(
+            friend.id,
+            1,
+            1000,
+            2000,
+            entries.iter().map(|h| h.entry.clone()).collect(),
+        );
+        s.store_peer_list(&friend.id, &list, &[0; 64], &entries, 1000)
+            .await
+            .unwrap();
+        let due = |before| {
+            let s = &s;
+            let id = friend.id;
+            async move {
+                s.entries_due(&id, before)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|h| h.entry.domain.to_string())
+                    .collect::<Vec<_>>()
+            }
+        };
+        // Stored at 1000: the accepted entry is not due before then.
+        assert_eq!(due(1000).await, ["p.example", "r.example"]);
+        assert_eq!(due(1001).await, ["a.example", "p.example", "r.example"]);
+        // Checked again at 5000: not due until then.
+        s.update_entry_states(&friend.id, &entries[..1], 5000)
+            .await
+            .unwrap();
+        assert_eq!(due(4000).await, ["p.example", "r.example"]);
+        assert_eq!(due(5001).await, ["a.example", "p.example", "r.example"]);
+    }
+
+    #[tokio::test]
     async fn peers_survive_reopen() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("mxfed.db");
