@@ -225,6 +225,27 @@ fn load_config(path: &std::path::Path) -> Result<Config, Failure> {
     })
 }
 
+/// Loads the config, sends `$req` to the agent and evaluates to the payload
+/// of the expected `$variant`; any other answer is an error (returned).
+macro_rules! ask {
+    ($cli:expr, $req:expr, $variant:path) => {{
+        let config = load_config(&$cli.config)?;
+        match client::call(&config, &$req).await? {
+            $variant(payload) => payload,
+            other => return Err(client::unexpected(other)),
+        }
+    }};
+}
+
+/// Prints `value` as JSON with `--json`, else with `table`.
+fn show<T: serde::Serialize>(json: bool, value: &T, table: impl FnOnce(&T)) {
+    if json {
+        output::json(value);
+    } else {
+        table(value);
+    }
+}
+
 async fn dispatch(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Init(args) => init(&cli.config, args).await,
@@ -263,105 +284,65 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             }
         }
         Command::Status { json } => {
-            let config = load_config(&cli.config)?;
-            match client::call(&config, &ControlRequest::Status).await? {
-                ControlResponse::Status(report) => {
-                    if json {
-                        output::json(&report);
-                    } else {
-                        output::status_table(&report);
-                    }
-                    Ok(())
-                }
-                other => Err(client::unexpected(other)),
-            }
+            let report = ask!(cli, ControlRequest::Status, ControlResponse::Status);
+            show(json, &report, output::status_table);
+            Ok(())
         }
         Command::Domains(cmd) => {
             let config = load_config(&cli.config)?;
             domains(&config, cmd).await
         }
         Command::Apply { dry_run, json } => {
-            let config = load_config(&cli.config)?;
-            match client::call(&config, &ControlRequest::Apply { dry_run }).await? {
-                ControlResponse::Applied(r) => {
-                    if json {
-                        output::json(&r);
-                    } else {
-                        output::apply_report(&r);
-                    }
-                    if r.result == "failed" {
-                        Err(fail(format!(
-                            "apply failed at step {}: {}",
-                            r.step.as_deref().unwrap_or("?"),
-                            r.error.as_deref().unwrap_or("?")
-                        )))
-                    } else {
-                        Ok(())
-                    }
-                }
-                other => Err(client::unexpected(other)),
+            let r = ask!(
+                cli,
+                ControlRequest::Apply { dry_run },
+                ControlResponse::Applied
+            );
+            show(json, &r, output::apply_report);
+            if r.result == "failed" {
+                return Err(fail(format!(
+                    "apply failed at step {}: {}",
+                    r.step.as_deref().unwrap_or("?"),
+                    r.error.as_deref().unwrap_or("?")
+                )));
             }
+            Ok(())
         }
         Command::History { json, limit } => {
-            let config = load_config(&cli.config)?;
-            match client::call(&config, &ControlRequest::History { limit }).await? {
-                ControlResponse::History(h) => {
-                    if json {
-                        output::json(&h);
-                    } else {
-                        output::history(&h);
-                    }
-                    Ok(())
-                }
-                other => Err(client::unexpected(other)),
-            }
+            let h = ask!(
+                cli,
+                ControlRequest::History { limit },
+                ControlResponse::History
+            );
+            show(json, &h, |h| output::history(h));
+            Ok(())
         }
         Command::Queue { json } => {
-            let config = load_config(&cli.config)?;
-            match client::call(&config, &ControlRequest::Queue).await? {
-                ControlResponse::Queue(q) => {
-                    if json {
-                        output::json(&q);
-                    } else {
-                        output::queue(&q);
-                    }
-                    Ok(())
-                }
-                other => Err(client::unexpected(other)),
-            }
+            let q = ask!(cli, ControlRequest::Queue, ControlResponse::Queue);
+            show(json, &q, output::queue);
+            Ok(())
         }
         Command::Doctor { json } => {
-            let config = load_config(&cli.config)?;
-            match client::call(&config, &ControlRequest::Doctor).await? {
-                ControlResponse::Doctor(r) => {
-                    if json {
-                        output::json(&r);
-                    } else {
-                        output::doctor(&r);
-                    }
-                    if r.ok {
-                        Ok(())
-                    } else {
-                        Err(fail("some checks failed; see the fixes above"))
-                    }
-                }
-                other => Err(client::unexpected(other)),
+            let r = ask!(cli, ControlRequest::Doctor, ControlResponse::Doctor);
+            show(json, &r, output::doctor);
+            if !r.ok {
+                return Err(fail("some checks failed; see the fixes above"));
             }
+            Ok(())
         }
         Command::Flush { peer } => {
-            let config = load_config(&cli.config)?;
-            match client::call(&config, &ControlRequest::Flush { peer }).await? {
-                ControlResponse::Flushed(results) => {
-                    for r in &results {
-                        output::line(&format!("{}: {}", r.peer, r.result));
-                    }
-                    if results.is_empty() {
-                        output::line("no peers");
-                    }
-                    Ok(())
-                }
-                other => Err(client::unexpected(other)),
+            let results = ask!(
+                cli,
+                ControlRequest::Flush { peer },
+                ControlResponse::Flushed
+            );
+            for r in &results {
+                output::line(&format!("{}: {}", r.peer, r.result));
             }
+            if results.is_empty() {
+                output::line("no peers");
+            }
+            Ok(())
         }
         Command::Postfix(PostfixCommand::Setup { dry_run }) => {
             let config = load_config(&cli.config)?;
