@@ -184,26 +184,9 @@ impl QueueTally {
         if self.watched.is_empty() {
             return;
         }
-        // Per domain of this message: its recipients.
-        let mut here: HashMap<String, DomainDepth> = HashMap::new();
-        for r in &m.recipients {
-            let Some(d) = domain_of(&r.address) else {
-                continue;
-            };
-            if !self.watched.contains(&d) {
-                continue;
-            }
-            let e = here.entry(d).or_default();
-            e.recipients += 1;
-            if let Some(reason) = &r.delay_reason {
-                e.add_reason(&cut(reason), 1);
-            }
-        }
-        for (d, mut e) in here {
-            e.messages = 1;
-            e.bytes = m.message_size;
-            e.oldest_arrival = Some(m.arrival_time);
-            e.by_queue.insert(m.queue_name.to_string(), 1);
+        let watched = &self.watched;
+        let here = one_message(m, |d| watched.contains(&d).then_some(d));
+        for (d, e) in here {
             self.domains.entry(d).or_default().merge(&e);
         }
     }
@@ -250,25 +233,39 @@ impl PeerTally {
             return;
         };
         self.domains.add(&m);
-        let mut here: HashMap<&str, DomainDepth> = HashMap::new();
-        for r in &m.recipients {
-            let Some(peer) = domain_of(&r.address).and_then(|d| self.owner.get(&d)) else {
-                continue;
-            };
-            let e = here.entry(peer.as_str()).or_default();
-            e.recipients += 1;
-            if let Some(reason) = &r.delay_reason {
-                e.add_reason(&cut(reason), 1);
-            }
-        }
-        for (peer, mut e) in here {
-            e.messages = 1;
-            e.bytes = m.message_size;
-            e.oldest_arrival = Some(m.arrival_time);
-            e.by_queue.insert(m.queue_name.to_string(), 1);
+        let owner = &self.owner;
+        let here = one_message(&m, |d| owner.get(&d).map(String::as_str));
+        for (peer, e) in here {
             self.peers.entry(peer.to_string()).or_default().merge(&e);
         }
     }
+}
+
+/// One message's depth for each group its recipients fall in: `group` maps a
+/// recipient's domain to its group (a watched domain, a peer) or `None`.
+/// Each group counts the message once, with its own recipients and reasons.
+fn one_message<K: std::hash::Hash + Eq>(
+    m: &QueueMessage<'_>,
+    group: impl Fn(String) -> Option<K>,
+) -> HashMap<K, DomainDepth> {
+    let mut here: HashMap<K, DomainDepth> = HashMap::new();
+    for r in &m.recipients {
+        let Some(k) = domain_of(&r.address).and_then(&group) else {
+            continue;
+        };
+        let e = here.entry(k).or_default();
+        e.recipients += 1;
+        if let Some(reason) = &r.delay_reason {
+            e.add_reason(&cut(reason), 1);
+        }
+    }
+    for e in here.values_mut() {
+        e.messages = 1;
+        e.bytes = m.message_size;
+        e.oldest_arrival = Some(m.arrival_time);
+        e.by_queue.insert(m.queue_name.to_string(), 1);
+    }
+    here
 }
 
 #[cfg(test)]
