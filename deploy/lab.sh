@@ -43,30 +43,10 @@ as() { local who=$1; shift; inns "$MXFED" --config "$LAB/$who/mxfed.toml" "$@"; 
 
 need_root() { [ "$(id -u)" = 0 ] || { echo "deploy/lab.sh needs root (network namespaces)" >&2; exit 1; }; }
 
-install_prereqs() {
-    local need=()
-    command -v postfix >/dev/null || need+=(postfix)
-    command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
-    command -v ip >/dev/null || need+=(iproute2)
-    if [ "${#need[@]}" -gt 0 ]; then
-        say "installing ${need[*]}"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
-    fi
-}
+install_prereqs() { install_missing postfix=postfix dnsmasq=dnsmasq-base ip=iproute2; }
 
-# smtp HOST_IP CMDS... : talks SMTP from inside the lab; prints the last line
-# of each reply (greeting first, then one per command).
-smtp() {
-    local host=$1; shift
-    inns bash -c '
-        exec 3<>"/dev/tcp/$0/25" || exit 1
-        reply() { local l; while IFS= read -r -t 10 l <&3; do [ "${l:3:1}" = " " ] && { echo "$l"; break; }; done; }
-        reply
-        for c in "$@"; do printf "%s\r\n" "$c" >&3; reply; done
-        printf "QUIT\r\n" >&3; reply
-    ' "$host" "$@"
-}
+# smtp HOST_IP CMDS... : talks SMTP from inside the lab (see SMTP_DIALOG).
+smtp() { inns bash -c "$SMTP_DIALOG" "$@"; }
 
 # rcpt_code BACKUP_IP ADDRESS: the reply code to RCPT TO from outside mynetworks.
 rcpt_code() {
@@ -137,10 +117,8 @@ agent_stop() {
     rm -f "$pidfile"
 }
 
-connected() { as "$1" status --json | grep -A3 "\"name\": \"$2\"" | grep -q '"connected": true'; }
-state_of() { # WHO PEER DOMAIN -> accepted/refused/pending
-    as "$1" status --json | tr -d ' \n' | grep -o "{\"domain\":\"$3\",[^}]*}" | grep -o '"state":"[a-z]*"' | cut -d'"' -f4
-}
+connected() { as "$1" status --json | status_connected "$2"; }
+state_of() { as "$1" status --json | status_state "$3"; } # WHO PEER DOMAIN -> accepted/refused/pending
 
 up() {
     need_root

@@ -61,18 +61,8 @@ need_suite() {
 }
 
 install_prereqs() {
-    local need=()
-    command -v debootstrap >/dev/null || need+=(debootstrap)
-    command -v systemd-nspawn >/dev/null || need+=(systemd-container)
-    command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
-    command -v ip >/dev/null || need+=(iproute2)
-    command -v nsenter >/dev/null || need+=(util-linux)
-    command -v pgrep >/dev/null || need+=(procps)
-    if [ "${#need[@]}" -gt 0 ]; then
-        say "installing ${need[*]}"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
-    fi
+    install_missing debootstrap=debootstrap systemd-nspawn=systemd-container dnsmasq=dnsmasq-base \
+        ip=iproute2 nsenter=util-linux pgrep=procps
 }
 
 # The Debian system both friends start from: systemd as init, and Postfix
@@ -122,25 +112,18 @@ step() {
     on "$who" bash -c "$line" 2>&1 | sed "s/^/   $who> /" || fail "$who: \`$line\` failed"
 }
 
-# rcpt_code FROM TO_IP ADDRESS: the reply to RCPT TO, from FROM's namespace.
+# rcpt_code FROM TO_IP ADDRESS: the reply code to RCPT TO, from FROM's namespace.
 rcpt_code() {
-    ip netns exec "$TAG-$1" bash -c '
-        exec 3<>"/dev/tcp/$0/25" || exit 1
-        reply() { local l; while IFS= read -r -t 10 l <&3; do [ "${l:3:1}" = " " ] && { echo "${l:0:3}"; break; }; done; }
-        reply >/dev/null
-        for c in "EHLO probe.test" "MAIL FROM:<probe@probe.test>" "RCPT TO:<$1>"; do printf "%s\r\n" "$c" >&3; reply; done | tail -n 1
-        printf "QUIT\r\n" >&3
-    ' "$2" "$3"
+    ip netns exec "$TAG-$1" bash -c "$SMTP_DIALOG" "$2" "EHLO probe.test" "MAIL FROM:<probe@probe.test>" "RCPT TO:<$3>" |
+        sed -n '4p' | cut -c1-3
 }
 
-state_of() { # WHO DOMAIN -> accepted/refused/pending, as WHO judged it
-    on "$1" mxfed status --json | tr -d ' \n' | grep -o "{\"domain\":\"$2\",[^}]*}" | grep -o '"state":"[a-z]*"' | cut -d'"' -f4
-}
+state_of() { on "$1" mxfed status --json | status_state "$2"; } # WHO DOMAIN -> accepted/refused/pending
 list_apply() { # WHO -> applied/failed: the newest apply of a friend's list in mxfed history
     on "$1" mxfed history --json | tr -d '\n' | grep -o '"trigger": *"list v[^"]*", *"result": *"[a-z]*"' |
         head -n 1 | sed 's/.*"result": *"//; s/"$//'
 }
-connected() { on "$1" mxfed status --json | grep -A3 "\"name\": \"$2\"" | grep -q '"connected": true'; }
+connected() { on "$1" mxfed status --json | status_connected "$2"; }
 
 network() {
     say "two network namespaces joined by a veth pair; dnsmasq on $DNS"
