@@ -13,10 +13,18 @@ struct Pair {
 }
 
 fn pair(bravo_extra: &str, main_cf_extra: &str) -> Pair {
+    pair_on(bravo_extra, main_cf_extra, None)
+}
+
+/// As [`pair`], with bravo's MX checks asking `dns`.
+fn pair_on(bravo_extra: &str, main_cf_extra: &str, dns: Option<&DnsServer>) -> Pair {
     let pf = PostfixInstance::start("mail.bravo.example", main_cf_extra);
     let mut alpha = Agent::init("alpha");
     let mut bravo = Agent::init("bravo");
     bravo.use_postfix(&pf);
+    if let Some(dns) = dns {
+        bravo.use_dns(dns);
+    }
     bravo.configure(bravo_extra);
     assert_ok(&bravo.mxfed(&["postfix", "setup"]), "postfix setup");
     start_and_pair(&mut alpha, &mut bravo);
@@ -117,30 +125,29 @@ fn setup_accepts_debians_stock_relay_restrictions() {
     );
 }
 
-#[test]
-fn accepted_domains_are_relayed_to_their_next_hop_and_removal_takes_relay_away() {
+/// DNS where each of `domains` has MX 0 alpha and MX 10 bravo, and both
+/// mail hosts have addresses.
+fn backed_up_by_bravo(domains: &[&'static str]) -> Vec<Rec> {
     let mut records = vec![];
-    for d in ["a1.example", "a2.example", "localhost.example"] {
+    for d in domains {
         records.push(Rec::Mx(d, "mail.alpha.example", 0));
         records.push(Rec::Mx(d, "mail.bravo.example", 10));
     }
-    records.push(Rec::Mx("notmine.example", "mail.alpha.example", 0));
     records.push(Rec::A("mail.alpha.example", "192.0.2.1"));
     records.push(Rec::A("mail.bravo.example", "192.0.2.2"));
+    records
+}
+
+#[test]
+fn accepted_domains_are_relayed_to_their_next_hop_and_removal_takes_relay_away() {
+    let mut records = backed_up_by_bravo(&["a1.example", "a2.example", "localhost.example"]);
+    records.push(Rec::Mx("notmine.example", "mail.alpha.example", 0));
     let dns = DnsServer::start(&["example"], &records);
-    let p = {
-        let pf = PostfixInstance::start(
-            "mail.bravo.example",
-            "mydestination = localhost, localhost.example",
-        );
-        let mut alpha = Agent::init("alpha");
-        let mut bravo = Agent::init("bravo");
-        bravo.use_postfix(&pf);
-        bravo.use_dns(&dns);
-        assert_ok(&bravo.mxfed(&["postfix", "setup"]), "postfix setup");
-        start_and_pair(&mut alpha, &mut bravo);
-        Pair { alpha, bravo, pf }
-    };
+    let p = pair_on(
+        "",
+        "mydestination = localhost, localhost.example",
+        Some(&dns),
+    );
     // Relay is denied before anything is accepted.
     assert_eq!(p.pf.rcpt("x@a1.example"), 554);
 
@@ -659,44 +666,33 @@ fn a_friend_flipping_its_list_cannot_make_postfix_reload_in_a_storm() {
 
 #[test]
 fn local_domains_in_inline_maps_and_parent_forms_are_seen_and_do_not_block_the_rest() {
-    let mut records = vec![];
-    for d in [
+    let records = backed_up_by_bravo(&[
         "inl.example",
         "ok.example",
         "x.parent.example",
         "y.sub.example",
-    ] {
-        records.push(Rec::Mx(d, "mail.alpha.example", 0));
-        records.push(Rec::Mx(d, "mail.bravo.example", 10));
-    }
-    records.push(Rec::A("mail.alpha.example", "192.0.2.1"));
-    records.push(Rec::A("mail.bravo.example", "192.0.2.2"));
+    ]);
     let dns = DnsServer::start(&["example"], &records);
     // An inline table: one list item with commas and spaces inside braces.
     // relay_domains is in parent_domain_matches_subdomains by default, so
     // the admin's parent.example covers x.parent.example; .sub.example
     // covers subdomains anywhere.
-    let pf = PostfixInstance::start(
-        "mail.bravo.example",
+    let p = pair_on(
+        "",
         "virtual_alias_domains = inline:{ inl.example=yes, { elsewhere.example = yes } }\n\
          relay_domains = parent.example\n\
          mydestination = localhost, .sub.example",
+        Some(&dns),
     );
-    let mut alpha = Agent::init("alpha");
-    let mut bravo = Agent::init("bravo");
-    bravo.use_postfix(&pf);
-    bravo.use_dns(&dns);
-    assert_ok(&bravo.mxfed(&["postfix", "setup"]), "postfix setup");
-    start_and_pair(&mut alpha, &mut bravo);
-    alpha.domains(&[
+    p.alpha.domains(&[
         "add",
         "inl.example",
         "ok.example",
         "x.parent.example",
         "y.sub.example",
     ]);
-    wait_for("ok.example relayed", || pf.rcpt("x@ok.example") == 250);
-    let held = bravo.held("alpha");
+    wait_for("ok.example relayed", || p.pf.rcpt("x@ok.example") == 250);
+    let held = p.bravo.held("alpha");
     assert_eq!(held["ok.example"].0, "accepted", "{held:?}");
     for d in ["inl.example", "x.parent.example", "y.sub.example"] {
         let (state, reason) = held[d].clone();
