@@ -299,23 +299,17 @@ pub(crate) fn judge(
 }
 
 /// Whether judging `entry` could check everything it depends on (Postfix's
-/// local domains and, unless `verify` is off, every DNS look-up), so that
-/// keeping it accepted counts as a re-verification.
-fn conclusive(entry: &Entry, local_ok: bool, verify: VerifyMx, dns: Option<&DnsFacts>) -> bool {
-    if !local_ok {
-        return false;
-    }
-    if verify == VerifyMx::Off {
-        return true;
-    }
-    let Some(f) = dns else {
-        return false;
-    };
-    !matches!(f.mx, MxAnswer::Failed(_))
-        && match entry.next_hop.host() {
-            Host::Name(_) => f.hop_addrs.is_ok(),
-            Host::Ip(_) => f.ip_listed.is_ok(),
-        }
+/// local domains and every DNS look-up it needs), so that keeping it
+/// accepted counts as a re-verification: judged afresh, with no earlier
+/// state to fall back on, it would not be left pending.
+fn conclusive(entry: &Entry, own: &Ownership<'_>, dns: Option<&DnsFacts>) -> bool {
+    judge(entry, own, dns, None).0 != EntryState::Pending
+}
+
+/// One entry as judged, and whether that judgement was [`conclusive`].
+struct Judged {
+    held: HeldEntry,
+    conclusive: bool,
 }
 
 async fn dns_facts(dns: Dns, entry: Entry, my_mail_host: String) -> DnsFacts {
@@ -877,11 +871,11 @@ impl Shared {
                 return false;
             }
         };
-        let held = match self
+        let held: Vec<HeldEntry> = match self
             .judge_with(&peer, list.entries(), &previous, &gathered)
             .await
         {
-            Ok(h) => h,
+            Ok(judged) => judged.into_iter().map(|j| j.held).collect(),
             Err(e) => {
                 tracing::error!("{e}");
                 return false;
@@ -993,7 +987,7 @@ impl Shared {
         entries: &[Entry],
         previous: &HashMap<Entry, (EntryState, Option<String>)>,
         gathered: &Gathered,
-    ) -> Result<Vec<HeldEntry>, crate::store::StoreError> {
+    ) -> Result<Vec<Judged>, crate::store::StoreError> {
         let my_domains = self.my_domain_set().await;
         let taken: HashMap<Domain, String> = self
             .store
@@ -1014,12 +1008,15 @@ impl Shared {
         Ok(entries
             .iter()
             .map(|e| {
-                let (state, reason) =
-                    judge(e, &own, gathered.facts.get(&e.domain), previous.get(e));
-                HeldEntry {
-                    entry: e.clone(),
-                    state,
-                    reason,
+                let facts = gathered.facts.get(&e.domain);
+                let (state, reason) = judge(e, &own, facts, previous.get(e));
+                Judged {
+                    held: HeldEntry {
+                        entry: e.clone(),
+                        state,
+                        reason,
+                    },
+                    conclusive: conclusive(e, &own, facts),
                 }
             })
             .collect())
@@ -1235,16 +1232,8 @@ impl Shared {
         // one kept only because a look-up failed: it comes up again next round.
         let checked: Vec<HeldEntry> = judged
             .iter()
-            .filter(|j| {
-                j.state != EntryState::Accepted
-                    || conclusive(
-                        &j.entry,
-                        gathered.local.is_ok(),
-                        self.config.verify_mx,
-                        gathered.facts.get(&j.entry.domain),
-                    )
-            })
-            .cloned()
+            .filter(|j| j.held.state != EntryState::Accepted || j.conclusive)
+            .map(|j| j.held.clone())
             .collect();
         if let Err(e) = self
             .store
@@ -1256,6 +1245,7 @@ impl Shared {
         }
         let changed: Vec<HeldEntry> = judged
             .into_iter()
+            .map(|j| j.held)
             .filter(|j| previous.get(&j.entry) != Some(&(j.state, j.reason.clone())))
             .collect();
         if changed.is_empty() {
@@ -1630,25 +1620,28 @@ mod tests {
             judge(&e, &w.own(VerifyMx::Require), None, None).0,
             EntryState::Pending
         );
+        let require = w.own(VerifyMx::Require);
         let good = hosts(&["mail.me.example", "mail.friend.example"]);
-        assert!(conclusive(&e, true, VerifyMx::Require, Some(&good)));
+        assert!(conclusive(&e, &require, Some(&good)));
+        let mut unread = World::new();
+        unread.local = Err("postconf failed".into());
         assert!(
-            !conclusive(&e, false, VerifyMx::Require, Some(&good)),
+            !conclusive(&e, &unread.own(VerifyMx::Require), Some(&good)),
             "local domains unread"
         );
-        assert!(!conclusive(&e, true, VerifyMx::Require, None));
+        assert!(!conclusive(&e, &require, None));
         let mut failed = good.clone();
         failed.mx = MxAnswer::Failed("SERVFAIL".into());
-        assert!(!conclusive(&e, true, VerifyMx::Require, Some(&failed)));
+        assert!(!conclusive(&e, &require, Some(&failed)));
         let mut no_addr = good.clone();
         no_addr.hop_addrs = Err("timeout".into());
-        assert!(!conclusive(&e, true, VerifyMx::Require, Some(&no_addr)));
+        assert!(!conclusive(&e, &require, Some(&no_addr)));
         let ip = entry("friend.example", "[192.0.2.7]");
         let mut unlisted = good.clone();
         unlisted.ip_listed = Err("timeout".into());
-        assert!(!conclusive(&ip, true, VerifyMx::Require, Some(&unlisted)));
+        assert!(!conclusive(&ip, &require, Some(&unlisted)));
         assert!(
-            conclusive(&e, true, VerifyMx::Off, None),
+            conclusive(&e, &w.own(VerifyMx::Off), None),
             "nothing to look up"
         );
     }
