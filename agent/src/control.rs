@@ -5,15 +5,17 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{UnixListener, UnixStream};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use mxfed_proto::control::{ControlRequest, ControlResponse};
 
 use crate::frames;
-use crate::session::Shared;
+use crate::services::Services;
+use crate::{doctor, status};
 
 /// The control socket could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -66,12 +68,20 @@ pub(crate) fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     Ok(listener)
 }
 
-/// Serves control connections until the listener fails or the task is aborted.
-pub(crate) async fn serve(shared: Arc<Shared>, listener: UnixListener) {
+/// Serves control connections until `cancel`; then waits for the requests
+/// in progress (an `mxfed apply` among them runs to its end).
+pub(crate) async fn serve(services: Services, listener: UnixListener, cancel: CancellationToken) {
+    let mut requests = JoinSet::new();
     loop {
-        match listener.accept().await {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            Some(_) = requests.join_next(), if !requests.is_empty() => continue,
+            _ = cancel.cancelled() => break,
+        };
+        match accepted {
             Ok((stream, _)) => {
-                tokio::spawn(handle(Arc::clone(&shared), stream));
+                let services = services.clone();
+                requests.spawn(async move { handle(&services, stream).await });
             }
             Err(e) => {
                 tracing::error!("control socket accept: {e}");
@@ -79,9 +89,10 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: UnixListener) {
             }
         }
     }
+    while requests.join_next().await.is_some() {}
 }
 
-async fn handle(shared: Arc<Shared>, mut stream: UnixStream) {
+async fn handle(s: &Services, mut stream: UnixStream) {
     let req = match tokio::time::timeout(
         Duration::from_secs(10),
         frames::read::<ControlRequest, _>(&mut stream),
@@ -102,38 +113,45 @@ async fn handle(shared: Arc<Shared>, mut stream: UnixStream) {
         Err(_) => return,
     };
     let response = match req {
-        ControlRequest::Status => shared.status().await.map(ControlResponse::Status),
-        ControlRequest::Invite { ttl_secs } => shared
+        ControlRequest::Status => status::report(s).await.map(ControlResponse::Status),
+        ControlRequest::Invite { ttl_secs } => s
+            .pairing
             .invite(ttl_secs)
             .await
             .map(|(token, expires_at)| ControlResponse::Invite { token, expires_at }),
-        ControlRequest::Join { token } => shared
+        ControlRequest::Join { token } => s
+            .pairing
             .join(&token)
             .await
             .map(|(name, id)| ControlResponse::Joined { name, id }),
-        ControlRequest::Unpair { name } => shared
+        ControlRequest::Unpair { name } => s
+            .pairing
             .unpair(&name)
             .await
             .map(|notified| ControlResponse::Unpaired { notified }),
-        ControlRequest::DomainsAdd { domains, next_hop } => shared
+        ControlRequest::DomainsAdd { domains, next_hop } => s
+            .lists
             .change_my_domains(&domains, next_hop.as_deref(), &[])
             .await
             .map(ControlResponse::DomainsChanged),
-        ControlRequest::DomainsRemove { domains } => shared
+        ControlRequest::DomainsRemove { domains } => s
+            .lists
             .change_my_domains(&[], None, &domains)
             .await
             .map(ControlResponse::DomainsChanged),
-        ControlRequest::DomainsList => Ok(ControlResponse::Domains(shared.my_domains().await)),
+        ControlRequest::DomainsList => Ok(ControlResponse::Domains(s.lists.my_domains().await)),
         ControlRequest::Apply { dry_run } => Ok(ControlResponse::Applied(
-            shared.apply_now("mxfed apply", dry_run).await,
+            s.relay.apply_now("mxfed apply", dry_run).await,
         )),
-        ControlRequest::History { limit } => shared
+        ControlRequest::History { limit } => s
+            .relay
             .history(limit.min(1000))
             .await
             .map(ControlResponse::History),
-        ControlRequest::Queue => shared.queue_view().await.map(ControlResponse::Queue),
-        ControlRequest::Doctor => Ok(ControlResponse::Doctor(shared.doctor().await)),
-        ControlRequest::Flush { peer } => shared
+        ControlRequest::Queue => Ok(ControlResponse::Queue(s.queue.view().await)),
+        ControlRequest::Doctor => Ok(ControlResponse::Doctor(doctor::report(s).await)),
+        ControlRequest::Flush { peer } => s
+            .queue
             .request_flush(peer.as_deref())
             .await
             .map(ControlResponse::Flushed),

@@ -11,7 +11,7 @@
 use mxfed_proto::control::{Check, DoctorReport};
 use mxfed_proto::domain::Domain;
 
-use crate::session::{lock, now_unix, Shared};
+use crate::services::Services;
 
 /// Below this a queue lifetime is too short for a friend's outage.
 const MIN_LIFETIME: u64 = 5 * 86_400;
@@ -47,192 +47,191 @@ pub fn postfix_seconds(value: &str, default_unit: char) -> Option<u64> {
     Some(n * mult)
 }
 
-impl Shared {
-    /// Runs every check.
-    pub(crate) async fn doctor(&self) -> DoctorReport {
-        let mut checks = Vec::new();
-        self.check_mx(&mut checks).await;
-        match &self.relay.postfix {
-            None => checks.push(check(
-                "postfix-setup",
-                "fail",
-                format!("no main.cf in {}", self.config.postfix_config_dir.display()),
-                "set postfix_config_dir in the mxfed config",
-            )),
-            Some(p) => {
-                match p.plan_setup().await {
-                    Ok(plan) if plan.changes.is_empty() && plan.create_maps.is_empty() => checks
-                        .push(check(
-                            "postfix-setup",
-                            "ok",
-                            "main.cf is wired to the mxfed maps",
-                            "",
-                        )),
-                    Ok(plan) => checks.push(check(
+/// Runs every check.
+pub(crate) async fn report(s: &Services) -> DoctorReport {
+    let mut checks = Vec::new();
+    check_mx(s, &mut checks).await;
+    match &s.postfix {
+        None => checks.push(check(
+            "postfix-setup",
+            "fail",
+            format!("no main.cf in {}", s.config.postfix_config_dir.display()),
+            "set postfix_config_dir in the mxfed config",
+        )),
+        Some(p) => {
+            match p.plan_setup().await {
+                Ok(plan) if plan.changes.is_empty() && plan.create_maps.is_empty() => {
+                    checks.push(check(
                         "postfix-setup",
-                        "fail",
-                        format!(
-                            "main.cf does not use the mxfed maps yet ({} change(s) missing)",
-                            plan.changes.len() + plan.create_maps.len()
-                        ),
-                        "run `mxfed postfix setup`",
-                    )),
-                    Err(e) => checks.push(check(
-                        "postfix-setup",
-                        "fail",
-                        e.to_string(),
-                        "fix the relay restrictions, then run `mxfed postfix setup`",
-                    )),
-                }
-                for param in ["bounce_queue_lifetime", "maximal_queue_lifetime"] {
-                    match p.param_expanded(param).await.map(|v| (postfix_seconds(&v, 'd'), v)) {
-                        Ok((Some(secs), v)) if secs >= MIN_LIFETIME => {
-                            checks.push(check("queue-lifetime", "ok", format!("{param} = {v}"), ""))
-                        }
-                        Ok((_, v)) => checks.push(check(
-                            "queue-lifetime",
-                            "warn",
-                            format!("{param} = {v} is under 5 days: mail for a friend who is down longer bounces"),
-                            format!("postconf -e '{param} = 10d'"),
-                        )),
-                        Err(e) => checks.push(check("queue-lifetime", "warn", e.to_string(), "")),
-                    }
-                }
-                let routes = self
-                    .store
-                    .relay_routes(now_unix(), crate::store::ANY_EXPIRY)
-                    .await
-                    .unwrap_or_default();
-                let domains: Vec<Domain> = routes.iter().map(|(_, e)| e.domain.clone()).collect();
-                match p.local_domains(&domains).await {
-                    Ok(local) if local.is_empty() => checks.push(check(
-                        "local-domains",
                         "ok",
-                        format!(
-                            "none of the {} relayed friend domains is local here",
-                            domains.len()
-                        ),
+                        "main.cf is wired to the mxfed maps",
                         "",
-                    )),
-                    Ok(local) => {
-                        let mut names: Vec<String> = local.iter().map(|d| d.to_string()).collect();
-                        names.sort();
-                        checks.push(check(
-                            "local-domains",
-                            "fail",
-                            format!("relayed for a friend but also local here: {}", names.join(", ")),
-                            "remove them from mydestination / virtual_*_domains / relay_domains, or ask the friend to drop them",
-                        ))
+                    ))
+                }
+                Ok(plan) => checks.push(check(
+                    "postfix-setup",
+                    "fail",
+                    format!(
+                        "main.cf does not use the mxfed maps yet ({} change(s) missing)",
+                        plan.changes.len() + plan.create_maps.len()
+                    ),
+                    "run `mxfed postfix setup`",
+                )),
+                Err(e) => checks.push(check(
+                    "postfix-setup",
+                    "fail",
+                    e.to_string(),
+                    "fix the relay restrictions, then run `mxfed postfix setup`",
+                )),
+            }
+            for param in ["bounce_queue_lifetime", "maximal_queue_lifetime"] {
+                match p.param_expanded(param).await.map(|v| (postfix_seconds(&v, 'd'), v)) {
+                    Ok((Some(secs), v)) if secs >= MIN_LIFETIME => {
+                        checks.push(check("queue-lifetime", "ok", format!("{param} = {v}"), ""))
                     }
-                    Err(e) => checks.push(check("local-domains", "warn", e.to_string(), "")),
+                    Ok((_, v)) => checks.push(check(
+                        "queue-lifetime",
+                        "warn",
+                        format!("{param} = {v} is under 5 days: mail for a friend who is down longer bounces"),
+                        format!("postconf -e '{param} = 10d'"),
+                    )),
+                    Err(e) => checks.push(check("queue-lifetime", "warn", e.to_string(), "")),
                 }
             }
-        }
-        let peers = self.store.peers().await.unwrap_or_default();
-        for p in &peers {
-            let skew = lock(&self.clock_skew).get(&p.id).copied();
-            checks.push(match skew {
-                None => check(
-                    "clock",
-                    "warn",
-                    format!("{}: not heard from since start", p.name),
-                    "",
-                ),
-                Some(s) if s.abs() <= MAX_SKEW => check(
-                    "clock",
+            let routes = s
+                .store
+                .relay_routes(s.clock.now_unix(), crate::store::ANY_EXPIRY)
+                .await
+                .unwrap_or_default();
+            let domains: Vec<Domain> = routes.iter().map(|(_, e)| e.domain.clone()).collect();
+            match p.local_domains(&domains).await {
+                Ok(local) if local.is_empty() => checks.push(check(
+                    "local-domains",
                     "ok",
-                    format!("{}: clocks agree within {}s", p.name, s.abs()),
-                    "",
-                ),
-                Some(s) => check(
-                    "clock",
-                    "warn",
                     format!(
-                        "{}: its clock is {s}s off mine; list expiry and queue ages will be off",
-                        p.name
+                        "none of the {} relayed friend domains is local here",
+                        domains.len()
                     ),
-                    "run NTP (systemd-timesyncd, chrony) on both servers",
-                ),
-            });
+                    "",
+                )),
+                Ok(local) => {
+                    let mut names: Vec<String> = local.iter().map(|d| d.to_string()).collect();
+                    names.sort();
+                    checks.push(check(
+                        "local-domains",
+                        "fail",
+                        format!("relayed for a friend but also local here: {}", names.join(", ")),
+                        "remove them from mydestination / virtual_*_domains / relay_domains, or ask the friend to drop them",
+                    ))
+                }
+                Err(e) => checks.push(check("local-domains", "warn", e.to_string(), "")),
+            }
         }
-        let ok = !checks.iter().any(|c| c.status == "fail");
-        DoctorReport { ok, checks }
     }
+    let peers = s.store.peers().await.unwrap_or_default();
+    for p in &peers {
+        let skew = s.peers.clock_skew(&p.id);
+        checks.push(match skew {
+            None => check(
+                "clock",
+                "warn",
+                format!("{}: not heard from since start", p.name),
+                "",
+            ),
+            Some(s) if s.abs() <= MAX_SKEW => check(
+                "clock",
+                "ok",
+                format!("{}: clocks agree within {}s", p.name, s.abs()),
+                "",
+            ),
+            Some(s) => check(
+                "clock",
+                "warn",
+                format!(
+                    "{}: its clock is {s}s off mine; list expiry and queue ages will be off",
+                    p.name
+                ),
+                "run NTP (systemd-timesyncd, chrony) on both servers",
+            ),
+        });
+    }
+    let ok = !checks.iter().any(|c| c.status == "fail");
+    DoctorReport { ok, checks }
+}
 
-    async fn check_mx(&self, checks: &mut Vec<Check>) {
-        let mine = self.my_domains().await;
-        if mine.domains.is_empty() {
+async fn check_mx(s: &Services, checks: &mut Vec<Check>) {
+    let mine = s.lists.my_domains().await;
+    if mine.domains.is_empty() {
+        checks.push(check(
+            "mx",
+            "warn",
+            "I list no domains yet",
+            "`mxfed domains add DOMAIN`",
+        ));
+        return;
+    }
+    let peers = s.store.peers().await.unwrap_or_default();
+    let me = &s.config.mail_host;
+    for d in &mine.domains {
+        let records = match s.dns.mx_prefs(&d.domain).await {
+            Ok(r) => r,
+            Err(e) => {
+                checks.push(check(
+                    "mx",
+                    "warn",
+                    format!("{}: DNS look-up failed: {e}", d.domain),
+                    "",
+                ));
+                continue;
+            }
+        };
+        let pref = |host: &str| {
+            records
+                .iter()
+                .filter(|(_, h)| h == host)
+                .map(|(p, _)| *p)
+                .min()
+        };
+        let Some(my_pref) = pref(me) else {
+            checks.push(check(
+                "mx",
+                "fail",
+                format!("MX of {} does not list my mail host {me}", d.domain),
+                format!("add `{}. MX 0 {me}.`", d.domain),
+            ));
+            continue;
+        };
+        if peers.is_empty() {
             checks.push(check(
                 "mx",
                 "warn",
-                "I list no domains yet",
-                "`mxfed domains add DOMAIN`",
+                format!("{}: no friend to back it up yet", d.domain),
+                "pair with `mxfed invite` / `mxfed join`",
             ));
-            return;
         }
-        let peers = self.store.peers().await.unwrap_or_default();
-        let me = &self.config.mail_host;
-        for d in &mine.domains {
-            let records = match self.lists.dns.mx_prefs(&d.domain).await {
-                Ok(r) => r,
-                Err(e) => {
-                    checks.push(check(
-                        "mx",
-                        "warn",
-                        format!("{}: DNS look-up failed: {e}", d.domain),
-                        "",
-                    ));
-                    continue;
-                }
-            };
-            let pref = |host: &str| {
-                records
-                    .iter()
-                    .filter(|(_, h)| h == host)
-                    .map(|(p, _)| *p)
-                    .min()
-            };
-            let Some(my_pref) = pref(me) else {
-                checks.push(check(
+        for p in &peers {
+            match pref(&p.mail_host) {
+                None => checks.push(check(
                     "mx",
                     "fail",
-                    format!("MX of {} does not list my mail host {me}", d.domain),
-                    format!("add `{}. MX 0 {me}.`", d.domain),
-                ));
-                continue;
-            };
-            if peers.is_empty() {
-                checks.push(check(
+                    format!("MX of {} does not list friend {} ({})", d.domain, p.name, p.mail_host),
+                    format!("add `{}. MX {} {}.`", d.domain, my_pref.saturating_add(10), p.mail_host),
+                )),
+                Some(fp) if fp <= my_pref => checks.push(check(
                     "mx",
                     "warn",
-                    format!("{}: no friend to back it up yet", d.domain),
-                    "pair with `mxfed invite` / `mxfed join`",
-                ));
-            }
-            for p in &peers {
-                match pref(&p.mail_host) {
-                    None => checks.push(check(
-                        "mx",
-                        "fail",
-                        format!("MX of {} does not list friend {} ({})", d.domain, p.name, p.mail_host),
-                        format!("add `{}. MX {} {}.`", d.domain, my_pref.saturating_add(10), p.mail_host),
-                    )),
-                    Some(fp) if fp <= my_pref => checks.push(check(
-                        "mx",
-                        "warn",
-                        format!(
-                            "{}: friend {} has MX preference {fp}, not higher than mine ({my_pref}): senders may use it first",
-                            d.domain, p.name
-                        ),
-                        format!("give {} a higher number, e.g. `{}. MX {} {}.`", p.mail_host, d.domain, my_pref.saturating_add(10), p.mail_host),
-                    )),
-                    Some(fp) => checks.push(check(
-                        "mx",
-                        "ok",
-                        format!("{}: MX {my_pref} {me}, backup MX {fp} {} ({})", d.domain, p.mail_host, p.name),
-                        "",
-                    )),
-                }
+                    format!(
+                        "{}: friend {} has MX preference {fp}, not higher than mine ({my_pref}): senders may use it first",
+                        d.domain, p.name
+                    ),
+                    format!("give {} a higher number, e.g. `{}. MX {} {}.`", p.mail_host, d.domain, my_pref.saturating_add(10), p.mail_host),
+                )),
+                Some(fp) => checks.push(check(
+                    "mx",
+                    "ok",
+                    format!("{}: MX {my_pref} {me}, backup MX {fp} {} ({})", d.domain, p.mail_host, p.name),
+                    "",
+                )),
             }
         }
     }

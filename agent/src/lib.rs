@@ -1,43 +1,64 @@
 //! mxfed-agent: the daemon behind `mxfed agent`, as a library.
 //!
-//! - [`config`]: the TOML config, checked before anything is bound.
-//! - [`identity`]: the Ed25519 key and self-signed certificate.
-//! - [`store`]: SQLite state (the only module that speaks SQL).
-//! - [`net`]: the quinn endpoint and the rustls verifiers that pin keys.
-//! - `session`: dialling, accepting, pairing and serving peers.
-//! - `control`: the Unix socket the CLI talks to.
+//! The agent is a handful of services, each owning its state and tasks
+//! behind a small handle, wired together in [`run`]:
+//!
+//! - `peer`: sessions with paired friends (dial, accept, serve, the
+//!   duplicate-connection rule), pairing, and `Peers`, the one interface
+//!   the other services reach peers through;
+//! - `lists`: my signed list and my friends' lists, judged and re-checked;
+//! - `relay`: the apply worker that keeps Postfix's maps in step;
+//! - `queue`: the queue scanner, reports to friends, and flushes;
+//! - `control`, `status`, `metrics`, `doctor`: readers, through the handles.
+//!
+//! Beneath them: [`config`], [`identity`], [`store`] (the only SQL),
+//! [`postfix`] (the only Postfix I/O), [`dns`], [`net`] (quinn and rustls),
+//! [`frames`], [`mailq`], and [`clock`] (injectable time).
 //!
 //! [`run`] is the daemon; [`init`] sets up a new agent.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod dns;
 mod doctor;
 pub mod frames;
 pub mod identity;
-mod limiter;
 mod lists;
 pub mod mailq;
 mod metrics;
 pub mod net;
+mod peer;
 pub mod postfix;
 mod queue;
 mod relay;
-mod session;
+mod services;
+mod status;
 pub mod store;
+mod util;
 
 pub use relay::MIN_APPLY_GAP;
 
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use clock::Clock;
 use config::{Config, ConfigError};
 use identity::{Identity, IdentityError};
+use lists::Lists;
 use mxfed_proto::PeerId;
+use peer::{Pairing, Peers, Sessions};
+use queue::Queue;
+use relay::Relay;
+use services::{Router, Services};
 use store::{Store, StoreError};
 
 /// sysexits EX_CONFIG: a config file or data dir cannot be used.
@@ -162,9 +183,22 @@ pub async fn init(config: &Config, config_path: &Path) -> Result<InitReport, Age
     })
 }
 
-/// Runs the agent until `shutdown` completes, then closes sessions
-/// gracefully (peers see a `shutdown` close, not a timeout).
+/// How long shutdown waits for the services' tasks to finish, once any
+/// Postfix map apply in progress has finished (that wait has no limit).
+const DRAIN_GRACE: Duration = Duration::from_secs(10);
+
+/// Runs the agent until `shutdown` completes, then drains gracefully
+/// (peers see a `shutdown` close, not a timeout; no apply is cut off).
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    run_with_clock(config, Clock::system(), shutdown).await
+}
+
+/// [`run`] with the given clock.
+pub async fn run_with_clock(
+    config: Config,
+    clock: Clock,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
     let dir = &config.data_dir;
     if !Identity::exists(dir) {
         return Err(AgentError::DataDir {
@@ -172,7 +206,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             message: "no identity here; run `mxfed init` first".into(),
         });
     }
-    let identity = Identity::load(dir)?;
+    let identity = Arc::new(Identity::load(dir)?);
     if !config.db_path().exists() {
         // An identity without its database would start with no peers, and
         // every friend would be told "not paired" and drop us. Refuse.
@@ -192,8 +226,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         ),
         None => None,
     };
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let peers = store.peers().await?;
+    let paired = store.peers().await?;
     let local = endpoint
         .local_addr()
         .map(|a| a.to_string())
@@ -204,13 +237,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         id = %identity.id,
         listen = %local,
         control = %socket.display(),
-        peers = peers.len(),
+        peers = paired.len(),
         "mxfed agent {} started",
         mxfed_proto::VERSION
     );
     let dns = dns::Dns::new(&config.dns_servers).map_err(|e| AgentError::Dns(e.to_string()))?;
-    let mine = lists::load_mine(&store, identity.id).await?;
-    let list_state = lists::ListState::new(dns, mine);
     let postfix = if postfix::Postfix::present(&config.postfix_config_dir) {
         let map_type =
             (!config.postfix_map_type.is_empty()).then_some(config.postfix_map_type.as_str());
@@ -225,55 +256,153 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tracing::warn!(dir = %config.postfix_config_dir.display(), "no main.cf there: Postfix integration is off (lists are still exchanged and judged)");
         None
     };
-    let relay_state = relay::RelayState::new(postfix);
-    let shared = session::Shared::new(
+    let config = Arc::new(config);
+
+    // The services, bottom up: each gets the handles of those it uses.
+    let (peers, dial_orders) = Peers::new(
+        Arc::clone(&config),
+        Arc::clone(&identity),
+        endpoint.clone(),
+        store.clone(),
+        clock.clone(),
+    );
+    let (relay, apply_worker) = Relay::new(
+        postfix.clone(),
+        store.clone(),
+        Arc::clone(&config),
+        clock.clone(),
+    );
+    let lists = Lists::new(
+        Arc::clone(&config),
+        Arc::clone(&identity),
+        store.clone(),
+        dns.clone(),
+        postfix.clone(),
+        peers.clone(),
+        relay.clone(),
+        clock.clone(),
+    )
+    .await?;
+    let queue = Queue::new(
+        postfix.clone(),
+        store.clone(),
+        dns.clone(),
+        peers.clone(),
+        clock.clone(),
+    );
+    let pairing = Pairing::new(peers.clone());
+    let cancel = CancellationToken::new();
+    let sessions = Sessions::new(
+        peers.clone(),
+        pairing.clone(),
+        Arc::new(Router {
+            lists: lists.clone(),
+            queue: queue.clone(),
+        }),
+        lists.version_watch(),
+        cancel.clone(),
+    );
+    let services = Services {
         config,
         identity,
-        store.clone(),
-        endpoint.clone(),
-        list_state,
-        relay_state,
-        stop_rx,
+        store: store.clone(),
+        clock,
+        dns,
+        postfix,
+        peers: peers.clone(),
+        pairing,
+        lists: lists.clone(),
+        relay: relay.clone(),
+        queue: queue.clone(),
+    };
+
+    // Their tasks, each stopping at a safe point once `cancel` fires.
+    let mut tasks = Tasks::default();
+    // Subscribe before any session can come up, so no event is missed.
+    tasks.spawn(
+        "lists: peer events",
+        lists.clone().follow_peers(cancel.clone()),
     );
-    let accept = tokio::spawn(std::sync::Arc::clone(&shared).accept_loop());
-    let control = tokio::spawn(control::serve(std::sync::Arc::clone(&shared), listener));
-    let background = [
-        tokio::spawn(std::sync::Arc::clone(&shared).recheck_loop()),
-        tokio::spawn(std::sync::Arc::clone(&shared).refresh_loop()),
-        tokio::spawn(std::sync::Arc::clone(&shared).apply_loop()),
-        tokio::spawn(std::sync::Arc::clone(&shared).queue_loop()),
-        tokio::spawn({
-            let shared = std::sync::Arc::clone(&shared);
-            async move {
-                if let Some(l) = metrics_listener {
-                    metrics::serve(shared, l).await
-                }
-            }
-        }),
-    ];
+    tasks.spawn(
+        "queue: peer events",
+        queue.clone().follow_peers(cancel.clone()),
+    );
+    tasks.spawn(
+        "peer: dialers",
+        Arc::clone(&sessions).run_dialers(dial_orders),
+    );
+    tasks.spawn("peer: accept", Arc::clone(&sessions).run_accept());
+    tasks.spawn("relay: apply worker", apply_worker.run(cancel.clone()));
+    tasks.spawn("lists: refresh", lists.clone().run_refresh(cancel.clone()));
+    tasks.spawn("lists: re-check", lists.run_recheck(cancel.clone()));
+    tasks.spawn("queue: scanner", queue.run(cancel.clone()));
+    tasks.spawn(
+        "control socket",
+        control::serve(services.clone(), listener, cancel.clone()),
+    );
+    if let Some(l) = metrics_listener {
+        tasks.spawn("metrics", metrics::serve(services, l, cancel.clone()));
+    }
     // Converge after a restart or crash: whatever the maps hold, make them
     // match the store.
-    shared.request_apply("startup");
-    for p in peers {
-        shared.start_dialer(p.id);
+    relay.request_apply("startup");
+    for p in paired {
+        peers.start_dialer(p.id);
     }
 
     shutdown.await;
     tracing::info!("shutting down");
-    let _ = stop_tx.send(true);
-    control.abort();
-    for task in background {
-        task.abort();
-    }
-    shared.stop_all_dialers();
+    cancel.cancel();
     endpoint.close(
         mxfed_proto::msg::close::SHUTDOWN.into(),
         b"agent shutting down",
     );
+    // An apply in progress (the worker's or `mxfed apply`'s) finishes, with
+    // its rollback if it fails; none starts after this.
+    relay.close().await;
+    tasks.drain(DRAIN_GRACE).await;
     let _ = tokio::time::timeout(Duration::from_secs(3), endpoint.wait_idle()).await;
-    let _ = accept.await;
     let _ = std::fs::remove_file(&socket);
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The services' long-lived tasks, named for the shutdown log.
+#[derive(Default)]
+struct Tasks {
+    set: JoinSet<&'static str>,
+    running: Vec<&'static str>,
+}
+
+impl Tasks {
+    fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
+        self.running.push(name);
+        self.set.spawn(async move {
+            task.await;
+            name
+        });
+    }
+
+    /// Waits up to `grace` for every task to return; stops the rest,
+    /// naming them.
+    async fn drain(mut self, grace: Duration) {
+        let deadline = tokio::time::Instant::now() + grace;
+        while !self.set.is_empty() {
+            match tokio::time::timeout_at(deadline, self.set.join_next()).await {
+                Ok(Some(Ok(name))) => self.running.retain(|n| *n != name),
+                Ok(Some(Err(e))) => tracing::error!("a task ended abnormally: {e}"),
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(
+                        tasks = ?self.running,
+                        "still running after {}s; stopping them",
+                        grace.as_secs()
+                    );
+                    self.set.shutdown().await;
+                    break;
+                }
+            }
+        }
+    }
 }

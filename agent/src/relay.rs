@@ -1,27 +1,35 @@
-//! Keeping Postfix in step with the accepted entries.
+//! [`Relay`]: keeping Postfix in step with the accepted entries.
 //!
 //! Every change of the accepted set (a list stored, a re-check, an unpair,
-//! startup, an expiry check) calls [`Shared::request_apply`]. One worker
-//! ([`Shared::apply_loop`]) coalesces the requests, renders the maps from
-//! the store and hands them to [`crate::postfix::Postfix::apply`], at most
-//! one rewrite every [`MIN_APPLY_GAP`]. Each real
-//! change or failure is recorded for `mxfed history`; a failure is retried a
-//! minute later. Only entries of lists that have been expired for longer
-//! than `expired_list_grace` drop out; an unreachable peer never removes
+//! startup, an expiry check) calls [`Relay::request_apply`], which sends the
+//! trigger to one worker task ([`ApplyWorker::run`]) over a channel. The
+//! worker coalesces triggers, renders the maps from the store and hands them
+//! to [`crate::postfix::Postfix::apply`], at most one rewrite every
+//! [`MIN_APPLY_GAP`]. `mxfed apply` runs [`Relay::apply_now`] directly; one
+//! apply runs at a time either way. Each real change or failure is
+//! recorded for `mxfed history`; a failure is retried a minute later. Only
+//! entries of lists that have been expired for longer than
+//! `expired_list_grace` drop out; an unreachable peer never removes
 //! anything.
+//!
+//! Shutdown never cuts an apply (or its rollback) off: the worker stops
+//! only between applies, and [`Relay::close`] waits for one in progress and
+//! refuses new ones.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use mxfed_proto::control::{ApplyReport, HistoryEntry};
 
+use crate::clock::{rfc3339, Clock};
+use crate::config::Config;
 use crate::postfix::render::{diff, render_maps, Route};
 use crate::postfix::Postfix;
-use crate::session::{lock, now_unix, rfc3339, Shared};
-use crate::store::ApplyRecord;
+use crate::store::{ApplyRecord, Store};
 
 /// Wait after a failed apply before trying again.
 const RETRY_AFTER: Duration = Duration::from_secs(60);
@@ -33,37 +41,56 @@ const EXPIRY_CHECK: Duration = Duration::from_secs(3600);
 /// make Postfix reload more than once per this.
 pub const MIN_APPLY_GAP: Duration = Duration::from_secs(5);
 
-/// Apply bookkeeping inside [`Shared`].
-pub(crate) struct RelayState {
+/// The relay service's handle; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Relay {
+    triggers: mpsc::UnboundedSender<String>,
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay").finish_non_exhaustive()
+    }
+}
+
+struct Inner {
     /// `None` when the config dir has no main.cf: Postfix integration is off.
-    pub postfix: Option<Postfix>,
-    wake: Notify,
-    triggers: Mutex<Vec<String>>,
-    /// One apply at a time.
-    running: tokio::sync::Mutex<()>,
+    postfix: Option<Postfix>,
+    store: Store,
+    config: Arc<Config>,
+    clock: Clock,
+    /// One apply at a time; `true` once closed for shutdown.
+    running: tokio::sync::Mutex<bool>,
     /// Applies since start, by result, for the metrics.
-    pub applied: AtomicU64,
+    applied: AtomicU64,
     /// See `applied`.
-    pub failed: AtomicU64,
+    failed: AtomicU64,
     /// Unix time of the last successful apply (0: none since start).
-    pub last_ok: AtomicI64,
+    last_ok: AtomicI64,
     /// No apply has run since start (see the startup reload in `apply_now`).
     first: AtomicBool,
 }
 
-impl RelayState {
-    pub(crate) fn new(postfix: Option<Postfix>) -> Self {
-        Self {
-            postfix,
-            wake: Notify::new(),
-            triggers: Mutex::new(Vec::new()),
-            running: tokio::sync::Mutex::new(()),
-            applied: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-            last_ok: AtomicI64::new(0),
-            first: AtomicBool::new(true),
-        }
+/// The apply worker: the task that serves [`Relay::request_apply`].
+pub(crate) struct ApplyWorker {
+    triggers: mpsc::UnboundedReceiver<String>,
+    relay: Relay,
+}
+
+impl std::fmt::Debug for ApplyWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApplyWorker").finish_non_exhaustive()
     }
+}
+
+/// Counters for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ApplyCounts {
+    pub applied: u64,
+    pub failed: u64,
+    /// Unix time of the last successful apply (0: none since start).
+    pub last_ok: i64,
 }
 
 /// The history's trigger text for the requests one apply served: all of
@@ -81,57 +108,65 @@ fn summarize(triggers: &[String]) -> String {
     )
 }
 
-impl Shared {
-    /// Asks the worker to bring Postfix in line; `trigger` goes into the history.
-    pub(crate) fn request_apply(&self, trigger: impl Into<String>) {
-        if self.relay.postfix.is_none() {
-            return;
-        }
-        lock(&self.relay.triggers).push(trigger.into());
-        self.relay.wake.notify_one();
+impl Relay {
+    /// The handle, and the worker to run.
+    pub(crate) fn new(
+        postfix: Option<Postfix>,
+        store: Store,
+        config: Arc<Config>,
+        clock: Clock,
+    ) -> (Self, ApplyWorker) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let relay = Self {
+            triggers: tx,
+            inner: Arc::new(Inner {
+                postfix,
+                store,
+                config,
+                clock,
+                running: tokio::sync::Mutex::new(false),
+                applied: AtomicU64::new(0),
+                failed: AtomicU64::new(0),
+                last_ok: AtomicI64::new(0),
+                first: AtomicBool::new(true),
+            }),
+        };
+        let worker = ApplyWorker {
+            triggers: rx,
+            relay: relay.clone(),
+        };
+        (relay, worker)
     }
 
-    /// The worker: applies on request, retries failures, checks expiry hourly.
-    pub(crate) async fn apply_loop(self: Arc<Self>) {
-        if self.relay.postfix.is_none() {
+    /// Asks the worker to bring Postfix in line; `trigger` goes into the history.
+    pub(crate) fn request_apply(&self, trigger: impl Into<String>) {
+        if self.inner.postfix.is_none() {
             return;
         }
-        let mut retry: Option<String> = None;
-        let mut last_change: Option<tokio::time::Instant> = None;
-        loop {
-            let wait = if retry.is_some() {
-                RETRY_AFTER
-            } else {
-                EXPIRY_CHECK
-            };
-            let timed_out = tokio::select! {
-                _ = self.relay.wake.notified() => false,
-                _ = tokio::time::sleep(wait) => true,
-            };
-            let mut triggers: Vec<String> = std::mem::take(&mut *lock(&self.relay.triggers));
-            if timed_out {
-                triggers.push(match retry.take() {
-                    Some(t) => format!("retry after failure ({t})"),
-                    None => "expiry check".into(),
-                });
-            }
-            if triggers.is_empty() {
-                continue;
-            }
-            if let Some(at) = last_change {
-                if at.elapsed() < MIN_APPLY_GAP {
-                    tokio::time::sleep_until(at + MIN_APPLY_GAP).await;
-                    triggers.append(&mut lock(&self.relay.triggers));
-                }
-            }
-            triggers.dedup();
-            let trigger = summarize(&triggers);
-            let report = self.apply_now(&trigger, false).await;
-            if report.result != "unchanged" {
-                last_change = Some(tokio::time::Instant::now());
-            }
-            retry = (report.result == "failed").then_some(trigger);
+        // After shutdown the worker is gone; the next start converges anyway.
+        let _ = self.triggers.send(trigger.into());
+    }
+
+    /// Applies since start, for the metrics.
+    pub(crate) fn counts(&self) -> ApplyCounts {
+        ApplyCounts {
+            applied: self.inner.applied.load(Ordering::Relaxed),
+            failed: self.inner.failed.load(Ordering::Relaxed),
+            last_ok: self.inner.last_ok.load(Ordering::Relaxed),
         }
+    }
+
+    /// For shutdown: waits for an apply in progress to finish (with its
+    /// rollback, if any), and refuses applies from then on.
+    pub(crate) async fn close(&self) {
+        let mut running = match self.inner.running.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => {
+                tracing::info!("waiting for the Postfix map apply in progress to finish");
+                self.inner.running.lock().await
+            }
+        };
+        *running = true;
     }
 
     /// Renders the maps from the store and, unless `dry_run`, installs them.
@@ -144,20 +179,26 @@ impl Shared {
             step: None,
             error: None,
         };
-        let Some(postfix) = &self.relay.postfix else {
+        let inner = &*self.inner;
+        let Some(postfix) = &inner.postfix else {
             report.step = Some("find postfix".into());
             report.error = Some(format!(
                 "Postfix integration is off: no main.cf in {}",
-                self.config.postfix_config_dir.display()
+                inner.config.postfix_config_dir.display()
             ));
             return report;
         };
-        let _one = self.relay.running.lock().await;
-        let routes = match self
+        let closed = inner.running.lock().await;
+        if *closed {
+            report.step = Some("start".into());
+            report.error = Some("the agent is shutting down".into());
+            return report;
+        }
+        let routes = match inner
             .store
             .relay_routes(
-                now_unix(),
-                self.config.expired_list_grace.0.as_secs() as i64,
+                inner.clock.now_unix(),
+                inner.config.expired_list_grace.0.as_secs() as i64,
             )
             .await
         {
@@ -189,7 +230,7 @@ impl Shared {
             report.result = "planned".into();
             return report;
         }
-        let first = self.relay.first.swap(false, Ordering::Relaxed);
+        let first = inner.first.swap(false, Ordering::Relaxed);
         if change.is_empty() && postfix.maps_exist() {
             // A crash between renaming the maps and reloading leaves new maps
             // that running daemons may not have picked up: reload at startup.
@@ -206,7 +247,7 @@ impl Shared {
         }
         let outcome = postfix.apply(&maps, true).await;
         let record = ApplyRecord {
-            at: now_unix(),
+            at: inner.clock.now_unix(),
             trigger: trigger.to_string(),
             ok: outcome.is_ok(),
             step: outcome.as_ref().err().map(|e| e.step.to_string()),
@@ -216,13 +257,13 @@ impl Shared {
             changed: change.changed.len() as u32,
             total: report.total,
         };
-        if let Err(e) = self.store.record_apply(&record).await {
+        if let Err(e) = inner.store.record_apply(&record).await {
             tracing::error!("cannot record apply: {e}");
         }
         match outcome {
             Ok(()) => {
-                self.relay.applied.fetch_add(1, Ordering::Relaxed);
-                self.relay.last_ok.store(record.at, Ordering::Relaxed);
+                inner.applied.fetch_add(1, Ordering::Relaxed);
+                inner.last_ok.store(record.at, Ordering::Relaxed);
                 report.result = "applied".into();
                 tracing::info!(
                     trigger,
@@ -237,7 +278,7 @@ impl Shared {
                 }
             }
             Err(e) => {
-                self.relay.failed.fetch_add(1, Ordering::Relaxed);
+                inner.failed.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(
                     trigger,
                     step = e.step,
@@ -253,6 +294,7 @@ impl Shared {
     /// The last applies.
     pub(crate) async fn history(&self, limit: u32) -> Result<Vec<HistoryEntry>, String> {
         Ok(self
+            .inner
             .store
             .applies(limit)
             .await
@@ -270,6 +312,64 @@ impl Shared {
                 total: r.total,
             })
             .collect())
+    }
+}
+
+impl ApplyWorker {
+    /// Applies on request, retries failures, checks expiry hourly; stops
+    /// between applies once `cancel` fires.
+    pub(crate) async fn run(mut self, cancel: CancellationToken) {
+        if self.relay.inner.postfix.is_none() {
+            return;
+        }
+        let mut retry: Option<String> = None;
+        let mut last_change: Option<tokio::time::Instant> = None;
+        loop {
+            let wait = if retry.is_some() {
+                RETRY_AFTER
+            } else {
+                EXPIRY_CHECK
+            };
+            let mut triggers = Vec::new();
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return,
+                t = self.triggers.recv() => match t {
+                    Some(t) => triggers.push(t),
+                    None => return,
+                },
+                _ = tokio::time::sleep(wait) => triggers.push(match retry.take() {
+                    Some(t) => format!("retry after failure ({t})"),
+                    None => "expiry check".into(),
+                }),
+            }
+            self.drain(&mut triggers);
+            if let Some(at) = last_change {
+                if at.elapsed() < MIN_APPLY_GAP {
+                    tokio::select! {
+                        biased;
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep_until(at + MIN_APPLY_GAP) => {}
+                    }
+                    self.drain(&mut triggers);
+                }
+            }
+            triggers.dedup();
+            let trigger = summarize(&triggers);
+            // From here the apply runs to its end, whatever `cancel` says.
+            let report = self.relay.apply_now(&trigger, false).await;
+            if report.result != "unchanged" {
+                last_change = Some(tokio::time::Instant::now());
+            }
+            retry = (report.result == "failed").then_some(trigger);
+        }
+    }
+
+    /// Takes every trigger sent so far.
+    fn drain(&mut self, into: &mut Vec<String>) {
+        while let Ok(t) = self.triggers.try_recv() {
+            into.push(t);
+        }
     }
 }
 

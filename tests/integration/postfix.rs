@@ -359,6 +359,84 @@ fn when_reload_fails_the_previous_maps_are_put_back() {
     wait_for("a2 relayed", || p.pf.rcpt("x@a2.example") == 250);
 }
 
+/// Regression: shutdown used to abort the apply worker wherever it was, so
+/// a SIGTERM in the middle of an apply left it half done (maps built but
+/// not installed, nothing in the history). Now the apply runs to its end.
+#[test]
+fn stopping_the_agent_mid_apply_lets_the_apply_finish() {
+    let pf = PostfixInstance::start("mail.bravo.example", "");
+    let mut alpha = Agent::init("alpha");
+    let mut bravo = Agent::init("bravo");
+    bravo.use_postfix(&pf);
+    bravo.configure("verify_mx = \"off\"");
+    assert_ok(&bravo.mxfed(&["postfix", "setup"]), "postfix setup");
+    // Slowed, not faked: while `slow` exists, each postmap waits a second
+    // and then runs the real postmap, so an apply takes several seconds.
+    let bin = bravo.dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let real = String::from_utf8(
+        std::process::Command::new("sh")
+            .args(["-c", "command -v postmap"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let slow = bravo.dir.path().join("slow");
+    let wrapper = bin.join("postmap");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n[ -e '{}' ] && sleep 1\nexec {} \"$@\"\n",
+            slow.display(),
+            real.trim()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    bravo.env.push(("PATH".into(), path));
+    start_and_pair(&mut alpha, &mut bravo);
+
+    std::fs::write(&slow, "").unwrap();
+    alpha.domains(&["add", "slow.example"]);
+    let building = pf.etc().join("mxfed/transport.new");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !building.exists() {
+        assert!(std::time::Instant::now() < deadline, "no apply started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    bravo.stop(); // SIGTERM while the new maps are being built
+    let log = bravo.log_text();
+    assert!(
+        log.contains("waiting for the Postfix map apply in progress to finish"),
+        "{log}"
+    );
+    assert!(log.contains("stopped"), "{log}");
+    let transport = pf.dump("hash", "transport").unwrap();
+    assert_eq!(
+        transport.keys().collect::<Vec<_>>(),
+        ["slow.example"],
+        "the apply was finished, not cut off"
+    );
+    let leftovers: Vec<String> = std::fs::read_dir(pf.etc().join("mxfed"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".new"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    std::fs::remove_file(&slow).unwrap();
+    bravo.start();
+    let applied = bravo
+        .history()
+        .into_iter()
+        .find(|h| h["result"] == "applied")
+        .expect("the apply is in the history");
+    assert_eq!(applied["total"], 1, "{applied:?}");
+    assert_eq!(pf.rcpt("x@slow.example"), 250);
+}
+
 #[test]
 fn killing_the_agent_mid_apply_never_leaves_postfix_without_maps() {
     const N: usize = 10_000;

@@ -31,6 +31,8 @@ pub struct Agent {
     pub name: String,
     pub dir: tempfile::TempDir,
     pub addr: SocketAddr,
+    /// Extra environment for `mxfed agent` (set before `start`).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -43,6 +45,7 @@ impl Agent {
             name: name.into(),
             dir,
             addr,
+            env: Vec::new(),
             child: None,
         };
         let out = agent.mxfed(&[
@@ -104,6 +107,7 @@ impl Agent {
             .arg(self.config())
             .arg("agent")
             .env("MXFED_LOG", "info,mxfed_agent=debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -1,0 +1,853 @@
+//! [`Lists`]: signed domain lists, both ways.
+//!
+//! *Mine* (`mine`): `mxfed domains add/remove` changes the set, which is
+//! re-signed with a new version, stored, and offered at once to every
+//! connected peer. It is re-signed daily so it never expires while this
+//! agent runs ([`Lists::run_refresh`]).
+//!
+//! *Theirs*: on a peer coming up ([`PeerEvent::Up`]) or a `ListOffer`
+//! announcing a version newer than the one held, the list is fetched
+//! (`fetch`) and checked by [`mxfed_proto::list::ListReceiver`] before
+//! anything is stored. Each entry is then judged (`judge`, with the facts
+//! from `facts`): refused if it is one of my domains or already backed up
+//! for another peer, and — with `verify_mx = "require"` — unless its MX
+//! records name both my mail host and the entry's next hop. A DNS failure
+//! makes an entry pending, never revokes an accepted one, and is retried
+//! every `recheck_interval` ([`Lists::run_recheck`]); accepted entries are
+//! checked again once `reverify_interval` has passed, so relay ends for a
+//! domain whose MX stops naming both servers even if the friend stays
+//! offline. The outcome goes back to the signer as a [`ListAck`] (`ack`),
+//! and every change of the accepted set asks [`Relay`] for an apply.
+//!
+//! Peers are reached only through [`Peers`]; requests from them arrive
+//! through the wiring in `services`.
+
+mod ack;
+mod facts;
+mod fetch;
+mod judge;
+mod mine;
+mod turn;
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use mxfed_proto::control::{
+    DomainReason, DomainsChanged, EntryState, MyDomains, MyListAtPeer, PeerDomain,
+};
+use mxfed_proto::domain::{Domain, NextHop};
+use mxfed_proto::list::{DomainList, Entry};
+use mxfed_proto::msg::{EntryNote, ListAck, Request, Response};
+use mxfed_proto::PeerId;
+
+use crate::clock::{rfc3339, Clock};
+use crate::config::Config;
+use crate::dns::Dns;
+use crate::identity::Identity;
+use crate::peer::{Caller, PeerEvent, Peers, Responder};
+use crate::postfix::Postfix;
+use crate::relay::Relay;
+use crate::store::{HeldEntry, Store, StoreError};
+use crate::util::lock;
+
+use ack::{check_ack, make_ack};
+use facts::Gathered;
+use judge::{conclusive, judge, Ownership};
+use mine::Mine;
+
+/// How far a friend's acknowledgement may move my list version forward
+/// (after a restore from backup); bounds what a hostile friend can do.
+const MAX_VERSION_JUMP: u64 = 1 << 32;
+/// Least time between two fetches of one peer's list.
+const MIN_FETCH_GAP: Duration = Duration::from_secs(1);
+/// How often to look whether my list is due for re-signing.
+const REFRESH_CHECK: Duration = Duration::from_secs(3600);
+/// Entries re-checked per peer per `recheck_interval` (refused, pending, and
+/// accepted ones due for re-verification); a peer with more has them
+/// re-checked in turn, so what DNS load a peer's list can cause does not
+/// grow with its length.
+pub const RECHECK_BUDGET: usize = 1000;
+
+/// A peer's list as `status` shows it: version, expiry, entries, and what
+/// the peer holds of my list.
+pub(crate) type ListStatus = (Option<u64>, Option<String>, Vec<PeerDomain>, MyListAtPeer);
+
+/// The lists service's handle; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Lists {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Lists {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lists").finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    config: Arc<Config>,
+    store: Store,
+    dns: Dns,
+    /// For Postfix's local domains; `None`: integration off.
+    postfix: Option<Postfix>,
+    peers: Peers,
+    relay: Relay,
+    clock: Clock,
+    mine: Mine,
+    /// The newest version each peer has announced.
+    offered: Mutex<HashMap<PeerId, u64>>,
+    /// Peers whose list is being fetched now.
+    fetching: Mutex<HashSet<PeerId>>,
+    /// Serialises judging, so two peers cannot both claim a domain at once.
+    judging: tokio::sync::Mutex<()>,
+    /// When each peer's list was last fetched (see [`MIN_FETCH_GAP`]).
+    last_fetch: Mutex<HashMap<PeerId, tokio::time::Instant>>,
+    /// The last domain of each peer's previous re-check round; the next
+    /// round starts after it.
+    recheck_from: Mutex<HashMap<PeerId, String>>,
+}
+
+/// One entry as judged, and whether that judgement was [`conclusive`].
+struct Judged {
+    held: HeldEntry,
+    conclusive: bool,
+}
+
+impl Lists {
+    /// Loads my list from the store; the service is ready to run.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn new(
+        config: Arc<Config>,
+        identity: Arc<Identity>,
+        store: Store,
+        dns: Dns,
+        postfix: Option<Postfix>,
+        peers: Peers,
+        relay: Relay,
+        clock: Clock,
+    ) -> Result<Self, StoreError> {
+        let mine = Mine::load(identity, store.clone(), clock.clone()).await?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                dns,
+                postfix,
+                peers,
+                relay,
+                clock,
+                mine,
+                offered: Mutex::default(),
+                fetching: Mutex::default(),
+                judging: tokio::sync::Mutex::new(()),
+                last_fetch: Mutex::default(),
+                recheck_from: Mutex::default(),
+            }),
+        })
+    }
+
+    // ----- mine -----------------------------------------------------------
+
+    /// Follows the version of my list (for the sessions' Hello).
+    pub(crate) fn version_watch(&self) -> watch::Receiver<u64> {
+        self.inner.mine.version_watch()
+    }
+
+    /// The version of my list (0: none).
+    pub(crate) fn my_list_version(&self) -> u64 {
+        self.inner.mine.version()
+    }
+
+    /// `mxfed domains list`.
+    pub(crate) async fn my_domains(&self) -> MyDomains {
+        self.inner.mine.view().await
+    }
+
+    /// Adds (or re-targets) and removes my domains; re-signs and offers the
+    /// list if anything changed. All input is checked before anything changes.
+    pub(crate) async fn change_my_domains(
+        &self,
+        add: &[String],
+        next_hop: Option<&str>,
+        remove: &[String],
+    ) -> Result<DomainsChanged, String> {
+        let hop = match next_hop {
+            Some(h) => NextHop::parse(h).map_err(|e| format!("invalid next hop: {e}"))?,
+            None => NextHop::host_name(
+                Domain::parse(&self.inner.config.mail_host)
+                    .map_err(|e| format!("mail_host: {e}"))?,
+            ),
+        };
+        let add: Vec<Entry> = add
+            .iter()
+            .map(|d| {
+                Domain::parse(d)
+                    .map(|domain| Entry {
+                        domain,
+                        next_hop: hop.clone(),
+                    })
+                    .map_err(|e| format!("invalid domain: {e}"))
+            })
+            .collect::<Result<_, _>>()?;
+        let remove: Vec<Domain> = remove
+            .iter()
+            .map(|d| Domain::parse(d).map_err(|e| format!("invalid domain: {e}")))
+            .collect::<Result<_, _>>()?;
+        let changed = self.inner.mine.change(add, remove).await?;
+        if let Some(version) = changed.signed {
+            self.offer_to_all(version);
+            self.revoke_now_mine(&changed.added).await;
+        }
+        Ok(changed.summary)
+    }
+
+    /// Re-signs my list once a day (checked hourly), until `cancel`.
+    pub(crate) async fn run_refresh(self, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(REFRESH_CHECK);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = cancel.cancelled() => return,
+            }
+            match self.inner.mine.refresh_if_due().await {
+                Ok(None) => {}
+                Ok(Some(version)) => {
+                    tracing::info!(version, "re-signed my domain list before it expires");
+                    self.offer_to_all(version);
+                }
+                Err(e) => tracing::error!("cannot re-sign my domain list: {e}"),
+            }
+        }
+    }
+
+    fn offer_to_all(&self, version: u64) {
+        let peers = &self.inner.peers;
+        for id in peers.connected() {
+            let peers = peers.clone();
+            tokio::spawn(async move {
+                if let Err(e) = peers.send(&id, &Request::ListOffer { version }).await {
+                    tracing::debug!(peer = %id.short(), "list offer: {e}");
+                }
+            });
+        }
+    }
+
+    /// Answers `FetchList`: the header and chunks, or a refusal.
+    pub(crate) async fn serve_fetch(&self, have: u64, reply: &mut Responder) {
+        let sent = match self.inner.mine.current().await {
+            Some(p) if p.list.version > have => {
+                let mut sent = reply
+                    .send(&Response::ListHeader(p.list.header(p.signature.clone())))
+                    .await;
+                for chunk in p.list.chunks() {
+                    if sent.is_err() {
+                        break;
+                    }
+                    sent = reply.send(&Response::ListChunk(chunk)).await;
+                }
+                sent
+            }
+            _ => {
+                reply
+                    .send(&Response::Refused {
+                        message: "no newer list".into(),
+                    })
+                    .await
+            }
+        };
+        if let Err(e) = sent {
+            tracing::debug!("list transfer: {e}");
+        }
+    }
+
+    /// Stores what a peer made of my list.
+    pub(crate) async fn receive_ack(&self, from: &Caller, ack: ListAck) -> Response {
+        let name = &from.name;
+        let mine = self.inner.mine.version();
+        if ack.version > mine && ack.version - mine <= MAX_VERSION_JUMP {
+            // The friend holds a newer version of my list than I do: my
+            // database was restored from an older backup. Friends refuse
+            // anything not newer than what they hold, so sign past it.
+            tracing::warn!(
+                peer = %name,
+                theirs = ack.version,
+                mine,
+                "a friend holds a newer version of my list than I have (database restored?); re-signing past it"
+            );
+            let message = match self.inner.mine.resign_as(ack.version + 1).await {
+                Ok((v, signed)) => {
+                    if signed {
+                        self.offer_to_all(v);
+                    }
+                    format!(
+                        "you hold my list v{}, which I lost; re-signed as v{v}",
+                        ack.version
+                    )
+                }
+                Err(e) => format!("cannot re-sign my list: {e}"),
+            };
+            return Response::Refused { message };
+        }
+        if let Err(why) = check_ack(&ack, mine) {
+            tracing::warn!(peer = %name, "ignored list acknowledgement: {why}");
+            return Response::Refused { message: why };
+        }
+        let now = self.inner.clock.now_unix();
+        if let Err(e) = self.inner.store.store_ack(&from.id, &ack, now).await {
+            tracing::error!("{e}");
+            return Response::Refused {
+                message: "internal error".into(),
+            };
+        }
+        tracing::info!(
+            peer = %name,
+            version = ack.version,
+            accepted = ack.accepted,
+            refused = ack.refused_count,
+            pending = ack.pending_count,
+            "peer acknowledged my domain list"
+        );
+        Response::Done
+    }
+
+    // ----- theirs ---------------------------------------------------------
+
+    /// Follows peers: one that comes up has its list fetched if newer and
+    /// hears what I hold of it; one that is unpaired is forgotten.
+    /// Subscribes at once (so no event after this call is missed); the
+    /// returned task handles them until `cancel`.
+    pub(crate) fn follow_peers(
+        self,
+        cancel: CancellationToken,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let mut events = self.inner.peers.subscribe();
+        async move {
+            loop {
+                let event = tokio::select! {
+                    e = events.recv() => e,
+                    _ = cancel.cancelled() => None,
+                };
+                match event {
+                    None => return,
+                    Some(PeerEvent::Up {
+                        peer, list_version, ..
+                    }) => {
+                        // Fetch their list if they have a newer one; tell them what
+                        // we hold of theirs, which they may have missed while apart.
+                        self.offered(peer, list_version);
+                        let me = self.clone();
+                        tokio::spawn(async move { me.resend_ack(peer).await });
+                    }
+                    Some(PeerEvent::Removed {
+                        peer,
+                        name,
+                        was_paired,
+                    }) => {
+                        self.forget(&peer);
+                        if was_paired {
+                            self.inner.relay.request_apply(format!("unpaired {name}"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn forget(&self, peer: &PeerId) {
+        let inner = &*self.inner;
+        lock(&inner.offered).remove(peer);
+        lock(&inner.recheck_from).remove(peer);
+        lock(&inner.last_fetch).remove(peer);
+    }
+
+    /// Notes that `peer` has list `version`, and fetches it if newer than held.
+    pub(crate) fn offered(&self, peer: PeerId, version: u64) {
+        {
+            let mut offered = lock(&self.inner.offered);
+            let v = offered.entry(peer).or_insert(0);
+            *v = (*v).max(version);
+        }
+        if version > 0 {
+            tokio::spawn(self.clone().fetch_loop(peer));
+        }
+    }
+
+    async fn fetch_loop(self, peer: PeerId) {
+        let inner = &*self.inner;
+        if !lock(&inner.fetching).insert(peer) {
+            return; // a fetch is running; it looks at the offered version when done
+        }
+        loop {
+            // However fast a peer offers versions (and whether or not its
+            // lists turn out good), it is fetched, and its new entries looked
+            // up in DNS, at most once per MIN_FETCH_GAP; versions offered in
+            // between are skipped, only the newest counts.
+            let last = lock(&inner.last_fetch).get(&peer).copied();
+            if let Some(at) = last {
+                tokio::time::sleep_until(at + MIN_FETCH_GAP).await;
+            }
+            let Some((held, offered)) = self.newer_offered(&peer).await else {
+                lock(&inner.fetching).remove(&peer);
+                // An offer that arrived after the check above but before the
+                // removal saw a fetch running and returned: look once more.
+                if self.newer_offered(&peer).await.is_some() && lock(&inner.fetching).insert(peer) {
+                    continue;
+                }
+                return;
+            };
+            lock(&inner.last_fetch).insert(peer, tokio::time::Instant::now());
+            let ok = match inner.peers.is_connected(&peer) {
+                true => self.fetch_once(peer, held).await,
+                false => false,
+            };
+            if ok {
+                continue;
+            }
+            // Refused or failed. Try again only if a newer offer came in
+            // meanwhile; otherwise wait for the next offer or Hello rather
+            // than hammering the peer.
+            let now_offered = lock(&inner.offered).get(&peer).copied().unwrap_or(0);
+            if now_offered > offered {
+                continue;
+            }
+            lock(&inner.fetching).remove(&peer);
+            return;
+        }
+    }
+
+    /// `(held, offered)` if the peer has offered a version newer than the one held.
+    async fn newer_offered(&self, peer: &PeerId) -> Option<(u64, u64)> {
+        let held = match self.inner.store.peer_list_meta(peer).await {
+            Ok(m) => m.map_or(0, |m| m.version),
+            Err(e) => {
+                tracing::error!("{e}");
+                return None;
+            }
+        };
+        let offered = lock(&self.inner.offered).get(peer).copied().unwrap_or(0);
+        (offered > held).then_some((held, offered))
+    }
+
+    /// One fetch; true if a newer list was stored.
+    async fn fetch_once(&self, peer: PeerId, held: u64) -> bool {
+        let name = self.peer_name(&peer).await;
+        let now = self.inner.clock.now_u64();
+        match fetch::fetch(&self.inner.peers, peer, &name, held, now).await {
+            Some((list, signature)) => self.accept_list(peer, &name, list, signature).await,
+            None => false,
+        }
+    }
+
+    async fn peer_name(&self, peer: &PeerId) -> String {
+        match self.inner.store.peer(peer).await {
+            Ok(Some(p)) => p.name,
+            _ => peer.short(),
+        }
+    }
+
+    /// Judges and stores a verified list, then tells the signer.
+    async fn accept_list(
+        &self,
+        peer: PeerId,
+        name: &str,
+        list: DomainList,
+        signature: Vec<u8>,
+    ) -> bool {
+        let inner = &*self.inner;
+        let gathered = self.gather(list.entries()).await;
+        let judging = inner.judging.lock().await;
+        let previous = match self.previous_states(&peer).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!("{e}");
+                return false;
+            }
+        };
+        let held: Vec<HeldEntry> = match self
+            .judge_with(&peer, list.entries(), &previous, &gathered)
+            .await
+        {
+            Ok(judged) => judged.into_iter().map(|j| j.held).collect(),
+            Err(e) => {
+                tracing::error!("{e}");
+                return false;
+            }
+        };
+        if let Err(e) = inner
+            .store
+            .store_peer_list(&peer, &list, &signature, &held, inner.clock.now_unix())
+            .await
+        {
+            tracing::error!(peer = %name, "cannot store domain list: {e}");
+            return false;
+        }
+        drop(judging);
+        let ack = make_ack(list.version, &held);
+        tracing::info!(
+            peer = %name,
+            version = list.version,
+            accepted = ack.accepted,
+            refused = ack.refused_count,
+            pending = ack.pending_count,
+            "stored domain list"
+        );
+        for n in ack.refused.iter().take(20) {
+            tracing::info!(peer = %name, domain = %n.domain, "refused: {}", n.reason);
+        }
+        self.send_ack(peer, ack);
+        inner
+            .relay
+            .request_apply(format!("list v{} from {name}", list.version));
+        true
+    }
+
+    async fn previous_states(
+        &self,
+        peer: &PeerId,
+    ) -> Result<HashMap<Entry, (EntryState, Option<String>)>, StoreError> {
+        Ok(self
+            .inner
+            .store
+            .peer_entries(peer)
+            .await?
+            .into_iter()
+            .map(|h| (h.entry, (h.state, h.reason)))
+            .collect())
+    }
+
+    /// Everything judging needs from DNS and Postfix, gathered without
+    /// holding the judging lock (this is the slow part).
+    async fn gather(&self, entries: &[Entry]) -> Gathered {
+        let inner = &*self.inner;
+        let my_domains = inner.mine.domains().await;
+        facts::gather(
+            &inner.dns,
+            inner.postfix.as_ref(),
+            &inner.config,
+            &my_domains,
+            entries,
+        )
+        .await
+    }
+
+    /// Judges entries; call with the judging lock held, so that "taken by
+    /// another peer" and "one of mine" are read at the moment of deciding.
+    async fn judge_with(
+        &self,
+        peer: &PeerId,
+        entries: &[Entry],
+        previous: &HashMap<Entry, (EntryState, Option<String>)>,
+        gathered: &Gathered,
+    ) -> Result<Vec<Judged>, StoreError> {
+        let inner = &*self.inner;
+        let my_domains = inner.mine.domains().await;
+        let taken: HashMap<Domain, String> = inner
+            .store
+            .accepted_elsewhere(peer)
+            .await?
+            .into_iter()
+            .filter_map(|(d, n)| Domain::parse_canonical(&d).ok().map(|d| (d, n)))
+            .collect();
+        let own = Ownership {
+            my_mail_host: &inner.config.mail_host,
+            my_addrs: &gathered.my_addrs,
+            allow_non_public: inner.config.allow_non_public_next_hops,
+            my_domains: &my_domains,
+            local: &gathered.local,
+            taken: &taken,
+            verify: inner.config.verify_mx,
+        };
+        Ok(entries
+            .iter()
+            .map(|e| {
+                let facts = gathered.facts.get(&e.domain);
+                let (state, reason) = judge(e, &own, facts, previous.get(e));
+                Judged {
+                    held: HeldEntry {
+                        entry: e.clone(),
+                        state,
+                        reason,
+                    },
+                    conclusive: conclusive(e, &own, facts),
+                }
+            })
+            .collect())
+    }
+
+    /// After my own domains changed: a friend's entry for a domain that is now
+    /// mine is refused at once (no DNS needed), and Postfix follows.
+    async fn revoke_now_mine(&self, added: &[Domain]) {
+        if added.is_empty() {
+            return;
+        }
+        let inner = &*self.inner;
+        let added: HashSet<&Domain> = added.iter().collect();
+        let Ok(peers) = inner.store.peers().await else {
+            return;
+        };
+        for p in peers {
+            let judging = inner.judging.lock().await;
+            let Ok(held) = inner.store.peer_entries(&p.id).await else {
+                continue;
+            };
+            let changed: Vec<HeldEntry> = held
+                .into_iter()
+                .filter(|h| added.contains(&h.entry.domain) && h.state != EntryState::Refused)
+                .map(|h| HeldEntry {
+                    reason: Some(format!("{} is one of my own domains", h.entry.domain)),
+                    state: EntryState::Refused,
+                    entry: h.entry,
+                })
+                .collect();
+            if changed.is_empty() {
+                continue;
+            }
+            if let Err(e) = inner
+                .store
+                .update_entry_states(&p.id, &changed, inner.clock.now_unix())
+                .await
+            {
+                tracing::error!("{e}");
+                continue;
+            }
+            drop(judging);
+            for c in &changed {
+                tracing::info!(peer = %p.name, domain = %c.entry.domain, "refused now: it is one of my own domains");
+            }
+            self.resend_ack(p.id).await;
+            inner.relay.request_apply(format!(
+                "{} became one of my domains",
+                changed[0].entry.domain
+            ));
+        }
+    }
+
+    /// Sends the current acknowledgement of `peer`'s list, if connected.
+    fn send_ack(&self, peer: PeerId, ack: ListAck) {
+        let peers = self.inner.peers.clone();
+        if !peers.is_connected(&peer) {
+            return;
+        }
+        tokio::spawn(async move {
+            if let Err(e) = peers.send(&peer, &Request::ListAck(ack)).await {
+                tracing::debug!(peer = %peer.short(), "list ack: {e}");
+            }
+        });
+    }
+
+    /// Sends the acknowledgement of what is held for `peer` (after a reconnect).
+    async fn resend_ack(&self, peer: PeerId) {
+        let store = &self.inner.store;
+        let Ok(Some(meta)) = store.peer_list_meta(&peer).await else {
+            return;
+        };
+        match store.peer_entries(&peer).await {
+            Ok(held) => self.send_ack(peer, make_ack(meta.version, &held)),
+            Err(e) => tracing::error!("{e}"),
+        }
+    }
+
+    // ----- re-checks --------------------------------------------------------
+
+    /// Re-judges refused and pending entries, and accepted ones due for
+    /// re-verification, every `recheck_interval`, until `cancel`.
+    pub(crate) async fn run_recheck(self, cancel: CancellationToken) {
+        let every = self.inner.config.recheck_interval.0;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = cancel.cancelled() => return,
+            }
+            let peers = match self.inner.store.peers().await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!("recheck: {e}");
+                    continue;
+                }
+            };
+            for p in peers {
+                if cancel.is_cancelled() {
+                    return;
+                }
+                self.recheck(p.id, &p.name).await;
+            }
+        }
+    }
+
+    async fn recheck(&self, peer: PeerId, name: &str) {
+        let inner = &*self.inner;
+        // Refused and pending entries, and accepted ones not checked for
+        // `reverify_interval`: a friend that stays offline (and so never
+        // republishes) keeps relay only for domains whose MX still names it.
+        let reverify_before = inner.clock.now_unix()
+            - inner
+                .config
+                .reverify_interval
+                .0
+                .as_secs()
+                .min(i64::MAX as u64) as i64;
+        let open: Vec<Entry> = match inner.store.entries_due(&peer, reverify_before).await {
+            Ok(held) => held.into_iter().map(|h| h.entry).collect(),
+            Err(e) => {
+                tracing::error!("{e}");
+                return;
+            }
+        };
+        if open.is_empty() {
+            return;
+        }
+        let open = {
+            let mut from = lock(&inner.recheck_from);
+            let after = from.remove(&peer);
+            let (batch, last) = turn::take_in_turn(open, after.as_deref(), RECHECK_BUDGET, |e| {
+                e.domain.as_str()
+            });
+            if let Some(last) = last {
+                from.insert(peer, last);
+            }
+            batch
+        };
+        // DNS first, without the lock; then decide against the state as it
+        // is under the lock. A newer list stored meanwhile was judged with
+        // fresher DNS than this round's: leave it be.
+        let version_before = match inner.store.peer_list_meta(&peer).await {
+            Ok(Some(meta)) => meta.version,
+            _ => return,
+        };
+        let gathered = self.gather(&open).await;
+        let judging = inner.judging.lock().await;
+        let (Ok(Some(meta)), Ok(held)) = (
+            inner.store.peer_list_meta(&peer).await,
+            inner.store.peer_entries(&peer).await,
+        ) else {
+            return;
+        };
+        if meta.version != version_before {
+            return;
+        }
+        let previous: HashMap<Entry, (EntryState, Option<String>)> = held
+            .iter()
+            .map(|h| (h.entry.clone(), (h.state, h.reason.clone())))
+            .collect();
+        let still_held: Vec<Entry> = open
+            .into_iter()
+            .filter(|e| previous.contains_key(e))
+            .collect();
+        let judged = match self
+            .judge_with(&peer, &still_held, &previous, &gathered)
+            .await
+        {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::error!("{e}");
+                return;
+            }
+        };
+        // Entries judged are stored as checked now, changed or not, so an
+        // accepted one waits another `reverify_interval`; but not an accepted
+        // one kept only because a look-up failed: it comes up again next round.
+        let checked: Vec<HeldEntry> = judged
+            .iter()
+            .filter(|j| j.held.state != EntryState::Accepted || j.conclusive)
+            .map(|j| j.held.clone())
+            .collect();
+        if let Err(e) = inner
+            .store
+            .update_entry_states(&peer, &checked, inner.clock.now_unix())
+            .await
+        {
+            tracing::error!("{e}");
+            return;
+        }
+        let changed: Vec<HeldEntry> = judged
+            .into_iter()
+            .map(|j| j.held)
+            .filter(|j| previous.get(&j.entry) != Some(&(j.state, j.reason.clone())))
+            .collect();
+        if changed.is_empty() {
+            return;
+        }
+        // What the peer's list now stands at: what was held, with the changes.
+        let now_states: HashMap<&Entry, &HeldEntry> =
+            changed.iter().map(|c| (&c.entry, c)).collect();
+        let all: Vec<HeldEntry> = held
+            .iter()
+            .map(|h| now_states.get(&h.entry).map_or(h, |c| *c).clone())
+            .collect();
+        drop(judging);
+        for c in &changed {
+            tracing::info!(
+                peer = %name,
+                domain = %c.entry.domain,
+                state = c.state.as_str(),
+                reason = c.reason.as_deref().unwrap_or(""),
+                "re-checked entry changed state"
+            );
+        }
+        self.send_ack(peer, make_ack(meta.version, &all));
+        inner
+            .relay
+            .request_apply(format!("re-check of {name}'s list"));
+    }
+
+    // ----- for status and metrics -------------------------------------------
+
+    /// The version of `peer`'s list held here (0: none).
+    pub(crate) async fn held_version(&self, peer: &PeerId) -> u64 {
+        self.inner
+            .store
+            .peer_list_meta(peer)
+            .await
+            .ok()
+            .flatten()
+            .map_or(0, |m| m.version)
+    }
+
+    /// A peer's list as held here, and what it holds of mine.
+    pub(crate) async fn list_status(&self, id: &PeerId) -> Result<ListStatus, StoreError> {
+        let store = &self.inner.store;
+        let meta = store.peer_list_meta(id).await?;
+        let domains = store
+            .peer_entries(id)
+            .await?
+            .into_iter()
+            .map(|h| PeerDomain {
+                domain: h.entry.domain.to_string(),
+                next_hop: h.entry.next_hop.to_string(),
+                state: h.state,
+                reason: h.reason,
+            })
+            .collect();
+        let notes = |v: Vec<EntryNote>| {
+            v.into_iter()
+                .map(|n| DomainReason {
+                    domain: n.domain,
+                    reason: n.reason,
+                })
+                .collect()
+        };
+        let my_list = match store.ack(id).await? {
+            None => MyListAtPeer::default(),
+            Some(a) => MyListAtPeer {
+                version_acked: Some(a.ack.version),
+                accepted: a.ack.accepted,
+                refused_count: a.ack.refused_count,
+                pending_count: a.ack.pending_count,
+                refused: notes(a.ack.refused),
+                pending: notes(a.ack.pending),
+                acked_at: Some(rfc3339(a.received_at)),
+            },
+        };
+        Ok((
+            meta.as_ref().map(|m| m.version),
+            meta.map(|m| rfc3339(m.expires_at as i64)),
+            domains,
+            my_list,
+        ))
+    }
+}
