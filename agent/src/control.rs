@@ -89,6 +89,9 @@ pub(crate) async fn serve(services: Services, listener: UnixListener, cancel: Ca
             }
         }
     }
+    // New clients are refused at once ("no agent is running"); those
+    // already in get their answers.
+    drop(listener);
     while requests.join_next().await.is_some() {}
 }
 

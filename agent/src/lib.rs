@@ -41,6 +41,7 @@ mod util;
 
 pub use relay::MIN_APPLY_GAP;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -185,7 +186,7 @@ pub async fn init(config: &Config, config_path: &Path) -> Result<InitReport, Age
 
 /// How long shutdown waits for the services' tasks to finish, once any
 /// Postfix map apply in progress has finished (that wait has no limit).
-const DRAIN_GRACE: Duration = Duration::from_secs(10);
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs the agent until `shutdown` completes, then drains gracefully
 /// (peers see a `shutdown` close, not a timeout; no apply is cut off).
@@ -371,36 +372,40 @@ pub async fn run_with_clock(
 /// The services' long-lived tasks, named for the shutdown log.
 #[derive(Default)]
 struct Tasks {
-    set: JoinSet<&'static str>,
-    running: Vec<&'static str>,
+    set: JoinSet<()>,
+    names: HashMap<tokio::task::Id, &'static str>,
 }
 
 impl Tasks {
     fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
-        self.running.push(name);
-        self.set.spawn(async move {
-            task.await;
-            name
-        });
+        let id = self.set.spawn(task).id();
+        self.names.insert(id, name);
     }
 
     /// Waits up to `grace` for every task to return; stops the rest,
     /// naming them.
     async fn drain(mut self, grace: Duration) {
         let deadline = tokio::time::Instant::now() + grace;
-        while !self.set.is_empty() {
-            match tokio::time::timeout_at(deadline, self.set.join_next()).await {
-                Ok(Some(Ok(name))) => self.running.retain(|n| *n != name),
-                Ok(Some(Err(e))) => tracing::error!("a task ended abnormally: {e}"),
-                Ok(None) => break,
+        loop {
+            match tokio::time::timeout_at(deadline, self.set.join_next_with_id()).await {
+                Ok(None) => return,
+                Ok(Some(Ok((id, ())))) => {
+                    self.names.remove(&id);
+                }
+                Ok(Some(Err(e))) => {
+                    let name = self.names.remove(&e.id()).unwrap_or("?");
+                    tracing::error!(task = name, "task ended abnormally: {e}");
+                }
                 Err(_) => {
+                    let mut running: Vec<&str> = self.names.into_values().collect();
+                    running.sort_unstable();
                     tracing::warn!(
-                        tasks = ?self.running,
+                        tasks = ?running,
                         "still running after {}s; stopping them",
                         grace.as_secs()
                     );
                     self.set.shutdown().await;
-                    break;
+                    return;
                 }
             }
         }

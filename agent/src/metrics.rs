@@ -34,7 +34,6 @@ fn gauge(registry: &mut Registry, name: &str, help: &str, value: i64) {
 }
 
 /// The metrics text for one scrape.
-/// The metrics text, from a registry built for this scrape.
 async fn render(s: &Services) -> String {
     let mut r = Registry::default();
     let now = s.clock.now_unix();
@@ -156,15 +155,18 @@ async fn render(s: &Services) -> String {
     out
 }
 
+/// Scrapes served at once; more wait in the kernel's accept queue.
 const MAX_SCRAPES: usize = 4;
 
 /// Serves `GET /metrics` until `cancel`.
 pub(crate) async fn serve(services: Services, listener: TcpListener, cancel: CancellationToken) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
     loop {
-        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
-            return;
+        let permit = tokio::select! {
+            p = Arc::clone(&slots).acquire_owned() => p,
+            _ = cancel.cancelled() => return,
         };
+        let Ok(permit) = permit else { return };
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = cancel.cancelled() => return,

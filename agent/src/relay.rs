@@ -48,12 +48,6 @@ pub(crate) struct Relay {
     inner: Arc<Inner>,
 }
 
-impl std::fmt::Debug for Relay {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Relay").finish_non_exhaustive()
-    }
-}
-
 struct Inner {
     /// `None` when the config dir has no main.cf: Postfix integration is off.
     postfix: Option<Postfix>,
@@ -76,12 +70,6 @@ struct Inner {
 pub(crate) struct ApplyWorker {
     triggers: mpsc::UnboundedReceiver<String>,
     relay: Relay,
-}
-
-impl std::fmt::Debug for ApplyWorker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApplyWorker").finish_non_exhaustive()
-    }
 }
 
 /// Counters for the metrics.
@@ -353,6 +341,9 @@ impl ApplyWorker {
                     }
                     self.drain(&mut triggers);
                 }
+            }
+            if cancel.is_cancelled() {
+                return; // the next start's apply converges
             }
             triggers.dedup();
             let trigger = summarize(&triggers);

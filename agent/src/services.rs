@@ -23,7 +23,7 @@ use crate::relay::Relay;
 use crate::store::Store;
 
 /// Handles to every service, and the shared read-only pieces.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub(crate) struct Services {
     pub config: Arc<Config>,
     pub identity: Arc<Identity>,
@@ -40,7 +40,6 @@ pub(crate) struct Services {
 }
 
 /// The requests from peers that other services answer, routed.
-#[derive(Debug)]
 pub(crate) struct Router {
     pub lists: Lists,
     pub queue: Queue,

@@ -86,15 +86,7 @@ pub(super) fn check_ack(ack: &ListAck, my_version: u64) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mxfed_proto::domain::NextHop;
-    use mxfed_proto::list::Entry;
-
-    fn entry(d: &str, hop: &str) -> Entry {
-        Entry {
-            domain: Domain::parse(d).unwrap(),
-            next_hop: NextHop::parse(hop).unwrap(),
-        }
-    }
+    use crate::lists::judge::tests::entry;
 
     #[test]
     fn acks_count_everything_and_cap_notes() {

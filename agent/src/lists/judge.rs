@@ -211,11 +211,12 @@ pub(super) fn conclusive(entry: &Entry, own: &Ownership<'_>, dns: Option<&DnsFac
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use mxfed_proto::domain::NextHop;
 
-    fn entry(d: &str, hop: &str) -> Entry {
+    /// An entry for tests (also used by the other lists tests).
+    pub(in crate::lists) fn entry(d: &str, hop: &str) -> Entry {
         Entry {
             domain: Domain::parse(d).unwrap(),
             next_hop: NextHop::parse(hop).unwrap(),

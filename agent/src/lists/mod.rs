@@ -83,12 +83,6 @@ pub(crate) struct Lists {
     inner: Arc<Inner>,
 }
 
-impl std::fmt::Debug for Lists {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lists").finish_non_exhaustive()
-    }
-}
-
 struct Inner {
     config: Arc<Config>,
     store: Store,
@@ -327,27 +321,22 @@ impl Lists {
     ) -> impl Future<Output = ()> + Send + 'static {
         let mut events = self.inner.peers.subscribe();
         async move {
-            loop {
-                let event = tokio::select! {
-                    e = events.recv() => e,
-                    _ = cancel.cancelled() => None,
-                };
+            while let Some(event) = events.next(&cancel).await {
                 match event {
-                    None => return,
-                    Some(PeerEvent::Up {
+                    PeerEvent::Up {
                         peer, list_version, ..
-                    }) => {
+                    } => {
                         // Fetch their list if they have a newer one; tell them what
                         // we hold of theirs, which they may have missed while apart.
                         self.offered(peer, list_version);
                         let me = self.clone();
                         tokio::spawn(async move { me.resend_ack(peer).await });
                     }
-                    Some(PeerEvent::Removed {
+                    PeerEvent::Removed {
                         peer,
                         name,
                         was_paired,
-                    }) => {
+                    } => {
                         self.forget(&peer);
                         if was_paired {
                             self.inner.relay.request_apply(format!("unpaired {name}"));
@@ -671,10 +660,12 @@ impl Lists {
                 }
             };
             for p in peers {
-                if cancel.is_cancelled() {
-                    return;
+                // Stopping inside a re-check is safe: each store write is one
+                // transaction, and the next start's apply converges.
+                tokio::select! {
+                    _ = self.recheck(p.id, &p.name) => {}
+                    _ = cancel.cancelled() => return,
                 }
-                self.recheck(p.id, &p.name).await;
             }
         }
     }

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use mxfed_proto::msg::{close, PeerInfo, Request, Response};
 use mxfed_proto::PeerId;
@@ -52,6 +53,20 @@ pub(crate) enum PeerEvent {
         /// Whether it was still in the store (false: it was already gone).
         was_paired: bool,
     },
+}
+
+/// A subscription to [`PeerEvent`]s (from [`Peers::subscribe`]).
+#[derive(Debug)]
+pub(crate) struct PeerEvents(mpsc::UnboundedReceiver<PeerEvent>);
+
+impl PeerEvents {
+    /// The next event; `None` once `cancel` fires or the peer layer is gone.
+    pub(crate) async fn next(&mut self, cancel: &CancellationToken) -> Option<PeerEvent> {
+        tokio::select! {
+            e = self.0.recv() => e,
+            _ = cancel.cancelled() => None,
+        }
+    }
 }
 
 /// The peer a request came from.
@@ -202,14 +217,6 @@ pub(crate) struct Peers {
     core: Arc<Core>,
 }
 
-impl std::fmt::Debug for Peers {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Peers")
-            .field("me", &self.core.identity.id)
-            .finish_non_exhaustive()
-    }
-}
-
 impl Peers {
     /// The handle, and the receiving end of the dialers' orders (for
     /// `session::Sessions::run_dialers`).
@@ -304,10 +311,10 @@ impl Peers {
     }
 
     /// Events from now on, in order, until the peer layer is gone.
-    pub(crate) fn subscribe(&self) -> mpsc::UnboundedReceiver<PeerEvent> {
+    pub(crate) fn subscribe(&self) -> PeerEvents {
         let (tx, rx) = mpsc::unbounded_channel();
         lock(&self.core.subscribers).push(tx);
-        rx
+        PeerEvents(rx)
     }
 
     /// Starts the dialer that keeps a session with `peer` up.

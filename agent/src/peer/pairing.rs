@@ -9,7 +9,9 @@
 //! dial) and forgets it.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use mxfed_proto::msg::{close, PeerInfo, Request, Response, EXPORTER_LABEL};
 use mxfed_proto::{name, token, InviteToken, PeerId};
@@ -37,12 +39,6 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct Pairing {
     peers: Peers,
     limiter: Arc<Mutex<JoinLimiter>>,
-}
-
-impl std::fmt::Debug for Pairing {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pairing").finish_non_exhaustive()
-    }
 }
 
 impl Pairing {
@@ -239,11 +235,11 @@ impl Pairing {
         // failure only gets "too many attempts". A genuine token and proof
         // (128-bit ID, signature) always get through, so nobody can lock
         // friends out by failing on purpose.
-        let blocked = lock(&self.limiter).blocked(ip, Instant::now());
+        let blocked = lock(&self.limiter).blocked(ip, Instant::now().into_std());
         let peers = &self.peers;
         let now = peers.clock().now_unix();
         let fail = |message: &str| {
-            lock(&self.limiter).failed(ip, Instant::now());
+            lock(&self.limiter).failed(ip, Instant::now().into_std());
             tracing::warn!(%ip, joiner = %joiner.short(), "join refused: {message}");
             match blocked {
                 Some(wait) => refuse(format!(

@@ -18,10 +18,11 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::{AbortHandle, JoinSet};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use mxfed_proto::msg::{close, Hello, Request, Response};
@@ -64,12 +65,6 @@ pub(crate) struct Sessions {
     handshakes: Arc<Semaphore>,
     unpaired: Arc<Semaphore>,
     cancel: CancellationToken,
-}
-
-impl std::fmt::Debug for Sessions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sessions").finish_non_exhaustive()
-    }
 }
 
 /// A running dialer.

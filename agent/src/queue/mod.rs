@@ -23,9 +23,10 @@ mod scan;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use mxfed_proto::control::{FlushResult, HeldStatus, QueueView};
@@ -53,12 +54,6 @@ pub const FLUSH_EVERY: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub(crate) struct Queue {
     inner: Arc<Inner>,
-}
-
-impl std::fmt::Debug for Queue {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Queue").finish_non_exhaustive()
-    }
 }
 
 struct Inner {
@@ -145,32 +140,44 @@ impl Queue {
                 _ = tokio::time::sleep(SCAN_EVERY) => {}
                 _ = cancel.cancelled() => return,
             }
-            let scan = self.scan().await;
-            let Ok(peers) = self.inner.store.peers().await else {
-                continue;
-            };
-            // Once per round, not once per friend.
-            let mta_accepting = self.mta_accepting().await;
-            // Reports and probes run side by side, each bounded by its own
-            // timeouts: a friend that never answers, or a next hop that drops
-            // packets, delays no one else's. (A probe that finds a friend
-            // back flushes its mail, which takes as long as Postfix does.)
-            let mut work = JoinSet::new();
-            for p in &peers {
-                let (me, id, name) = (self.clone(), p.id, p.name.clone());
-                work.spawn(async move {
-                    me.report_to(id, &name, false, Some(mta_accepting)).await;
-                });
+            // Nothing in a round is left half done if it stops early: scans,
+            // reports and probes change nothing, and a flush cut short only
+            // leaves mail queued for Postfix's next try.
+            tokio::select! {
+                _ = self.round() => {}
+                _ = cancel.cancelled() => return,
             }
-            for p in peers
-                .iter()
-                .filter(|p| scan.held_messages(&p.name).is_some_and(|n| n > 0))
-            {
-                let (me, scan, id, name) = (self.clone(), Arc::clone(&scan), p.id, p.name.clone());
-                work.spawn(async move { me.probe(id, &name, &scan).await });
-            }
-            while work.join_next().await.is_some() {}
         }
+    }
+
+    /// One round: scan, then report to every friend and probe the next hops
+    /// of those I hold mail for.
+    async fn round(&self) {
+        let scan = self.scan().await;
+        let Ok(peers) = self.inner.store.peers().await else {
+            return;
+        };
+        // Once per round, not once per friend.
+        let mta_accepting = self.mta_accepting().await;
+        // Reports and probes run side by side, each bounded by its own
+        // timeouts: a friend that never answers, or a next hop that drops
+        // packets, delays no one else's. (A probe that finds a friend
+        // back flushes its mail, which takes as long as Postfix does.)
+        let mut work = JoinSet::new();
+        for p in &peers {
+            let (me, id, name) = (self.clone(), p.id, p.name.clone());
+            work.spawn(async move {
+                me.report_to(id, &name, false, Some(mta_accepting)).await;
+            });
+        }
+        for p in peers
+            .iter()
+            .filter(|p| scan.held_messages(&p.name).is_some_and(|n| n > 0))
+        {
+            let (me, scan, id, name) = (self.clone(), Arc::clone(&scan), p.id, p.name.clone());
+            work.spawn(async move { me.probe(id, &name, &scan).await });
+        }
+        while work.join_next().await.is_some() {}
     }
 
     /// Follows peers: a friend that comes up hears at once what I hold for
@@ -183,21 +190,16 @@ impl Queue {
     ) -> impl Future<Output = ()> + Send + 'static {
         let mut events = self.inner.peers.subscribe();
         async move {
-            loop {
-                let event = tokio::select! {
-                    e = events.recv() => e,
-                    _ = cancel.cancelled() => None,
-                };
+            while let Some(event) = events.next(&cancel).await {
                 match event {
-                    None => return,
-                    Some(PeerEvent::Up { peer, name, .. }) => {
+                    PeerEvent::Up { peer, name, .. } => {
                         // Tell the friend what I hold for it, and whether my MTA
                         // accepts: that is how it knows I am back and flushes
                         // what it holds for me.
                         let me = self.clone();
                         tokio::spawn(async move { me.report_to(peer, &name, true, None).await });
                     }
-                    Some(PeerEvent::Removed { peer, .. }) => self.forget(&peer),
+                    PeerEvent::Removed { peer, .. } => self.forget(&peer),
                 }
             }
         }
