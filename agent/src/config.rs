@@ -73,9 +73,21 @@ pub struct Config {
     /// addresses. For labs and friends on one private network only.
     #[serde(default)]
     pub allow_non_public_next_hops: bool,
+    /// The only ports a friend's next hop may name (`host:port`); a next hop
+    /// without a port means 25.
+    #[serde(default = "default_next_hop_ports")]
+    pub allowed_next_hop_ports: Vec<u16>,
     /// Where to serve Prometheus metrics (`GET /metrics`); off when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
+}
+
+/// Ports a friend's next hop may name unless the config says otherwise:
+/// SMTP, submission, and the usual alternative SMTP port.
+pub const DEFAULT_NEXT_HOP_PORTS: [u16; 3] = [25, 587, 2525];
+
+fn default_next_hop_ports() -> Vec<u16> {
+    DEFAULT_NEXT_HOP_PORTS.to_vec()
 }
 
 fn default_grace() -> HumanDuration {
@@ -185,6 +197,7 @@ impl Config {
             postfix_map_type: String::new(),
             expired_list_grace: default_grace(),
             allow_non_public_next_hops: false,
+            allowed_next_hop_ports: default_next_hop_ports(),
             metrics_listen: None,
         }
     }
@@ -232,6 +245,12 @@ impl Config {
         }
         if self.reverify_interval.0 < Duration::from_secs(1) {
             return Err(invalid("reverify_interval", "must be at least 1s".into()));
+        }
+        if self.allowed_next_hop_ports.is_empty() || self.allowed_next_hop_ports.contains(&0) {
+            return Err(invalid(
+                "allowed_next_hop_ports",
+                "must list at least one port, none of them 0".into(),
+            ));
         }
         if !self.postfix_map_type.is_empty()
             && !crate::postfix::SUPPORTED_MAP_TYPES.contains(&self.postfix_map_type.as_str())

@@ -126,6 +126,28 @@ impl Dns {
         }
     }
 
+    /// The TXT records at `name`, each as one string (its character-strings
+    /// joined, as RFC 7208 reads them); none if there are no such records.
+    pub async fn txt(&self, name: &str) -> Result<Vec<String>, String> {
+        match self.resolver.txt_lookup(fqdn(name)).await {
+            Ok(lookup) => Ok(lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::TXT(txt) => Some(
+                        txt.txt_data
+                            .iter()
+                            .map(|part| String::from_utf8_lossy(part))
+                            .collect::<String>(),
+                    ),
+                    _ => None,
+                })
+                .collect()),
+            Err(e) if e.is_nx_domain() || e.is_no_records_found() => Ok(Vec::new()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     /// The addresses of `host`.
     pub async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, String> {
         match self.resolver.lookup_ip(fqdn(host)).await {

@@ -103,7 +103,7 @@ pub(crate) async fn report(s: &Services) -> DoctorReport {
                 .relay_routes(s.clock.now_unix(), crate::store::ANY_EXPIRY)
                 .await
                 .unwrap_or_default();
-            let domains: Vec<Domain> = routes.iter().map(|(_, e)| e.domain.clone()).collect();
+            let domains: Vec<Domain> = routes.iter().map(|r| r.entry.domain.clone()).collect();
             match p.local_domains(&domains).await {
                 Ok(local) if local.is_empty() => checks.push(check(
                     "local-domains",

@@ -100,7 +100,7 @@ async fn render(s: &Services) -> String {
             held_age
                 .get_or_create(&l)
                 .set(d.oldest_arrival.map_or(0, |t| (now - t).max(0)));
-            for (_, e) in routes.iter().filter(|(n, _)| *n == p.name) {
+            for e in routes.iter().filter(|r| r.peer == p.name).map(|r| &r.entry) {
                 if let Some(dd) = domain_depths.get(e.domain.as_str()) {
                     let dl = vec![
                         ("peer".to_string(), p.name.clone()),

@@ -199,9 +199,10 @@ impl Relay {
         };
         let routes: Vec<Route> = routes
             .into_iter()
-            .map(|(_, e)| Route {
-                domain: e.domain,
-                next_hop: e.next_hop,
+            .map(|r| Route {
+                domain: r.entry.domain,
+                next_hop: r.entry.next_hop,
+                addrs: r.addrs,
             })
             .collect();
         let maps = render_maps(&routes);

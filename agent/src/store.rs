@@ -5,7 +5,7 @@
 //! (`agent/migrations/`) and run on open, so no live database is needed to
 //! build. Queries use sqlx's runtime functions, not the compile-time macros.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -128,6 +128,10 @@ pub struct HeldEntry {
     pub state: EntryState,
     /// Why.
     pub reason: Option<String>,
+    /// The checked addresses of its next hop, which Postfix relays to
+    /// (empty unless accepted, and for entries judged before addresses
+    /// were kept).
+    pub addrs: Vec<IpAddr>,
 }
 
 /// What a peer said of my list.
@@ -195,10 +199,37 @@ impl Store {
             .run(&pool)
             .await
             .map_err(|e| open_err(&e))?;
-        Ok(Self {
+        let store = Self {
             pool,
             path: path.into(),
-        })
+        };
+        store.seed_seen().await?;
+        Ok(store)
+    }
+
+    /// For peers paired before seen addresses were kept: the address each
+    /// last came from is the first one seen.
+    async fn seed_seen(&self) -> Result<(), StoreError> {
+        let q = |e| self.query_err(e);
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT id, last_address, COALESCE(last_seen, 0) FROM peers
+             WHERE last_address IS NOT NULL AND id NOT IN (SELECT peer_id FROM peer_seen)",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q)?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await.map_err(q)?;
+        for (id, address, at) in rows {
+            if let Ok(a) = address.parse::<SocketAddr>() {
+                record_seen(&mut tx, &id, a.ip().to_canonical(), at)
+                    .await
+                    .map_err(q)?;
+            }
+        }
+        tx.commit().await.map_err(q)
     }
 
     /// Closes the pool, checkpointing the WAL.
@@ -286,15 +317,30 @@ impl Store {
     }
 
     /// Records that a peer was connected at `now` from `address`.
-    pub async fn touch_peer(&self, id: &PeerId, now: i64, address: &str) -> Result<(), StoreError> {
+    ///
+    /// `address` is where its authenticated endpoint is now (a session's
+    /// remote address), so it is also kept among the addresses it has been
+    /// seen at (the [`MAX_SEEN`] most recent).
+    pub async fn touch_peer(
+        &self,
+        id: &PeerId,
+        now: i64,
+        address: &SocketAddr,
+    ) -> Result<(), StoreError> {
+        let q = |e| self.query_err(e);
+        let peer = id.to_string();
+        let mut tx = self.pool.begin().await.map_err(q)?;
         sqlx::query("UPDATE peers SET last_seen = ?, last_address = ? WHERE id = ?")
             .bind(now)
-            .bind(address)
-            .bind(id.to_string())
-            .execute(&self.pool)
+            .bind(address.to_string())
+            .bind(&peer)
+            .execute(&mut *tx)
             .await
-            .map_err(|e| self.query_err(e))?;
-        Ok(())
+            .map_err(q)?;
+        record_seen(&mut tx, &peer, address.ip().to_canonical(), now)
+            .await
+            .map_err(q)?;
+        tx.commit().await.map_err(q)
     }
 
     /// Adds a peer (after a successful join, as joiner).
@@ -505,8 +551,8 @@ impl Store {
 
     /// The entries held for a peer, sorted by domain.
     pub async fn peer_entries(&self, peer: &PeerId) -> Result<Vec<HeldEntry>, StoreError> {
-        let rows: Vec<(String, String, String, Option<String>)> = sqlx::query_as(
-            "SELECT domain, next_hop, state, reason FROM peer_entries WHERE peer_id = ? ORDER BY domain",
+        let rows: Vec<EntryRow> = sqlx::query_as(
+            "SELECT domain, next_hop, state, reason, addrs FROM peer_entries WHERE peer_id = ? ORDER BY domain",
         )
         .bind(peer.to_string())
         .fetch_all(&self.pool)
@@ -522,8 +568,8 @@ impl Store {
         peer: &PeerId,
         accepted_before: i64,
     ) -> Result<Vec<HeldEntry>, StoreError> {
-        let rows: Vec<(String, String, String, Option<String>)> = sqlx::query_as(
-            "SELECT domain, next_hop, state, reason FROM peer_entries
+        let rows: Vec<EntryRow> = sqlx::query_as(
+            "SELECT domain, next_hop, state, reason, addrs FROM peer_entries
              WHERE peer_id = ? AND (state != 'accepted' OR checked_at < ?) ORDER BY domain",
         )
         .bind(peer.to_string())
@@ -534,35 +580,65 @@ impl Store {
         self.held_entries(rows)
     }
 
-    fn held_entries(
-        &self,
-        rows: Vec<(String, String, String, Option<String>)>,
-    ) -> Result<Vec<HeldEntry>, StoreError> {
+    fn held_entries(&self, rows: Vec<EntryRow>) -> Result<Vec<HeldEntry>, StoreError> {
         rows.into_iter()
-            .map(|(d, h, s, reason)| {
+            .map(|(d, h, s, reason, addrs)| {
                 Ok(HeldEntry {
                     entry: self.entry_from(&d, &h)?,
                     state: EntryState::parse(&s)
                         .ok_or_else(|| self.bad("peer_entries.state", s.clone()))?,
                     reason,
+                    addrs: self.ips_from("peer_entries.addrs", &addrs)?,
                 })
             })
             .collect()
     }
 
-    /// Domains accepted for peers other than `except`, with the peer's name.
+    fn ips_from(&self, what: &'static str, text: &str) -> Result<Vec<IpAddr>, StoreError> {
+        text.split_whitespace()
+            .map(|a| a.parse().map_err(|_| self.bad(what, a)))
+            .collect()
+    }
+
+    /// Entries accepted for peers other than `except`: the domain, the peer
+    /// that holds it, and the checked addresses of its next hop.
     pub async fn accepted_elsewhere(
         &self,
         except: &PeerId,
-    ) -> Result<Vec<(String, String)>, StoreError> {
-        sqlx::query_as(
-            "SELECT e.domain, p.name FROM peer_entries e JOIN peers p ON p.id = e.peer_id
-             WHERE e.state = 'accepted' AND e.peer_id != ?",
+    ) -> Result<Vec<(Domain, PeerId, Vec<IpAddr>)>, StoreError> {
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT domain, peer_id, addrs FROM peer_entries
+             WHERE state = 'accepted' AND peer_id != ?",
         )
         .bind(except.to_string())
         .fetch_all(&self.pool)
         .await
-        .map_err(|e| self.query_err(e))
+        .map_err(|e| self.query_err(e))?;
+        rows.into_iter()
+            .map(|(d, p, a)| {
+                Ok((
+                    Domain::parse_canonical(&d).map_err(|_| self.bad("domain", &d))?,
+                    p.parse()
+                        .map_err(|_| self.bad("peer_entries.peer_id", &p))?,
+                    self.ips_from("peer_entries.addrs", &a)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// The addresses at which `peer`'s authenticated endpoint has been
+    /// seen, most recent first.
+    pub async fn seen(&self, peer: &PeerId) -> Result<Vec<IpAddr>, StoreError> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT ip FROM peer_seen WHERE peer_id = ? ORDER BY last_seen DESC, ip",
+        )
+        .bind(peer.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.query_err(e))?;
+        rows.iter()
+            .map(|(ip,)| ip.parse().map_err(|_| self.bad("peer_seen.ip", ip)))
+            .collect()
     }
 
     /// Replaces the list held for a peer with a verified one and the states
@@ -616,10 +692,11 @@ impl Store {
         let mut tx = self.pool.begin().await.map_err(q)?;
         for h in entries {
             sqlx::query(
-                "UPDATE peer_entries SET state = ?, reason = ?, checked_at = ? WHERE peer_id = ? AND domain = ?",
+                "UPDATE peer_entries SET state = ?, reason = ?, addrs = ?, checked_at = ? WHERE peer_id = ? AND domain = ?",
             )
             .bind(h.state.as_str())
             .bind(&h.reason)
+            .bind(join_ips(&h.addrs))
             .bind(now)
             .bind(&id)
             .bind(h.entry.domain.as_str())
@@ -754,6 +831,24 @@ pub struct ApplyRecord {
     pub total: u32,
 }
 
+/// One accepted entry as Postfix should relay it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayRoute {
+    /// The name of the peer it is relayed for.
+    pub peer: String,
+    /// The domain and its declared next hop.
+    pub entry: Entry,
+    /// The checked addresses of the next hop (empty: judged before
+    /// addresses were kept, and not re-checked yet).
+    pub addrs: Vec<IpAddr>,
+}
+
+/// How many addresses are kept per peer in `peer_seen`.
+pub const MAX_SEEN: usize = 16;
+
+/// A row of `peer_entries`: domain, next hop, state, reason, addresses.
+type EntryRow = (String, String, String, Option<String>, String);
+
 /// A grace period for [`Store::relay_routes`] that no list outlives: every
 /// accepted entry, however long its list has been expired.
 pub const ANY_EXPIRY: i64 = i64::MAX / 4;
@@ -761,13 +856,9 @@ pub const ANY_EXPIRY: i64 = i64::MAX / 4;
 impl Store {
     /// Accepted entries of lists that have not been expired for longer than
     /// `grace` seconds, with the peer's name: what Postfix should relay.
-    pub async fn relay_routes(
-        &self,
-        now: i64,
-        grace: i64,
-    ) -> Result<Vec<(String, Entry)>, StoreError> {
-        let rows: Vec<(String, String, String)> = sqlx::query_as(
-            "SELECT p.name, e.domain, e.next_hop FROM peer_entries e
+    pub async fn relay_routes(&self, now: i64, grace: i64) -> Result<Vec<RelayRoute>, StoreError> {
+        let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+            "SELECT p.name, e.domain, e.next_hop, e.addrs FROM peer_entries e
              JOIN peer_lists l ON l.peer_id = e.peer_id
              JOIN peers p ON p.id = e.peer_id
              WHERE e.state = 'accepted' AND l.expires_at + ? > ?
@@ -779,7 +870,13 @@ impl Store {
         .await
         .map_err(|e| self.query_err(e))?;
         rows.iter()
-            .map(|(n, d, h)| Ok((n.clone(), self.entry_from(d, h)?)))
+            .map(|(n, d, h, a)| {
+                Ok(RelayRoute {
+                    peer: n.clone(),
+                    entry: self.entry_from(d, h)?,
+                    addrs: self.ips_from("peer_entries.addrs", a)?,
+                })
+            })
             .collect()
     }
 
@@ -849,6 +946,34 @@ impl Store {
     }
 }
 
+/// Notes that `peer` was seen at `ip`, keeping only the [`MAX_SEEN`] most
+/// recent addresses (a peer that roams cannot fill the table).
+async fn record_seen(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    peer: &str,
+    ip: IpAddr,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO peer_seen (peer_id, ip, last_seen) VALUES (?, ?, ?)
+         ON CONFLICT (peer_id, ip) DO UPDATE SET last_seen = MAX(last_seen, excluded.last_seen)",
+    )
+    .bind(peer)
+    .bind(ip.to_string())
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "DELETE FROM peer_seen WHERE peer_id = ?1 AND ip NOT IN
+           (SELECT ip FROM peer_seen WHERE peer_id = ?1 ORDER BY last_seen DESC, ip LIMIT ?2)",
+    )
+    .bind(peer)
+    .bind(MAX_SEEN as i64)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 async fn insert_entry(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     peer_id: &str,
@@ -856,17 +981,26 @@ async fn insert_entry(
     now: i64,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO peer_entries (peer_id, domain, next_hop, state, reason, checked_at) VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO peer_entries (peer_id, domain, next_hop, state, reason, addrs, checked_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(peer_id)
     .bind(h.entry.domain.as_str())
     .bind(h.entry.next_hop.to_string())
     .bind(h.state.as_str())
     .bind(&h.reason)
+    .bind(join_ips(&h.addrs))
     .bind(now)
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+fn join_ips(addrs: &[IpAddr]) -> String {
+    addrs
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn join_addrs(addrs: &[SocketAddr]) -> String {
@@ -916,6 +1050,76 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn where_a_peer_was_seen_is_kept_and_bounded() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("mxfed.db")).await.unwrap();
+        let friend = peer(1, "friend");
+        s.insert_peer(&friend).await.unwrap();
+        assert!(s.seen(&friend.id).await.unwrap().is_empty());
+        let at = |a: &str| a.parse::<SocketAddr>().unwrap();
+        s.touch_peer(&friend.id, 100, &at("1.2.3.4:7787"))
+            .await
+            .unwrap();
+        // An IPv4 client of a dual-stack socket: the same address.
+        s.touch_peer(&friend.id, 200, &at("[::ffff:1.2.3.4]:7787"))
+            .await
+            .unwrap();
+        s.touch_peer(&friend.id, 150, &at("[2001:db8::5]:7787"))
+            .await
+            .unwrap();
+        let ip = |a: &str| a.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            s.seen(&friend.id).await.unwrap(),
+            [ip("1.2.3.4"), ip("2001:db8::5")],
+            "most recent first, each address once"
+        );
+        for i in 0..(MAX_SEEN as i64 + 5) {
+            s.touch_peer(&friend.id, 1000 + i, &at(&format!("10.0.0.{i}:7787")))
+                .await
+                .unwrap();
+        }
+        let seen = s.seen(&friend.id).await.unwrap();
+        assert_eq!(seen.len(), MAX_SEEN, "a roaming peer cannot fill the table");
+        assert_eq!(seen[0], ip(&format!("10.0.0.{}", MAX_SEEN + 4)));
+        // Gone with the peer.
+        s.remove_peer(&friend.id).await.unwrap();
+        assert!(s.seen(&friend.id).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn checked_addresses_are_stored_with_the_entry() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("mxfed.db")).await.unwrap();
+        let friend = peer(1, "friend");
+        s.insert_peer(&friend).await.unwrap();
+        let entry = Entry {
+            domain: Domain::parse("friend.example").unwrap(),
+            next_hop: NextHop::parse("mail.friend.example").unwrap(),
+        };
+        let addrs: Vec<IpAddr> = vec!["1.2.3.4".parse().unwrap(), "2001:db8::5".parse().unwrap()];
+        let held = HeldEntry {
+            entry: entry.clone(),
+            state: EntryState::Accepted,
+            reason: None,
+            addrs: addrs.clone(),
+        };
+        let list = DomainList::new(friend.id, 1, 0, i64::MAX as u64 / 2, vec![entry]);
+        s.store_peer_list(&friend.id, &list, b"sig", std::slice::from_ref(&held), 5)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.peer_entries(&friend.id).await.unwrap(),
+            std::slice::from_ref(&held)
+        );
+        let routes = s.relay_routes(10, 0).await.unwrap();
+        assert_eq!(routes[0].addrs, addrs);
+        let other = peer(2, "other");
+        s.insert_peer(&other).await.unwrap();
+        let elsewhere = s.accepted_elsewhere(&other.id).await.unwrap();
+        assert_eq!(elsewhere, [(held.entry.domain.clone(), friend.id, addrs)]);
+    }
+
+    #[tokio::test]
     async fn entries_are_due_when_open_or_accepted_and_not_checked_lately() {
         let d = tempfile::tempdir().unwrap();
         let s = Store::open(&d.path().join("mxfed.db")).await.unwrap();
@@ -928,6 +1132,7 @@ mod tests {
             },
             state,
             reason: None,
+            addrs: Vec::new(),
         };
         let entries = [
             held("a.example", EntryState::Accepted),

@@ -12,7 +12,8 @@ const ZONES: &[&str] = &["example"];
 
 /// MX records for the two friends' domains: each lists its own server first
 /// and the friend's second, as the seed describes. `lonely.example` lists
-/// only alpha.
+/// only alpha. The mail hosts' addresses are the agents' own (pinned by
+/// [`two_friends`]): each agent runs on its mail server.
 fn world() -> Vec<Rec> {
     vec![
         Rec::Mx("alpha.example", "mail.alpha.example", 0),
@@ -22,8 +23,6 @@ fn world() -> Vec<Rec> {
         Rec::Mx("bravo.example", "mail.bravo.example", 0),
         Rec::Mx("bravo.example", "mail.alpha.example", 10),
         Rec::Mx("lonely.example", "mail.alpha.example", 0),
-        Rec::A("mail.alpha.example", "192.0.2.1"),
-        Rec::A("mail.bravo.example", "192.0.2.2"),
     ]
 }
 
@@ -31,11 +30,15 @@ fn pair_with(a: &mut Agent, b: &mut Agent) {
     start_and_pair(a, b);
 }
 
-fn two_friends(dns: &DnsServer, b_extra: &str) -> (Agent, Agent) {
+fn two_friends(dns: &mut DnsServer, b_extra: &str) -> (Agent, Agent) {
     let mut a = Agent::init("alpha");
     let mut b = Agent::init("bravo");
-    a.use_dns(dns);
-    b.use_dns(dns);
+    dns.pin(&[Rec::mail_host(&a), Rec::mail_host(&b)]);
+    for x in [&a, &b] {
+        x.use_dns(dns);
+        // The agents' addresses are loopback ones.
+        x.configure("allow_non_public_next_hops = true");
+    }
     b.configure(b_extra);
     pair_with(&mut a, &mut b);
     (a, b)
@@ -43,8 +46,8 @@ fn two_friends(dns: &DnsServer, b_extra: &str) -> (Agent, Agent) {
 
 #[test]
 fn lists_propagate_both_ways_and_persist_while_the_signer_is_down() {
-    let dns = DnsServer::start(ZONES, &world());
-    let (mut a, mut b) = two_friends(&dns, "");
+    let mut dns = DnsServer::start(ZONES, &world());
+    let (mut a, mut b) = two_friends(&mut dns, "");
     a.domains(&["add", "Alpha.EXAMPLE", "a2.example"]);
     wait_for("bravo to accept alpha's domains", || {
         b.state_of("alpha", "alpha.example").as_deref() == Some("accepted")
@@ -100,7 +103,7 @@ fn lists_propagate_both_ways_and_persist_while_the_signer_is_down() {
 #[test]
 fn a_refusal_names_what_is_missing_and_fixing_dns_is_enough() {
     let mut dns = DnsServer::start(ZONES, &world());
-    let (a, b) = two_friends(&dns, "recheck_interval = \"1s\"");
+    let (a, b) = two_friends(&mut dns, "recheck_interval = \"1s\"");
     a.domains(&["add", "lonely.example"]);
     let reason = "MX of lonely.example does not list mail.bravo.example";
     wait_for("bravo to refuse lonely.example", || {
@@ -134,7 +137,7 @@ fn a_refusal_names_what_is_missing_and_fixing_dns_is_enough() {
 #[test]
 fn republishing_checks_refused_entries_again() {
     let mut dns = DnsServer::start(ZONES, &world());
-    let (a, b) = two_friends(&dns, "recheck_interval = \"1h\"");
+    let (a, b) = two_friends(&mut dns, "recheck_interval = \"1h\"");
     a.domains(&["add", "lonely.example"]);
     wait_for("refused", || {
         b.state_of("alpha", "lonely.example").as_deref() == Some("refused")
@@ -152,7 +155,7 @@ fn republishing_checks_refused_entries_again() {
 #[test]
 fn a_dns_failure_never_revokes_and_leaves_new_entries_pending() {
     let mut dns = DnsServer::start(ZONES, &world());
-    let (a, b) = two_friends(&dns, "recheck_interval = \"1s\"");
+    let (a, b) = two_friends(&mut dns, "recheck_interval = \"1s\"");
     a.domains(&["add", "alpha.example"]);
     wait_for("accepted", || {
         b.state_of("alpha", "alpha.example").as_deref() == Some("accepted")
@@ -187,9 +190,10 @@ fn my_own_domains_and_another_peers_domains_are_refused() {
     ] {
         records.push(Rec::Mx("shared.example", host, 10));
     }
-    let dns = DnsServer::start(ZONES, &records);
-    let (a, mut b) = two_friends(&dns, "");
+    let mut dns = DnsServer::start(ZONES, &records);
+    let (a, mut b) = two_friends(&mut dns, "");
     let mut c = Agent::init("charlie");
+    dns.pin(&[Rec::mail_host(&c)]);
     c.use_dns(&dns);
     c.start();
     let token = b.invite("10m");
@@ -248,8 +252,8 @@ fn a_friend_cannot_point_mail_at_me_or_at_a_private_address() {
     }
     records.push(Rec::Mx("private.example", "inside.alpha.example", 20));
     records.push(Rec::A("inside.alpha.example", "10.0.0.25"));
-    let dns = DnsServer::start(ZONES, &records);
-    let (a, b) = two_friends(&dns, "");
+    let mut dns = DnsServer::start(ZONES, &records);
+    let (a, b) = two_friends(&mut dns, "allow_non_public_next_hops = false");
     a.domains(&["add", "loop.example", "--next-hop", "mail.bravo.example"]);
     a.domains(&[
         "add",
@@ -257,7 +261,7 @@ fn a_friend_cannot_point_mail_at_me_or_at_a_private_address() {
         "--next-hop",
         "inside.alpha.example",
     ]);
-    a.domains(&["add", "literal.example", "--next-hop", "[127.0.0.1]:10025"]);
+    a.domains(&["add", "literal.example", "--next-hop", "[127.0.0.1]"]);
     wait_for("all three judged", || b.held("alpha").len() == 3);
     let held = b.held("alpha");
     assert_eq!(held["loop.example"].0, "refused");
@@ -272,8 +276,8 @@ fn a_friend_cannot_point_mail_at_me_or_at_a_private_address() {
 fn an_acknowledgement_with_a_thousand_refusals_crosses_the_wire() {
     // Regression: paired peers' requests were once capped at the 4 KiB join
     // limit, so a large ack closed the session on every reconnect.
-    let dns = DnsServer::start(ZONES, &world());
-    let (a, b) = two_friends(&dns, "");
+    let mut dns = DnsServer::start(ZONES, &world());
+    let (a, b) = two_friends(&mut dns, "");
     let file = domain_file(a.dir.path(), 1500);
     a.domains(&["add", "--from-file", file.to_str().unwrap()]);
     wait_for("alpha hears 1500 refusals", || {
@@ -340,12 +344,13 @@ fn bad_domain_names_are_refused_and_nothing_is_stored() {
 
 #[test]
 fn a_list_of_100000_domains_propagates() {
-    let (a, b) = {
+    let (a, b, _dns) = {
         let mut a = Agent::init("alpha");
         let mut b = Agent::init("bravo");
         b.configure("verify_mx = \"off\"");
+        let dns = mail_dns(&[&a, &b]);
         pair_with(&mut a, &mut b);
-        (a, b)
+        (a, b, dns)
     };
     let file = domain_file(a.dir.path(), 100_000);
     a.domains(&["add", "--from-file", file.to_str().unwrap()]);
@@ -401,12 +406,13 @@ fn far_future() -> u64 {
 
 #[test]
 fn hostile_lists_are_refused_and_the_previous_list_stays_in_force() {
-    let (a, mut b) = {
+    let (a, mut b, _dns) = {
         let mut a = Agent::init("alpha");
         let mut b = Agent::init("bravo");
         a.configure("verify_mx = \"off\"");
+        let dns = mail_dns(&[&a, &b]);
         pair_with(&mut a, &mut b);
-        (a, b)
+        (a, b, dns)
     };
     b.domains(&["add", "b1.example"]);
     wait_for("alpha holds bravo's list", || {
@@ -546,12 +552,13 @@ fn bravo_info() -> PeerInfo {
 
 #[test]
 fn after_a_restore_from_an_old_backup_my_list_is_re_signed_past_what_friends_hold() {
-    let (mut a, mut b) = {
+    let (mut a, mut b, _dns) = {
         let mut a = Agent::init("alpha");
         let mut b = Agent::init("bravo");
         b.configure("verify_mx = \"off\"");
+        let dns = mail_dns(&[&a, &b]);
         pair_with(&mut a, &mut b);
-        (a, b)
+        (a, b, dns)
     };
     a.domains(&["add", "one.example"]);
     wait_for("v1 held", || b.peer("alpha").unwrap()["list_version"] == 1);
@@ -631,7 +638,7 @@ fn domains_come_from_stdin_with_comments_and_list_prints_a_table() {
 fn an_accepted_domain_is_verified_again_while_its_friend_is_offline() {
     let mut dns = DnsServer::start(ZONES, &world());
     let (mut a, b) = two_friends(
-        &dns,
+        &mut dns,
         "recheck_interval = \"1s\"\nreverify_interval = \"2s\"",
     );
     a.domains(&["add", "alpha.example", "a2.example"]);

@@ -3,6 +3,7 @@
 
 mod bench;
 mod e2e;
+mod hostile;
 mod lists;
 mod postfix;
 mod queue;

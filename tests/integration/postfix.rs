@@ -5,30 +5,38 @@ use std::time::Duration;
 
 use crate::util::*;
 
-/// alpha publishes; bravo backs alpha up with a private Postfix.
+/// alpha publishes; bravo backs alpha up with a private Postfix. Each
+/// agent's mail host resolves to the agent's own address (its agent runs on
+/// its mail server, which proves its claims).
 struct Pair {
     alpha: Agent,
     bravo: Agent,
     pf: PostfixInstance,
+    /// Serves the mail hosts while the pair lives.
+    _dns: DnsServer,
 }
 
 fn pair(bravo_extra: &str, main_cf_extra: &str) -> Pair {
-    pair_on(bravo_extra, main_cf_extra, None)
+    pair_on(bravo_extra, main_cf_extra, &[])
 }
 
-/// As [`pair`], with bravo's MX checks asking `dns`.
-fn pair_on(bravo_extra: &str, main_cf_extra: &str, dns: Option<&DnsServer>) -> Pair {
+/// As [`pair`], with these records in DNS too (for bravo's MX checks).
+fn pair_on(bravo_extra: &str, main_cf_extra: &str, records: &[Rec]) -> Pair {
     let pf = PostfixInstance::start("mail.bravo.example", main_cf_extra);
     let mut alpha = Agent::init("alpha");
     let mut bravo = Agent::init("bravo");
+    let mut dns = mail_dns(&[&alpha, &bravo]);
+    dns.restart(&["example"], records);
     bravo.use_postfix(&pf);
-    if let Some(dns) = dns {
-        bravo.use_dns(dns);
-    }
     bravo.configure(bravo_extra);
     assert_ok(&bravo.mxfed(&["postfix", "setup"]), "postfix setup");
     start_and_pair(&mut alpha, &mut bravo);
-    Pair { alpha, bravo, pf }
+    Pair {
+        alpha,
+        bravo,
+        pf,
+        _dns: dns,
+    }
 }
 
 #[test]
@@ -125,16 +133,14 @@ fn setup_accepts_debians_stock_relay_restrictions() {
     );
 }
 
-/// DNS where each of `domains` has MX 0 alpha and MX 10 bravo, and both
-/// mail hosts have addresses.
+/// DNS where each of `domains` has MX 0 alpha and MX 10 bravo (the mail
+/// hosts' addresses come from [`pair_on`]).
 fn backed_up_by_bravo(domains: &[&'static str]) -> Vec<Rec> {
     let mut records = vec![];
     for d in domains {
         records.push(Rec::Mx(d, "mail.alpha.example", 0));
         records.push(Rec::Mx(d, "mail.bravo.example", 10));
     }
-    records.push(Rec::A("mail.alpha.example", "192.0.2.1"));
-    records.push(Rec::A("mail.bravo.example", "192.0.2.2"));
     records
 }
 
@@ -142,12 +148,7 @@ fn backed_up_by_bravo(domains: &[&'static str]) -> Vec<Rec> {
 fn accepted_domains_are_relayed_to_their_next_hop_and_removal_takes_relay_away() {
     let mut records = backed_up_by_bravo(&["a1.example", "a2.example", "localhost.example"]);
     records.push(Rec::Mx("notmine.example", "mail.alpha.example", 0));
-    let dns = DnsServer::start(&["example"], &records);
-    let p = pair_on(
-        "",
-        "mydestination = localhost, localhost.example",
-        Some(&dns),
-    );
+    let p = pair_on("", "mydestination = localhost, localhost.example", &records);
     // Relay is denied before anything is accepted.
     assert_eq!(p.pf.rcpt("x@a1.example"), 554);
 
@@ -167,16 +168,17 @@ fn accepted_domains_are_relayed_to_their_next_hop_and_removal_takes_relay_away()
     assert_eq!(state, "refused");
     assert!(reason.starts_with("local domain"), "{reason}");
 
-    // The transport map points each domain at exactly its declared next hop.
+    // The transport map points each domain at exactly its declared next
+    // hop, at the address (and port) it was checked at.
     let transport = p.pf.dump("hash", "transport").unwrap();
     let expected: std::collections::BTreeMap<String, String> = [
         (
             "a1.example".to_string(),
-            "relay:[mail.alpha.example]".to_string(),
+            format!("relay:[{}]", p.alpha.ip()),
         ),
         (
             "a2.example".to_string(),
-            "relay:[mail.alpha.example]:2525".to_string(),
+            format!("relay:[{}]:2525", p.alpha.ip()),
         ),
     ]
     .into();
@@ -233,9 +235,11 @@ fn relay_with_map_type(map_type: &str) {
         .starts_with(&format!("{map_type}:")));
     p.alpha.domains(&["add", "a1.example"]);
     wait_for("relayed", || p.pf.rcpt("x@a1.example") == 250);
+    // Relay goes to the address the next hop was checked at, never to a
+    // name that could resolve elsewhere later.
     assert_eq!(
-        p.pf.query(map_type, "transport", "a1.example").as_deref(),
-        Some("relay:[mail.alpha.example]")
+        p.pf.query(map_type, "transport", "a1.example"),
+        Some(format!("relay:[{}]", p.alpha.ip()))
     );
     p.alpha.domains(&["remove", "a1.example"]);
     wait_for("not relayed", || p.pf.rcpt("x@a1.example") == 554);
@@ -367,6 +371,7 @@ fn stopping_the_agent_mid_apply_lets_the_apply_finish() {
     let pf = PostfixInstance::start("mail.bravo.example", "");
     let mut alpha = Agent::init("alpha");
     let mut bravo = Agent::init("bravo");
+    let _dns = mail_dns(&[&alpha, &bravo]);
     bravo.use_postfix(&pf);
     bravo.configure("verify_mx = \"off\"");
     assert_ok(&bravo.mxfed(&["postfix", "setup"]), "postfix setup");
@@ -492,6 +497,8 @@ fn an_expired_list_leaves_the_maps_only_after_the_grace_period() {
     let pf = PostfixInstance::start("mail.alpha.example", "");
     let mut alpha = Agent::init("alpha");
     let mut bravo = Agent::init("bravo");
+    // bravo's claim is proven by where its agent was seen when it paired.
+    let _dns = mail_dns(&[&alpha, &bravo]);
     alpha.use_postfix(&pf);
     alpha.configure("verify_mx = \"off\"\nexpired_list_grace = \"4s\"");
     assert_ok(&alpha.mxfed(&["postfix", "setup"]), "setup");
@@ -750,7 +757,6 @@ fn local_domains_in_inline_maps_and_parent_forms_are_seen_and_do_not_block_the_r
         "x.parent.example",
         "y.sub.example",
     ]);
-    let dns = DnsServer::start(&["example"], &records);
     // An inline table: one list item with commas and spaces inside braces.
     // relay_domains is in parent_domain_matches_subdomains by default, so
     // the admin's parent.example covers x.parent.example; .sub.example
@@ -760,7 +766,7 @@ fn local_domains_in_inline_maps_and_parent_forms_are_seen_and_do_not_block_the_r
         "virtual_alias_domains = inline:{ inl.example=yes, { elsewhere.example = yes } }\n\
          relay_domains = parent.example\n\
          mydestination = localhost, .sub.example",
-        Some(&dns),
+        &records,
     );
     p.alpha.domains(&[
         "add",

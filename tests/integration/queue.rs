@@ -21,12 +21,18 @@ fn world() -> World {
 fn world_with(bravo_extra: &str) -> World {
     let pf_alpha = PostfixInstance::start_mailbox("mail.alpha.example", "a1.example");
     let pf_bravo = PostfixInstance::start("mail.bravo.example", "");
-    let mut alpha = Agent::init("alpha");
+    // alpha's agent runs where its mail server listens (127.0.0.1), which
+    // proves its claim to bravo.
+    let mut alpha = Agent::init_at("alpha", free_udp_on_localhost());
     let mut bravo = Agent::init("bravo");
     alpha.use_postfix(&pf_alpha);
     bravo.use_postfix(&pf_bravo);
-    // Loopback next hops are only allowed by explicit opt-in (a lab).
-    bravo.configure("verify_mx = \"off\"\nallow_non_public_next_hops = true");
+    // Loopback next hops, and the instance's port, only by explicit opt-in
+    // (a lab).
+    bravo.configure(&format!(
+        "verify_mx = \"off\"\nallow_non_public_next_hops = true\nallowed_next_hop_ports = [{}]",
+        pf_alpha.port
+    ));
     bravo.configure(bravo_extra);
     assert_ok(&bravo.mxfed(&["postfix", "setup"]), "setup");
     start_and_pair(&mut alpha, &mut bravo);

@@ -2,7 +2,7 @@
 //! real SQLite files in temp dirs, and a raw quinn client for playing a
 //! buggy or hostile peer.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -26,6 +26,13 @@ pub fn fresh_ip() -> Ipv4Addr {
     )
 }
 
+/// A free UDP port on 127.0.0.1, for an agent that must run where a test
+/// Postfix instance listens (instances can only use 127.0.0.1).
+pub fn free_udp_on_localhost() -> SocketAddr {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap()
+}
+
 /// One agent: its temp dir, config and (while running) its process.
 pub struct Agent {
     pub name: String,
@@ -39,8 +46,12 @@ pub struct Agent {
 impl Agent {
     /// Runs `mxfed init` for a new agent on a fresh loopback address.
     pub fn init(name: &str) -> Agent {
+        Agent::init_at(name, SocketAddr::new(fresh_ip().into(), 7787))
+    }
+
+    /// Runs `mxfed init` for a new agent listening on `addr`.
+    pub fn init_at(name: &str, addr: SocketAddr) -> Agent {
         let dir = tempfile::tempdir().unwrap();
-        let addr = SocketAddr::new(fresh_ip().into(), 7787);
         let agent = Agent {
             name: name.into(),
             dir,
@@ -69,6 +80,11 @@ impl Agent {
 
     pub fn config(&self) -> PathBuf {
         self.dir.path().join("mxfed.toml")
+    }
+
+    /// The address its agent runs on (and its sessions come from).
+    pub fn ip(&self) -> IpAddr {
+        self.addr.ip()
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -378,6 +394,27 @@ pub enum Rec {
     Mx(&'static str, &'static str, u16),
     /// `host A ip`
     A(&'static str, &'static str),
+    /// `host A/AAAA ip`, for names and addresses made at run time.
+    Host(String, IpAddr),
+    /// `name TXT "text"`
+    Txt(String, String),
+}
+
+impl Rec {
+    /// `mail.NAME.example` at the agent's own address: its mail server is
+    /// where its agent runs, which proves it speaks for its domains.
+    pub fn mail_host(agent: &Agent) -> Rec {
+        Rec::Host(format!("mail.{}.example", agent.name), agent.ip())
+    }
+
+    /// `_mxfed.DOMAIN TXT "v=mxfed1; id=ID"`: the domain names the agent as
+    /// one that speaks for it.
+    pub fn proof(domain: &str, agent: &Agent) -> Rec {
+        Rec::Txt(
+            format!("_mxfed.{domain}"),
+            format!("v=mxfed1; id={}", agent.id()),
+        )
+    }
 }
 
 /// A real DNS server (dnsmasq) on a loopback address of its own, answering
@@ -387,20 +424,47 @@ pub enum Rec {
 pub struct DnsServer {
     pub addr: SocketAddr,
     child: Option<Child>,
+    /// The zones and records served now, and records served on every
+    /// restart too (see [`DnsServer::pin`]).
+    zones: Vec<String>,
+    records: Vec<Rec>,
+    pinned: Vec<Rec>,
 }
 
 impl DnsServer {
     pub fn start(zones: &[&str], records: &[Rec]) -> DnsServer {
         let addr = SocketAddr::new(fresh_ip().into(), 5353);
-        let mut d = DnsServer { addr, child: None };
-        d.launch(zones, records);
+        let mut d = DnsServer {
+            addr,
+            child: None,
+            zones: Vec::new(),
+            records: Vec::new(),
+            pinned: Vec::new(),
+        };
+        d.restart(zones, records);
         d
     }
 
-    /// Restarts with other zones and records (dnsmasq cannot reload them).
+    /// Restarts with other zones and records (dnsmasq cannot reload them);
+    /// pinned records stay.
     pub fn restart(&mut self, zones: &[&str], records: &[Rec]) {
         self.stop();
-        self.launch(zones, records);
+        self.zones = zones.iter().map(|z| z.to_string()).collect();
+        self.records = records.to_vec();
+        let mut all = self.records.clone();
+        all.extend(self.pinned.iter().cloned());
+        let zones = self.zones.clone();
+        let zones: Vec<&str> = zones.iter().map(String::as_str).collect();
+        self.launch(&zones, &all);
+    }
+
+    /// Adds records served from now on, across restarts (the agents' mail
+    /// hosts, which exist only once the agents do).
+    pub fn pin(&mut self, records: &[Rec]) {
+        self.pinned.extend(records.iter().cloned());
+        let (zones, records) = (self.zones.clone(), self.records.clone());
+        let zones: Vec<&str> = zones.iter().map(String::as_str).collect();
+        self.restart(&zones, &records);
     }
 
     pub fn stop(&mut self) {
@@ -429,6 +493,9 @@ impl DnsServer {
             args.push(match r {
                 Rec::Mx(d, h, p) => format!("--mx-host={d},{h},{p}"),
                 Rec::A(h, ip) => format!("--host-record={h},{ip}"),
+                Rec::Host(h, ip) => format!("--host-record={h},{ip}"),
+                // No quotes: on the command line dnsmasq would keep them.
+                Rec::Txt(name, text) => format!("--txt-record={name},{text}"),
             });
         }
         let child = Command::new("dnsmasq")
@@ -447,6 +514,21 @@ impl Drop for DnsServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A DNS server for agents whose mail servers are where the agents run:
+/// `mail.NAME.example` resolves to each agent's own address (so its claims
+/// are proven) and nothing else exists under `example`. Each agent is told
+/// to use it, and to accept loopback next hops. Keep it for the test's
+/// length.
+pub fn mail_dns(agents: &[&Agent]) -> DnsServer {
+    let mut dns = DnsServer::start(&["example"], &[]);
+    dns.pin(&agents.iter().map(|a| Rec::mail_host(a)).collect::<Vec<_>>());
+    for a in agents {
+        a.use_dns(&dns);
+        a.configure("allow_non_public_next_hops = true");
+    }
+    dns
 }
 
 /// Whether a DNS server answers a query at all.

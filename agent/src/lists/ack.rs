@@ -96,12 +96,14 @@ mod tests {
                 entry: entry(&format!("r{i}.example"), "mail.x.example"),
                 state: EntryState::Refused,
                 reason: Some("x".repeat(400)),
+                addrs: Vec::new(),
             });
         }
         held.push(HeldEntry {
             entry: entry("a.example", "mail.x.example"),
             state: EntryState::Accepted,
             reason: None,
+            addrs: Vec::new(),
         });
         let ack = make_ack(7, &held);
         assert_eq!(

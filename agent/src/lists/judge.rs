@@ -2,6 +2,15 @@
 //! refused or pending from what is known locally ([`Ownership`]) and in DNS
 //! ([`DnsFacts`]). Pure: the facts are gathered before (`facts`), and the
 //! caller stores the outcome.
+//!
+//! The rules, in order: never one of my domains or a domain this Postfix
+//! delivers; the next hop's port must be allowed, and its addresses (looked
+//! up even with `verify_mx = "off"`) must be neither this server nor
+//! special-purpose; the claiming peer must prove it speaks for the domain
+//! (its next hop is at an address where its key was seen, or the domain's
+//! `_mxfed` TXT record names it); a domain another peer holds with proof
+//! stays with it (one held without proof is taken over); and with
+//! `verify_mx` the MX records must name my mail host and the next hop.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -9,21 +18,28 @@ use std::net::IpAddr;
 use mxfed_proto::control::EntryState;
 use mxfed_proto::domain::{Domain, Host};
 use mxfed_proto::list::Entry;
+use mxfed_proto::PeerId;
 
 use crate::config::VerifyMx;
 use crate::dns::MxAnswer;
 
+use super::proof;
+use super::special::special_purpose;
+
 /// What the judge knows about one entry's DNS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct DnsFacts {
-    /// The MX answer for the domain.
-    pub mx: MxAnswer,
+    /// The MX answer for the domain (`None`: not looked up, `verify_mx` off).
+    pub mx: Option<MxAnswer>,
     /// For an `[IP]` next hop: whether one of the MX hosts resolves to it
     /// (`Err` if those look-ups failed). Unused for a host-name next hop.
     pub ip_listed: Result<bool, String>,
     /// The addresses the next hop resolves to (for an `[IP]` next hop, that
     /// address), or why they could not be found.
     pub hop_addrs: Result<Vec<IpAddr>, String>,
+    /// The peers the domain's `_mxfed` TXT record names, or why it could
+    /// not be read (no record: none).
+    pub txt_ids: Result<Vec<PeerId>, String>,
 }
 
 /// Why mail must not be relayed to `ip`, if it must not: only public
@@ -32,33 +48,15 @@ pub(super) fn forbidden_hop(
     ip: &IpAddr,
     mine: &[IpAddr],
     allow_non_public: bool,
-) -> Option<&'static str> {
-    if mine.contains(ip) {
-        return Some("is this server");
+) -> Option<String> {
+    let ip = ip.to_canonical();
+    if mine.iter().any(|m| m.to_canonical() == ip) {
+        return Some("is this server".into());
     }
     if allow_non_public {
         return None;
     }
-    let bad = match ip {
-        IpAddr::V4(v4) => {
-            v4.is_loopback()
-                || v4.is_unspecified()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_multicast()
-                || v4.is_broadcast()
-                || v4.octets()[0] == 0
-        }
-        IpAddr::V6(v6) => {
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (v6.segments()[0] & 0xfe00) == 0xfc00 // unique local
-                || (v6.segments()[0] & 0xffc0) == 0xfe80 // link local
-                || v6.to_ipv4_mapped().is_some_and(|v4| forbidden_hop(&IpAddr::V4(v4), mine, false).is_some())
-        }
-    };
-    bad.then_some("is not a public address")
+    special_purpose(&ip).map(|block| format!("is not a public address ({block})"))
 }
 
 /// The local facts an entry is judged against.
@@ -68,12 +66,58 @@ pub(crate) struct Ownership<'a> {
     pub my_addrs: &'a [IpAddr],
     /// `allow_non_public_next_hops`.
     pub allow_non_public: bool,
+    /// `allowed_next_hop_ports`.
+    pub allowed_ports: &'a [u16],
     pub my_domains: &'a HashSet<Domain>,
     /// Domains this Postfix delivers itself, or why that could not be read.
     pub local: &'a Result<HashSet<Domain>, String>,
-    /// Domains accepted for other peers, with the peer's name.
-    pub taken: &'a HashMap<Domain, String>,
+    /// Domains accepted for other peers, and whether that peer's claim is
+    /// proven now (a failed look-up counts as proven: never revoke on it).
+    pub taken: &'a HashMap<Domain, bool>,
     pub verify: VerifyMx,
+    /// The peer whose list this is.
+    pub claimant: PeerId,
+    /// The addresses at which the claimant's key has been seen.
+    pub seen: &'a [IpAddr],
+}
+
+/// The addresses an entry's next hop was checked at: the IP itself, or
+/// what its name resolved to (sorted); empty if that is not known.
+pub(super) fn hop_addrs(entry: &Entry, dns: Option<&DnsFacts>) -> Vec<IpAddr> {
+    let mut addrs = match entry.next_hop.host() {
+        Host::Ip(ip) => vec![*ip],
+        Host::Name(_) => match dns.map(|f| &f.hop_addrs) {
+            Some(Ok(addrs)) => addrs.clone(),
+            _ => Vec::new(),
+        },
+    };
+    for a in &mut addrs {
+        *a = a.to_canonical();
+    }
+    addrs.sort();
+    addrs.dedup();
+    addrs
+}
+
+/// Whether `claimant` proves it speaks for `domain`: `addrs` (its next
+/// hop's) include one where its key was seen, or the TXT record names it.
+/// `Err` if that could not be decided because the TXT look-up failed.
+pub(super) fn proven(
+    claimant: &PeerId,
+    addrs: &[IpAddr],
+    seen: &[IpAddr],
+    txt_ids: &Result<Vec<PeerId>, String>,
+) -> Result<bool, String> {
+    if addrs
+        .iter()
+        .any(|a| seen.iter().any(|s| s.to_canonical() == *a))
+    {
+        return Ok(true);
+    }
+    match txt_ids {
+        Ok(ids) => Ok(ids.contains(claimant)),
+        Err(why) => Err(why.clone()),
+    }
 }
 
 /// Judges one entry. `previous` is its state under the same next hop, if
@@ -85,18 +129,13 @@ pub(crate) fn judge(
     previous: Option<&(EntryState, Option<String>)>,
 ) -> (EntryState, Option<String>) {
     let d = &entry.domain;
+    let refused = |why: String| (EntryState::Refused, Some(why));
     if own.my_domains.contains(d) {
-        return (
-            EntryState::Refused,
-            Some(format!("{d} is one of my own domains")),
-        );
+        return refused(format!("{d} is one of my own domains"));
     }
     match own.local {
         Ok(local) if local.contains(d) => {
-            return (
-                EntryState::Refused,
-                Some("local domain: this Postfix delivers it (mydestination, virtual_*_domains or relay_domains)".into()),
-            )
+            return refused("local domain: this Postfix delivers it (mydestination, virtual_*_domains or relay_domains)".into())
         }
         Ok(_) => {}
         Err(why) => {
@@ -106,31 +145,26 @@ pub(crate) fn judge(
             }
         }
     }
-    if own.taken.contains_key(d) {
-        // Do not tell one friend which other friends are paired here.
-        return (
-            EntryState::Refused,
-            Some(format!("{d} is already backed up here for another peer")),
-        );
+    let port = entry.next_hop.port().unwrap_or(25);
+    if !own.allowed_ports.contains(&port) {
+        let allowed: Vec<String> = own.allowed_ports.iter().map(|p| p.to_string()).collect();
+        return refused(format!(
+            "next hop port {port} is not allowed here (allowed_next_hop_ports: {})",
+            allowed.join(", ")
+        ));
     }
     // Mail goes only to the friend's host: never back to me, never to a
-    // loopback, private or otherwise non-public address.
+    // loopback, private or otherwise special-purpose address.
     match entry.next_hop.host() {
         Host::Name(name) if name.as_str() == own.my_mail_host => {
-            return (
-                EntryState::Refused,
-                Some(format!("next hop {name} is this server's own mail host")),
-            );
+            return refused(format!("next hop {name} is this server's own mail host"));
         }
         Host::Ip(ip) => {
             if let Some(why) = forbidden_hop(ip, own.my_addrs, own.allow_non_public) {
-                return (EntryState::Refused, Some(format!("next hop {ip} {why}")));
+                return refused(format!("next hop {ip} {why}"));
             }
         }
         Host::Name(_) => {}
-    }
-    if own.verify == VerifyMx::Off {
-        return (EntryState::Accepted, None);
     }
     let Some(facts) = dns else {
         return match previous {
@@ -150,27 +184,46 @@ pub(crate) fn judge(
         match &facts.hop_addrs {
             Err(why) => return failed(why),
             Ok(addrs) if addrs.is_empty() => {
-                return (
-                    EntryState::Refused,
-                    Some(format!("next hop {name} has no address")),
-                )
+                return refused(format!("next hop {name} has no address"))
             }
             Ok(addrs) => {
                 if let Some((ip, why)) = addrs.iter().find_map(|ip| {
                     forbidden_hop(ip, own.my_addrs, own.allow_non_public).map(|w| (ip, w))
                 }) {
-                    return (
-                        EntryState::Refused,
-                        Some(format!("next hop {name} resolves to {ip}, which {why}")),
-                    );
+                    return refused(format!("next hop {name} resolves to {ip}, which {why}"));
                 }
             }
         }
     }
+    let addrs = hop_addrs(entry, Some(facts));
+    match proven(&own.claimant, &addrs, own.seen, &facts.txt_ids) {
+        Ok(true) => {}
+        Ok(false) => {
+            let at: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+            return refused(format!(
+                "no proof that this peer speaks for {d}: its next hop {} ({}) is not where this peer's agent was seen, and {} names no such peer; run the agent on that mail server, or publish `{}. TXT \"{}\"`",
+                entry.next_hop,
+                at.join(", "),
+                proof::txt_name(d),
+                proof::txt_name(d),
+                proof::record_for(&own.claimant)
+            ));
+        }
+        Err(why) => return failed(&why),
+    }
+    if own.taken.get(d) == Some(&true) {
+        // Held with proof by another peer. Do not tell one friend which
+        // other friends are paired here.
+        return refused(format!("{d} is already backed up here for another peer"));
+    }
+    if own.verify == VerifyMx::Off {
+        return (EntryState::Accepted, None);
+    }
     let missing: Vec<String> = match &facts.mx {
-        MxAnswer::Failed(why) => return failed(why),
-        MxAnswer::NoMx => vec![format!("{d} has no MX records")],
-        MxAnswer::Hosts(hosts) => {
+        None => return failed("MX not looked up"),
+        Some(MxAnswer::Failed(why)) => return failed(why),
+        Some(MxAnswer::NoMx) => vec![format!("{d} has no MX records")],
+        Some(MxAnswer::Hosts(hosts)) => {
             let mut missing = Vec::new();
             if !hosts.iter().any(|h| h == own.my_mail_host) {
                 missing.push(format!("MX of {d} does not list {}", own.my_mail_host));
@@ -223,30 +276,44 @@ pub(super) mod tests {
         }
     }
 
+    /// The friend's mail server, where its agent runs (a public address).
+    const HOP: &str = "1.2.3.9";
+
     fn hosts(h: &[&str]) -> DnsFacts {
         DnsFacts {
-            mx: MxAnswer::Hosts(h.iter().map(|s| s.to_string()).collect()),
+            mx: Some(MxAnswer::Hosts(h.iter().map(|s| s.to_string()).collect())),
             ip_listed: Ok(false),
-            hop_addrs: Ok(vec!["192.0.2.9".parse().unwrap()]),
+            hop_addrs: Ok(vec![HOP.parse().unwrap()]),
+            txt_ids: Ok(Vec::new()),
         }
     }
 
-    const MY_ADDRS: &[IpAddr] = &[IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1))];
+    const MY_ADDRS: &[IpAddr] = &[IpAddr::V4(std::net::Ipv4Addr::new(1, 2, 3, 1))];
+
+    /// The claiming peer.
+    fn friend() -> PeerId {
+        PeerId::from_public_key([7; 32])
+    }
 
     struct World {
         mine: HashSet<Domain>,
-        taken: HashMap<Domain, String>,
+        taken: HashMap<Domain, bool>,
         local: Result<HashSet<Domain>, String>,
+        /// Where the friend's agent was seen.
+        seen: Vec<IpAddr>,
+        ports: Vec<u16>,
     }
 
     impl World {
         fn new() -> Self {
             let mut taken = HashMap::new();
-            taken.insert(Domain::parse("taken.example").unwrap(), "carol".to_string());
+            taken.insert(Domain::parse("taken.example").unwrap(), true);
             Self {
                 mine: [Domain::parse("me.example").unwrap()].into(),
                 taken,
                 local: Ok([Domain::parse("local.example").unwrap()].into()),
+                seen: vec![HOP.parse().unwrap(), "1.2.3.7".parse().unwrap()],
+                ports: crate::config::DEFAULT_NEXT_HOP_PORTS.to_vec(),
             }
         }
         fn own(&self, verify: VerifyMx) -> Ownership<'_> {
@@ -254,10 +321,13 @@ pub(super) mod tests {
                 my_mail_host: "mail.me.example",
                 my_addrs: MY_ADDRS,
                 allow_non_public: false,
+                allowed_ports: &self.ports,
                 my_domains: &self.mine,
                 local: &self.local,
                 taken: &self.taken,
                 verify,
+                claimant: friend(),
+                seen: &self.seen,
             }
         }
     }
@@ -285,8 +355,14 @@ pub(super) mod tests {
                 "fd00::1",
                 "fe80::1",
                 "192.0.2.1",
+                "198.18.0.1",
+                "100.64.0.1",
+                "240.0.0.1",
+                "2002::1",
+                "64:ff9b::1",
+                "1.2.3.1",
             ] {
-                let hop = format!("[{ip}]:10025");
+                let hop = format!("[{ip}]:2525");
                 let (s, r) = judge(
                     &entry("friend.example", &hop),
                     &w.own(verify),
@@ -298,7 +374,7 @@ pub(super) mod tests {
             }
         }
         // A host name that resolves to a forbidden address is refused too.
-        for ip in ["127.0.0.1", "10.0.0.7", "192.0.2.1"] {
+        for ip in ["127.0.0.1", "10.0.0.7", "1.2.3.1", "192.0.2.1"] {
             let mut facts = hosts(&["mail.me.example", "mail.friend.example"]);
             facts.hop_addrs = Ok(vec![ip.parse().unwrap()]);
             let (s, r) = judge(
@@ -350,9 +426,8 @@ pub(super) mod tests {
             "MX of friend.example does not list its next hop mail.friend.example"
         );
         let nomx = DnsFacts {
-            mx: MxAnswer::NoMx,
-            ip_listed: Ok(false),
-            hop_addrs: Ok(vec!["192.0.2.9".parse().unwrap()]),
+            mx: Some(MxAnswer::NoMx),
+            ..hosts(&[])
         };
         let (s, r) = judge(&e, &w.own(VerifyMx::Require), Some(&nomx), None);
         assert_eq!(s, EntryState::Refused);
@@ -360,7 +435,7 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn warn_accepts_but_says_why_and_off_skips_dns() {
+    fn warn_accepts_but_says_why_and_off_skips_mx_but_not_addresses() {
         let w = World::new();
         let e = entry("friend.example", "mail.friend.example");
         let (s, r) = judge(
@@ -371,10 +446,21 @@ pub(super) mod tests {
         );
         assert_eq!(s, EntryState::Accepted);
         assert!(r.unwrap().starts_with("warning: "));
+        let mut no_mx = hosts(&[]);
+        no_mx.mx = None;
         assert_eq!(
-            judge(&e, &w.own(VerifyMx::Off), None, None),
+            judge(&e, &w.own(VerifyMx::Off), Some(&no_mx), None),
             (EntryState::Accepted, None)
         );
+        // Off still looks up and checks the next hop's addresses.
+        assert_eq!(
+            judge(&e, &w.own(VerifyMx::Off), None, None).0,
+            EntryState::Pending
+        );
+        no_mx.hop_addrs = Ok(vec!["10.0.0.7".parse().unwrap()]);
+        let (s, r) = judge(&e, &w.own(VerifyMx::Off), Some(&no_mx), None);
+        assert_eq!(s, EntryState::Refused);
+        assert!(r.unwrap().contains("resolves to 10.0.0.7"));
     }
 
     #[test]
@@ -432,9 +518,8 @@ pub(super) mod tests {
         let w = World::new();
         let e = entry("friend.example", "mail.friend.example");
         let fail = DnsFacts {
-            mx: MxAnswer::Failed("SERVFAIL".into()),
-            ip_listed: Ok(false),
-            hop_addrs: Ok(vec!["192.0.2.9".parse().unwrap()]),
+            mx: Some(MxAnswer::Failed("SERVFAIL".into())),
+            ..hosts(&[])
         };
         let (s, r) = judge(&e, &w.own(VerifyMx::Require), Some(&fail), None);
         assert_eq!(s, EntryState::Pending);
@@ -479,25 +564,32 @@ pub(super) mod tests {
         );
         assert!(!conclusive(&e, &require, None));
         let mut failed = good.clone();
-        failed.mx = MxAnswer::Failed("SERVFAIL".into());
+        failed.mx = Some(MxAnswer::Failed("SERVFAIL".into()));
         assert!(!conclusive(&e, &require, Some(&failed)));
         let mut no_addr = good.clone();
         no_addr.hop_addrs = Err("timeout".into());
         assert!(!conclusive(&e, &require, Some(&no_addr)));
-        let ip = entry("friend.example", "[192.0.2.7]");
+        let ip = entry("friend.example", "[1.2.3.7]");
         let mut unlisted = good.clone();
         unlisted.ip_listed = Err("timeout".into());
         assert!(!conclusive(&ip, &require, Some(&unlisted)));
+        let mut no_txt = good.clone();
+        no_txt.hop_addrs = Ok(vec!["1.2.3.50".parse().unwrap()]);
+        no_txt.txt_ids = Err("timeout".into());
         assert!(
-            conclusive(&e, &w.own(VerifyMx::Off), None),
-            "nothing to look up"
+            !conclusive(&e, &require, Some(&no_txt)),
+            "proof undecided: the TXT look-up failed"
+        );
+        assert!(
+            !conclusive(&e, &w.own(VerifyMx::Off), None),
+            "the next hop's addresses are looked up even with verify_mx off"
         );
     }
 
     #[test]
     fn ip_next_hops_need_an_mx_host_with_that_address() {
         let w = World::new();
-        let e = entry("friend.example", "[192.0.2.7]");
+        let e = entry("friend.example", "[1.2.3.7]");
         let mut f = hosts(&["mail.me.example", "mail.friend.example"]);
         f.ip_listed = Ok(true);
         assert_eq!(
@@ -507,6 +599,122 @@ pub(super) mod tests {
         f.ip_listed = Ok(false);
         let (s, r) = judge(&e, &w.own(VerifyMx::Require), Some(&f), None);
         assert_eq!(s, EntryState::Refused);
-        assert!(r.unwrap().contains("192.0.2.7"));
+        assert!(r.unwrap().contains("1.2.3.7"));
+    }
+
+    #[test]
+    fn a_next_hop_port_must_be_allowed() {
+        let w = World::new();
+        let f = hosts(&["mail.me.example", "mail.friend.example"]);
+        for ok in [
+            "mail.friend.example",
+            "mail.friend.example:587",
+            "mail.friend.example:2525",
+        ] {
+            let e = entry("friend.example", ok);
+            assert_eq!(
+                judge(&e, &w.own(VerifyMx::Require), Some(&f), None).0,
+                EntryState::Accepted,
+                "{ok}"
+            );
+        }
+        for verify in [VerifyMx::Require, VerifyMx::Off] {
+            let e = entry("friend.example", "mail.friend.example:6379");
+            let (s, r) = judge(&e, &w.own(verify), Some(&f), None);
+            assert_eq!(s, EntryState::Refused);
+            assert_eq!(
+                r.unwrap(),
+                "next hop port 6379 is not allowed here (allowed_next_hop_ports: 25, 587, 2525)"
+            );
+        }
+    }
+
+    #[test]
+    fn a_claim_needs_proof_from_where_the_agent_was_seen_or_a_txt_record() {
+        let mut w = World::new();
+        let e = entry("friend3.example", "mail.friend.example");
+        let mut f = hosts(&["mail.me.example", "mail.friend.example"]);
+        // The next hop is where the friend's agent was seen: proven.
+        assert_eq!(
+            judge(&e, &w.own(VerifyMx::Require), Some(&f), None).0,
+            EntryState::Accepted
+        );
+        // Squatting: a next hop that is someone else's server, no record.
+        f.hop_addrs = Ok(vec!["5.6.7.8".parse().unwrap()]);
+        for verify in [VerifyMx::Require, VerifyMx::Warn, VerifyMx::Off] {
+            let (s, r) = judge(&e, &w.own(verify), Some(&f), None);
+            assert_eq!(s, EntryState::Refused, "{verify:?}");
+            let r = r.unwrap();
+            assert!(
+                r.starts_with("no proof that this peer speaks for friend3.example"),
+                "{r}"
+            );
+            assert!(
+                r.contains(&format!(
+                    "_mxfed.friend3.example. TXT \"v=mxfed1; id={}\"",
+                    friend()
+                )),
+                "names the record to add: {r}"
+            );
+        }
+        // The domain's record names the friend: proven (an agent elsewhere).
+        f.txt_ids = Ok(vec![PeerId::from_public_key([9; 32]), friend()]);
+        assert_eq!(
+            judge(&e, &w.own(VerifyMx::Require), Some(&f), None).0,
+            EntryState::Accepted
+        );
+        // ... and a record naming only others is no proof.
+        f.txt_ids = Ok(vec![PeerId::from_public_key([9; 32])]);
+        assert_eq!(
+            judge(&e, &w.own(VerifyMx::Require), Some(&f), None).0,
+            EntryState::Refused
+        );
+        // A failed TXT look-up decides nothing: pending, and never revokes.
+        f.txt_ids = Err("SERVFAIL".into());
+        assert_eq!(
+            judge(&e, &w.own(VerifyMx::Require), Some(&f), None).0,
+            EntryState::Pending
+        );
+        let before = (EntryState::Accepted, None);
+        assert_eq!(
+            judge(&e, &w.own(VerifyMx::Require), Some(&f), Some(&before)),
+            before
+        );
+        // An IP next hop proves itself the same way: seen there, or named.
+        let ip = entry("friend3.example", "[5.6.7.8]");
+        f.txt_ids = Ok(Vec::new());
+        assert_eq!(
+            judge(&ip, &w.own(VerifyMx::Off), Some(&f), None).0,
+            EntryState::Refused
+        );
+        w.seen.push("5.6.7.8".parse().unwrap());
+        assert_eq!(
+            judge(&ip, &w.own(VerifyMx::Off), Some(&f), None).0,
+            EntryState::Accepted
+        );
+    }
+
+    #[test]
+    fn an_unproven_claim_never_blocks_a_proven_one() {
+        let mut w = World::new();
+        let e = entry("taken.example", "mail.friend.example");
+        let f = hosts(&["mail.me.example", "mail.friend.example"]);
+        // Held with proof by another peer: refused.
+        let (s, r) = judge(&e, &w.own(VerifyMx::Require), Some(&f), None);
+        assert_eq!(s, EntryState::Refused);
+        assert!(r.unwrap().contains("another peer"));
+        // Held without proof: the proven claim takes it.
+        w.taken
+            .insert(Domain::parse("taken.example").unwrap(), false);
+        assert_eq!(
+            judge(&e, &w.own(VerifyMx::Require), Some(&f), None).0,
+            EntryState::Accepted
+        );
+        // An unproven claim does not take it from anyone.
+        let mut squat = f.clone();
+        squat.hop_addrs = Ok(vec!["5.6.7.8".parse().unwrap()]);
+        let (s, r) = judge(&e, &w.own(VerifyMx::Require), Some(&squat), None);
+        assert_eq!(s, EntryState::Refused);
+        assert!(r.unwrap().starts_with("no proof"));
     }
 }

@@ -27,6 +27,8 @@ mod facts;
 mod fetch;
 mod judge;
 mod mine;
+mod proof;
+mod special;
 mod turn;
 
 use std::collections::{HashMap, HashSet};
@@ -110,6 +112,14 @@ struct Inner {
 struct Judged {
     held: HeldEntry,
     conclusive: bool,
+}
+
+/// What judging a batch of entries decided.
+#[derive(Default)]
+struct Verdicts {
+    judged: Vec<Judged>,
+    /// Domains other peers held without proof, now taken by a proven claim.
+    taken_over: Vec<(PeerId, Domain)>,
 }
 
 impl Lists {
@@ -448,7 +458,7 @@ impl Lists {
         signature: Vec<u8>,
     ) -> bool {
         let inner = &*self.inner;
-        let gathered = self.gather(list.entries()).await;
+        let gathered = self.gather(&peer, list.entries()).await;
         let judging = inner.judging.lock().await;
         let previous = match self.previous_states(&peer).await {
             Ok(p) => p,
@@ -457,16 +467,17 @@ impl Lists {
                 return false;
             }
         };
-        let held: Vec<HeldEntry> = match self
+        let verdicts = match self
             .judge_with(&peer, list.entries(), &previous, &gathered)
             .await
         {
-            Ok(judged) => judged.into_iter().map(|j| j.held).collect(),
+            Ok(v) => v,
             Err(e) => {
                 tracing::error!("{e}");
                 return false;
             }
         };
+        let held: Vec<HeldEntry> = verdicts.judged.into_iter().map(|j| j.held).collect();
         if let Err(e) = inner
             .store
             .store_peer_list(&peer, &list, &signature, &held, inner.clock.now_unix())
@@ -475,7 +486,11 @@ impl Lists {
             tracing::error!(peer = %name, "cannot store domain list: {e}");
             return false;
         }
+        let handed = self.hand_over(&verdicts.taken_over).await;
         drop(judging);
+        for holder in handed {
+            self.resend_ack(holder).await;
+        }
         let ack = make_ack(list.version, &held);
         tracing::info!(
             peer = %name,
@@ -498,27 +513,35 @@ impl Lists {
     async fn previous_states(
         &self,
         peer: &PeerId,
-    ) -> Result<HashMap<Entry, (EntryState, Option<String>)>, StoreError> {
+    ) -> Result<HashMap<Entry, HeldEntry>, StoreError> {
         Ok(self
             .inner
             .store
             .peer_entries(peer)
             .await?
             .into_iter()
-            .map(|h| (h.entry, (h.state, h.reason)))
+            .map(|h| (h.entry.clone(), h))
             .collect())
     }
 
     /// Everything judging needs from DNS and Postfix, gathered without
     /// holding the judging lock (this is the slow part).
-    async fn gather(&self, entries: &[Entry]) -> Gathered {
+    async fn gather(&self, peer: &PeerId, entries: &[Entry]) -> Gathered {
         let inner = &*self.inner;
         let my_domains = inner.mine.domains().await;
+        let seen = match inner.store.seen(peer).await {
+            Ok(seen) => seen,
+            Err(e) => {
+                tracing::error!("{e}");
+                Vec::new()
+            }
+        };
         facts::gather(
             &inner.dns,
             inner.postfix.as_ref(),
             &inner.config,
             &my_domains,
+            &seen,
             entries,
         )
         .await
@@ -530,42 +553,130 @@ impl Lists {
         &self,
         peer: &PeerId,
         entries: &[Entry],
-        previous: &HashMap<Entry, (EntryState, Option<String>)>,
+        previous: &HashMap<Entry, HeldEntry>,
         gathered: &Gathered,
-    ) -> Result<Vec<Judged>, StoreError> {
+    ) -> Result<Verdicts, StoreError> {
         let inner = &*self.inner;
         let my_domains = inner.mine.domains().await;
-        let taken: HashMap<Domain, String> = inner
-            .store
-            .accepted_elsewhere(peer)
-            .await?
-            .into_iter()
-            .filter_map(|(d, n)| Domain::parse_canonical(&d).ok().map(|d| (d, n)))
-            .collect();
+        let seen = inner.store.seen(peer).await?;
+        // Domains among these that another peer holds, and whether its claim
+        // is still proven (an undecided look-up counts as proven).
+        let wanted: HashSet<&Domain> = entries.iter().map(|e| &e.domain).collect();
+        let mut holders: HashMap<Domain, PeerId> = HashMap::new();
+        let mut taken: HashMap<Domain, bool> = HashMap::new();
+        let mut seen_of: HashMap<PeerId, Vec<std::net::IpAddr>> = HashMap::new();
+        for (d, holder, addrs) in inner.store.accepted_elsewhere(peer).await? {
+            if !wanted.contains(&d) {
+                continue;
+            }
+            let proven = match gathered.facts.get(&d) {
+                None => true,
+                Some(f) => {
+                    if let std::collections::hash_map::Entry::Vacant(slot) = seen_of.entry(holder) {
+                        slot.insert(inner.store.seen(&holder).await?);
+                    }
+                    let holder_seen = seen_of.get(&holder).map_or(&[][..], |v| &v[..]);
+                    judge::proven(&holder, &addrs, holder_seen, &f.txt_ids).unwrap_or(true)
+                }
+            };
+            holders.insert(d.clone(), holder);
+            taken.insert(d, proven);
+        }
         let own = Ownership {
             my_mail_host: &inner.config.mail_host,
             my_addrs: &gathered.my_addrs,
             allow_non_public: inner.config.allow_non_public_next_hops,
+            allowed_ports: &inner.config.allowed_next_hop_ports,
             my_domains: &my_domains,
             local: &gathered.local,
             taken: &taken,
             verify: inner.config.verify_mx,
+            claimant: *peer,
+            seen: &seen,
         };
-        Ok(entries
-            .iter()
-            .map(|e| {
-                let facts = gathered.facts.get(&e.domain);
-                let (state, reason) = judge(e, &own, facts, previous.get(e));
-                Judged {
-                    held: HeldEntry {
-                        entry: e.clone(),
-                        state,
-                        reason,
-                    },
-                    conclusive: conclusive(e, &own, facts),
+        let mut verdicts = Verdicts::default();
+        for e in entries {
+            let facts = gathered.facts.get(&e.domain);
+            let before = previous.get(e);
+            let prev = before.map(|h| (h.state, h.reason.clone()));
+            let (state, reason) = judge(e, &own, facts, prev.as_ref());
+            // Relay goes to the addresses just checked; an entry kept
+            // accepted without a fresh look-up keeps the ones it had.
+            let addrs = match state {
+                EntryState::Accepted => {
+                    let fresh = judge::hop_addrs(e, facts);
+                    if fresh.is_empty() {
+                        before.map(|h| h.addrs.clone()).unwrap_or_default()
+                    } else {
+                        fresh
+                    }
                 }
-            })
-            .collect())
+                _ => Vec::new(),
+            };
+            if state == EntryState::Accepted && taken.get(&e.domain) == Some(&false) {
+                if let Some(holder) = holders.get(&e.domain) {
+                    verdicts.taken_over.push((*holder, e.domain.clone()));
+                }
+            }
+            verdicts.judged.push(Judged {
+                held: HeldEntry {
+                    entry: e.clone(),
+                    state,
+                    reason,
+                    addrs,
+                },
+                conclusive: conclusive(e, &own, facts),
+            });
+        }
+        Ok(verdicts)
+    }
+
+    /// Refuses the entries that other peers held without proof and a
+    /// proven claim has taken over; call with the judging lock held.
+    /// Returns the peers whose entries changed.
+    async fn hand_over(&self, taken_over: &[(PeerId, Domain)]) -> Vec<PeerId> {
+        let inner = &*self.inner;
+        let mut by_holder: HashMap<PeerId, Vec<&Domain>> = HashMap::new();
+        for (holder, d) in taken_over {
+            by_holder.entry(*holder).or_default().push(d);
+        }
+        let mut changed = Vec::new();
+        for (holder, domains) in by_holder {
+            let Ok(held) = inner.store.peer_entries(&holder).await else {
+                continue;
+            };
+            let refused: Vec<HeldEntry> = held
+                .into_iter()
+                .filter(|h| h.state == EntryState::Accepted && domains.contains(&&h.entry.domain))
+                .map(|h| HeldEntry {
+                    reason: Some(format!(
+                        "no proof that this peer speaks for {} (another claim is proven); publish `{}. TXT \"{}\"` if it does",
+                        h.entry.domain,
+                        proof::txt_name(&h.entry.domain),
+                        proof::record_for(&holder)
+                    )),
+                    state: EntryState::Refused,
+                    addrs: Vec::new(),
+                    entry: h.entry,
+                })
+                .collect();
+            if refused.is_empty() {
+                continue;
+            }
+            if let Err(e) = inner
+                .store
+                .update_entry_states(&holder, &refused, inner.clock.now_unix())
+                .await
+            {
+                tracing::error!("{e}");
+                continue;
+            }
+            for r in &refused {
+                tracing::warn!(peer = %holder.short(), domain = %r.entry.domain, "entry held without proof handed to a peer that proved it speaks for the domain");
+            }
+            changed.push(holder);
+        }
+        changed
     }
 
     /// After my own domains changed: a friend's entry for a domain that is now
@@ -590,6 +701,7 @@ impl Lists {
                 .map(|h| HeldEntry {
                     reason: Some(format!("{} is one of my own domains", h.entry.domain)),
                     state: EntryState::Refused,
+                    addrs: Vec::new(),
                     entry: h.entry,
                 })
                 .collect();
@@ -710,7 +822,7 @@ impl Lists {
             Ok(Some(meta)) => meta.version,
             _ => return,
         };
-        let gathered = self.gather(&open).await;
+        let gathered = self.gather(&peer, &open).await;
         let judging = inner.judging.lock().await;
         let (Ok(Some(meta)), Ok(held)) = (
             inner.store.peer_list_meta(&peer).await,
@@ -721,19 +833,17 @@ impl Lists {
         if meta.version != version_before {
             return;
         }
-        let previous: HashMap<Entry, (EntryState, Option<String>)> = held
-            .iter()
-            .map(|h| (h.entry.clone(), (h.state, h.reason.clone())))
-            .collect();
+        let previous: HashMap<Entry, HeldEntry> =
+            held.iter().map(|h| (h.entry.clone(), h.clone())).collect();
         let still_held: Vec<Entry> = open
             .into_iter()
             .filter(|e| previous.contains_key(e))
             .collect();
-        let judged = match self
+        let Verdicts { judged, taken_over } = match self
             .judge_with(&peer, &still_held, &previous, &gathered)
             .await
         {
-            Ok(j) => j,
+            Ok(v) => v,
             Err(e) => {
                 tracing::error!("{e}");
                 return;
@@ -755,12 +865,18 @@ impl Lists {
             tracing::error!("{e}");
             return;
         }
+        let handed = self.hand_over(&taken_over).await;
+        // A changed address counts as a change: Postfix must follow it.
         let changed: Vec<HeldEntry> = judged
             .into_iter()
             .map(|j| j.held)
-            .filter(|j| previous.get(&j.entry) != Some(&(j.state, j.reason.clone())))
+            .filter(|j| previous.get(&j.entry) != Some(j))
             .collect();
         if changed.is_empty() {
+            drop(judging);
+            for holder in handed {
+                self.resend_ack(holder).await;
+            }
             return;
         }
         // What the peer's list now stands at: what was held, with the changes.
@@ -771,6 +887,9 @@ impl Lists {
             .map(|h| now_states.get(&h.entry).map_or(h, |c| *c).clone())
             .collect();
         drop(judging);
+        for holder in handed {
+            self.resend_ack(holder).await;
+        }
         for c in &changed {
             tracing::info!(
                 peer = %name,

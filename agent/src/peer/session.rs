@@ -310,17 +310,16 @@ impl Sessions {
         let clock = peers.clock().clone();
         let _ = peers
             .store()
-            .touch_peer(&id, clock.now_unix(), &remote.to_string())
+            .touch_peer(&id, clock.now_unix(), &remote)
             .await;
 
         let toucher = {
             let store = peers.store().clone();
             let clock = clock.clone();
-            let addr = remote.to_string();
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(TOUCH_EVERY).await;
-                    let _ = store.touch_peer(&id, clock.now_unix(), &addr).await;
+                    let _ = store.touch_peer(&id, clock.now_unix(), &remote).await;
                 }
             })
         };
@@ -379,7 +378,7 @@ impl Sessions {
         if peers.unregister(&conn, &id) {
             let _ = peers
                 .store()
-                .touch_peer(&id, clock.now_unix(), &remote.to_string())
+                .touch_peer(&id, clock.now_unix(), &remote)
                 .await;
             tracing::info!(peer = %name, %remote, "session down: {}", wire::describe_close(&reason));
             // No race with pairing: the inviter only dials after the joiner's

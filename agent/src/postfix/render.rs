@@ -9,6 +9,7 @@
 //!   every recipient of a backed-up domain is accepted.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use mxfed_proto::domain::{Domain, NextHop};
 
@@ -28,6 +29,11 @@ pub struct Route {
     pub domain: Domain,
     /// The friend's declared next hop for it.
     pub next_hop: NextHop,
+    /// The addresses the next hop was checked at. Postfix relays to these
+    /// (with the next hop's port), so a name that resolves elsewhere later
+    /// cannot turn the relay against anyone. Empty only for entries judged
+    /// before addresses were kept: relayed to the name until re-checked.
+    pub addrs: Vec<IpAddr>,
 }
 
 /// The three maps, as file contents and as key/value pairs.
@@ -47,7 +53,7 @@ pub fn render_maps(routes: &[Route]) -> RelayMaps {
         if transport.contains_key(&d) {
             continue;
         }
-        transport.insert(d.clone(), format!("relay:{}", r.next_hop.postfix_nexthop()));
+        transport.insert(d.clone(), transport_value(r));
         relay.insert(d.clone(), "OK".to_string());
         recipients.insert(format!("@{d}"), "OK".to_string());
     }
@@ -58,6 +64,22 @@ pub fn render_maps(routes: &[Route]) -> RelayMaps {
             (TRANSPORT, transport),
         ],
     }
+}
+
+/// `relay:` and the next hop: each checked address in brackets (no MX
+/// look-up) with the next hop's port, comma-separated (Postfix 3.5 and
+/// later try them in turn).
+fn transport_value(r: &Route) -> String {
+    if r.addrs.is_empty() {
+        return format!("relay:{}", r.next_hop.postfix_nexthop());
+    }
+    let port = r
+        .next_hop
+        .port()
+        .map(|p| format!(":{p}"))
+        .unwrap_or_default();
+    let hops: Vec<String> = r.addrs.iter().map(|ip| format!("[{ip}]{port}")).collect();
+    format!("relay:{}", hops.join(", "))
 }
 
 /// The text of a map file.
@@ -144,7 +166,33 @@ mod tests {
         Route {
             domain: Domain::parse(d).unwrap(),
             next_hop: NextHop::parse(hop).unwrap(),
+            addrs: Vec::new(),
         }
+    }
+
+    #[test]
+    fn transport_relays_to_the_checked_addresses_with_the_port() {
+        let pinned = |hop: &str, addrs: &[&str]| Route {
+            addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+            ..route("friend.example", hop)
+        };
+        let value = |r: Route| render_maps(&[r]).maps[2].1["friend.example"].clone();
+        assert_eq!(
+            value(pinned("mail.friend.example", &["192.0.2.7"])),
+            "relay:[192.0.2.7]"
+        );
+        assert_eq!(
+            value(pinned(
+                "mail.friend.example:2525",
+                &["192.0.2.7", "2001:db8::7"]
+            )),
+            "relay:[192.0.2.7]:2525, [2001:db8::7]:2525"
+        );
+        // Not yet checked (judged before addresses were kept): the name.
+        assert_eq!(
+            value(pinned("mail.friend.example", &[])),
+            "relay:[mail.friend.example]"
+        );
     }
 
     /// Golden output: exactly what Postfix gets.

@@ -12,7 +12,7 @@ use mxfed_proto::msg::{Held, QueueReport, MAX_REPORT_DOMAINS};
 use crate::clock::rfc3339;
 use crate::mailq::{DomainDepth, PeerTally, TOP_REASONS};
 use crate::postfix::Postfix;
-use crate::store::{Store, ANY_EXPIRY};
+use crate::store::{RelayRoute, Store, ANY_EXPIRY};
 
 /// Queued mail by peer name or by domain.
 pub(crate) type Depths = HashMap<String, DomainDepth>;
@@ -24,8 +24,8 @@ pub(crate) struct Scan {
     pub at: i64,
     /// Per peer name, and per domain; or why the queue could not be read.
     pub result: Result<(Depths, Depths), String>,
-    /// The (peer name, entry) routes the tally was made for.
-    pub routes: Vec<(String, Entry)>,
+    /// The routes the tally was made for.
+    pub routes: Vec<RelayRoute>,
 }
 
 impl Scan {
@@ -33,8 +33,8 @@ impl Scan {
     pub(crate) fn entries_of<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Entry> + 'a {
         self.routes
             .iter()
-            .filter(move |(p, _)| p == name)
-            .map(|(_, e)| e)
+            .filter(move |r| r.peer == name)
+            .map(|r| &r.entry)
     }
 
     /// Messages held for one friend (0 if none; `None` if unreadable).
@@ -73,7 +73,7 @@ pub(crate) async fn read(postfix: Option<&Postfix>, store: &Store, at: i64) -> S
             let mut tally = PeerTally::new(
                 routes
                     .iter()
-                    .map(|(peer, e)| (peer.clone(), e.domain.to_string())),
+                    .map(|r| (r.peer.clone(), r.entry.domain.to_string())),
             );
             let result = match postfix.read_queue(|l| tally.add_line(l)).await {
                 Ok(()) => Ok((tally.peers, tally.domains.domains)),
@@ -127,7 +127,7 @@ pub(crate) fn queue_view(scan: &Scan) -> QueueView {
         Ok((p, d)) => (true, None, p, d),
         Err(e) => (false, Some(e.clone()), &empty, &empty),
     };
-    let mut names: Vec<String> = scan.routes.iter().map(|(p, _)| p.clone()).collect();
+    let mut names: Vec<String> = scan.routes.iter().map(|r| r.peer.clone()).collect();
     names.sort();
     names.dedup();
     let peers = names

@@ -1,0 +1,334 @@
+//! A hostile paired friend, on real Postfix and real DNS (dnsmasq): one
+//! test per attack. Each shows that nothing changed for the other friends'
+//! domains, and that no mail went anywhere but the owner's checked address.
+//!
+//! The cast: bravo is the backup (`me`, with its own Postfix); alpha owns
+//! its domains and runs its agent on its mail server; mallory is paired
+//! with bravo too, and attacks.
+
+use crate::util::*;
+
+const ZONES: &[&str] = &["example"];
+
+/// `domain` has MX 0 `owner`'s mail host and MX 10 bravo's.
+fn backed_up(domain: &'static str, owner: &'static str) -> [Rec; 2] {
+    [
+        Rec::Mx(domain, owner, 0),
+        Rec::Mx(domain, "mail.bravo.example", 10),
+    ]
+}
+
+struct Cast {
+    alpha: Agent,
+    bravo: Agent,
+    mallory: Agent,
+    pf: PostfixInstance,
+    dns: DnsServer,
+}
+
+/// bravo backs up alpha and mallory; alpha.example and mallory.example are
+/// each backed up by bravo, as their owners publish them.
+fn cast(records: &[Rec], bravo_extra: &str) -> Cast {
+    let pf = PostfixInstance::start("mail.bravo.example", "");
+    let mut alpha = Agent::init("alpha");
+    let mut bravo = Agent::init("bravo");
+    let mut mallory = Agent::init("mallory");
+    let mut all: Vec<Rec> = Vec::new();
+    all.extend(backed_up("alpha.example", "mail.alpha.example"));
+    all.extend(backed_up("mallory.example", "mail.mallory.example"));
+    all.extend(records.iter().cloned());
+    let mut dns = mail_dns(&[&alpha, &bravo, &mallory]);
+    dns.restart(ZONES, &all);
+    bravo.use_postfix(&pf);
+    bravo.configure(&format!("recheck_interval = \"1s\"\n{bravo_extra}"));
+    assert_ok(&bravo.mxfed(&["postfix", "setup"]), "postfix setup");
+    start_and_pair(&mut alpha, &mut bravo);
+    mallory.start();
+    let token = bravo.invite("10m");
+    assert_ok(&mallory.mxfed(&["join", &token]), "join");
+    wait_for("mallory connected", || bravo.connected_to("mallory"));
+    alpha.domains(&["add", "alpha.example"]);
+    mallory.domains(&["add", "mallory.example"]);
+    wait_for("both friends' own domains relayed", || {
+        pf.rcpt("x@alpha.example") == 250 && pf.rcpt("x@mallory.example") == 250
+    });
+    Cast {
+        alpha,
+        bravo,
+        mallory,
+        pf,
+        dns,
+    }
+}
+
+impl Cast {
+    /// The other friends' domains are relayed as before, each to its
+    /// owner's checked address only.
+    fn others_unchanged(&self) {
+        assert_eq!(self.pf.rcpt("x@alpha.example"), 250);
+        assert_eq!(self.pf.rcpt("x@mallory.example"), 250);
+        let transport = self.pf.dump("hash", "transport").unwrap();
+        assert_eq!(
+            transport.get("alpha.example"),
+            Some(&format!("relay:[{}]", self.alpha.ip()))
+        );
+        assert_eq!(
+            transport.get("mallory.example"),
+            Some(&format!("relay:[{}]", self.mallory.ip()))
+        );
+    }
+
+    /// Every transport entry points at the address of the friend it was
+    /// accepted for, and nowhere else.
+    fn transport_only_to_owners(&self) {
+        let transport = self.pf.dump("hash", "transport").unwrap();
+        let alpha = format!("relay:[{}]", self.alpha.ip());
+        let mallory = format!("relay:[{}]", self.mallory.ip());
+        for (d, v) in &transport {
+            let ok = if d.starts_with("mallory") {
+                *v == mallory
+            } else {
+                *v == alpha
+            };
+            assert!(ok, "{d} relayed to {v}: {transport:?}");
+        }
+    }
+}
+
+/// The squat: mallory claims a domain whose MX names its real owner's host
+/// and mine, pointing it at the owner's host. An MX check alone passes.
+#[test]
+fn a_squatter_is_refused_and_never_blocks_the_owner() {
+    let c = cast(&backed_up("friend3.example", "mail.alpha.example"), "");
+    c.mallory
+        .domains(&["add", "friend3.example", "--next-hop", "mail.alpha.example"]);
+    wait_for("mallory's claim judged", || {
+        c.bravo.state_of("mallory", "friend3.example").is_some()
+    });
+    let (state, reason) = c.bravo.held("mallory")["friend3.example"].clone();
+    assert_eq!(state, "refused");
+    assert!(
+        reason.starts_with("no proof that this peer speaks for friend3.example"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains(&format!(
+            "_mxfed.friend3.example. TXT \"v=mxfed1; id={}\"",
+            c.mallory.id()
+        )),
+        "the reason names the record to add: {reason}"
+    );
+    wait_for("mallory hears why", || {
+        c.mallory.peer("bravo").unwrap()["my_list"]["refused"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["domain"] == "friend3.example")
+    });
+    assert_eq!(c.pf.rcpt("x@friend3.example"), 554);
+
+    // The owner claims it later: the squatter's claim does not block it.
+    c.alpha.domains(&["add", "friend3.example"]);
+    wait_for("the owner's claim accepted", || {
+        c.bravo.state_of("alpha", "friend3.example").as_deref() == Some("accepted")
+    });
+    wait_for("relayed for the owner", || {
+        c.pf.rcpt("x@friend3.example") == 250
+    });
+    assert_eq!(
+        c.bravo.state_of("mallory", "friend3.example").as_deref(),
+        Some("refused")
+    );
+    // Held mail for friend3.example is the owner's: the squatter hears of none.
+    let status = c.bravo.status();
+    let mallory = status["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "mallory")
+        .unwrap();
+    assert!(mallory["domains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|d| d["domain"] != "friend3.example" || d["state"] == "refused"));
+    c.others_unchanged();
+    c.transport_only_to_owners();
+}
+
+/// The explicit proof: a domain whose mail server is not where its owner's
+/// agent runs publishes `_mxfed.DOMAIN TXT`. When the record moves to
+/// another peer, the entry moves with it.
+#[test]
+fn a_txt_record_proves_a_claim_and_the_entry_follows_it() {
+    let mut c = cast(
+        &backed_up("remote.example", "mail.remote.example"),
+        "reverify_interval = \"1s\"",
+    );
+    // remote.example's mail server is where mallory's agent runs; the
+    // domain says alpha speaks for it.
+    let mallory_ip = c.mallory.ip();
+    let records = |who: &Agent| {
+        let mut r: Vec<Rec> = Vec::new();
+        r.extend(backed_up("alpha.example", "mail.alpha.example"));
+        r.extend(backed_up("mallory.example", "mail.mallory.example"));
+        r.extend(backed_up("remote.example", "mail.remote.example"));
+        r.push(Rec::Host("mail.remote.example".into(), mallory_ip));
+        r.push(Rec::proof("remote.example", who));
+        r
+    };
+    c.dns.restart(ZONES, &records(&c.alpha));
+    c.alpha
+        .domains(&["add", "remote.example", "--next-hop", "mail.remote.example"]);
+    wait_for("alpha's claim accepted on the record", || {
+        c.bravo.state_of("alpha", "remote.example").as_deref() == Some("accepted")
+    });
+    // mallory claims it too: its agent runs at that very address, but the
+    // domain's record names alpha, who holds it with proof.
+    c.mallory
+        .domains(&["add", "remote.example", "--next-hop", "mail.remote.example"]);
+    wait_for("mallory's claim judged", || {
+        c.bravo.state_of("mallory", "remote.example").is_some()
+    });
+    assert_eq!(
+        c.bravo.held("mallory")["remote.example"],
+        (
+            "refused".to_string(),
+            "remote.example is already backed up here for another peer".to_string()
+        )
+    );
+    // The domain's owner moves the record to mallory: at the next
+    // re-verification alpha's entry is refused, and mallory's re-check
+    // accepts its own.
+    c.dns.restart(ZONES, &records(&c.mallory));
+    wait_for("the entry moves to mallory", || {
+        c.bravo.state_of("alpha", "remote.example").as_deref() == Some("refused")
+            && c.bravo.state_of("mallory", "remote.example").as_deref() == Some("accepted")
+    });
+    let (_, reason) = c.bravo.held("alpha")["remote.example"].clone();
+    assert!(reason.starts_with("no proof"), "{reason}");
+    wait_for("relayed to mallory's checked address", || {
+        c.pf.dump("hash", "transport")
+            .unwrap()
+            .get("remote.example")
+            == Some(&format!("relay:[{mallory_ip}]"))
+    });
+    c.others_unchanged();
+}
+
+/// The next hop's name is re-pointed after the check, here at this very
+/// server. Postfix relays to the address that was checked, never to the new
+/// one, so the mail reaches the owner instead of looping back and bouncing;
+/// the next re-check refuses the new address.
+#[test]
+fn a_next_hop_re_pointed_after_the_check_cannot_redirect_the_relay() {
+    // alpha's agent runs where its mail server listens (127.0.0.1).
+    let pf_alpha = PostfixInstance::start_mailbox("mail.alpha.example", "moving.example");
+    let pf = PostfixInstance::start("mail.bravo.example", "");
+    let mut alpha = Agent::init_at("alpha", free_udp_on_localhost());
+    let mut bravo = Agent::init("bravo");
+    let mut mallory = Agent::init("mallory");
+    let mut dns = mail_dns(&[&alpha, &bravo, &mallory]);
+    let mut records: Vec<Rec> = Vec::new();
+    records.extend(backed_up("mallory.example", "mail.mallory.example"));
+    records.push(Rec::Mx("moving.example", "hop.alpha.example", 0));
+    records.push(Rec::Mx("moving.example", "mail.bravo.example", 10));
+    records.push(Rec::Host("hop.alpha.example".into(), alpha.ip()));
+    dns.restart(ZONES, &records);
+    bravo.use_postfix(&pf);
+    bravo.configure(&format!(
+        "allowed_next_hop_ports = [25, {}]\nreverify_interval = \"1h\"",
+        pf_alpha.port
+    ));
+    assert_ok(&bravo.mxfed(&["postfix", "setup"]), "postfix setup");
+    start_and_pair(&mut alpha, &mut bravo);
+    mallory.start();
+    let token = bravo.invite("10m");
+    assert_ok(&mallory.mxfed(&["join", &token]), "join");
+    mallory.domains(&["add", "mallory.example"]);
+    let hop = format!("hop.alpha.example:{}", pf_alpha.port);
+    alpha.domains(&["add", "moving.example", "--next-hop", &hop]);
+    let pinned = format!("relay:[{}]:{}", alpha.ip(), pf_alpha.port);
+    wait_for("moving.example relayed to alpha's checked address", || {
+        pf.dump("hash", "transport").unwrap().get("moving.example") == Some(&pinned)
+    });
+    wait_for("mallory.example relayed", || {
+        pf.rcpt("x@mallory.example") == 250
+    });
+
+    // The name now points at bravo itself.
+    records.pop();
+    records.push(Rec::Host("hop.alpha.example".into(), bravo.ip()));
+    dns.restart(ZONES, &records);
+    pf.send("bob@moving.example", "sent after the re-point");
+    wait_for("delivered to alpha, the checked address", || {
+        pf_alpha.inbox() == 1
+    });
+    assert_eq!(
+        pf.dump("hash", "transport").unwrap().get("moving.example"),
+        Some(&pinned),
+        "the transport never followed the name"
+    );
+
+    // The next re-verification sees the new address and refuses it.
+    bravo.stop();
+    bravo.configure("reverify_interval = \"1s\"\nrecheck_interval = \"1s\"");
+    bravo.start();
+    wait_for("the re-check refuses the new address", || {
+        bravo.state_of("alpha", "moving.example").as_deref() == Some("refused")
+    });
+    let (_, reason) = bravo.held("alpha")["moving.example"].clone();
+    assert!(
+        reason.contains(&format!("resolves to {}, which is this server", bravo.ip())),
+        "{reason}"
+    );
+    wait_for("relay removed", || pf.rcpt("x@moving.example") == 554);
+    // The other friend's domain: as before.
+    assert_eq!(pf.rcpt("x@mallory.example"), 250);
+    assert_eq!(
+        pf.dump("hash", "transport").unwrap().get("mallory.example"),
+        Some(&format!("relay:[{}]", mallory.ip()))
+    );
+}
+
+/// Ports outside `allowed_next_hop_ports` are refused, and with
+/// `verify_mx = "off"` the next hop's addresses are still checked.
+#[test]
+fn any_port_or_this_servers_address_is_refused_even_without_mx_checks() {
+    let mut c = cast(&[], "verify_mx = \"off\"");
+    let mut records: Vec<Rec> = Vec::new();
+    records.extend(backed_up("alpha.example", "mail.alpha.example"));
+    records.extend(backed_up("mallory.example", "mail.mallory.example"));
+    records.push(Rec::Host("loop.mallory.example".into(), c.bravo.ip()));
+    c.dns.restart(ZONES, &records);
+    c.mallory.domains(&[
+        "add",
+        "redis.example",
+        "--next-hop",
+        "mail.mallory.example:6379",
+    ]);
+    c.mallory
+        .domains(&["add", "loop.example", "--next-hop", "loop.mallory.example"]);
+    wait_for("both judged", || {
+        let h = c.bravo.held("mallory");
+        h.contains_key("redis.example") && h.contains_key("loop.example")
+    });
+    let held = c.bravo.held("mallory");
+    assert_eq!(
+        held["redis.example"],
+        (
+            "refused".to_string(),
+            "next hop port 6379 is not allowed here (allowed_next_hop_ports: 25, 587, 2525)"
+                .to_string()
+        )
+    );
+    assert_eq!(held["loop.example"].0, "refused");
+    assert!(
+        held["loop.example"].1.contains("which is this server"),
+        "{held:?}"
+    );
+    assert_eq!(c.pf.rcpt("x@redis.example"), 554);
+    assert_eq!(c.pf.rcpt("x@loop.example"), 554);
+    c.others_unchanged();
+    c.transport_only_to_owners();
+}
