@@ -81,7 +81,7 @@ pub(crate) async fn report(s: &Services) -> DoctorReport {
                     "postfix-setup",
                     "fail",
                     e.to_string(),
-                    "fix the relay restrictions, then run `mxfed postfix setup`",
+                    "do what the detail says, then run `mxfed postfix setup`",
                 )),
             }
             for param in ["bounce_queue_lifetime", "maximal_queue_lifetime"] {

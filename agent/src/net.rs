@@ -242,6 +242,11 @@ pub fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, NetErro
     let quic = QuicServerConfig::try_from(tls).map_err(|e| NetError::Quic(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     config.transport_config(transport());
+    // A peer's address is evidence (the ownership proof counts where its
+    // key was seen), so it must be the one the handshake validated: no
+    // connection migration, which would let one authenticated packet from a
+    // spoofed source move the connection to another address.
+    config.migration(false);
     Ok(config)
 }
 

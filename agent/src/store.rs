@@ -600,14 +600,14 @@ impl Store {
             .collect()
     }
 
-    /// Entries accepted for peers other than `except`: the domain, the peer
+    /// Entries accepted for peers other than `except`: the entry, the peer
     /// that holds it, and the checked addresses of its next hop.
     pub async fn accepted_elsewhere(
         &self,
         except: &PeerId,
-    ) -> Result<Vec<(Domain, PeerId, Vec<IpAddr>)>, StoreError> {
-        let rows: Vec<(String, String, String)> = sqlx::query_as(
-            "SELECT domain, peer_id, addrs FROM peer_entries
+    ) -> Result<Vec<(Entry, PeerId, Vec<IpAddr>)>, StoreError> {
+        let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+            "SELECT domain, next_hop, peer_id, addrs FROM peer_entries
              WHERE state = 'accepted' AND peer_id != ?",
         )
         .bind(except.to_string())
@@ -615,9 +615,9 @@ impl Store {
         .await
         .map_err(|e| self.query_err(e))?;
         rows.into_iter()
-            .map(|(d, p, a)| {
+            .map(|(d, h, p, a)| {
                 Ok((
-                    Domain::parse_canonical(&d).map_err(|_| self.bad("domain", &d))?,
+                    self.entry_from(&d, &h)?,
                     p.parse()
                         .map_err(|_| self.bad("peer_entries.peer_id", &p))?,
                     self.ips_from("peer_entries.addrs", &a)?,
@@ -1116,7 +1116,7 @@ mod tests {
         let other = peer(2, "other");
         s.insert_peer(&other).await.unwrap();
         let elsewhere = s.accepted_elsewhere(&other.id).await.unwrap();
-        assert_eq!(elsewhere, [(held.entry.domain.clone(), friend.id, addrs)]);
+        assert_eq!(elsewhere, [(held.entry.clone(), friend.id, addrs)]);
     }
 
     #[tokio::test]

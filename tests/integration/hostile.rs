@@ -183,19 +183,21 @@ fn a_txt_record_proves_a_claim_and_the_entry_follows_it() {
     wait_for("alpha's claim accepted on the record", || {
         c.bravo.state_of("alpha", "remote.example").as_deref() == Some("accepted")
     });
-    // mallory claims it too: its agent runs at that very address, but the
-    // domain's record names alpha, who holds it with proof.
+    // mallory claims it too: its agent runs at that very address (an MX
+    // host of the domain), but the domain's record names alpha, and the
+    // record decides alone.
     c.mallory
         .domains(&["add", "remote.example", "--next-hop", "mail.remote.example"]);
     wait_for("mallory's claim judged", || {
         c.bravo.state_of("mallory", "remote.example").is_some()
     });
-    assert_eq!(
-        c.bravo.held("mallory")["remote.example"],
-        (
-            "refused".to_string(),
-            "remote.example is already backed up here for another peer".to_string()
-        )
+    let (state, reason) = c.bravo.held("mallory")["remote.example"].clone();
+    assert_eq!(state, "refused");
+    assert!(
+        reason.starts_with(
+            "no proof that this peer speaks for remote.example: _mxfed.remote.example names other peers, not this one"
+        ),
+        "{reason}"
     );
     // The domain's owner moves the record to mallory: at the next
     // re-verification alpha's entry is refused, and mallory's re-check
@@ -331,4 +333,115 @@ fn any_port_or_this_servers_address_is_refused_even_without_mx_checks() {
     assert_eq!(c.pf.rcpt("x@loop.example"), 554);
     c.others_unchanged();
     c.transport_only_to_owners();
+}
+
+/// relay_domains matches subdomains (parent_domain_matches_subdomains), and
+/// such mail would be routed by DNS the friend controls. A friend's entry
+/// relays its exact domain only, on Debian's defaults (relay_recipient_maps
+/// empty before setup) and with each map type.
+#[test]
+fn a_subdomain_of_an_accepted_domain_is_not_relayed() {
+    for map_type in ["hash", "lmdb", "cdb"] {
+        let pf = PostfixInstance::start("mail.bravo.example", "");
+        assert_eq!(pf.postconf("relay_recipient_maps"), "", "Debian's default");
+        let mut alpha = Agent::init("alpha");
+        let mut bravo = Agent::init("bravo");
+        let _dns = mail_dns(&[&alpha, &bravo]);
+        bravo.use_postfix(&pf);
+        bravo.configure(&format!(
+            "verify_mx = \"off\"\npostfix_map_type = \"{map_type}\""
+        ));
+        assert_ok(&bravo.mxfed(&["postfix", "setup"]), "postfix setup");
+        start_and_pair(&mut alpha, &mut bravo);
+        alpha.domains(&["add", "friend.example"]);
+        wait_for("friend.example relayed", || {
+            pf.rcpt("x@friend.example") == 250
+        });
+        for sub in ["x@sub.friend.example", "x@a.b.friend.example"] {
+            let code = pf.rcpt(sub);
+            assert!((500..600).contains(&code), "{map_type}: {sub} got {code}");
+        }
+        // A subdomain that is itself an accepted entry is relayed.
+        alpha.domains(&["add", "sub.friend.example"]);
+        wait_for("sub.friend.example relayed", || {
+            pf.rcpt("x@sub.friend.example") == 250
+        });
+        assert!((500..600).contains(&pf.rcpt("x@a.b.friend.example")));
+        // cdb cannot be listed; ask for each key.
+        for d in ["friend.example", "sub.friend.example"] {
+            assert_eq!(
+                pf.query(map_type, "transport", d),
+                Some(format!("relay:[{}]", alpha.ip())),
+                "{map_type}: {d}"
+            );
+        }
+        assert_eq!(pf.query(map_type, "transport", "b.friend.example"), None);
+    }
+}
+
+/// An acknowledgement naming a far-future version of my list would make me
+/// re-sign, and every other friend re-fetch my list. It may push my
+/// version forward only by a bounded step, and at most once per interval.
+#[test]
+fn acknowledgements_cannot_jump_my_version_or_make_me_re_sign_at_their_pace() {
+    use mxfed_proto::msg::{ListAck, Request, Response};
+
+    let mut alpha = Agent::init("alpha");
+    let mut mallory = Agent::init("mallory");
+    start_and_pair(&mut alpha, &mut mallory);
+    alpha.domains(&["add", "alpha.example"]);
+    let version = || {
+        let listed: serde_json::Value =
+            serde_json::from_slice(&alpha.domains(&["list", "--json"]).stdout).unwrap();
+        listed["version"].as_u64().unwrap()
+    };
+    assert_eq!(version(), 1);
+    // mallory's own agent steps aside; a raw client with its key plays it.
+    mallory.stop();
+    wait_for("mallory gone", || !alpha.connected_to("mallory"));
+    let alpha_id: mxfed_proto::PeerId = alpha.id().parse().unwrap();
+    let ack = |v: u64| {
+        Request::ListAck(ListAck {
+            version: v,
+            accepted: 0,
+            refused_count: 0,
+            pending_count: 0,
+            refused: Vec::new(),
+            pending: Vec::new(),
+        })
+    };
+    let refusal = |r: Response| match r {
+        Response::Refused { message } => message,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let raw = RawPeer::connect(&mallory.data_dir(), alpha.addr, alpha_id).await;
+        // Too far: ignored.
+        let m = refusal(raw.request(&ack(1 + 1_000_000)).await);
+        assert!(
+            m.contains("acknowledges version 1000001 but mine is 1"),
+            "{m}"
+        );
+        assert_eq!(version(), 1);
+        // Within the bound (a restore from an old backup): re-signed past it, once.
+        let m = refusal(raw.request(&ack(40)).await);
+        assert!(m.contains("re-signed as v41"), "{m}");
+        assert_eq!(version(), 41);
+        // Again at once: not again yet.
+        for v in [100, 1_000, 50_000] {
+            let m = refusal(raw.request(&ack(v)).await);
+            assert!(m.contains("not again yet"), "{m}");
+        }
+        assert_eq!(version(), 41);
+    });
+    assert_eq!(
+        alpha.log_text().matches("re-signing past it").count(),
+        1,
+        "{}",
+        alpha.log_text()
+    );
 }

@@ -99,6 +99,41 @@ fn setup_shows_the_change_keeps_admin_values_and_is_idempotent() {
 }
 
 #[test]
+fn setup_refuses_to_let_other_relay_domains_lose_their_recipients() {
+    // relay_recipient_maps empty: every recipient of old.example is
+    // accepted today; setting it for friends would reject them.
+    let pf = PostfixInstance::start("mail.bravo.example", "relay_domains = old.example");
+    let a = Agent::init("bravo");
+    a.use_postfix(&pf);
+    let before = pf.main_cf();
+    let out = a.mxfed(&["postfix", "setup"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("relay_recipient_maps is empty"), "{err}");
+    assert!(err.contains("(old.example)"), "names the domains: {err}");
+    assert!(
+        err.contains("postconf -e 'relay_recipient_maps = "),
+        "says what to add: {err}"
+    );
+    assert_eq!(pf.main_cf(), before, "nothing changed");
+    // With a table for old.example's recipients, setup adds ours to it.
+    let pf = PostfixInstance::start(
+        "mail.bravo.example",
+        "relay_domains = old.example\nrelay_recipient_maps = inline:{ @old.example=OK }",
+    );
+    a.use_postfix(&pf);
+    assert_ok(&a.mxfed(&["postfix", "setup"]), "setup");
+    assert!(pf
+        .postconf("relay_recipient_maps")
+        .starts_with("inline:{ @old.example=OK }, hash:"));
+    assert_eq!(
+        pf.rcpt("x@old.example"),
+        250,
+        "its recipients still accepted"
+    );
+}
+
+#[test]
 fn setup_refuses_to_make_an_open_relay() {
     let pf = PostfixInstance::start("mail.bravo.example", "smtpd_relay_restrictions = permit_mynetworks, permit\nsmtpd_recipient_restrictions = permit_mynetworks");
     let a = Agent::init("bravo");
@@ -765,6 +800,7 @@ fn local_domains_in_inline_maps_and_parent_forms_are_seen_and_do_not_block_the_r
         "",
         "virtual_alias_domains = inline:{ inl.example=yes, { elsewhere.example = yes } }\n\
          relay_domains = parent.example\n\
+         relay_recipient_maps = inline:{ @parent.example=OK }\n\
          mydestination = localhost, .sub.example",
         &records,
     );

@@ -1,20 +1,20 @@
 //! What judging needs from DNS and Postfix, gathered for a batch of
 //! entries ([`gather`]) before the judging lock is taken: this is the slow
-//! part, with at most [`DNS_CONCURRENCY`] look-ups in flight.
+//! part, done by [`DNS_CONCURRENCY`] workers.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use mxfed_proto::domain::{Domain, Host};
 use mxfed_proto::list::Entry;
 
-use crate::config::{Config, VerifyMx};
+use crate::config::Config;
 use crate::dns::{Dns, MxAnswer};
 use crate::postfix::Postfix;
+use crate::util::lock;
 
 use super::judge::DnsFacts;
 use super::proof;
@@ -27,18 +27,16 @@ pub(super) struct Gathered {
     pub facts: HashMap<Domain, DnsFacts>,
     /// Domains this Postfix delivers itself, or why that could not be read.
     pub local: Result<HashSet<Domain>, String>,
-    /// The addresses of my mail host (empty if unknown).
-    pub my_addrs: Vec<IpAddr>,
+    /// The addresses of my mail host, or why they could not be looked up.
+    pub my_addrs: Result<Vec<IpAddr>, String>,
 }
 
-/// Gathers the facts for `entries` of a peer seen at `seen`; entries for
-/// `my_domains` need no DNS.
+/// Gathers the facts for `entries`; entries for `my_domains` need no DNS.
 pub(super) async fn gather(
     dns: &Dns,
     postfix: Option<&Postfix>,
     config: &Config,
     my_domains: &HashSet<Domain>,
-    seen: &[IpAddr],
     entries: &[Entry],
 ) -> Gathered {
     let local = match postfix {
@@ -50,30 +48,36 @@ pub(super) async fn gather(
         }
         None => Ok(HashSet::new()),
     };
-    let my_addrs = dns.addresses(&config.mail_host).await.unwrap_or_default();
+    let my_addrs = dns.addresses(&config.mail_host).await;
     // The next hop's addresses and the proof record are looked up even
     // with `verify_mx = "off"`; only the MX checks are skipped.
     let mut facts: HashMap<Domain, DnsFacts> = HashMap::new();
-    let limit = Arc::new(Semaphore::new(DNS_CONCURRENCY));
+    // A few workers take entries from one queue, so a list of 100,000
+    // entries costs as many tasks as a list of 40.
+    let todo: Vec<Entry> = entries
+        .iter()
+        .filter(|e| !my_domains.contains(&e.domain))
+        .cloned()
+        .collect();
+    let workers = DNS_CONCURRENCY.min(todo.len());
+    let todo = Arc::new(Mutex::new(todo));
     let mut tasks = JoinSet::new();
-    for e in entries.iter().filter(|e| !my_domains.contains(&e.domain)) {
-        let (dns, e, host, limit, verify, seen) = (
-            dns.clone(),
-            e.clone(),
-            config.mail_host.clone(),
-            Arc::clone(&limit),
-            config.verify_mx,
-            seen.to_vec(),
-        );
+    for _ in 0..workers {
+        let (todo, dns, host) = (Arc::clone(&todo), dns.clone(), config.mail_host.clone());
         tasks.spawn(async move {
-            let _permit = limit.acquire_owned().await;
-            let d = e.domain.clone();
-            (d, dns_facts(dns, e, host, verify, &seen).await)
+            let mut found = Vec::new();
+            loop {
+                let next = lock(&todo).pop();
+                let Some(e) = next else { break };
+                let d = e.domain.clone();
+                found.push((d, dns_facts(dns.clone(), e, host.clone()).await));
+            }
+            found
         });
     }
     while let Some(r) = tasks.join_next().await {
-        if let Ok((d, f)) = r {
-            facts.insert(d, f);
+        if let Ok(found) = r {
+            facts.extend(found);
         }
     }
     Gathered {
@@ -83,24 +87,13 @@ pub(super) async fn gather(
     }
 }
 
-/// What `txt_ids` says when the record was not looked up because the next
-/// hop already proves the claim: undecided, so it never counts against
-/// another peer holding the domain.
-pub(super) const TXT_NOT_NEEDED: &str = "not looked up: the next hop proves the claim";
-
-async fn dns_facts(
-    dns: Dns,
-    entry: Entry,
-    my_mail_host: String,
-    verify: VerifyMx,
-    seen: &[IpAddr],
-) -> DnsFacts {
-    let mx = match verify {
-        VerifyMx::Off => None,
-        _ => Some(dns.mx(entry.domain.as_str()).await),
-    };
+/// Every look-up an entry's judgement may need: the domain's MX and
+/// `_mxfed` records and the next hop's addresses, whatever `verify_mx`
+/// says (the proof and the address checks need them).
+async fn dns_facts(dns: Dns, entry: Entry, my_mail_host: String) -> DnsFacts {
+    let mx = dns.mx(entry.domain.as_str()).await;
     let ip_listed = match (entry.next_hop.host(), &mx) {
-        (Host::Ip(ip), Some(MxAnswer::Hosts(hosts))) => {
+        (Host::Ip(ip), MxAnswer::Hosts(hosts)) => {
             let mut found = Ok(false);
             for h in hosts.iter().filter(|h| **h != my_mail_host).take(10) {
                 match dns.addresses(h).await {
@@ -120,20 +113,10 @@ async fn dns_facts(
         Host::Ip(ip) => Ok(vec![*ip]),
         Host::Name(name) => dns.addresses(name.as_str()).await,
     };
-    // The usual case, the agent on its mail server, needs no TXT look-up.
-    let seen_at_hop = match &hop_addrs {
-        Ok(addrs) => addrs
-            .iter()
-            .any(|a| seen.iter().any(|s| s.to_canonical() == a.to_canonical())),
-        Err(_) => false,
-    };
-    let txt_ids = if seen_at_hop {
-        Err(TXT_NOT_NEEDED.to_string())
-    } else {
-        dns.txt(&proof::txt_name(&entry.domain))
-            .await
-            .map(|records| proof::named_ids(&records))
-    };
+    let txt_ids = dns
+        .txt(&proof::txt_name(&entry.domain))
+        .await
+        .map(|records| proof::named_ids(&records));
     DnsFacts {
         mx,
         ip_listed,

@@ -6,17 +6,18 @@
 //! The rules, in order: never one of my domains or a domain this Postfix
 //! delivers; the next hop's port must be allowed, and its addresses (looked
 //! up even with `verify_mx = "off"`) must be neither this server nor
-//! special-purpose; the claiming peer must prove it speaks for the domain
-//! (its next hop is at an address where its key was seen, or the domain's
-//! `_mxfed` TXT record names it); a domain another peer holds with proof
-//! stays with it (one held without proof is taken over); and with
+//! special-purpose, and few; the claiming peer must prove it speaks for the
+//! domain (the domain's `_mxfed` TXT records, if it has any, decide alone;
+//! otherwise the next hop must be at an address where the peer's key was
+//! seen and, unless `verify_mx = "off"`, one of the domain's MX hosts); a domain another peer holds with
+//! proof stays with it (one held without proof is taken over); and with
 //! `verify_mx` the MX records must name my mail host and the next hop.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 use mxfed_proto::control::EntryState;
-use mxfed_proto::domain::{Domain, Host};
+use mxfed_proto::domain::{Domain, Host, NextHop};
 use mxfed_proto::list::Entry;
 use mxfed_proto::PeerId;
 
@@ -29,17 +30,18 @@ use super::special::special_purpose;
 /// What the judge knows about one entry's DNS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct DnsFacts {
-    /// The MX answer for the domain (`None`: not looked up, `verify_mx` off).
-    pub mx: Option<MxAnswer>,
+    /// The MX answer for the domain (looked up whatever `verify_mx` says:
+    /// the automatic proof needs it).
+    pub mx: MxAnswer,
     /// For an `[IP]` next hop: whether one of the MX hosts resolves to it
     /// (`Err` if those look-ups failed). Unused for a host-name next hop.
     pub ip_listed: Result<bool, String>,
     /// The addresses the next hop resolves to (for an `[IP]` next hop, that
     /// address), or why they could not be found.
     pub hop_addrs: Result<Vec<IpAddr>, String>,
-    /// The peers the domain's `_mxfed` TXT record names, or why it could
-    /// not be read (no record: none).
-    pub txt_ids: Result<Vec<PeerId>, String>,
+    /// The peers the domain's `_mxfed` TXT records name (`None`: it
+    /// publishes no such record), or why they could not be read.
+    pub txt_ids: Result<Option<Vec<PeerId>>, String>,
 }
 
 /// Why mail must not be relayed to `ip`, if it must not: only public
@@ -62,8 +64,11 @@ pub(super) fn forbidden_hop(
 /// The local facts an entry is judged against.
 pub(crate) struct Ownership<'a> {
     pub my_mail_host: &'a str,
-    /// The addresses of my mail host (empty if unknown).
+    /// The addresses of my mail host.
     pub my_addrs: &'a [IpAddr],
+    /// Why they could not be looked up, if they could not: then no next
+    /// hop can be checked against them, and nothing is decided.
+    pub my_addrs_unknown: Option<&'a str>,
     /// `allow_non_public_next_hops`.
     pub allow_non_public: bool,
     /// `allowed_next_hop_ports`.
@@ -99,24 +104,49 @@ pub(super) fn hop_addrs(entry: &Entry, dns: Option<&DnsFacts>) -> Vec<IpAddr> {
     addrs
 }
 
-/// Whether `claimant` proves it speaks for `domain`: `addrs` (its next
-/// hop's) include one where its key was seen, or the TXT record names it.
-/// `Err` if that could not be decided because the TXT look-up failed.
+/// The most addresses a next hop may have.
+pub(super) const MAX_HOP_ADDRS: usize = 16;
+
+/// Whether the domain's MX records name `hop` (for an `[IP]` next hop: an
+/// MX host has that address); `Err` if that could not be read.
+pub(super) fn mx_names_hop(
+    hop: &NextHop,
+    mx: &MxAnswer,
+    ip_listed: &Result<bool, String>,
+) -> Result<bool, String> {
+    match mx {
+        MxAnswer::Failed(why) => Err(why.clone()),
+        MxAnswer::NoMx => Ok(false),
+        MxAnswer::Hosts(hosts) => match hop.host() {
+            Host::Name(name) => Ok(hosts.iter().any(|h| h == name.as_str())),
+            Host::Ip(_) => ip_listed.clone(),
+        },
+    }
+}
+
+/// Whether `claimant` proves it speaks for the domain. If the domain
+/// publishes `_mxfed` records, they decide alone (its owner's word, a
+/// veto over everyone else). Otherwise the next hop must be one of the
+/// domain's MX hosts (`mx_names_hop`; the caller passes `Ok(true)` where
+/// `verify_mx` is off) and at an address where the claimant's key was
+/// seen (`addrs` against `seen`). `Err` if that could
+/// not be decided because a look-up failed.
 pub(super) fn proven(
     claimant: &PeerId,
     addrs: &[IpAddr],
     seen: &[IpAddr],
-    txt_ids: &Result<Vec<PeerId>, String>,
+    mx_names_hop: Result<bool, String>,
+    txt_ids: &Result<Option<Vec<PeerId>>, String>,
 ) -> Result<bool, String> {
-    if addrs
-        .iter()
-        .any(|a| seen.iter().any(|s| s.to_canonical() == *a))
-    {
-        return Ok(true);
-    }
     match txt_ids {
-        Ok(ids) => Ok(ids.contains(claimant)),
         Err(why) => Err(why.clone()),
+        Ok(Some(ids)) => Ok(ids.contains(claimant)),
+        Ok(None) => {
+            let seen_there = addrs
+                .iter()
+                .any(|a| seen.iter().any(|s| s.to_canonical() == *a));
+            Ok(seen_there && mx_names_hop?)
+        }
     }
 }
 
@@ -180,6 +210,9 @@ pub(crate) fn judge(
             Some(format!("DNS look-up for {d} failed ({why}); will retry")),
         ),
     };
+    if let Some(why) = own.my_addrs_unknown {
+        return failed(&format!("my own mail host's addresses: {why}"));
+    }
     if let Host::Name(name) = entry.next_hop.host() {
         match &facts.hop_addrs {
             Err(why) => return failed(why),
@@ -196,16 +229,46 @@ pub(crate) fn judge(
         }
     }
     let addrs = hop_addrs(entry, Some(facts));
-    match proven(&own.claimant, &addrs, own.seen, &facts.txt_ids) {
+    if addrs.len() > MAX_HOP_ADDRS {
+        return refused(format!(
+            "next hop {} has {} addresses; at most {MAX_HOP_ADDRS}",
+            entry.next_hop,
+            addrs.len()
+        ));
+    }
+    // With `verify_mx = "off"` the admin trusts friends' word on DNS: the
+    // automatic proof is then the seen next hop alone (a domain's own
+    // `_mxfed` record still decides over it).
+    let mx_names = match own.verify {
+        VerifyMx::Off => Ok(true),
+        _ => mx_names_hop(&entry.next_hop, &facts.mx, &facts.ip_listed),
+    };
+    match proven(&own.claimant, &addrs, own.seen, mx_names, &facts.txt_ids) {
         Ok(true) => {}
         Ok(false) => {
-            let at: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+            let record = proof::txt_name(d);
+            let why = match &facts.txt_ids {
+                Ok(Some(_)) => format!("{record} names other peers, not this one"),
+                _ if facts.mx == MxAnswer::NoMx && own.verify != VerifyMx::Off => format!(
+                    "{d} has no MX records, so its next hop {} cannot be one, and it publishes no {record} record",
+                    entry.next_hop
+                ),
+                _ => {
+                    let at: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+                    let wanted = match own.verify {
+                        VerifyMx::Off => "",
+                        _ => "an MX host of {d} ",
+                    };
+                    format!(
+                        "its next hop {} ({}) is not {}where this peer's agent was seen, and {d} publishes no {record} record",
+                        entry.next_hop,
+                        at.join(", "),
+                        wanted.replace("{d}", d.as_str())
+                    )
+                }
+            };
             return refused(format!(
-                "no proof that this peer speaks for {d}: its next hop {} ({}) is not where this peer's agent was seen, and {} names no such peer; run the agent on that mail server, or publish `{}. TXT \"{}\"`",
-                entry.next_hop,
-                at.join(", "),
-                proof::txt_name(d),
-                proof::txt_name(d),
+                "no proof that this peer speaks for {d}: {why}; run the agent on that mail server, or publish `{record}. TXT \"{}\"`",
                 proof::record_for(&own.claimant)
             ));
         }
@@ -220,10 +283,9 @@ pub(crate) fn judge(
         return (EntryState::Accepted, None);
     }
     let missing: Vec<String> = match &facts.mx {
-        None => return failed("MX not looked up"),
-        Some(MxAnswer::Failed(why)) => return failed(why),
-        Some(MxAnswer::NoMx) => vec![format!("{d} has no MX records")],
-        Some(MxAnswer::Hosts(hosts)) => {
+        MxAnswer::Failed(why) => return failed(why),
+        MxAnswer::NoMx => vec![format!("{d} has no MX records")],
+        MxAnswer::Hosts(hosts) => {
             let mut missing = Vec::new();
             if !hosts.iter().any(|h| h == own.my_mail_host) {
                 missing.push(format!("MX of {d} does not list {}", own.my_mail_host));
@@ -281,10 +343,10 @@ pub(super) mod tests {
 
     fn hosts(h: &[&str]) -> DnsFacts {
         DnsFacts {
-            mx: Some(MxAnswer::Hosts(h.iter().map(|s| s.to_string()).collect())),
+            mx: MxAnswer::Hosts(h.iter().map(|s| s.to_string()).collect()),
             ip_listed: Ok(false),
             hop_addrs: Ok(vec![HOP.parse().unwrap()]),
-            txt_ids: Ok(Vec::new()),
+            txt_ids: Ok(None),
         }
     }
 
@@ -320,6 +382,7 @@ pub(super) mod tests {
             Ownership {
                 my_mail_host: "mail.me.example",
                 my_addrs: MY_ADDRS,
+                my_addrs_unknown: None,
                 allow_non_public: false,
                 allowed_ports: &self.ports,
                 my_domains: &self.mine,
@@ -421,12 +484,15 @@ pub(super) mod tests {
             None,
         );
         assert_eq!(s, EntryState::Refused);
-        assert_eq!(
-            r.unwrap(),
-            "MX of friend.example does not list its next hop mail.friend.example"
+        // Without the next hop in the MX there is no proof either; the
+        // reason says both.
+        let r = r.unwrap();
+        assert!(
+            r.starts_with("no proof that this peer speaks for friend.example: its next hop mail.friend.example (1.2.3.9) is not an MX host of friend.example"),
+            "{r}"
         );
         let nomx = DnsFacts {
-            mx: Some(MxAnswer::NoMx),
+            mx: MxAnswer::NoMx,
             ..hosts(&[])
         };
         let (s, r) = judge(&e, &w.own(VerifyMx::Require), Some(&nomx), None);
@@ -438,18 +504,18 @@ pub(super) mod tests {
     fn warn_accepts_but_says_why_and_off_skips_mx_but_not_addresses() {
         let w = World::new();
         let e = entry("friend.example", "mail.friend.example");
+        // The MX names the next hop (the proof) but not me.
         let (s, r) = judge(
             &e,
             &w.own(VerifyMx::Warn),
-            Some(&hosts(&["x.example"])),
+            Some(&hosts(&["mail.friend.example"])),
             None,
         );
         assert_eq!(s, EntryState::Accepted);
         assert!(r.unwrap().starts_with("warning: "));
-        let mut no_mx = hosts(&[]);
-        no_mx.mx = None;
+        let mut hop_only = hosts(&["mail.friend.example"]);
         assert_eq!(
-            judge(&e, &w.own(VerifyMx::Off), Some(&no_mx), None),
+            judge(&e, &w.own(VerifyMx::Off), Some(&hop_only), None),
             (EntryState::Accepted, None)
         );
         // Off still looks up and checks the next hop's addresses.
@@ -457,10 +523,109 @@ pub(super) mod tests {
             judge(&e, &w.own(VerifyMx::Off), None, None).0,
             EntryState::Pending
         );
-        no_mx.hop_addrs = Ok(vec!["10.0.0.7".parse().unwrap()]);
-        let (s, r) = judge(&e, &w.own(VerifyMx::Off), Some(&no_mx), None);
+        hop_only.hop_addrs = Ok(vec!["10.0.0.7".parse().unwrap()]);
+        let (s, r) = judge(&e, &w.own(VerifyMx::Off), Some(&hop_only), None);
         assert_eq!(s, EntryState::Refused);
         assert!(r.unwrap().contains("resolves to 10.0.0.7"));
+    }
+
+    #[test]
+    fn without_a_record_the_next_hop_must_be_an_mx_host_unless_verify_mx_is_off() {
+        // A friend claiming any domain with its own server as next hop: its
+        // agent was seen there, but the domain's MX does not name it.
+        let w = World::new();
+        let e = entry("someone-else.example", "mail.friend.example");
+        for verify in [VerifyMx::Require, VerifyMx::Warn] {
+            let (s, r) = judge(
+                &e,
+                &w.own(verify),
+                Some(&hosts(&["mail.owner.example"])),
+                None,
+            );
+            assert_eq!(s, EntryState::Refused, "{verify:?}");
+            assert!(r.unwrap().starts_with("no proof"), "{verify:?}");
+        }
+        // No MX at all: no proof either.
+        let mut none = hosts(&[]);
+        none.mx = MxAnswer::NoMx;
+        assert_eq!(
+            judge(&e, &w.own(VerifyMx::Warn), Some(&none), None).0,
+            EntryState::Refused
+        );
+        // The MX cannot be read: undecided.
+        none.mx = MxAnswer::Failed("SERVFAIL".into());
+        assert_eq!(
+            judge(&e, &w.own(VerifyMx::Warn), Some(&none), None).0,
+            EntryState::Pending
+        );
+        // `off`: the admin trusts its friends on DNS; the seen next hop is
+        // the proof, unless the domain's own record says otherwise.
+        assert_eq!(
+            judge(
+                &e,
+                &w.own(VerifyMx::Off),
+                Some(&hosts(&["mail.owner.example"])),
+                None
+            )
+            .0,
+            EntryState::Accepted
+        );
+        let mut vetoed = hosts(&["mail.owner.example"]);
+        vetoed.txt_ids = Ok(Some(vec![PeerId::from_public_key([9; 32])]));
+        assert_eq!(
+            judge(&e, &w.own(VerifyMx::Off), Some(&vetoed), None).0,
+            EntryState::Refused
+        );
+    }
+
+    #[test]
+    fn a_domains_record_decides_alone_over_the_automatic_proof() {
+        let w = World::new();
+        let e = entry("friend.example", "mail.friend.example");
+        let mut f = hosts(&["mail.me.example", "mail.friend.example"]);
+        assert_eq!(
+            judge(&e, &w.own(VerifyMx::Require), Some(&f), None).0,
+            EntryState::Accepted
+        );
+        // The owner names another peer: the seen next hop is not enough.
+        f.txt_ids = Ok(Some(vec![PeerId::from_public_key([9; 32])]));
+        let (s, r) = judge(&e, &w.own(VerifyMx::Require), Some(&f), None);
+        assert_eq!(s, EntryState::Refused);
+        assert!(r
+            .unwrap()
+            .contains("_mxfed.friend.example names other peers, not this one"));
+        // A record naming nobody refuses everyone.
+        f.txt_ids = Ok(Some(vec![]));
+        assert_eq!(
+            judge(&e, &w.own(VerifyMx::Require), Some(&f), None).0,
+            EntryState::Refused
+        );
+    }
+
+    #[test]
+    fn my_own_addresses_unknown_decide_nothing() {
+        let w = World::new();
+        let mut own = w.own(VerifyMx::Require);
+        own.my_addrs = &[];
+        own.my_addrs_unknown = Some("timeout");
+        let e = entry("friend.example", "mail.friend.example");
+        let f = hosts(&["mail.me.example", "mail.friend.example"]);
+        assert_eq!(judge(&e, &own, Some(&f), None).0, EntryState::Pending);
+        let before = (EntryState::Accepted, None);
+        assert_eq!(judge(&e, &own, Some(&f), Some(&before)), before);
+    }
+
+    #[test]
+    fn a_next_hop_with_too_many_addresses_is_refused() {
+        let w = World::new();
+        let e = entry("friend.example", "mail.friend.example");
+        let mut f = hosts(&["mail.me.example", "mail.friend.example"]);
+        f.hop_addrs = Ok((1..=17)
+            .map(|i| format!("1.2.4.{i}").parse().unwrap())
+            .collect());
+        let (s, r) = judge(&e, &w.own(VerifyMx::Require), Some(&f), None);
+        assert_eq!(s, EntryState::Refused);
+        assert!(r.unwrap().contains("has 17 addresses; at most 16"));
     }
 
     #[test]
@@ -518,7 +683,7 @@ pub(super) mod tests {
         let w = World::new();
         let e = entry("friend.example", "mail.friend.example");
         let fail = DnsFacts {
-            mx: Some(MxAnswer::Failed("SERVFAIL".into())),
+            mx: MxAnswer::Failed("SERVFAIL".into()),
             ..hosts(&[])
         };
         let (s, r) = judge(&e, &w.own(VerifyMx::Require), Some(&fail), None);
@@ -564,7 +729,7 @@ pub(super) mod tests {
         );
         assert!(!conclusive(&e, &require, None));
         let mut failed = good.clone();
-        failed.mx = Some(MxAnswer::Failed("SERVFAIL".into()));
+        failed.mx = MxAnswer::Failed("SERVFAIL".into());
         assert!(!conclusive(&e, &require, Some(&failed)));
         let mut no_addr = good.clone();
         no_addr.hop_addrs = Err("timeout".into());
@@ -658,13 +823,13 @@ pub(super) mod tests {
             );
         }
         // The domain's record names the friend: proven (an agent elsewhere).
-        f.txt_ids = Ok(vec![PeerId::from_public_key([9; 32]), friend()]);
+        f.txt_ids = Ok(Some(vec![PeerId::from_public_key([9; 32]), friend()]));
         assert_eq!(
             judge(&e, &w.own(VerifyMx::Require), Some(&f), None).0,
             EntryState::Accepted
         );
         // ... and a record naming only others is no proof.
-        f.txt_ids = Ok(vec![PeerId::from_public_key([9; 32])]);
+        f.txt_ids = Ok(Some(vec![PeerId::from_public_key([9; 32])]));
         assert_eq!(
             judge(&e, &w.own(VerifyMx::Require), Some(&f), None).0,
             EntryState::Refused
@@ -680,17 +845,26 @@ pub(super) mod tests {
             judge(&e, &w.own(VerifyMx::Require), Some(&f), Some(&before)),
             before
         );
-        // An IP next hop proves itself the same way: seen there, or named.
+        // An IP next hop proves itself the same way: an MX host with that
+        // address, where the friend's agent was seen.
         let ip = entry("friend3.example", "[5.6.7.8]");
-        f.txt_ids = Ok(Vec::new());
+        f.txt_ids = Ok(None);
+        f.ip_listed = Ok(true);
         assert_eq!(
-            judge(&ip, &w.own(VerifyMx::Off), Some(&f), None).0,
-            EntryState::Refused
+            judge(&ip, &w.own(VerifyMx::Warn), Some(&f), None).0,
+            EntryState::Refused,
+            "not seen there"
         );
         w.seen.push("5.6.7.8".parse().unwrap());
         assert_eq!(
-            judge(&ip, &w.own(VerifyMx::Off), Some(&f), None).0,
+            judge(&ip, &w.own(VerifyMx::Warn), Some(&f), None).0,
             EntryState::Accepted
+        );
+        f.ip_listed = Ok(false);
+        assert_eq!(
+            judge(&ip, &w.own(VerifyMx::Warn), Some(&f), None).0,
+            EntryState::Refused,
+            "no MX host has that address"
         );
     }
 

@@ -42,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 use mxfed_proto::control::{
     DomainReason, DomainsChanged, EntryState, MyDomains, MyListAtPeer, PeerDomain,
 };
-use mxfed_proto::domain::{Domain, NextHop};
+use mxfed_proto::domain::{Domain, Host, NextHop};
 use mxfed_proto::list::{DomainList, Entry};
 use mxfed_proto::msg::{EntryNote, ListAck, Request, Response};
 use mxfed_proto::PeerId;
@@ -63,8 +63,13 @@ use judge::{conclusive, judge, Ownership};
 use mine::Mine;
 
 /// How far a friend's acknowledgement may move my list version forward
-/// (after a restore from backup); bounds what a hostile friend can do.
-const MAX_VERSION_JUMP: u64 = 1 << 32;
+/// (after a restore from backup): far more versions than a backup can be
+/// behind, far fewer than a hostile friend would like.
+const MAX_VERSION_JUMP: u64 = 100_000;
+/// Least time between two re-signs asked for by friends' acknowledgements,
+/// so that no friend can make me re-sign (and every other friend re-fetch
+/// my list) at its own pace.
+const RESIGN_GAP: Duration = Duration::from_secs(600);
 /// Least time between two fetches of one peer's list.
 const MIN_FETCH_GAP: Duration = Duration::from_secs(1);
 /// How often to look whether my list is due for re-signing.
@@ -106,6 +111,11 @@ struct Inner {
     /// The last domain of each peer's previous re-check round; the next
     /// round starts after it.
     recheck_from: Mutex<HashMap<PeerId, String>>,
+    /// The acknowledgement last sent to each peer, re-sent as it is when
+    /// the peer comes back (a Hello costs no reading of its whole list).
+    acks: Mutex<HashMap<PeerId, ListAck>>,
+    /// When a friend's acknowledgement last made me re-sign (see [`RESIGN_GAP`]).
+    last_resign: Mutex<Option<tokio::time::Instant>>,
 }
 
 /// One entry as judged, and whether that judgement was [`conclusive`].
@@ -151,6 +161,8 @@ impl Lists {
                 judging: tokio::sync::Mutex::new(()),
                 last_fetch: Mutex::default(),
                 recheck_from: Mutex::default(),
+                acks: Mutex::default(),
+                last_resign: Mutex::default(),
             }),
         })
     }
@@ -277,6 +289,24 @@ impl Lists {
             // The friend holds a newer version of my list than I do: my
             // database was restored from an older backup. Friends refuse
             // anything not newer than what they hold, so sign past it.
+            let recent = {
+                let mut last = lock(&self.inner.last_resign);
+                let now = tokio::time::Instant::now();
+                let recent = last.is_some_and(|at| now.duration_since(at) < RESIGN_GAP);
+                if !recent {
+                    *last = Some(now);
+                }
+                recent
+            };
+            if recent {
+                tracing::debug!(peer = %name, theirs = ack.version, mine, "acknowledgement of a newer version of my list ignored: re-signed recently");
+                return Response::Refused {
+                    message: format!(
+                        "re-signed at a friend's word less than {}s ago; not again yet",
+                        RESIGN_GAP.as_secs()
+                    ),
+                };
+            }
             tracing::warn!(
                 peer = %name,
                 theirs = ack.version,
@@ -359,6 +389,7 @@ impl Lists {
 
     fn forget(&self, peer: &PeerId) {
         let inner = &*self.inner;
+        lock(&inner.acks).remove(peer);
         lock(&inner.offered).remove(peer);
         lock(&inner.recheck_from).remove(peer);
         lock(&inner.last_fetch).remove(peer);
@@ -458,7 +489,7 @@ impl Lists {
         signature: Vec<u8>,
     ) -> bool {
         let inner = &*self.inner;
-        let gathered = self.gather(&peer, list.entries()).await;
+        let gathered = self.gather(list.entries()).await;
         let judging = inner.judging.lock().await;
         let previous = match self.previous_states(&peer).await {
             Ok(p) => p,
@@ -489,7 +520,7 @@ impl Lists {
         let handed = self.hand_over(&verdicts.taken_over).await;
         drop(judging);
         for holder in handed {
-            self.resend_ack(holder).await;
+            self.refresh_ack(holder).await;
         }
         let ack = make_ack(list.version, &held);
         tracing::info!(
@@ -526,22 +557,14 @@ impl Lists {
 
     /// Everything judging needs from DNS and Postfix, gathered without
     /// holding the judging lock (this is the slow part).
-    async fn gather(&self, peer: &PeerId, entries: &[Entry]) -> Gathered {
+    async fn gather(&self, entries: &[Entry]) -> Gathered {
         let inner = &*self.inner;
         let my_domains = inner.mine.domains().await;
-        let seen = match inner.store.seen(peer).await {
-            Ok(seen) => seen,
-            Err(e) => {
-                tracing::error!("{e}");
-                Vec::new()
-            }
-        };
         facts::gather(
             &inner.dns,
             inner.postfix.as_ref(),
             &inner.config,
             &my_domains,
-            &seen,
             entries,
         )
         .await
@@ -565,18 +588,30 @@ impl Lists {
         let mut holders: HashMap<Domain, PeerId> = HashMap::new();
         let mut taken: HashMap<Domain, bool> = HashMap::new();
         let mut seen_of: HashMap<PeerId, Vec<std::net::IpAddr>> = HashMap::new();
-        for (d, holder, addrs) in inner.store.accepted_elsewhere(peer).await? {
+        for (held, holder, addrs) in inner.store.accepted_elsewhere(peer).await? {
+            let d = held.domain;
             if !wanted.contains(&d) {
                 continue;
             }
             let proven = match gathered.facts.get(&d) {
+                // Never take a domain away on missing facts.
                 None => true,
                 Some(f) => {
                     if let std::collections::hash_map::Entry::Vacant(slot) = seen_of.entry(holder) {
                         slot.insert(inner.store.seen(&holder).await?);
                     }
                     let holder_seen = seen_of.get(&holder).map_or(&[][..], |v| &v[..]);
-                    judge::proven(&holder, &addrs, holder_seen, &f.txt_ids).unwrap_or(true)
+                    // The domain's facts, the holder's own next hop. For an
+                    // IP next hop the MX hosts' addresses were not looked
+                    // up: undecided, so it keeps the domain.
+                    let names = match (inner.config.verify_mx, held.next_hop.host()) {
+                        (crate::config::VerifyMx::Off, _) => Ok(true),
+                        (_, Host::Name(_)) => {
+                            judge::mx_names_hop(&held.next_hop, &f.mx, &Ok(false))
+                        }
+                        (_, Host::Ip(_)) => Err("not looked up".to_string()),
+                    };
+                    judge::proven(&holder, &addrs, holder_seen, names, &f.txt_ids).unwrap_or(true)
                 }
             };
             holders.insert(d.clone(), holder);
@@ -584,7 +619,8 @@ impl Lists {
         }
         let own = Ownership {
             my_mail_host: &inner.config.mail_host,
-            my_addrs: &gathered.my_addrs,
+            my_addrs: gathered.my_addrs.as_deref().unwrap_or(&[]),
+            my_addrs_unknown: gathered.my_addrs.as_ref().err().map(String::as_str),
             allow_non_public: inner.config.allow_non_public_next_hops,
             allowed_ports: &inner.config.allowed_next_hop_ports,
             my_domains: &my_domains,
@@ -597,19 +633,20 @@ impl Lists {
         let mut verdicts = Verdicts::default();
         for e in entries {
             let facts = gathered.facts.get(&e.domain);
-            let before = previous.get(e);
+            // An entry accepted before addresses were kept (no addresses)
+            // has nothing checked to fall back on.
+            let before = previous
+                .get(e)
+                .filter(|h| !(h.state == EntryState::Accepted && h.addrs.is_empty()));
             let prev = before.map(|h| (h.state, h.reason.clone()));
             let (state, reason) = judge(e, &own, facts, prev.as_ref());
-            // Relay goes to the addresses just checked; an entry kept
-            // accepted without a fresh look-up keeps the ones it had.
-            let addrs = match state {
-                EntryState::Accepted => {
-                    let fresh = judge::hop_addrs(e, facts);
-                    if fresh.is_empty() {
-                        before.map(|h| h.addrs.clone()).unwrap_or_default()
-                    } else {
-                        fresh
-                    }
+            let conclusive = conclusive(e, &own, facts);
+            // Relay goes to the addresses this judgement checked; an entry
+            // kept accepted by an incomplete one keeps those it had.
+            let addrs = match (state, conclusive) {
+                (EntryState::Accepted, true) => judge::hop_addrs(e, facts),
+                (EntryState::Accepted, false) => {
+                    before.map(|h| h.addrs.clone()).unwrap_or_default()
                 }
                 _ => Vec::new(),
             };
@@ -625,7 +662,7 @@ impl Lists {
                     reason,
                     addrs,
                 },
-                conclusive: conclusive(e, &own, facts),
+                conclusive,
             });
         }
         Ok(verdicts)
@@ -720,7 +757,7 @@ impl Lists {
             for c in &changed {
                 tracing::info!(peer = %p.name, domain = %c.entry.domain, "refused now: it is one of my own domains");
             }
-            self.resend_ack(p.id).await;
+            self.refresh_ack(p.id).await;
             inner.relay.request_apply(format!(
                 "{} became one of my domains",
                 changed[0].entry.domain
@@ -728,8 +765,10 @@ impl Lists {
         }
     }
 
-    /// Sends the current acknowledgement of `peer`'s list, if connected.
+    /// Sends the current acknowledgement of `peer`'s list, if connected,
+    /// and keeps it for the next time the peer comes back.
     fn send_ack(&self, peer: PeerId, ack: ListAck) {
+        lock(&self.inner.acks).insert(peer, ack.clone());
         let peers = self.inner.peers.clone();
         if !peers.is_connected(&peer) {
             return;
@@ -741,8 +780,22 @@ impl Lists {
         });
     }
 
-    /// Sends the acknowledgement of what is held for `peer` (after a reconnect).
+    /// Sends a new acknowledgement made from the store, after `peer`'s
+    /// entries changed outside a list or re-check of its own.
+    async fn refresh_ack(&self, peer: PeerId) {
+        lock(&self.inner.acks).remove(&peer);
+        self.resend_ack(peer).await;
+    }
+
+    /// Sends the acknowledgement of what is held for `peer` (after a
+    /// reconnect): the one last sent, or, after a restart, one made from
+    /// the store.
     async fn resend_ack(&self, peer: PeerId) {
+        let kept = lock(&self.inner.acks).get(&peer).cloned();
+        if let Some(ack) = kept {
+            self.send_ack(peer, ack);
+            return;
+        }
         let store = &self.inner.store;
         let Ok(Some(meta)) = store.peer_list_meta(&peer).await else {
             return;
@@ -822,7 +875,7 @@ impl Lists {
             Ok(Some(meta)) => meta.version,
             _ => return,
         };
-        let gathered = self.gather(&peer, &open).await;
+        let gathered = self.gather(&open).await;
         let judging = inner.judging.lock().await;
         let (Ok(Some(meta)), Ok(held)) = (
             inner.store.peer_list_meta(&peer).await,
@@ -875,7 +928,7 @@ impl Lists {
         if changed.is_empty() {
             drop(judging);
             for holder in handed {
-                self.resend_ack(holder).await;
+                self.refresh_ack(holder).await;
             }
             return;
         }
@@ -888,7 +941,7 @@ impl Lists {
             .collect();
         drop(judging);
         for holder in handed {
-            self.resend_ack(holder).await;
+            self.refresh_ack(holder).await;
         }
         for c in &changed {
             tracing::info!(

@@ -20,13 +20,16 @@ pub(super) fn record_for(id: &PeerId) -> String {
     format!("v={VERSION}; id={id}")
 }
 
-/// The peer IDs the TXT records at `_mxfed.<domain>` name. A record counts
-/// only if its first tag is `v=mxfed1`; it may name several peers with
-/// several `id=` tags, and an ID is read with or without its dashes.
+/// The peer IDs the TXT records at `_mxfed.<domain>` name, or `None` if
+/// there is no `v=mxfed1` record (then the domain has not spoken). A record
+/// counts only if its first tag is `v=mxfed1`; it may name several peers
+/// with several `id=` tags, and an ID is read with or without its dashes.
 /// Anything else (other records at the name, tags this version does not
-/// know, IDs that do not parse) is skipped.
-pub(super) fn named_ids(records: &[String]) -> Vec<PeerId> {
+/// know, IDs that do not parse) is skipped: a record whose IDs are all
+/// broken names nobody, and so refuses everyone.
+pub(super) fn named_ids(records: &[String]) -> Option<Vec<PeerId>> {
     let mut ids = Vec::new();
+    let mut spoken = false;
     for record in records {
         let mut tags = record.split(';').map(str::trim).filter(|t| !t.is_empty());
         let Some(first) = tags.next() else { continue };
@@ -36,6 +39,7 @@ pub(super) fn named_ids(records: &[String]) -> Vec<PeerId> {
             }
             _ => continue,
         }
+        spoken = true;
         for tag in tags {
             if let Some((k, v)) = tag.split_once('=') {
                 if k.trim().eq_ignore_ascii_case("id") {
@@ -48,7 +52,7 @@ pub(super) fn named_ids(records: &[String]) -> Vec<PeerId> {
             }
         }
     }
-    ids
+    spoken.then_some(ids)
 }
 
 #[cfg(test)]
@@ -64,16 +68,16 @@ mod tests {
         let a = id(1);
         let b = id(2);
         let plain = a.to_string().replace('-', "").to_lowercase();
-        assert_eq!(named_ids(&[record_for(&a)]), vec![a]);
-        assert_eq!(named_ids(&[format!("v=mxfed1;id={plain}")]), vec![a]);
+        assert_eq!(named_ids(&[record_for(&a)]), Some(vec![a]));
+        assert_eq!(named_ids(&[format!("v=mxfed1;id={plain}")]), Some(vec![a]));
         assert_eq!(
             named_ids(&[format!("v=mxfed1; id={a}; id={b}")]),
-            vec![a, b],
+            Some(vec![a, b]),
             "several IDs in one record"
         );
         assert_eq!(
             named_ids(&[record_for(&a), record_for(&b), record_for(&a)]),
-            vec![a, b],
+            Some(vec![a, b]),
             "several records, each ID once"
         );
     }
@@ -81,20 +85,26 @@ mod tests {
     #[test]
     fn other_records_and_broken_tags_name_nobody() {
         let a = id(1);
-        for bad in [
+        for other in [
             format!("id={a}"),
             format!("v=mxfed2; id={a}"),
             format!("v=spf1 id={a}"),
             format!("id={a}; v=mxfed1"),
-            "v=mxfed1; id=not-a-peer-id".to_string(),
-            "v=mxfed1".to_string(),
             String::new(),
         ] {
-            assert!(named_ids(std::slice::from_ref(&bad)).is_empty(), "{bad:?}");
+            assert_eq!(named_ids(std::slice::from_ref(&other)), None, "{other:?}");
+        }
+        assert_eq!(named_ids(&[]), None, "no record: the domain has not spoken");
+        for nobody in ["v=mxfed1; id=not-a-peer-id", "v=mxfed1"] {
+            assert_eq!(
+                named_ids(&[nobody.to_string()]),
+                Some(vec![]),
+                "a record naming nobody refuses everyone: {nobody:?}"
+            );
         }
         assert_eq!(
             named_ids(&[format!("v=mxfed1; x=1; id={a}; y")]),
-            vec![a],
+            Some(vec![a]),
             "unknown tags are skipped"
         );
         assert_eq!(

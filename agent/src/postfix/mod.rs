@@ -406,9 +406,39 @@ impl Postfix {
             ("relay_domains", RELAY_DOMAINS),
             ("transport_maps", TRANSPORT),
         ];
-        if !self.param("relay_recipient_maps").await?.trim().is_empty() {
-            wanted.push(("relay_recipient_maps", RELAY_RECIPIENTS));
+        // relay_domains matches subdomains too (parent_domain_matches_subdomains),
+        // so a friend's entry would also relay x@sub.friend.example, routed by
+        // DNS the friend controls. relay_recipient_maps holds friends to their
+        // exact domains (our map has `@domain` keys, which Postfix matches
+        // exactly: "User unknown in relay recipient table" for the rest). Where
+        // it is empty (Debian's default) every relay domain accepts every
+        // recipient, so setting it is safe only if no other relay domain
+        // relies on that.
+        if self.param("relay_recipient_maps").await?.trim().is_empty() {
+            // Expanded: the default is an expression (`$mydestination` below
+            // compatibility level 2, else empty). Domains that are also in
+            // mydestination are local, and relay_recipient_maps does not
+            // apply to them.
+            let relay_domains = self.param_expanded("relay_domains").await?;
+            let mydestination = self.param_expanded("mydestination").await?;
+            let local = list_tokens(&mydestination);
+            let ours = self.map_dir().join(RELAY_DOMAINS).display().to_string();
+            let others: Vec<&str> = list_tokens(&relay_domains)
+                .into_iter()
+                .filter(|t| t.split_once(':').is_none_or(|(_, path)| path != ours))
+                .filter(|t| !local.contains(t))
+                .collect();
+            if !others.is_empty() {
+                return Err(err(
+                    "check relay recipients",
+                    format!(
+                        "relay_recipient_maps is empty, so Postfix accepts every recipient of every relay domain and of its subdomains; mxfed must set it to hold friends to their exact domains, but that would also reject recipients of your own relay domains ({}). Nothing was changed. List their valid recipients (or `@domain OK` for each) in a table, e.g. `postconf -e 'relay_recipient_maps = hash:/etc/postfix/relay_recipients'` and `postmap /etc/postfix/relay_recipients`, then run `mxfed postfix setup` again",
+                        others.join(", ")
+                    ),
+                ));
+            }
         }
+        wanted.push(("relay_recipient_maps", RELAY_RECIPIENTS));
         for (param, map) in &wanted {
             let old = self.param(param).await?;
             let path = self.map_dir().join(map).display().to_string();

@@ -77,6 +77,8 @@ struct Inner {
     flushing: Mutex<HashSet<PeerId>>,
     /// One scan at a time.
     scanning: tokio::sync::Mutex<()>,
+    /// My Postfix's state, and when it was looked at.
+    mta: Mutex<Option<(bool, Instant)>>,
 }
 
 impl Queue {
@@ -101,6 +103,7 @@ impl Queue {
                 probes: Mutex::default(),
                 flushing: Mutex::default(),
                 scanning: tokio::sync::Mutex::new(()),
+                mta: Mutex::default(),
             }),
         }
     }
@@ -122,12 +125,22 @@ impl Queue {
         lock(&self.inner.last).clone()
     }
 
-    /// Whether my own Postfix is running.
-    async fn mta_accepting(&self) -> bool {
-        match &self.inner.postfix {
-            Some(p) => p.is_running().await,
-            None => false,
+    /// Whether my own Postfix is running: looked at now if `fresh` (each
+    /// scan round), else as looked at within the last [`SCAN_EVERY`], so
+    /// friends coming and going (each Hello) cost no new `postfix status`.
+    async fn mta_accepting(&self, fresh: bool) -> bool {
+        let Some(p) = &self.inner.postfix else {
+            return false;
+        };
+        let recent = *lock(&self.inner.mta);
+        if let Some((up, at)) = recent.filter(|_| !fresh) {
+            if at.elapsed() < SCAN_EVERY {
+                return up;
+            }
         }
+        let up = p.is_running().await;
+        *lock(&self.inner.mta) = Some((up, Instant::now()));
+        up
     }
 
     /// The scanner: scan, report, probe, repeat, until `cancel`.
@@ -158,7 +171,7 @@ impl Queue {
             return;
         };
         // Once per round, not once per friend.
-        let mta_accepting = self.mta_accepting().await;
+        let mta_accepting = self.mta_accepting(true).await;
         // Reports and probes run side by side, each bounded by its own
         // timeouts: a friend that never answers, or a next hop that drops
         // packets, delays no one else's. (A probe that finds a friend
@@ -228,7 +241,7 @@ impl Queue {
         };
         let mta_accepting = match mta_accepting {
             Some(m) => m,
-            None => self.mta_accepting().await,
+            None => self.mta_accepting(false).await,
         };
         let report = scan::report_for(name, &scan, mta_accepting);
         let due = {
