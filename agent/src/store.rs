@@ -641,14 +641,19 @@ impl Store {
             .collect()
     }
 
-    /// Replaces the list held for a peer with a verified one and the states
-    /// of its entries, in one transaction.
+    /// Stores a verified list for a peer as a difference from the one held,
+    /// in one transaction: the new header, the entries `changed` (new ones,
+    /// and those judged again; written with `now` as their check time), and
+    /// the domains `removed` from it. Entries in neither are left as they
+    /// are, check time included, so an unchanged entry keeps its verdict
+    /// until its re-check is due.
     pub async fn store_peer_list(
         &self,
         peer: &PeerId,
         list: &DomainList,
         signature: &[u8],
-        entries: &[HeldEntry],
+        changed: &[HeldEntry],
+        removed: &[Domain],
         now: i64,
     ) -> Result<(), StoreError> {
         let q = |e| self.query_err(e);
@@ -669,12 +674,15 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(q)?;
-        sqlx::query("DELETE FROM peer_entries WHERE peer_id = ?")
-            .bind(&id)
-            .execute(&mut *tx)
-            .await
-            .map_err(q)?;
-        for h in entries {
+        for d in removed {
+            sqlx::query("DELETE FROM peer_entries WHERE peer_id = ? AND domain = ?")
+                .bind(&id)
+                .bind(d.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(q)?;
+        }
+        for h in changed {
             insert_entry(&mut tx, &id, h, now).await.map_err(q)?;
         }
         tx.commit().await.map_err(q)
@@ -981,7 +989,9 @@ async fn insert_entry(
     now: i64,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO peer_entries (peer_id, domain, next_hop, state, reason, addrs, checked_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO peer_entries (peer_id, domain, next_hop, state, reason, addrs, checked_at) VALUES (?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (peer_id, domain) DO UPDATE SET next_hop = excluded.next_hop, state = excluded.state,
+           reason = excluded.reason, addrs = excluded.addrs, checked_at = excluded.checked_at",
     )
     .bind(peer_id)
     .bind(h.entry.domain.as_str())
@@ -1104,9 +1114,16 @@ mod tests {
             addrs: addrs.clone(),
         };
         let list = DomainList::new(friend.id, 1, 0, i64::MAX as u64 / 2, vec![entry]);
-        s.store_peer_list(&friend.id, &list, b"sig", std::slice::from_ref(&held), 5)
-            .await
-            .unwrap();
+        s.store_peer_list(
+            &friend.id,
+            &list,
+            b"sig",
+            std::slice::from_ref(&held),
+            &[],
+            5,
+        )
+        .await
+        .unwrap();
         assert_eq!(
             s.peer_entries(&friend.id).await.unwrap(),
             std::slice::from_ref(&held)
@@ -1117,6 +1134,68 @@ mod tests {
         s.insert_peer(&other).await.unwrap();
         let elsewhere = s.accepted_elsewhere(&other.id).await.unwrap();
         assert_eq!(elsewhere, [(held.entry.clone(), friend.id, addrs)]);
+    }
+
+    #[tokio::test]
+    async fn a_new_list_is_stored_as_a_difference_keeping_unchanged_entries() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("mxfed.db")).await.unwrap();
+        let friend = peer(1, "friend");
+        s.insert_peer(&friend).await.unwrap();
+        let held = |domain: &str, hop: &str| HeldEntry {
+            entry: Entry {
+                domain: Domain::parse(domain).unwrap(),
+                next_hop: NextHop::parse(hop).unwrap(),
+            },
+            state: EntryState::Accepted,
+            reason: None,
+            addrs: vec!["1.2.3.4".parse().unwrap()],
+        };
+        let v1 = [
+            held("a.example", "mx.a.example"),
+            held("b.example", "mx.b.example"),
+            held("c.example", "mx.c.example"),
+        ];
+        let list = |v, e: &[HeldEntry]| {
+            DomainList::new(
+                friend.id,
+                v,
+                0,
+                i64::MAX as u64 / 2,
+                e.iter().map(|h| h.entry.clone()).collect(),
+            )
+        };
+        s.store_peer_list(&friend.id, &list(1, &v1), b"s", &v1, &[], 1000)
+            .await
+            .unwrap();
+        // v2: b re-targeted, c gone, d new; a unchanged.
+        let b2 = held("b.example", "mx2.b.example");
+        let d2 = held("d.example", "mx.d.example");
+        let v2 = [v1[0].clone(), b2.clone(), d2.clone()];
+        s.store_peer_list(
+            &friend.id,
+            &list(2, &v2),
+            b"s",
+            &[b2.clone(), d2.clone()],
+            &[Domain::parse("c.example").unwrap()],
+            5000,
+        )
+        .await
+        .unwrap();
+        assert_eq!(s.peer_entries(&friend.id).await.unwrap(), v2.to_vec());
+        assert_eq!(
+            s.peer_list_meta(&friend.id).await.unwrap().unwrap().version,
+            2
+        );
+        // a kept its check time (1000): due before 4000; b and d were checked at 5000.
+        let due: Vec<String> = s
+            .entries_due(&friend.id, 4000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|h| h.entry.domain.to_string())
+            .collect();
+        assert_eq!(due, ["a.example"]);
     }
 
     #[tokio::test]
@@ -1146,7 +1225,7 @@ mod tests {
             2000,
             entries.iter().map(|h| h.entry.clone()).collect(),
         );
-        s.store_peer_list(&friend.id, &list, &[0; 64], &entries, 1000)
+        s.store_peer_list(&friend.id, &list, &[0; 64], &entries, &[], 1000)
             .await
             .unwrap();
         let due = |before| {

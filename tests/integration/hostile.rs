@@ -445,3 +445,73 @@ fn acknowledgements_cannot_jump_my_version_or_make_me_re_sign_at_their_pace() {
         alpha.log_text()
     );
 }
+
+/// A flood from one friend: Hellos, acknowledgements of versions of my list
+/// it never had, and list offers, as fast as it can. It gets at most one
+/// re-sign out of me, is cut off when it opens more than 200 streams in
+/// 10 s, and another friend's list still propagates and is relayed.
+#[test]
+fn a_flooding_friend_is_cut_off_and_the_others_are_served_as_usual() {
+    use mxfed_proto::msg::{Hello, ListAck, PeerInfo, Request};
+
+    let mut c = cast(&backed_up("late.example", "mail.alpha.example"), "");
+    c.mallory.stop();
+    wait_for("mallory gone", || !c.bravo.connected_to("mallory"));
+    let bravo_id: mxfed_proto::PeerId = c.bravo.id().parse().unwrap();
+    let info = PeerInfo {
+        name: "mallory".into(),
+        mail_host: "mail.mallory.example".into(),
+        addrs: vec![],
+        agent_version: "flood".into(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (sent, code) = rt.block_on(async {
+        let raw = RawPeer::connect(&c.mallory.data_dir(), c.bravo.addr, bravo_id).await;
+        let mut sent = 0u64;
+        for i in 0..1_000u64 {
+            let req = match i % 3 {
+                0 => Request::Hello(Hello {
+                    info: info.clone(),
+                    list_version: 1_000 + i,
+                    now: 0,
+                }),
+                1 => Request::ListAck(ListAck {
+                    version: 2 + i,
+                    accepted: 0,
+                    refused_count: 0,
+                    pending_count: 0,
+                    refused: Vec::new(),
+                    pending: Vec::new(),
+                }),
+                _ => Request::ListOffer { version: 1_000 + i },
+            };
+            if raw.try_request(&req).await.is_none() {
+                break;
+            }
+            sent += 1;
+        }
+        (sent, raw.close_code().await)
+    });
+    assert_eq!(
+        code,
+        u64::from(mxfed_proto::msg::close::TOO_MANY_STREAMS),
+        "cut off after {sent} requests"
+    );
+    assert!(sent <= 200, "{sent} requests answered before the cut");
+    // The other friend is served as usual: a new domain propagates and is
+    // relayed to its owner only.
+    c.alpha.domains(&["add", "late.example"]);
+    wait_for("late.example relayed", || {
+        c.pf.rcpt("x@late.example") == 250
+    });
+    assert!(
+        c.bravo.log_text().matches("re-signing past it").count() <= 1,
+        "at most one re-sign per interval, however many acknowledgements"
+    );
+    assert_eq!(c.pf.rcpt("x@alpha.example"), 250);
+    assert_eq!(c.pf.rcpt("x@mallory.example"), 250, "its own domain stays");
+    c.transport_only_to_owners();
+}

@@ -134,8 +134,46 @@ fn a_refusal_names_what_is_missing_and_fixing_dns_is_enough() {
     assert!(b.log_text().contains("re-checked entry changed state"));
 }
 
+/// A new version of a list costs what changed: the entries held unchanged
+/// keep their verdicts and are not looked up again.
 #[test]
-fn republishing_checks_refused_entries_again() {
+fn a_new_list_version_looks_up_only_what_changed() {
+    let mut dns = DnsServer::start(ZONES, &world());
+    dns.log_queries();
+    let (a, b) = two_friends(&mut dns, "");
+    a.domains(&["add", "alpha.example", "a2.example"]);
+    wait_for("both accepted", || {
+        b.state_of("alpha", "alpha.example").as_deref() == Some("accepted")
+            && b.state_of("alpha", "a2.example").as_deref() == Some("accepted")
+    });
+    let looked_up = |d: &str| dns.queries("MX", d) + dns.queries("TXT", &format!("_mxfed.{d}"));
+    let before = (looked_up("alpha.example"), looked_up("a2.example"));
+    assert!(
+        before.0 > 0 && before.1 > 0,
+        "the first version was looked up"
+    );
+    a.domains(&["add", "lonely.example"]);
+    wait_for("the new entry judged", || {
+        b.state_of("alpha", "lonely.example").is_some()
+    });
+    wait_for("its look-ups logged", || looked_up("lonely.example") > 0);
+    assert_eq!(
+        (looked_up("alpha.example"), looked_up("a2.example")),
+        before,
+        "unchanged entries were not looked up again"
+    );
+    assert_eq!(
+        b.state_of("alpha", "alpha.example").as_deref(),
+        Some("accepted")
+    );
+    assert!(b.log_text().contains("judged=1"), "{}", b.log_text());
+}
+
+/// Republishing costs what changed: a refused entry the friend did not
+/// change waits for its re-check round (`recheck_interval`), even after its
+/// DNS was fixed; only the new entry is judged now.
+#[test]
+fn republishing_judges_only_new_entries_and_refused_ones_wait_for_their_round() {
     let mut dns = DnsServer::start(ZONES, &world());
     let (a, b) = two_friends(&mut dns, "recheck_interval = \"1h\"");
     a.domains(&["add", "lonely.example"]);
@@ -146,10 +184,14 @@ fn republishing_checks_refused_entries_again() {
     fixed.push(Rec::Mx("lonely.example", "mail.bravo.example", 10));
     dns.restart(ZONES, &fixed);
     a.domains(&["add", "alpha.example"]);
-    wait_for("both accepted", || {
-        b.state_of("alpha", "lonely.example").as_deref() == Some("accepted")
-            && b.state_of("alpha", "alpha.example").as_deref() == Some("accepted")
+    wait_for("the new entry accepted", || {
+        b.state_of("alpha", "alpha.example").as_deref() == Some("accepted")
     });
+    assert_eq!(
+        b.state_of("alpha", "lonely.example").as_deref(),
+        Some("refused"),
+        "unchanged: it waits for its re-check round"
+    );
 }
 
 #[test]

@@ -429,6 +429,8 @@ pub struct DnsServer {
     zones: Vec<String>,
     records: Vec<Rec>,
     pinned: Vec<Rec>,
+    /// Where dnsmasq logs each query, once asked to (`log_queries`).
+    log: Option<(tempfile::TempDir, PathBuf)>,
 }
 
 impl DnsServer {
@@ -440,6 +442,7 @@ impl DnsServer {
             zones: Vec::new(),
             records: Vec::new(),
             pinned: Vec::new(),
+            log: None,
         };
         d.restart(zones, records);
         d
@@ -456,6 +459,27 @@ impl DnsServer {
         let zones = self.zones.clone();
         let zones: Vec<&str> = zones.iter().map(String::as_str).collect();
         self.launch(&zones, &all);
+    }
+
+    /// From now on, logs every query (restarting dnsmasq).
+    pub fn log_queries(&mut self) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("queries.log");
+        self.log = Some((dir, file));
+        let (zones, records) = (self.zones.clone(), self.records.clone());
+        let zones: Vec<&str> = zones.iter().map(String::as_str).collect();
+        self.restart(&zones, &records);
+    }
+
+    /// How many queries of `qtype` for exactly `name` were logged.
+    pub fn queries(&self, qtype: &str, name: &str) -> usize {
+        let (_, file) = self.log.as_ref().expect("log_queries first");
+        let needle = format!("query[{qtype}] {name} from");
+        std::fs::read_to_string(file)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(&needle))
+            .count()
     }
 
     /// Adds records served from now on, across restarts (the agents' mail
@@ -486,6 +510,10 @@ impl DnsServer {
             "--pid-file=".into(),
             "--local-ttl=0".into(),
         ];
+        if let Some((_, file)) = &self.log {
+            args.push("--log-queries".into());
+            args.push(format!("--log-facility={}", file.display()));
+        }
         for z in zones {
             args.push(format!("--local=/{z}/"));
         }
@@ -559,6 +587,26 @@ pub fn domain_file(dir: &Path, n: usize) -> PathBuf {
 }
 
 impl RawPeer {
+    /// Like [`RawPeer::request`], but `None` once the connection is gone
+    /// or the answer does not come within 10 s (for floods).
+    pub async fn try_request(
+        &self,
+        req: &mxfed_proto::msg::Request,
+    ) -> Option<mxfed_proto::msg::Response> {
+        let exchange = async {
+            let (mut send, mut recv) = self.conn.open_bi().await.ok()?;
+            send.write_all(&mxfed_proto::codec::frame(req).ok()?)
+                .await
+                .ok()?;
+            send.finish().ok()?;
+            mxfed_agent::frames::read(&mut recv).await.ok()
+        };
+        tokio::time::timeout(Duration::from_secs(10), exchange)
+            .await
+            .ok()
+            .flatten()
+    }
+
     /// Answers every request the agent sends on this connection with the
     /// frames `answer` gives, until the connection closes.
     pub fn serve(

@@ -480,7 +480,10 @@ impl Lists {
         }
     }
 
-    /// Judges and stores a verified list, then tells the signer.
+    /// Judges and stores a verified list, then tells the signer. Only what
+    /// changed from the list held (new domains, new next hops) is looked up
+    /// and judged; the other entries keep their verdicts until their
+    /// re-check is due.
     async fn accept_list(
         &self,
         peer: PeerId,
@@ -489,8 +492,23 @@ impl Lists {
         signature: Vec<u8>,
     ) -> bool {
         let inner = &*self.inner;
-        let gathered = self.gather(list.entries()).await;
+        let held_before = match self.previous_states(&peer).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!("{e}");
+                return false;
+            }
+        };
+        let fresh: Vec<Entry> = list
+            .entries()
+            .iter()
+            .filter(|e| !held_before.contains_key(*e))
+            .cloned()
+            .collect();
+        drop(held_before);
+        let gathered = self.gather(&fresh).await;
         let judging = inner.judging.lock().await;
+        // Decide against what is held now (a re-check may have run meanwhile).
         let previous = match self.previous_states(&peer).await {
             Ok(p) => p,
             Err(e) => {
@@ -498,8 +516,14 @@ impl Lists {
                 return false;
             }
         };
+        let to_judge: Vec<Entry> = list
+            .entries()
+            .iter()
+            .filter(|e| !previous.contains_key(*e))
+            .cloned()
+            .collect();
         let verdicts = match self
-            .judge_with(&peer, list.entries(), &previous, &gathered)
+            .judge_with(&peer, &to_judge, &previous, &gathered)
             .await
         {
             Ok(v) => v,
@@ -508,15 +532,40 @@ impl Lists {
                 return false;
             }
         };
-        let held: Vec<HeldEntry> = verdicts.judged.into_iter().map(|j| j.held).collect();
+        let changed: Vec<HeldEntry> = verdicts.judged.into_iter().map(|j| j.held).collect();
+        let listed: HashSet<&Domain> = list.entries().iter().map(|e| &e.domain).collect();
+        let removed: Vec<Domain> = previous
+            .keys()
+            .map(|e| &e.domain)
+            .filter(|d| !listed.contains(d))
+            .cloned()
+            .collect();
         if let Err(e) = inner
             .store
-            .store_peer_list(&peer, &list, &signature, &held, inner.clock.now_unix())
+            .store_peer_list(
+                &peer,
+                &list,
+                &signature,
+                &changed,
+                &removed,
+                inner.clock.now_unix(),
+            )
             .await
         {
             tracing::error!(peer = %name, "cannot store domain list: {e}");
             return false;
         }
+        // What the peer's list now stands at, for the acknowledgement.
+        let mut all: HashMap<Domain, HeldEntry> = previous
+            .into_values()
+            .filter(|h| listed.contains(&h.entry.domain))
+            .map(|h| (h.entry.domain.clone(), h))
+            .collect();
+        for h in &changed {
+            all.insert(h.entry.domain.clone(), h.clone());
+        }
+        let mut held: Vec<HeldEntry> = all.into_values().collect();
+        held.sort_by(|a, b| a.entry.domain.cmp(&b.entry.domain));
         let handed = self.hand_over(&verdicts.taken_over).await;
         drop(judging);
         for holder in handed {
@@ -526,6 +575,8 @@ impl Lists {
         tracing::info!(
             peer = %name,
             version = list.version,
+            judged = changed.len(),
+            removed = removed.len(),
             accepted = ack.accepted,
             refused = ack.refused_count,
             pending = ack.pending_count,
