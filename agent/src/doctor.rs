@@ -6,6 +6,7 @@
 //! - `queue-lifetime`: `bounce_queue_lifetime` and `maximal_queue_lifetime`
 //!   are at least 5 days (the seed raises them to 10);
 //! - `postfix-setup`: the wiring `mxfed postfix setup` makes is in place;
+//! - `postfix-version`: 3.5 or later, for several next hops per entry;
 //! - `clock`: friends' clocks are within a minute of mine.
 
 use mxfed_proto::control::{Check, DoctorReport};
@@ -83,6 +84,14 @@ pub(crate) async fn report(s: &Services) -> DoctorReport {
                     e.to_string(),
                     "do what the detail says, then run `mxfed postfix setup`",
                 )),
+            }
+            if !p.multiple_next_hops() {
+                checks.push(check(
+                    "postfix-version",
+                    "warn",
+                    "Postfix before 3.5 takes one next hop per transport entry: a friend's domain is relayed to the first of its checked addresses only",
+                    "upgrade Postfix to 3.5 or later",
+                ));
             }
             for param in ["bounce_queue_lifetime", "maximal_queue_lifetime"] {
                 match p.param_expanded(param).await.map(|v| (postfix_seconds(&v, 'd'), v)) {

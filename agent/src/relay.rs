@@ -199,10 +199,16 @@ impl Relay {
         };
         let routes: Vec<Route> = routes
             .into_iter()
-            .map(|r| Route {
-                domain: r.entry.domain,
-                next_hop: r.entry.next_hop,
-                addrs: r.addrs,
+            .map(|r| {
+                let mut addrs = r.addrs;
+                if !postfix.multiple_next_hops() {
+                    addrs.truncate(1);
+                }
+                Route {
+                    domain: r.entry.domain,
+                    next_hop: r.entry.next_hop,
+                    addrs,
+                }
             })
             .collect();
         let maps = render_maps(&routes);

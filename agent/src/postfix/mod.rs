@@ -59,6 +59,8 @@ fn err(step: &'static str, message: impl Into<String>) -> PostfixError {
 pub struct Postfix {
     config_dir: PathBuf,
     map_type: String,
+    /// Postfix 3.5 and later take several next hops in one transport entry.
+    multiple_next_hops: bool,
 }
 
 /// A planned change to one main.cf parameter.
@@ -93,7 +95,16 @@ impl Postfix {
         let mut p = Self {
             config_dir: config_dir.into(),
             map_type: String::new(),
+            multiple_next_hops: false,
         };
+        let version = p.param("mail_version").await?;
+        p.multiple_next_hops = version_at_least(&version, (3, 5));
+        if !p.multiple_next_hops {
+            tracing::warn!(
+                version,
+                "Postfix before 3.5 takes one next hop per transport entry: each friend's domain is relayed to the first of its checked addresses only"
+            );
+        }
         p.map_type = match map_type {
             Some(t) => t.to_string(),
             None => p.param("default_database_type").await?,
@@ -109,6 +120,11 @@ impl Postfix {
             ));
         }
         Ok(p)
+    }
+
+    /// Whether a transport entry may list several next hops (Postfix 3.5+).
+    pub fn multiple_next_hops(&self) -> bool {
+        self.multiple_next_hops
     }
 
     /// The map type in use (`hash`, `lmdb`, `cdb`, ...).
@@ -700,6 +716,19 @@ fn lookup_keys(domain: &str) -> Vec<String> {
     keys
 }
 
+/// Whether a `mail_version` such as `3.7.11` is at least `(major, minor)`.
+fn version_at_least(version: &str, (major, minor): (u32, u32)) -> bool {
+    let mut parts = version.trim().split('.').map(|p| {
+        p.chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse::<u32>()
+            .unwrap_or(0)
+    });
+    let (a, b) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (a, b) >= (major, minor)
+}
+
 fn has_word(list: &str, word: &str) -> bool {
     list_tokens(list).contains(&word)
 }
@@ -766,7 +795,7 @@ async fn cleanup_temp(dir: &Path) {
 
 #[cfg(test)]
 mod tests {
-    use super::{has_word, list_matches, list_tokens, lookup_keys};
+    use super::{has_word, list_matches, list_tokens, lookup_keys, version_at_least};
 
     #[test]
     fn domain_list_items_cover_names_dot_parents_and_parents_when_asked() {
@@ -793,6 +822,17 @@ mod tests {
                 ".example"
             ]
         );
+    }
+
+    #[test]
+    fn versions_compare_by_major_and_minor() {
+        assert!(version_at_least("3.7.11", (3, 5)));
+        assert!(version_at_least("3.5.0", (3, 5)));
+        assert!(version_at_least("4.0", (3, 5)));
+        assert!(version_at_least("3.10.1", (3, 5)));
+        assert!(!version_at_least("3.4.14", (3, 5)));
+        assert!(!version_at_least("2.11.3", (3, 5)));
+        assert!(!version_at_least("", (3, 5)));
     }
 
     #[test]
