@@ -224,7 +224,8 @@ demo() {
     as mallory domains add friend.test --next-hop mail.friend.test | sed 's/^/   /'
     wait_until "me to judge mallory's claim" 30 env MXFED_BIN=$MXFED bash -c "[ -n \"\$(MXFED_LAB=$LAB MXFED_LAB_NETNS=$NS $SELF _state me mallory friend.test)\" ]"
     [ "$(state_of me mallory friend.test)" = refused ] || fail "mallory's claim was $(state_of me mallory friend.test)"
-    as me status --json | grep -q 'no proof that this peer speaks for friend.test' || fail "mallory's claim was not refused for want of proof"
+    st=$(as me status --json)
+    grep -q 'no proof that this peer speaks for friend.test' <<<"$st" || fail "mallory's claim was not refused for want of proof"
     c=$(rcpt_code "${IP[me]}" bob@friend.test)
     [ "$c" = 554 ] || fail "relay for friend.test answered $c after mallory's claim"
     ok "refused: $(as me status --json | tr -d '\n' | grep -o '"domain": "friend.test"[^}]*"reason": "[^"]*"' | sed 's/.*"reason": //')"

@@ -284,13 +284,7 @@ pub async fn run_with_clock(
         clock.clone(),
     )
     .await?;
-    let queue = Queue::new(
-        postfix.clone(),
-        store.clone(),
-        dns.clone(),
-        peers.clone(),
-        clock.clone(),
-    );
+    let queue = Queue::new(postfix.clone(), store.clone(), peers.clone(), clock.clone());
     let pairing = Pairing::new(peers.clone());
     let cancel = CancellationToken::new();
     let sessions = Sessions::new(

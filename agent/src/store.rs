@@ -643,8 +643,10 @@ impl Store {
 
     /// Stores a verified list for a peer as a difference from the one held,
     /// in one transaction: the new header, the entries `changed` (new ones,
-    /// and those judged again; written with `now` as their check time), and
-    /// the domains `removed` from it. Entries in neither are left as they
+    /// and those judged again; written with `now` as their check time), the
+    /// domains `removed` from it, and the entries of other peers `handed`
+    /// over to it (their new, refused state), so two peers never both hold a
+    /// domain. Entries in neither are left as they
     /// are, check time included, so an unchanged entry keeps its verdict
     /// until its re-check is due.
     pub async fn store_peer_list(
@@ -652,10 +654,14 @@ impl Store {
         peer: &PeerId,
         list: &DomainList,
         signature: &[u8],
-        changed: &[HeldEntry],
-        removed: &[Domain],
+        change: ListChange<'_>,
         now: i64,
     ) -> Result<(), StoreError> {
+        let ListChange {
+            changed,
+            removed,
+            handed,
+        } = change;
         let q = |e| self.query_err(e);
         let id = peer.to_string();
         let mut tx = self.pool.begin().await.map_err(q)?;
@@ -685,32 +691,34 @@ impl Store {
         for h in changed {
             insert_entry(&mut tx, &id, h, now).await.map_err(q)?;
         }
+        for (holder, h) in handed {
+            update_state(&mut tx, &holder.to_string(), h, now)
+                .await
+                .map_err(q)?;
+        }
         tx.commit().await.map_err(q)
     }
 
-    /// Updates the states of some entries held for a peer.
+    /// Updates the states of some entries held for a peer, and of the
+    /// entries of other peers `handed` over to it, in one transaction. An
+    /// entry whose next hop changed meanwhile is left alone.
     pub async fn update_entry_states(
         &self,
         peer: &PeerId,
         entries: &[HeldEntry],
+        handed: &[(PeerId, HeldEntry)],
         now: i64,
     ) -> Result<(), StoreError> {
         let q = |e| self.query_err(e);
         let id = peer.to_string();
         let mut tx = self.pool.begin().await.map_err(q)?;
         for h in entries {
-            sqlx::query(
-                "UPDATE peer_entries SET state = ?, reason = ?, addrs = ?, checked_at = ? WHERE peer_id = ? AND domain = ?",
-            )
-            .bind(h.state.as_str())
-            .bind(&h.reason)
-            .bind(join_ips(&h.addrs))
-            .bind(now)
-            .bind(&id)
-            .bind(h.entry.domain.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(q)?;
+            update_state(&mut tx, &id, h, now).await.map_err(q)?;
+        }
+        for (holder, h) in handed {
+            update_state(&mut tx, &holder.to_string(), h, now)
+                .await
+                .map_err(q)?;
         }
         tx.commit().await.map_err(q)
     }
@@ -851,6 +859,18 @@ pub struct RelayRoute {
     pub addrs: Vec<IpAddr>,
 }
 
+/// What storing a new version of a peer's list writes (see
+/// [`Store::store_peer_list`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ListChange<'a> {
+    /// New entries, and entries judged again.
+    pub changed: &'a [HeldEntry],
+    /// Domains no longer in the list.
+    pub removed: &'a [Domain],
+    /// Other peers' entries handed over to this peer, refused.
+    pub handed: &'a [(PeerId, HeldEntry)],
+}
+
 /// How many addresses are kept per peer in `peer_seen`.
 pub const MAX_SEEN: usize = 16;
 
@@ -977,6 +997,28 @@ async fn record_seen(
     )
     .bind(peer)
     .bind(MAX_SEEN as i64)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn update_state(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    peer_id: &str,
+    h: &HeldEntry,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE peer_entries SET state = ?, reason = ?, addrs = ?, checked_at = ?
+         WHERE peer_id = ? AND domain = ? AND next_hop = ?",
+    )
+    .bind(h.state.as_str())
+    .bind(&h.reason)
+    .bind(join_ips(&h.addrs))
+    .bind(now)
+    .bind(peer_id)
+    .bind(h.entry.domain.as_str())
+    .bind(h.entry.next_hop.to_string())
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -1118,8 +1160,10 @@ mod tests {
             &friend.id,
             &list,
             b"sig",
-            std::slice::from_ref(&held),
-            &[],
+            ListChange {
+                changed: std::slice::from_ref(&held),
+                ..ListChange::default()
+            },
             5,
         )
         .await
@@ -1165,9 +1209,18 @@ mod tests {
                 e.iter().map(|h| h.entry.clone()).collect(),
             )
         };
-        s.store_peer_list(&friend.id, &list(1, &v1), b"s", &v1, &[], 1000)
-            .await
-            .unwrap();
+        s.store_peer_list(
+            &friend.id,
+            &list(1, &v1),
+            b"s",
+            ListChange {
+                changed: &v1,
+                ..ListChange::default()
+            },
+            1000,
+        )
+        .await
+        .unwrap();
         // v2: b re-targeted, c gone, d new; a unchanged.
         let b2 = held("b.example", "mx2.b.example");
         let d2 = held("d.example", "mx.d.example");
@@ -1176,8 +1229,11 @@ mod tests {
             &friend.id,
             &list(2, &v2),
             b"s",
-            &[b2.clone(), d2.clone()],
-            &[Domain::parse("c.example").unwrap()],
+            ListChange {
+                changed: &[b2.clone(), d2.clone()],
+                removed: &[Domain::parse("c.example").unwrap()],
+                handed: &[],
+            },
             5000,
         )
         .await
@@ -1196,6 +1252,54 @@ mod tests {
             .map(|h| h.entry.domain.to_string())
             .collect();
         assert_eq!(due, ["a.example"]);
+    }
+
+    #[tokio::test]
+    async fn a_hand_over_is_stored_with_the_claimants_list() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("mxfed.db")).await.unwrap();
+        let (squatter, owner) = (peer(1, "squatter"), peer(2, "owner"));
+        s.insert_peer(&squatter).await.unwrap();
+        s.insert_peer(&owner).await.unwrap();
+        let entry = Entry {
+            domain: Domain::parse("x.example").unwrap(),
+            next_hop: NextHop::parse("mail.x.example").unwrap(),
+        };
+        let accepted = HeldEntry {
+            entry: entry.clone(),
+            state: EntryState::Accepted,
+            reason: None,
+            addrs: vec!["1.2.3.4".parse().unwrap()],
+        };
+        let list =
+            |p: &PeerRecord| DomainList::new(p.id, 1, 0, i64::MAX as u64 / 2, vec![entry.clone()]);
+        fn only(h: &HeldEntry) -> ListChange<'_> {
+            ListChange {
+                changed: std::slice::from_ref(h),
+                ..ListChange::default()
+            }
+        }
+        s.store_peer_list(&squatter.id, &list(&squatter), b"s", only(&accepted), 1)
+            .await
+            .unwrap();
+        let refused = HeldEntry {
+            state: EntryState::Refused,
+            reason: Some("no proof".into()),
+            addrs: Vec::new(),
+            ..accepted.clone()
+        };
+        let handed = [(squatter.id, refused.clone())];
+        let change = ListChange {
+            handed: &handed,
+            ..only(&accepted)
+        };
+        s.store_peer_list(&owner.id, &list(&owner), b"s", change, 2)
+            .await
+            .unwrap();
+        assert_eq!(s.peer_entries(&squatter.id).await.unwrap(), [refused]);
+        let routes = s.relay_routes(3, 0).await.unwrap();
+        assert_eq!(routes.len(), 1, "one holder: {routes:?}");
+        assert_eq!(routes[0].peer, "owner");
     }
 
     #[tokio::test]
@@ -1225,9 +1329,18 @@ mod tests {
             2000,
             entries.iter().map(|h| h.entry.clone()).collect(),
         );
-        s.store_peer_list(&friend.id, &list, &[0; 64], &entries, &[], 1000)
-            .await
-            .unwrap();
+        s.store_peer_list(
+            &friend.id,
+            &list,
+            &[0; 64],
+            ListChange {
+                changed: &entries,
+                ..ListChange::default()
+            },
+            1000,
+        )
+        .await
+        .unwrap();
         let due = |before| {
             let s = &s;
             let id = friend.id;
@@ -1244,7 +1357,7 @@ mod tests {
         assert_eq!(due(1000).await, ["p.example", "r.example"]);
         assert_eq!(due(1001).await, ["a.example", "p.example", "r.example"]);
         // Checked again at 5000: not due until then.
-        s.update_entry_states(&friend.id, &entries[..1], 5000)
+        s.update_entry_states(&friend.id, &entries[..1], &[], 5000)
             .await
             .unwrap();
         assert_eq!(due(4000).await, ["p.example", "r.example"]);

@@ -2,6 +2,31 @@
 
 #![allow(clippy::print_stdout)]
 
+/// `println!` that ends the process quietly when the reader has gone
+/// (`mxfed status --json | grep -q ...`), as Unix tools do, instead of
+/// panicking on the broken pipe.
+macro_rules! println {
+    () => {
+        emit(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        emit(format_args!($($arg)*))
+    };
+}
+
+/// Writes one line to stdout; exits 0 if the reader closed it.
+fn emit(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("mxfed: cannot write to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
 use std::time::{Duration, UNIX_EPOCH};
 
 use mxfed_proto::control::{

@@ -25,6 +25,25 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// Regression: `mxfed status --json | grep -q ...` made mxfed panic on the
+/// broken pipe once the reader had what it wanted (seen in the lab).
+#[test]
+fn a_reader_that_stops_early_ends_the_cli_quietly() {
+    let mut a = Agent::init("alpha");
+    a.start();
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "set -o pipefail; for i in $(seq 20); do '{MXFED}' --config '{}' status --json | true || exit 1; done",
+            a.config().display()
+        ))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
 #[test]
 fn two_agents_pair_and_show_each_other_connected() {
     let (a, b) = paired_pair("alpha", "bravo");

@@ -131,6 +131,30 @@ fn setup_refuses_to_let_other_relay_domains_lose_their_recipients() {
         250,
         "its recipients still accepted"
     );
+
+    // Set up on Debian's defaults, then the admin adds a relay domain of
+    // its own: it would lose its recipients, and setup (and doctor) says
+    // so and what to add.
+    let pf = PostfixInstance::start("mail.bravo.example", "");
+    a.use_postfix(&pf);
+    assert_ok(&a.mxfed(&["postfix", "setup"]), "setup");
+    let relay_domains = pf.postconf("relay_domains");
+    std::process::Command::new("postconf")
+        .arg("-c")
+        .arg(pf.etc())
+        .arg("-e")
+        .arg(format!("relay_domains = later.example, {relay_domains}"))
+        .status()
+        .unwrap();
+    // (doctor's postfix-setup check asks the same plan; the agent is not
+    // running here.)
+    let out = a.mxfed(&["postfix", "setup", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("names only mxfed's map") && err.contains("(later.example)"),
+        "{err}"
+    );
 }
 
 #[test]

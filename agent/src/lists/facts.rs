@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 use mxfed_proto::domain::{Domain, Host};
 use mxfed_proto::list::Entry;
 
-use crate::config::Config;
+use crate::config::{Config, VerifyMx};
 use crate::dns::{Dns, MxAnswer};
 use crate::postfix::Postfix;
 use crate::util::lock;
@@ -49,37 +49,44 @@ pub(super) async fn gather(
         None => Ok(HashSet::new()),
     };
     let my_addrs = dns.addresses(&config.mail_host).await;
-    // The next hop's addresses and the proof record are looked up even
-    // with `verify_mx = "off"`; only the MX checks are skipped.
-    let mut facts: HashMap<Domain, DnsFacts> = HashMap::new();
-    // A few workers take entries from one queue, so a list of 100,000
-    // entries costs as many tasks as a list of 40.
     let todo: Vec<Entry> = entries
         .iter()
         .filter(|e| !my_domains.contains(&e.domain))
         .cloned()
         .collect();
-    let workers = DNS_CONCURRENCY.min(todo.len());
-    let todo = Arc::new(Mutex::new(todo));
-    let mut tasks = JoinSet::new();
-    for _ in 0..workers {
-        let (todo, dns, host) = (Arc::clone(&todo), dns.clone(), config.mail_host.clone());
-        tasks.spawn(async move {
-            let mut found = Vec::new();
-            loop {
-                let next = lock(&todo).pop();
-                let Some(e) = next else { break };
-                let d = e.domain.clone();
-                found.push((d, dns_facts(dns.clone(), e, host.clone()).await));
-            }
-            found
-        });
-    }
-    while let Some(r) = tasks.join_next().await {
-        if let Ok(found) = r {
-            facts.extend(found);
+    // Each next hop's addresses once, however many entries name it.
+    let mut names: Vec<String> = todo
+        .iter()
+        .filter_map(|e| match e.next_hop.host() {
+            Host::Name(n) => Some(n.to_string()),
+            Host::Ip(_) => None,
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    let resolver = dns.clone();
+    let hops: HashMap<String, Result<Vec<IpAddr>, String>> = in_workers(names, move |name| {
+        let dns = resolver.clone();
+        async move {
+            let found = dns.addresses(&name).await;
+            (name, found)
         }
-    }
+    })
+    .await
+    .into_iter()
+    .collect();
+    let hops = Arc::new(hops);
+    let (resolver, host, verify) = (dns.clone(), config.mail_host.clone(), config.verify_mx);
+    let facts = in_workers(todo, move |e| {
+        let (dns, host, hops) = (resolver.clone(), host.clone(), Arc::clone(&hops));
+        async move {
+            let d = e.domain.clone();
+            (d, dns_facts(dns, e, host, verify, &hops).await)
+        }
+    })
+    .await
+    .into_iter()
+    .collect();
     Gathered {
         facts,
         local,
@@ -87,11 +94,57 @@ pub(super) async fn gather(
     }
 }
 
-/// Every look-up an entry's judgement may need: the domain's MX and
-/// `_mxfed` records and the next hop's addresses, whatever `verify_mx`
-/// says (the proof and the address checks need them).
-async fn dns_facts(dns: Dns, entry: Entry, my_mail_host: String) -> DnsFacts {
-    let mx = dns.mx(entry.domain.as_str()).await;
+/// Runs `work` on every item with [`DNS_CONCURRENCY`] workers taking items
+/// from one queue (a list of 100,000 entries costs as many tasks as a list
+/// of 40). A worker that panics loses its results: those items are then
+/// judged as not looked up, which decides nothing.
+async fn in_workers<T, R, F, Fut>(items: Vec<T>, work: F) -> Vec<R>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+    F: Fn(T) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = R> + Send + 'static,
+{
+    let workers = DNS_CONCURRENCY.min(items.len());
+    let todo = Arc::new(Mutex::new(items));
+    let work = Arc::new(work);
+    let mut tasks = JoinSet::new();
+    for _ in 0..workers {
+        let (todo, work) = (Arc::clone(&todo), Arc::clone(&work));
+        tasks.spawn(async move {
+            let mut done = Vec::new();
+            loop {
+                let next = lock(&todo).pop();
+                let Some(item) = next else { break };
+                done.push(work(item).await);
+            }
+            done
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        if let Ok(done) = r {
+            all.extend(done);
+        }
+    }
+    all
+}
+
+/// Every look-up an entry's judgement may need: the domain's `_mxfed`
+/// records and MX, and the next hop's addresses (from `hops`, looked up
+/// once per name). The MX is skipped with `verify_mx = "off"`, where
+/// nothing reads it (`NoMx` stands in).
+async fn dns_facts(
+    dns: Dns,
+    entry: Entry,
+    my_mail_host: String,
+    verify: VerifyMx,
+    hops: &HashMap<String, Result<Vec<IpAddr>, String>>,
+) -> DnsFacts {
+    let mx = match verify {
+        VerifyMx::Off => MxAnswer::NoMx,
+        _ => dns.mx(entry.domain.as_str()).await,
+    };
     let ip_listed = match (entry.next_hop.host(), &mx) {
         (Host::Ip(ip), MxAnswer::Hosts(hosts)) => {
             let mut found = Ok(false);
@@ -111,7 +164,10 @@ async fn dns_facts(dns: Dns, entry: Entry, my_mail_host: String) -> DnsFacts {
     };
     let hop_addrs = match entry.next_hop.host() {
         Host::Ip(ip) => Ok(vec![*ip]),
-        Host::Name(name) => dns.addresses(name.as_str()).await,
+        Host::Name(name) => hops
+            .get(name.as_str())
+            .cloned()
+            .unwrap_or_else(|| Err("not looked up".into())),
     };
     let txt_ids = dns
         .txt(&proof::txt_name(&entry.domain))

@@ -30,8 +30,8 @@ use super::special::special_purpose;
 /// What the judge knows about one entry's DNS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct DnsFacts {
-    /// The MX answer for the domain (looked up whatever `verify_mx` says:
-    /// the automatic proof needs it).
+    /// The MX answer for the domain (the automatic proof needs it; with
+    /// `verify_mx = "off"` it is not looked up, `NoMx`, and never read).
     pub mx: MxAnswer,
     /// For an `[IP]` next hop: whether one of the MX hosts resolves to it
     /// (`Err` if those look-ups failed). Unused for a host-name next hop.

@@ -8,16 +8,20 @@
 //! *Theirs*: on a peer coming up ([`PeerEvent::Up`]) or a `ListOffer`
 //! announcing a version newer than the one held, the list is fetched
 //! (`fetch`) and checked by [`mxfed_proto::list::ListReceiver`] before
-//! anything is stored. Each entry is then judged (`judge`, with the facts
-//! from `facts`): refused if it is one of my domains or already backed up
-//! for another peer, and — with `verify_mx = "require"` — unless its MX
-//! records name both my mail host and the entry's next hop. A DNS failure
-//! makes an entry pending, never revokes an accepted one, and is retried
-//! every `recheck_interval` ([`Lists::run_recheck`]); accepted entries are
+//! anything is stored. Its new entries (and entries with a new next hop)
+//! are then judged (`judge`, with the facts from `facts`); unchanged ones
+//! keep their verdicts until their re-check, and the store writes only the
+//! difference. An entry is refused if it is one of my domains or a local
+//! one, if its next hop's port or addresses are not allowed, without proof
+//! that the peer speaks for the domain (`proof`), if another peer holds it
+//! with proof, and — with `verify_mx = "require"` — unless its MX records
+//! name both my mail host and the entry's next hop. A DNS failure makes an
+//! entry pending, never revokes an accepted one, and is retried every
+//! `recheck_interval` ([`Lists::run_recheck`]); accepted entries are
 //! checked again once `reverify_interval` has passed, so relay ends for a
-//! domain whose MX stops naming both servers even if the friend stays
-//! offline. The outcome goes back to the signer as a [`ListAck`] (`ack`),
-//! and every change of the accepted set asks [`Relay`] for an apply.
+//! domain whose MX or proof fails even if the friend stays offline. The
+//! outcome goes back to the signer as a [`ListAck`] (`ack`), and every
+//! change of the accepted set asks [`Relay`] for an apply.
 //!
 //! Peers are reached only through [`Peers`]; requests from them arrive
 //! through the wiring in `services`.
@@ -54,7 +58,7 @@ use crate::identity::Identity;
 use crate::peer::{Caller, PeerEvent, Peers, Responder};
 use crate::postfix::Postfix;
 use crate::relay::Relay;
-use crate::store::{HeldEntry, Store, StoreError};
+use crate::store::{HeldEntry, ListChange, Store, StoreError};
 use crate::util::lock;
 
 use ack::{check_ack, make_ack};
@@ -540,14 +544,24 @@ impl Lists {
             .filter(|d| !listed.contains(d))
             .cloned()
             .collect();
+        let handed = match self.handed_over(&verdicts.taken_over).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!("{e}");
+                return false;
+            }
+        };
         if let Err(e) = inner
             .store
             .store_peer_list(
                 &peer,
                 &list,
                 &signature,
-                &changed,
-                &removed,
+                ListChange {
+                    changed: &changed,
+                    removed: &removed,
+                    handed: &handed,
+                },
                 inner.clock.now_unix(),
             )
             .await
@@ -566,11 +580,8 @@ impl Lists {
         }
         let mut held: Vec<HeldEntry> = all.into_values().collect();
         held.sort_by(|a, b| a.entry.domain.cmp(&b.entry.domain));
-        let handed = self.hand_over(&verdicts.taken_over).await;
         drop(judging);
-        for holder in handed {
-            self.refresh_ack(holder).await;
-        }
+        self.after_hand_over(&handed).await;
         let ack = make_ack(list.version, &held);
         tracing::info!(
             peer = %name,
@@ -685,10 +696,9 @@ impl Lists {
         for e in entries {
             let facts = gathered.facts.get(&e.domain);
             // An entry accepted before addresses were kept (no addresses)
-            // has nothing checked to fall back on.
-            let before = previous
-                .get(e)
-                .filter(|h| !(h.state == EntryState::Accepted && h.addrs.is_empty()));
+            // that cannot be checked now stays as it was, relayed to its
+            // name: a failed look-up never revokes.
+            let before = previous.get(e);
             let prev = before.map(|h| (h.state, h.reason.clone()));
             let (state, reason) = judge(e, &own, facts, prev.as_ref());
             let conclusive = conclusive(e, &own, facts);
@@ -719,52 +729,56 @@ impl Lists {
         Ok(verdicts)
     }
 
-    /// Refuses the entries that other peers held without proof and a
-    /// proven claim has taken over; call with the judging lock held.
-    /// Returns the peers whose entries changed.
-    async fn hand_over(&self, taken_over: &[(PeerId, Domain)]) -> Vec<PeerId> {
+    /// The entries that other peers held without proof and a proven claim
+    /// takes over, refused, to be stored with the claimant's in one
+    /// transaction; call with the judging lock held.
+    async fn handed_over(
+        &self,
+        taken_over: &[(PeerId, Domain)],
+    ) -> Result<Vec<(PeerId, HeldEntry)>, StoreError> {
         let inner = &*self.inner;
         let mut by_holder: HashMap<PeerId, Vec<&Domain>> = HashMap::new();
         for (holder, d) in taken_over {
             by_holder.entry(*holder).or_default().push(d);
         }
-        let mut changed = Vec::new();
+        let mut handed = Vec::new();
         for (holder, domains) in by_holder {
-            let Ok(held) = inner.store.peer_entries(&holder).await else {
-                continue;
-            };
-            let refused: Vec<HeldEntry> = held
-                .into_iter()
-                .filter(|h| h.state == EntryState::Accepted && domains.contains(&&h.entry.domain))
-                .map(|h| HeldEntry {
-                    reason: Some(format!(
-                        "no proof that this peer speaks for {} (another claim is proven); publish `{}. TXT \"{}\"` if it does",
-                        h.entry.domain,
-                        proof::txt_name(&h.entry.domain),
-                        proof::record_for(&holder)
-                    )),
-                    state: EntryState::Refused,
-                    addrs: Vec::new(),
-                    entry: h.entry,
-                })
-                .collect();
-            if refused.is_empty() {
-                continue;
+            for h in inner.store.peer_entries(&holder).await? {
+                if h.state != EntryState::Accepted || !domains.contains(&&h.entry.domain) {
+                    continue;
+                }
+                let reason = format!(
+                    "no proof that this peer speaks for {} (another claim is proven); publish `{}. TXT \"{}\"` if it does",
+                    h.entry.domain,
+                    proof::txt_name(&h.entry.domain),
+                    proof::record_for(&holder)
+                );
+                handed.push((
+                    holder,
+                    HeldEntry {
+                        reason: Some(reason),
+                        state: EntryState::Refused,
+                        addrs: Vec::new(),
+                        entry: h.entry,
+                    },
+                ));
             }
-            if let Err(e) = inner
-                .store
-                .update_entry_states(&holder, &refused, inner.clock.now_unix())
-                .await
-            {
-                tracing::error!("{e}");
-                continue;
-            }
-            for r in &refused {
-                tracing::warn!(peer = %holder.short(), domain = %r.entry.domain, "entry held without proof handed to a peer that proved it speaks for the domain");
-            }
-            changed.push(holder);
         }
-        changed
+        Ok(handed)
+    }
+
+    /// After `handed` were stored: log them and tell their old holders.
+    async fn after_hand_over(&self, handed: &[(PeerId, HeldEntry)]) {
+        let mut holders: Vec<PeerId> = Vec::new();
+        for (holder, h) in handed {
+            tracing::warn!(peer = %holder.short(), domain = %h.entry.domain, "entry held without proof handed to a peer that proved it speaks for the domain");
+            if !holders.contains(holder) {
+                holders.push(*holder);
+            }
+        }
+        for holder in holders {
+            self.refresh_ack(holder).await;
+        }
     }
 
     /// After my own domains changed: a friend's entry for a domain that is now
@@ -798,7 +812,7 @@ impl Lists {
             }
             if let Err(e) = inner
                 .store
-                .update_entry_states(&p.id, &changed, inner.clock.now_unix())
+                .update_entry_states(&p.id, &changed, &[], inner.clock.now_unix())
                 .await
             {
                 tracing::error!("{e}");
@@ -920,12 +934,10 @@ impl Lists {
             batch
         };
         // DNS first, without the lock; then decide against the state as it
-        // is under the lock. A newer list stored meanwhile was judged with
-        // fresher DNS than this round's: leave it be.
-        let version_before = match inner.store.peer_list_meta(&peer).await {
-            Ok(Some(meta)) => meta.version,
-            _ => return,
-        };
+        // is under the lock. Entries the friend changed or dropped meanwhile
+        // are left out (`still_held` matches domain and next hop); the rest
+        // are judged even if a newer version came in, which judged only what
+        // it changed: a friend cannot put off its re-checks by republishing.
         let gathered = self.gather(&open).await;
         let judging = inner.judging.lock().await;
         let (Ok(Some(meta)), Ok(held)) = (
@@ -934,9 +946,6 @@ impl Lists {
         ) else {
             return;
         };
-        if meta.version != version_before {
-            return;
-        }
         let previous: HashMap<Entry, HeldEntry> =
             held.iter().map(|h| (h.entry.clone(), h.clone())).collect();
         let still_held: Vec<Entry> = open
@@ -961,15 +970,21 @@ impl Lists {
             .filter(|j| j.held.state != EntryState::Accepted || j.conclusive)
             .map(|j| j.held.clone())
             .collect();
+        let handed = match self.handed_over(&taken_over).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!("{e}");
+                return;
+            }
+        };
         if let Err(e) = inner
             .store
-            .update_entry_states(&peer, &checked, inner.clock.now_unix())
+            .update_entry_states(&peer, &checked, &handed, inner.clock.now_unix())
             .await
         {
             tracing::error!("{e}");
             return;
         }
-        let handed = self.hand_over(&taken_over).await;
         // A changed address counts as a change: Postfix must follow it.
         let changed: Vec<HeldEntry> = judged
             .into_iter()
@@ -978,9 +993,12 @@ impl Lists {
             .collect();
         if changed.is_empty() {
             drop(judging);
-            for holder in handed {
-                self.refresh_ack(holder).await;
+            if !handed.is_empty() {
+                inner
+                    .relay
+                    .request_apply(format!("re-check of {name}'s list"));
             }
+            self.after_hand_over(&handed).await;
             return;
         }
         // What the peer's list now stands at: what was held, with the changes.
@@ -991,9 +1009,7 @@ impl Lists {
             .map(|h| now_states.get(&h.entry).map_or(h, |c| *c).clone())
             .collect();
         drop(judging);
-        for holder in handed {
-            self.refresh_ack(holder).await;
-        }
+        self.after_hand_over(&handed).await;
         for c in &changed {
             tracing::info!(
                 peer = %name,

@@ -8,8 +8,9 @@
 //!   reload`. If a step fails, the previous maps are put back and the error
 //!   names the step. At no point is there no map in place.
 //! - [`Postfix::plan_setup`] / [`Postfix::setup`]: the one-time wiring of
-//!   `relay_domains`, `transport_maps` and (if set) `relay_recipient_maps`
-//!   in main.cf, refusing to make an open relay.
+//!   `relay_domains`, `transport_maps` and `relay_recipient_maps` in
+//!   main.cf, refusing to make an open relay or to strand the recipients of
+//!   the admin's own relay domains.
 //! - [`Postfix::local_domains`]: which domains this Postfix delivers itself.
 //!
 //! Every command gets `-c <postfix_config_dir>`.
@@ -430,7 +431,16 @@ impl Postfix {
         // it is empty (Debian's default) every relay domain accepts every
         // recipient, so setting it is safe only if no other relay domain
         // relies on that.
-        if self.param("relay_recipient_maps").await?.trim().is_empty() {
+        // The check also runs where relay_recipient_maps holds only our map
+        // (a relay domain the admin adds later would lose its recipients;
+        // `mxfed doctor` then says so).
+        let recipient_maps = self.param("relay_recipient_maps").await?;
+        let ours_only = list_tokens(&recipient_maps).into_iter().all(|t| {
+            let recipients = self.map_dir().join(RELAY_RECIPIENTS).display().to_string();
+            t.split_once(':')
+                .is_some_and(|(_, path)| path == recipients)
+        });
+        if ours_only {
             // Expanded: the default is an expression (`$mydestination` below
             // compatibility level 2, else empty). Domains that are also in
             // mydestination are local, and relay_recipient_maps does not
@@ -448,7 +458,12 @@ impl Postfix {
                 return Err(err(
                     "check relay recipients",
                     format!(
-                        "relay_recipient_maps is empty, so Postfix accepts every recipient of every relay domain and of its subdomains; mxfed must set it to hold friends to their exact domains, but that would also reject recipients of your own relay domains ({}). Nothing was changed. List their valid recipients (or `@domain OK` for each) in a table, e.g. `postconf -e 'relay_recipient_maps = hash:/etc/postfix/relay_recipients'` and `postmap /etc/postfix/relay_recipients`, then run `mxfed postfix setup` again",
+                        "relay_recipient_maps {}, so mxfed must hold friends to their exact domains with it alone, but that would reject every recipient of your own relay domains ({}). List their valid recipients (or `@domain OK` for each) in a table of your own, e.g. `postconf -e 'relay_recipient_maps = hash:/etc/postfix/relay_recipients'` and `postmap /etc/postfix/relay_recipients`, then run `mxfed postfix setup` again",
+                        if recipient_maps.trim().is_empty() {
+                            "is empty (Postfix accepts every recipient of every relay domain and of its subdomains)"
+                        } else {
+                            "names only mxfed's map"
+                        },
                         others.join(", ")
                     ),
                 ));

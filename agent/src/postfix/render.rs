@@ -1,9 +1,12 @@
 //! Rendering the mxfed maps: pure functions from accepted entries to map
 //! text, and back from map text to entries (for diffs of what is in force).
 //!
-//! - `transport`: `domain relay:[next-hop]` (with `:port` when set). The
-//!   brackets turn off MX lookup, so the backup never sends mail back to
-//!   itself (Postfix STANDARD_CONFIGURATION_README, "backup MX host").
+//! - `transport`: `domain relay:[IP]` for each address the next hop was
+//!   checked at, comma-separated (with `:port` when set). The brackets turn
+//!   off MX lookup, so the backup never sends mail back to itself (Postfix
+//!   STANDARD_CONFIGURATION_README, "backup MX host"), and the addresses
+//!   mean a name re-pointed later cannot redirect the relay. An entry with
+//!   no checked addresses yet holds its mail ([`NOT_CHECKED_YET`]).
 //! - `relay_domains`: `domain OK`.
 //! - `relay_recipients`: `@domain OK`, for `relay_recipient_maps`, so that
 //!   every recipient of a backed-up domain is accepted.
@@ -32,7 +35,7 @@ pub struct Route {
     /// The addresses the next hop was checked at. Postfix relays to these
     /// (with the next hop's port), so a name that resolves elsewhere later
     /// cannot turn the relay against anyone. Empty only for entries judged
-    /// before addresses were kept: relayed to the name until re-checked.
+    /// before addresses were kept: their mail is held until a re-check.
     pub addrs: Vec<IpAddr>,
 }
 
@@ -66,12 +69,17 @@ pub fn render_maps(routes: &[Route]) -> RelayMaps {
     }
 }
 
+/// What the transport map says for an entry judged before addresses were
+/// kept, until a re-check pins them: hold the mail (accepted, queued, and
+/// retried), never relay it to a name nobody checked.
+pub const NOT_CHECKED_YET: &str = "retry:4.4.1 mxfed has not checked this next hop's addresses yet";
+
 /// `relay:` and the next hop: each checked address in brackets (no MX
 /// look-up) with the next hop's port, comma-separated (Postfix 3.5 and
 /// later try them in turn).
 fn transport_value(r: &Route) -> String {
     if r.addrs.is_empty() {
-        return format!("relay:{}", r.next_hop.postfix_nexthop());
+        return NOT_CHECKED_YET.to_string();
     }
     let port = r
         .next_hop
@@ -162,11 +170,20 @@ pub fn diff(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>)
 mod tests {
     use super::*;
 
+    /// A route as judged: an IP next hop at its address, a name at a
+    /// documentation address of its own.
     fn route(d: &str, hop: &str) -> Route {
+        let next_hop = NextHop::parse(hop).unwrap();
+        let addr: IpAddr = match next_hop.host() {
+            mxfed_proto::domain::Host::Ip(ip) => *ip,
+            mxfed_proto::domain::Host::Name(n) => {
+                format!("192.0.2.{}", n.as_str().len()).parse().unwrap()
+            }
+        };
         Route {
             domain: Domain::parse(d).unwrap(),
-            next_hop: NextHop::parse(hop).unwrap(),
-            addrs: Vec::new(),
+            next_hop,
+            addrs: vec![addr],
         }
     }
 
@@ -188,11 +205,9 @@ mod tests {
             )),
             "relay:[192.0.2.7]:2525, [2001:db8::7]:2525"
         );
-        // Not yet checked (judged before addresses were kept): the name.
-        assert_eq!(
-            value(pinned("mail.friend.example", &[])),
-            "relay:[mail.friend.example]"
-        );
+        // Not yet checked (judged before addresses were kept): held, never
+        // relayed to the name.
+        assert_eq!(value(pinned("mail.friend.example", &[])), NOT_CHECKED_YET);
     }
 
     /// Golden output: exactly what Postfix gets.
@@ -210,7 +225,7 @@ mod tests {
             (
                 "transport",
                 format!(
-                    "{HEADER}friend.example relay:[mail.friend.example]\nip.example relay:[192.0.2.7]:25\nv6.example relay:[2001:db8::1]\nxn--bcher-kva.example relay:[mail.friend.example]:2525\n"
+                    "{HEADER}friend.example relay:[192.0.2.19]\nip.example relay:[192.0.2.7]:25\nv6.example relay:[2001:db8::1]\nxn--bcher-kva.example relay:[192.0.2.19]:2525\n"
                 )
             )
         );
@@ -250,9 +265,14 @@ mod tests {
         let maps = render_maps(&routes);
         let transport = &maps.maps[2].1;
         for r in &routes {
+            let port = r
+                .next_hop
+                .port()
+                .map(|p| format!(":{p}"))
+                .unwrap_or_default();
             assert_eq!(
                 transport[r.domain.as_str()],
-                format!("relay:[{}]", r.next_hop)
+                format!("relay:[{}]{port}", r.addrs[0])
             );
         }
         assert_eq!(transport.len(), routes.len());
@@ -265,26 +285,27 @@ mod tests {
             route("b.example", "mail.x.example"),
         ]);
         let after = render_maps(&[
-            route("b.example", "mail.y.example"),
+            route("b.example", "mail.yy.example"),
             route("c.example", "mail.x.example"),
         ]);
         let b = parse_map(&map_text(&before.maps[2].1));
         assert_eq!(b, before.maps[2].1);
         let d = diff(&b, &after.maps[2].1);
+        // mail.x.example at 192.0.2.14, mail.yy.example at 192.0.2.15.
         assert_eq!(
             d.added,
-            vec![("c.example".into(), "relay:[mail.x.example]".into())]
+            vec![("c.example".into(), "relay:[192.0.2.14]".into())]
         );
         assert_eq!(
             d.removed,
-            vec![("a.example".into(), "relay:[mail.x.example]".into())]
+            vec![("a.example".into(), "relay:[192.0.2.14]".into())]
         );
         assert_eq!(
             d.changed,
             vec![(
                 "b.example".into(),
-                "relay:[mail.x.example]".into(),
-                "relay:[mail.y.example]".into()
+                "relay:[192.0.2.14]".into(),
+                "relay:[192.0.2.15]".into()
             )]
         );
         assert!(diff(&b, &b).is_empty());

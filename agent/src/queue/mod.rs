@@ -30,12 +30,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use mxfed_proto::control::{FlushResult, HeldStatus, QueueView};
-use mxfed_proto::domain::{Domain, NextHop};
+use mxfed_proto::domain::Domain;
 use mxfed_proto::msg::{QueueReport, Request, Response, MAX_REPORT_DOMAINS};
 use mxfed_proto::PeerId;
 
 use crate::clock::{rfc3339, Clock};
-use crate::dns::Dns;
 use crate::peer::{Caller, PeerEvent, Peers, SendError};
 use crate::postfix::Postfix;
 use crate::store::Store;
@@ -60,7 +59,6 @@ struct Inner {
     /// `None`: Postfix integration is off, and there is no queue to read.
     postfix: Option<Postfix>,
     store: Store,
-    dns: Dns,
     peers: Peers,
     clock: Clock,
     /// The latest scan.
@@ -82,18 +80,11 @@ struct Inner {
 }
 
 impl Queue {
-    pub(crate) fn new(
-        postfix: Option<Postfix>,
-        store: Store,
-        dns: Dns,
-        peers: Peers,
-        clock: Clock,
-    ) -> Self {
+    pub(crate) fn new(postfix: Option<Postfix>, store: Store, peers: Peers, clock: Clock) -> Self {
         Self {
             inner: Arc::new(Inner {
                 postfix,
                 store,
-                dns,
                 peers,
                 clock,
                 last: Mutex::default(),
@@ -295,10 +286,13 @@ impl Queue {
     /// Probes the SMTP port of the next hops I hold mail for; when one
     /// answers after failing, the friend is back: flush.
     async fn probe(&self, peer: PeerId, name: &str, scan: &Scan) {
-        let mut hops: Vec<&NextHop> = scan.entries_of(name).map(|e| &e.next_hop).collect();
-        hops.sort();
-        hops.dedup();
-        let up = probe::any_answers(&self.inner.dns, &hops).await;
+        let targets = probe::targets(
+            scan.routes
+                .iter()
+                .filter(|r| r.peer == name)
+                .map(|r| (&r.addrs[..], r.entry.next_hop.port())),
+        );
+        let up = probe::any_answers(&targets).await;
         let before = lock(&self.inner.probes).insert(peer, up);
         if up && before == Some(false) {
             self.flush_for(peer, name, "its next hop answers again")
