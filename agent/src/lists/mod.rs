@@ -503,12 +503,15 @@ impl Lists {
                 return false;
             }
         };
-        let fresh: Vec<Entry> = list
-            .entries()
-            .iter()
-            .filter(|e| !held_before.contains_key(*e))
-            .cloned()
-            .collect();
+        // Entries not held as they are: new domains, and new next hops.
+        let not_held = |held: &HashMap<Entry, HeldEntry>| -> Vec<Entry> {
+            list.entries()
+                .iter()
+                .filter(|e| !held.contains_key(*e))
+                .cloned()
+                .collect()
+        };
+        let fresh = not_held(&held_before);
         drop(held_before);
         let gathered = self.gather(&fresh).await;
         let judging = inner.judging.lock().await;
@@ -520,12 +523,7 @@ impl Lists {
                 return false;
             }
         };
-        let to_judge: Vec<Entry> = list
-            .entries()
-            .iter()
-            .filter(|e| !previous.contains_key(*e))
-            .cloned()
-            .collect();
+        let to_judge = not_held(&previous);
         let verdicts = match self
             .judge_with(&peer, &to_judge, &previous, &gathered)
             .await
