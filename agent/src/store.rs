@@ -627,12 +627,14 @@ impl Store {
     }
 
     /// The addresses at which `peer`'s authenticated endpoint has been
-    /// seen, most recent first.
-    pub async fn seen(&self, peer: &PeerId) -> Result<Vec<IpAddr>, StoreError> {
+    /// seen since `since` (Unix seconds), most recent first.
+    pub async fn seen(&self, peer: &PeerId, since: i64) -> Result<Vec<IpAddr>, StoreError> {
         let rows: Vec<(String,)> = sqlx::query_as(
-            "SELECT ip FROM peer_seen WHERE peer_id = ? ORDER BY last_seen DESC, ip",
+            "SELECT ip FROM peer_seen WHERE peer_id = ? AND last_seen >= ?
+             ORDER BY last_seen DESC, ip",
         )
         .bind(peer.to_string())
+        .bind(since)
         .fetch_all(&self.pool)
         .await
         .map_err(|e| self.query_err(e))?;
@@ -1107,7 +1109,7 @@ mod tests {
         let s = Store::open(&d.path().join("mxfed.db")).await.unwrap();
         let friend = peer(1, "friend");
         s.insert_peer(&friend).await.unwrap();
-        assert!(s.seen(&friend.id).await.unwrap().is_empty());
+        assert!(s.seen(&friend.id, 0).await.unwrap().is_empty());
         let at = |a: &str| a.parse::<SocketAddr>().unwrap();
         s.touch_peer(&friend.id, 100, &at("1.2.3.4:7787"))
             .await
@@ -1121,7 +1123,7 @@ mod tests {
             .unwrap();
         let ip = |a: &str| a.parse::<IpAddr>().unwrap();
         assert_eq!(
-            s.seen(&friend.id).await.unwrap(),
+            s.seen(&friend.id, 0).await.unwrap(),
             [ip("1.2.3.4"), ip("2001:db8::5")],
             "most recent first, each address once"
         );
@@ -1130,12 +1132,20 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let seen = s.seen(&friend.id).await.unwrap();
+        let seen = s.seen(&friend.id, 0).await.unwrap();
         assert_eq!(seen.len(), MAX_SEEN, "a roaming peer cannot fill the table");
         assert_eq!(seen[0], ip(&format!("10.0.0.{}", MAX_SEEN + 4)));
+        // Only addresses seen lately count.
+        assert_eq!(
+            s.seen(&friend.id, 1000 + MAX_SEEN as i64 + 3)
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
         // Gone with the peer.
         s.remove_peer(&friend.id).await.unwrap();
-        assert!(s.seen(&friend.id).await.unwrap().is_empty());
+        assert!(s.seen(&friend.id, 0).await.unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -74,6 +74,12 @@ const MAX_VERSION_JUMP: u64 = 100_000;
 /// so that no friend can make me re-sign (and every other friend re-fetch
 /// my list) at its own pace.
 const RESIGN_GAP: Duration = Duration::from_secs(600);
+/// How long an address where a peer's agent was seen counts for its
+/// ownership proof: longer than a list lives unrenewed (14 days) plus the
+/// default `expired_list_grace` (30 days), so it never ends relay for an
+/// offline friend before its list would; an address given up long ago
+/// proves nothing any more.
+const SEEN_LATELY: Duration = Duration::from_secs(60 * 86_400);
 /// Least time between two fetches of one peer's list.
 const MIN_FETCH_GAP: Duration = Duration::from_secs(1);
 /// How often to look whether my list is due for re-signing.
@@ -641,7 +647,8 @@ impl Lists {
     ) -> Result<Verdicts, StoreError> {
         let inner = &*self.inner;
         let my_domains = inner.mine.domains().await;
-        let seen = inner.store.seen(peer).await?;
+        let since = inner.clock.now_unix() - SEEN_LATELY.as_secs() as i64;
+        let seen = inner.store.seen(peer, since).await?;
         // Domains among these that another peer holds, and whether its claim
         // is still proven (an undecided look-up counts as proven).
         let wanted: HashSet<&Domain> = entries.iter().map(|e| &e.domain).collect();
@@ -658,7 +665,7 @@ impl Lists {
                 None => true,
                 Some(f) => {
                     if let std::collections::hash_map::Entry::Vacant(slot) = seen_of.entry(holder) {
-                        slot.insert(inner.store.seen(&holder).await?);
+                        slot.insert(inner.store.seen(&holder, since).await?);
                     }
                     let holder_seen = seen_of.get(&holder).map_or(&[][..], |v| &v[..]);
                     // The domain's facts, the holder's own next hop. For an
