@@ -58,7 +58,9 @@ impl Inbound for Router {
                     self.lists.offered(from.id, version);
                     Response::Done
                 }
-                Request::FetchList { have } => return self.lists.serve_fetch(have, reply).await,
+                Request::FetchList { have } => {
+                    return self.lists.serve_fetch(from, have, reply).await
+                }
                 Request::ListAck(ack) => self.lists.receive_ack(from, ack).await,
                 Request::QueueReport(report) => self.queue.receive_report(from, report),
                 Request::Flush => self.queue.flush_requested(from).await,

@@ -515,3 +515,46 @@ fn a_flooding_friend_is_cut_off_and_the_others_are_served_as_usual() {
     assert_eq!(c.pf.rcpt("x@mallory.example"), 250, "its own domain stays");
     c.transport_only_to_owners();
 }
+
+/// A friend asking for my whole list again and again: each version is sent
+/// to it once per few seconds, so it cannot make me stream my list in a
+/// loop; a new version is sent at once.
+#[test]
+fn asking_for_my_whole_list_in_a_loop_gets_it_once() {
+    use mxfed_proto::msg::{Request, Response};
+
+    let mut alpha = Agent::init("alpha");
+    let mut mallory = Agent::init("mallory");
+    start_and_pair(&mut alpha, &mut mallory);
+    mallory.stop();
+    wait_for("mallory gone", || !alpha.connected_to("mallory"));
+    // Published while mallory's own agent is away: never sent to it yet.
+    alpha.domains(&["add", "alpha.example"]);
+    let alpha_id: mxfed_proto::PeerId = alpha.id().parse().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let raw = RawPeer::connect(&mallory.data_dir(), alpha.addr, alpha_id).await;
+        let fetch = Request::FetchList { have: 0 };
+        assert!(matches!(
+            raw.request(&fetch).await,
+            Response::ListHeader(h) if h.version == 1
+        ));
+        for _ in 0..5 {
+            match raw.request(&fetch).await {
+                Response::Refused { message } => {
+                    assert!(message.contains("was sent less than"), "{message}")
+                }
+                other => panic!("sent again at once: {other:?}"),
+            }
+        }
+        // A new version is sent at once.
+        alpha.domains(&["add", "a2.example"]);
+        assert!(matches!(
+            raw.request(&fetch).await,
+            Response::ListHeader(h) if h.version == 2
+        ));
+    });
+}

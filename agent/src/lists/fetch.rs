@@ -13,6 +13,28 @@ use mxfed_proto::PeerId;
 use crate::frames::FrameError;
 use crate::peer::{Peers, SendError};
 
+/// Least time between two transfers of the same version of a list to one
+/// friend; the sender refuses a repeat sooner with [`too_soon`]'s words.
+pub(super) const SERVE_GAP: Duration = Duration::from_secs(5);
+
+/// The refusal for a repeat within [`SERVE_GAP`].
+pub(super) fn too_soon(version: u64) -> String {
+    format!(
+        "version {version} was sent less than {}s ago",
+        SERVE_GAP.as_secs()
+    )
+}
+
+/// What a fetch came to.
+pub(super) enum Fetched {
+    /// A verified list and its signature.
+    List(DomainList, Vec<u8>),
+    /// The sender sent it moments ago and asks to wait: try again after this.
+    Later(Duration),
+    /// Nothing (logged; the connection closed if the peer broke the protocol).
+    Nothing,
+}
+
 /// How long a whole list transfer may take.
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long to wait for each frame of a list transfer.
@@ -45,16 +67,8 @@ impl From<SendError> for FetchError {
     }
 }
 
-/// Fetches `peer`'s list if it is newer than `held` (0: none); the verified
-/// list and its signature, or `None` (logged, and the connection closed if
-/// the peer broke the protocol).
-pub(super) async fn fetch(
-    peers: &Peers,
-    peer: PeerId,
-    name: &str,
-    held: u64,
-    now: u64,
-) -> Option<(DomainList, Vec<u8>)> {
+/// Fetches `peer`'s list if it is newer than `held` (0: none).
+pub(super) async fn fetch(peers: &Peers, peer: PeerId, name: &str, held: u64, now: u64) -> Fetched {
     let mut opened = None;
     let transfer = async {
         let rx = opened.insert(
@@ -86,7 +100,11 @@ pub(super) async fn fetch(
         ))),
     };
     match result {
-        Ok(got) => return Some(got),
+        Ok((list, signature)) => return Fetched::List(list, signature),
+        Err(FetchError::Nothing(m)) if m.contains("was sent less than") => {
+            tracing::debug!(peer = %name, "list fetch: {m}; trying again later");
+            return Fetched::Later(SERVE_GAP);
+        }
         Err(FetchError::List(e)) => {
             tracing::warn!(peer = %name, "refused domain list: {e}; the list held before stays in force");
         }
@@ -106,7 +124,7 @@ pub(super) async fn fetch(
         Err(FetchError::Nothing(m)) => tracing::debug!(peer = %name, "list fetch: {m}"),
         Err(FetchError::Io(e)) => tracing::debug!(peer = %name, "list fetch: {e}"),
     }
-    None
+    Fetched::Nothing
 }
 
 async fn read_response(rx: &mut crate::peer::Responses) -> Result<Response, FetchError> {

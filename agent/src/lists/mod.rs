@@ -63,6 +63,7 @@ use crate::util::lock;
 
 use ack::{check_ack, make_ack};
 use facts::Gathered;
+use fetch::{Fetched, SERVE_GAP};
 use judge::{conclusive, judge, Ownership};
 use mine::Mine;
 
@@ -126,12 +127,24 @@ struct Inner {
     acks: Mutex<HashMap<PeerId, ListAck>>,
     /// When a friend's acknowledgement last made me re-sign (see [`RESIGN_GAP`]).
     last_resign: Mutex<Option<tokio::time::Instant>>,
+    /// The version of my list last sent to each friend, and when.
+    served: Mutex<HashMap<PeerId, (u64, tokio::time::Instant)>>,
 }
 
 /// One entry as judged, and whether that judgement was [`conclusive`].
 struct Judged {
     held: HeldEntry,
     conclusive: bool,
+}
+
+/// What one fetch came to, for the fetch loop.
+enum Fetch {
+    /// A newer list was stored.
+    Stored,
+    /// Ask again after this.
+    Later(Duration),
+    /// Refused or failed: wait for the next offer.
+    Failed,
 }
 
 /// What judging a batch of entries decided.
@@ -173,6 +186,7 @@ impl Lists {
                 recheck_from: Mutex::default(),
                 acks: Mutex::default(),
                 last_resign: Mutex::default(),
+                served: Mutex::default(),
             }),
         })
     }
@@ -263,28 +277,47 @@ impl Lists {
         }
     }
 
-    /// Answers `FetchList`: the header and chunks, or a refusal.
-    pub(crate) async fn serve_fetch(&self, have: u64, reply: &mut Responder) {
+    /// Answers `FetchList`: the header and chunks, or a refusal. A friend
+    /// gets each version of my list once per [`SERVE_GAP`]: asking for the
+    /// same one again at once (a friend that lost it, or one that wants to
+    /// make me send my whole list in a loop) waits out the gap.
+    pub(crate) async fn serve_fetch(&self, from: &Caller, have: u64, reply: &mut Responder) {
+        let refuse = |message: String| Response::Refused { message };
         let sent = match self.inner.mine.current().await {
             Some(p) if p.list.version > have => {
-                let mut sent = reply
-                    .send(&Response::ListHeader(p.list.header(p.signature.clone())))
-                    .await;
-                for chunk in p.list.chunks() {
-                    if sent.is_err() {
-                        break;
+                let version = p.list.version;
+                let too_soon = {
+                    let mut served = lock(&self.inner.served);
+                    let now = tokio::time::Instant::now();
+                    let soon = served.get(&from.id).is_some_and(|(v, at)| {
+                        *v == version && now.duration_since(*at) < SERVE_GAP
+                    });
+                    if !soon {
+                        served.insert(from.id, (version, now));
                     }
-                    sent = reply.send(&Response::ListChunk(chunk)).await;
+                    soon
+                };
+                if too_soon {
+                    tracing::debug!(peer = %from.name, version, "list fetch refused: sent this version moments ago");
+                    reply.send(&refuse(fetch::too_soon(version))).await
+                } else {
+                    let mut sent = reply
+                        .send(&Response::ListHeader(p.list.header(p.signature.clone())))
+                        .await;
+                    for chunk in p.list.chunks() {
+                        if sent.is_err() {
+                            break;
+                        }
+                        sent = reply.send(&Response::ListChunk(chunk)).await;
+                    }
+                    if sent.is_err() {
+                        // Not received: a retry is no repeat.
+                        lock(&self.inner.served).remove(&from.id);
+                    }
+                    sent
                 }
-                sent
             }
-            _ => {
-                reply
-                    .send(&Response::Refused {
-                        message: "no newer list".into(),
-                    })
-                    .await
-            }
+            _ => reply.send(&refuse("no newer list".into())).await,
         };
         if let Err(e) = sent {
             tracing::debug!("list transfer: {e}");
@@ -399,6 +432,7 @@ impl Lists {
 
     fn forget(&self, peer: &PeerId) {
         let inner = &*self.inner;
+        lock(&inner.served).remove(peer);
         lock(&inner.acks).remove(peer);
         lock(&inner.offered).remove(peer);
         lock(&inner.recheck_from).remove(peer);
@@ -441,12 +475,19 @@ impl Lists {
                 return;
             };
             lock(&inner.last_fetch).insert(peer, tokio::time::Instant::now());
-            let ok = match inner.peers.is_connected(&peer) {
+            let fetched = match inner.peers.is_connected(&peer) {
                 true => self.fetch_once(peer, held).await,
-                false => false,
+                false => Fetch::Failed,
             };
-            if ok {
-                continue;
+            match fetched {
+                Fetch::Stored => continue,
+                Fetch::Later(wait) => {
+                    // It sent this version moments ago (to us, and we lost
+                    // it): ask again once the gap is over.
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                Fetch::Failed => {}
             }
             // Refused or failed. Try again only if a newer offer came in
             // meanwhile; otherwise wait for the next offer or Hello rather
@@ -473,13 +514,20 @@ impl Lists {
         (offered > held).then_some((held, offered))
     }
 
-    /// One fetch; true if a newer list was stored.
-    async fn fetch_once(&self, peer: PeerId, held: u64) -> bool {
+    /// One fetch.
+    async fn fetch_once(&self, peer: PeerId, held: u64) -> Fetch {
         let name = self.peer_name(&peer).await;
         let now = self.inner.clock.now_u64();
         match fetch::fetch(&self.inner.peers, peer, &name, held, now).await {
-            Some((list, signature)) => self.accept_list(peer, &name, list, signature).await,
-            None => false,
+            Fetched::List(list, signature) => {
+                if self.accept_list(peer, &name, list, signature).await {
+                    Fetch::Stored
+                } else {
+                    Fetch::Failed
+                }
+            }
+            Fetched::Later(wait) => Fetch::Later(wait),
+            Fetched::Nothing => Fetch::Failed,
         }
     }
 
