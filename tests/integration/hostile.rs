@@ -18,6 +18,19 @@ fn backed_up(domain: &'static str, owner: &'static str) -> [Rec; 2] {
     ]
 }
 
+/// An acknowledgement of version `v` of the other side's list, with no
+/// entries: what a hostile friend sends to move that version.
+fn empty_ack(v: u64) -> mxfed_proto::msg::Request {
+    mxfed_proto::msg::Request::ListAck(mxfed_proto::msg::ListAck {
+        version: v,
+        accepted: 0,
+        refused_count: 0,
+        pending_count: 0,
+        refused: Vec::new(),
+        pending: Vec::new(),
+    })
+}
+
 struct Cast {
     alpha: Agent,
     bravo: Agent,
@@ -384,7 +397,7 @@ fn a_subdomain_of_an_accepted_domain_is_not_relayed() {
 /// version forward only by a bounded step, and at most once per interval.
 #[test]
 fn acknowledgements_cannot_jump_my_version_or_make_me_re_sign_at_their_pace() {
-    use mxfed_proto::msg::{ListAck, Request, Response};
+    use mxfed_proto::msg::Response;
 
     let mut alpha = Agent::init("alpha");
     let mut mallory = Agent::init("mallory");
@@ -400,16 +413,6 @@ fn acknowledgements_cannot_jump_my_version_or_make_me_re_sign_at_their_pace() {
     mallory.stop();
     wait_for("mallory gone", || !alpha.connected_to("mallory"));
     let alpha_id: mxfed_proto::PeerId = alpha.id().parse().unwrap();
-    let ack = |v: u64| {
-        Request::ListAck(ListAck {
-            version: v,
-            accepted: 0,
-            refused_count: 0,
-            pending_count: 0,
-            refused: Vec::new(),
-            pending: Vec::new(),
-        })
-    };
     let refusal = |r: Response| match r {
         Response::Refused { message } => message,
         other => panic!("expected a refusal, got {other:?}"),
@@ -421,19 +424,19 @@ fn acknowledgements_cannot_jump_my_version_or_make_me_re_sign_at_their_pace() {
     rt.block_on(async {
         let raw = RawPeer::connect(&mallory.data_dir(), alpha.addr, alpha_id).await;
         // Too far: ignored.
-        let m = refusal(raw.request(&ack(1 + 1_000_000)).await);
+        let m = refusal(raw.request(&empty_ack(1 + 1_000_000)).await);
         assert!(
             m.contains("acknowledges version 1000001 but mine is 1"),
             "{m}"
         );
         assert_eq!(version(), 1);
         // Within the bound (a restore from an old backup): re-signed past it, once.
-        let m = refusal(raw.request(&ack(40)).await);
+        let m = refusal(raw.request(&empty_ack(40)).await);
         assert!(m.contains("re-signed as v41"), "{m}");
         assert_eq!(version(), 41);
         // Again at once: not again yet.
         for v in [100, 1_000, 50_000] {
-            let m = refusal(raw.request(&ack(v)).await);
+            let m = refusal(raw.request(&empty_ack(v)).await);
             assert!(m.contains("not again yet"), "{m}");
         }
         assert_eq!(version(), 41);
@@ -452,7 +455,7 @@ fn acknowledgements_cannot_jump_my_version_or_make_me_re_sign_at_their_pace() {
 /// 10 s, and another friend's list still propagates and is relayed.
 #[test]
 fn a_flooding_friend_is_cut_off_and_the_others_are_served_as_usual() {
-    use mxfed_proto::msg::{Hello, ListAck, PeerInfo, Request};
+    use mxfed_proto::msg::{Hello, PeerInfo, Request};
 
     let mut c = cast(&backed_up("late.example", "mail.alpha.example"), "");
     c.mallory.stop();
@@ -478,14 +481,7 @@ fn a_flooding_friend_is_cut_off_and_the_others_are_served_as_usual() {
                     list_version: 1_000 + i,
                     now: 0,
                 }),
-                1 => Request::ListAck(ListAck {
-                    version: 2 + i,
-                    accepted: 0,
-                    refused_count: 0,
-                    pending_count: 0,
-                    refused: Vec::new(),
-                    pending: Vec::new(),
-                }),
+                1 => empty_ack(2 + i),
                 _ => Request::ListOffer { version: 1_000 + i },
             };
             if raw.try_request(&req).await.is_none() {

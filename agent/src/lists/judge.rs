@@ -256,14 +256,13 @@ pub(crate) fn judge(
                 _ => {
                     let at: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
                     let wanted = match own.verify {
-                        VerifyMx::Off => "",
-                        _ => "an MX host of {d} ",
+                        VerifyMx::Off => String::new(),
+                        _ => format!("an MX host of {d} "),
                     };
                     format!(
-                        "its next hop {} ({}) is not {}where this peer's agent was seen, and {d} publishes no {record} record",
+                        "its next hop {} ({}) is not {wanted}where this peer's agent was seen, and {d} publishes no {record} record",
                         entry.next_hop,
                         at.join(", "),
-                        wanted.replace("{d}", d.as_str())
                     )
                 }
             };
