@@ -346,6 +346,41 @@ fn any_port_or_this_servers_address_is_refused_even_without_mx_checks() {
     assert_eq!(c.pf.rcpt("x@loop.example"), 554);
     c.others_unchanged();
     c.transport_only_to_owners();
+
+    // An address of this machine that is not in my mail host's DNS, at the
+    // port where my Postfix takes mail (here 127.0.0.1 and the instance's
+    // port, allowed for the test): also this server.
+    records.push(Rec::Host(
+        "smtp.mallory.example".into(),
+        "127.0.0.1".parse().unwrap(),
+    ));
+    c.dns.restart(ZONES, &records);
+    c.bravo.stop();
+    c.bravo.configure(&format!(
+        "allowed_next_hop_ports = [25, 587, 2525, {}]",
+        c.pf.port
+    ));
+    c.bravo.start();
+    wait_for("friends back", || {
+        c.bravo.connected_to("mallory") && c.bravo.connected_to("alpha")
+    });
+    let hop = format!("smtp.mallory.example:{}", c.pf.port);
+    c.mallory
+        .domains(&["add", "listener.example", "--next-hop", &hop]);
+    wait_for("judged", || {
+        c.bravo.held("mallory").contains_key("listener.example")
+    });
+    let held = c.bravo.held("mallory");
+    assert_eq!(held["listener.example"].0, "refused", "{held:?}");
+    assert!(
+        held["listener.example"]
+            .1
+            .contains("is where this server's Postfix takes mail"),
+        "{held:?}"
+    );
+    assert_eq!(c.pf.rcpt("x@listener.example"), 554);
+    c.others_unchanged();
+    c.transport_only_to_owners();
 }
 
 /// relay_domains matches subdomains (parent_domain_matches_subdomains), and

@@ -3,7 +3,7 @@
 //! part, done by [`DNS_CONCURRENCY`] workers.
 
 use std::collections::{HashMap, HashSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use tokio::task::JoinSet;
@@ -27,8 +27,10 @@ pub(super) struct Gathered {
     pub facts: HashMap<Domain, DnsFacts>,
     /// Domains this Postfix delivers itself, or why that could not be read.
     pub local: Result<HashSet<Domain>, String>,
-    /// The addresses of my mail host, or why they could not be looked up.
-    pub my_addrs: Result<Vec<IpAddr>, String>,
+    /// This server: the addresses of my mail host and Postfix's
+    /// `proxy_interfaces` (any port), and where Postfix listens for SMTP;
+    /// or why that could not be found.
+    pub myself: Result<(Vec<IpAddr>, Vec<SocketAddr>), String>,
 }
 
 /// Gathers the facts for `entries`; entries for `my_domains` need no DNS.
@@ -48,7 +50,19 @@ pub(super) async fn gather(
         }
         None => Ok(HashSet::new()),
     };
-    let my_addrs = dns.addresses(&config.mail_host).await;
+    let myself = match dns.addresses(&config.mail_host).await {
+        Err(why) => Err(format!("my own mail host's addresses: {why}")),
+        Ok(mut addrs) => match postfix {
+            None => Ok((addrs, Vec::new())),
+            Some(p) => match p.smtp_listeners().await {
+                Ok(l) => {
+                    addrs.extend(l.any_port);
+                    Ok((addrs, l.listen))
+                }
+                Err(e) => Err(format!("where this Postfix listens: {e}")),
+            },
+        },
+    };
     let todo: Vec<Entry> = entries
         .iter()
         .filter(|e| !my_domains.contains(&e.domain))
@@ -90,7 +104,7 @@ pub(super) async fn gather(
     Gathered {
         facts,
         local,
-        my_addrs,
+        myself,
     }
 }
 

@@ -14,7 +14,7 @@
 //! `verify_mx` the MX records must name my mail host and the next hop.
 
 use std::collections::{HashMap, HashSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use mxfed_proto::control::EntryState;
 use mxfed_proto::domain::{Domain, Host, NextHop};
@@ -44,18 +44,23 @@ pub(crate) struct DnsFacts {
     pub txt_ids: Result<Option<Vec<PeerId>>, String>,
 }
 
-/// Why mail must not be relayed to `ip`, if it must not: only public
-/// unicast addresses that are not this server's are a friend's host.
-pub(super) fn forbidden_hop(
-    ip: &IpAddr,
-    mine: &[IpAddr],
-    allow_non_public: bool,
-) -> Option<String> {
+/// Why mail must not be relayed to `ip` at `port`, if it must not: only
+/// public unicast addresses that are not this server's are a friend's host.
+pub(super) fn forbidden_hop(ip: &IpAddr, port: u16, own: &Ownership<'_>) -> Option<String> {
     let ip = ip.to_canonical();
-    if mine.iter().any(|m| m.to_canonical() == ip) {
+    if own.my_addrs.iter().any(|m| m.to_canonical() == ip) {
         return Some("is this server".into());
     }
-    if allow_non_public {
+    if own
+        .my_listeners
+        .iter()
+        .any(|l| l.ip().to_canonical() == ip && l.port() == port)
+    {
+        return Some(format!(
+            "is where this server's Postfix takes mail (port {port})"
+        ));
+    }
+    if own.allow_non_public {
         return None;
     }
     special_purpose(&ip).map(|block| format!("is not a public address ({block})"))
@@ -64,9 +69,12 @@ pub(super) fn forbidden_hop(
 /// The local facts an entry is judged against.
 pub(crate) struct Ownership<'a> {
     pub my_mail_host: &'a str,
-    /// The addresses of my mail host.
+    /// Addresses that are this server at every port: my mail host's, and
+    /// Postfix's `proxy_interfaces`.
     pub my_addrs: &'a [IpAddr],
-    /// Why they could not be looked up, if they could not: then no next
+    /// Where this server's Postfix listens for SMTP (address and port).
+    pub my_listeners: &'a [SocketAddr],
+    /// Why these could not be looked up, if they could not: then no next
     /// hop can be checked against them, and nothing is decided.
     pub my_addrs_unknown: Option<&'a str>,
     /// `allow_non_public_next_hops`.
@@ -190,7 +198,7 @@ pub(crate) fn judge(
             return refused(format!("next hop {name} is this server's own mail host"));
         }
         Host::Ip(ip) => {
-            if let Some(why) = forbidden_hop(ip, own.my_addrs, own.allow_non_public) {
+            if let Some(why) = forbidden_hop(ip, port, own) {
                 return refused(format!("next hop {ip} {why}"));
             }
         }
@@ -211,7 +219,15 @@ pub(crate) fn judge(
         ),
     };
     if let Some(why) = own.my_addrs_unknown {
-        return failed(&format!("my own mail host's addresses: {why}"));
+        return match previous {
+            Some((EntryState::Accepted, reason)) => (EntryState::Accepted, reason.clone()),
+            _ => (
+                EntryState::Pending,
+                Some(format!(
+                    "cannot tell which addresses are this server ({why}); will retry"
+                )),
+            ),
+        };
     }
     if let Host::Name(name) = entry.next_hop.host() {
         match &facts.hop_addrs {
@@ -220,9 +236,10 @@ pub(crate) fn judge(
                 return refused(format!("next hop {name} has no address"))
             }
             Ok(addrs) => {
-                if let Some((ip, why)) = addrs.iter().find_map(|ip| {
-                    forbidden_hop(ip, own.my_addrs, own.allow_non_public).map(|w| (ip, w))
-                }) {
+                if let Some((ip, why)) = addrs
+                    .iter()
+                    .find_map(|ip| forbidden_hop(ip, port, own).map(|w| (ip, w)))
+                {
                     return refused(format!("next hop {name} resolves to {ip}, which {why}"));
                 }
             }
@@ -363,6 +380,8 @@ pub(super) mod tests {
         /// Where the friend's agent was seen.
         seen: Vec<IpAddr>,
         ports: Vec<u16>,
+        /// Where my Postfix takes mail (an address not in my mail host's DNS).
+        listeners: Vec<SocketAddr>,
     }
 
     impl World {
@@ -375,12 +394,17 @@ pub(super) mod tests {
                 local: Ok([Domain::parse("local.example").unwrap()].into()),
                 seen: vec![HOP.parse().unwrap(), "1.2.3.7".parse().unwrap()],
                 ports: crate::config::DEFAULT_NEXT_HOP_PORTS.to_vec(),
+                listeners: vec![
+                    "1.2.3.5:25".parse().unwrap(),
+                    "1.2.3.5:587".parse().unwrap(),
+                ],
             }
         }
         fn own(&self, verify: VerifyMx) -> Ownership<'_> {
             Ownership {
                 my_mail_host: "mail.me.example",
                 my_addrs: MY_ADDRS,
+                my_listeners: &self.listeners,
                 my_addrs_unknown: None,
                 allow_non_public: false,
                 allowed_ports: &self.ports,
@@ -448,6 +472,48 @@ pub(super) mod tests {
             assert_eq!(s, EntryState::Refused, "{ip}");
             assert!(r.unwrap().contains(&format!("resolves to {ip}")));
         }
+    }
+
+    #[test]
+    fn mail_never_goes_to_where_my_postfix_listens_but_other_ports_there_are_not_me() {
+        let mut w = World::new();
+        w.seen.push("1.2.3.5".parse().unwrap());
+        for hop in ["mail.friend.example", "mail.friend.example:587"] {
+            let mut facts = hosts(&["mail.me.example", "mail.friend.example"]);
+            facts.hop_addrs = Ok(vec!["1.2.3.5".parse().unwrap()]);
+            for verify in [VerifyMx::Require, VerifyMx::Off] {
+                let (s, r) = judge(
+                    &entry("friend.example", hop),
+                    &w.own(verify),
+                    Some(&facts),
+                    None,
+                );
+                assert_eq!(s, EntryState::Refused, "{hop} {verify:?}");
+                assert!(
+                    r.as_deref()
+                        .unwrap()
+                        .contains("where this server's Postfix takes mail"),
+                    "{r:?}"
+                );
+            }
+        }
+        let (s, r) = judge(
+            &entry("friend.example", "[1.2.3.5]:25"),
+            &w.own(VerifyMx::Off),
+            Some(&hosts(&[])),
+            None,
+        );
+        assert_eq!(s, EntryState::Refused);
+        assert!(r.unwrap().contains("port 25"));
+        // Another server on the same address (a port my Postfix does not
+        // take mail at) is not me.
+        let (s, r) = judge(
+            &entry("friend.example", "[1.2.3.5]:2525"),
+            &w.own(VerifyMx::Off),
+            Some(&hosts(&[])),
+            None,
+        );
+        assert_eq!((s, r), (EntryState::Accepted, None));
     }
 
     #[test]

@@ -734,8 +734,9 @@ impl Lists {
         }
         let own = Ownership {
             my_mail_host: &inner.config.mail_host,
-            my_addrs: gathered.my_addrs.as_deref().unwrap_or(&[]),
-            my_addrs_unknown: gathered.my_addrs.as_ref().err().map(String::as_str),
+            my_addrs: gathered.myself.as_ref().map_or(&[], |m| &m.0),
+            my_listeners: gathered.myself.as_ref().map_or(&[], |m| &m.1),
+            my_addrs_unknown: gathered.myself.as_ref().err().map(String::as_str),
             allow_non_public: inner.config.allow_non_public_next_hops,
             allowed_ports: &inner.config.allowed_next_hop_ports,
             my_domains: &my_domains,

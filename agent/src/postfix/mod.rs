@@ -18,6 +18,7 @@
 pub mod render;
 
 use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -646,6 +647,40 @@ impl Postfix {
             .is_ok()
     }
 
+    /// Where this Postfix takes mail by SMTP: every `inet` service of
+    /// master.cf run by `smtpd` or `postscreen`, at its own `host:` or on
+    /// each of `inet_interfaces` (`all`: every address of this machine's
+    /// interfaces), plus `proxy_interfaces` (addresses a proxy or NAT
+    /// forwards here), which count at every port. A next hop at any of these
+    /// would send a friend's mail back to me.
+    pub async fn smtp_listeners(&self) -> Result<Listeners, PostfixError> {
+        let services = self
+            .run("read master.cf", "postconf", &["-M"], None)
+            .await?;
+        let interfaces = self.param_expanded("inet_interfaces").await?;
+        let proxies = self.param_expanded("proxy_interfaces").await?;
+        let mut listen = Vec::new();
+        let mut everywhere: Option<Vec<std::net::IpAddr>> = None;
+        for (host, port) in services.lines().filter_map(smtp_service) {
+            let hosts = match host {
+                Some(h) => interface_addrs(&[h]).await,
+                None => match &everywhere {
+                    Some(all) => all.clone(),
+                    None => {
+                        let all = interface_addrs(&list_tokens(&interfaces)).await;
+                        everywhere = Some(all.clone());
+                        all
+                    }
+                },
+            };
+            listen.extend(hosts.into_iter().map(|ip| SocketAddr::new(ip, port)));
+        }
+        listen.sort();
+        listen.dedup();
+        let any_port = interface_addrs(&list_tokens(&proxies)).await;
+        Ok(Listeners { listen, any_port })
+    }
+
     /// Which of `candidates` this Postfix delivers itself or relays outside
     /// mxfed: in `mydestination`, `virtual_alias_domains`,
     /// `virtual_mailbox_domains`, or `relay_domains` (less our own map),
@@ -702,6 +737,73 @@ impl Postfix {
         }
         Ok(local)
     }
+}
+
+/// Where this Postfix takes mail by SMTP ([`Postfix::smtp_listeners`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listeners {
+    /// Address and port of each SMTP listener.
+    pub listen: Vec<SocketAddr>,
+    /// Addresses that reach this server at any port (`proxy_interfaces`).
+    pub any_port: Vec<std::net::IpAddr>,
+}
+
+/// The host (if the service names one) and port of a `postconf -M` line
+/// for an SMTP server: an `inet` service run by `smtpd` or `postscreen`.
+fn smtp_service(line: &str) -> Option<(Option<&str>, u16)> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    if fields.len() < 8 || fields[1] != "inet" || !matches!(fields[7], "smtpd" | "postscreen") {
+        return None;
+    }
+    let service = fields[0];
+    let (host, port) = match service.rsplit_once(':') {
+        Some((host, port)) => (Some(host), port),
+        None => (None, service),
+    };
+    let port = match port {
+        "smtp" => 25,
+        "submission" => 587,
+        "smtps" | "submissions" => 465,
+        p => p.parse().ok()?,
+    };
+    Some((host, port))
+}
+
+/// The addresses a Postfix interface list (`inet_interfaces`,
+/// `proxy_interfaces`, a service's `host:`) stands for. `all` is every
+/// address of this machine's interfaces; a host name is resolved; what
+/// cannot be read is left out (this list only ever refuses more).
+async fn interface_addrs(items: &[&str]) -> Vec<std::net::IpAddr> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let mut addrs = Vec::new();
+    for item in items {
+        let item = item.trim_start_matches('[').trim_end_matches(']');
+        match item {
+            "" => {}
+            "all" => match if_addrs::get_if_addrs() {
+                Ok(found) => addrs.extend(found.iter().map(|i| i.ip())),
+                Err(e) => tracing::warn!("cannot list this machine's interfaces: {e}"),
+            },
+            "loopback-only" => addrs.extend([
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ]),
+            _ => match item.parse::<IpAddr>() {
+                Ok(ip) => addrs.push(ip),
+                Err(_) => {
+                    if let Ok(found) = tokio::net::lookup_host((item, 0)).await {
+                        addrs.extend(found.map(|a| a.ip()));
+                    }
+                }
+            },
+        }
+    }
+    for a in &mut addrs {
+        *a = a.to_canonical();
+    }
+    addrs.sort();
+    addrs.dedup();
+    addrs
 }
 
 /// Whether the domain-list item `item` (lower case) covers `domain`: the
@@ -810,7 +912,65 @@ async fn cleanup_temp(dir: &Path) {
 
 #[cfg(test)]
 mod tests {
-    use super::{has_word, list_matches, list_tokens, lookup_keys, version_at_least};
+    use super::{
+        has_word, interface_addrs, list_matches, list_tokens, lookup_keys, smtp_service,
+        version_at_least,
+    };
+
+    #[test]
+    fn smtp_services_are_inet_smtpd_or_postscreen_with_their_ports() {
+        let line = |l| smtp_service(l);
+        assert_eq!(
+            line("smtp       inet  n       -       y       -       -       smtpd"),
+            Some((None, 25))
+        );
+        assert_eq!(line("smtp inet n - y - 1 postscreen"), Some((None, 25)));
+        assert_eq!(
+            line("submission inet n - y - - smtpd -o syslog_name=postfix/submission"),
+            Some((None, 587))
+        );
+        assert_eq!(line("submissions inet n - y - - smtpd"), Some((None, 465)));
+        assert_eq!(
+            line("127.0.0.1:2525 inet n - n - - smtpd"),
+            Some((Some("127.0.0.1"), 2525))
+        );
+        assert_eq!(
+            line("[::1]:smtp inet n - n - - smtpd"),
+            Some((Some("[::1]"), 25))
+        );
+        assert_eq!(line("smtpd pass - - y - - smtpd"), None, "not inet");
+        assert_eq!(line("cleanup unix n - y - 0 cleanup"), None);
+        assert_eq!(
+            line("127.0.0.1:10025 inet n - n - - lmtp"),
+            None,
+            "not an SMTP server"
+        );
+        assert_eq!(
+            line("imaginary inet n - y - - smtpd"),
+            None,
+            "unknown service name"
+        );
+    }
+
+    #[tokio::test]
+    async fn interface_lists_cover_all_loopback_only_and_addresses() {
+        let all = interface_addrs(&["all"]).await;
+        assert!(all.contains(&"127.0.0.1".parse().unwrap()), "{all:?}");
+        assert_eq!(
+            interface_addrs(&["loopback-only"]).await,
+            vec![
+                "127.0.0.1".parse::<std::net::IpAddr>().unwrap(),
+                "::1".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            interface_addrs(&["192.0.2.7", "[2001:db8::1]", "192.0.2.7"]).await,
+            vec![
+                "192.0.2.7".parse::<std::net::IpAddr>().unwrap(),
+                "2001:db8::1".parse().unwrap()
+            ]
+        );
+    }
 
     #[test]
     fn domain_list_items_cover_names_dot_parents_and_parents_when_asked() {
