@@ -59,7 +59,10 @@ impl Inbound for Router {
                     Response::Done
                 }
                 Request::FetchList { have } => {
-                    return self.lists.serve_fetch(from, have, reply).await
+                    return self.lists.serve_fetch(from, have, false, reply).await
+                }
+                Request::FetchChanges { have } => {
+                    return self.lists.serve_fetch(from, have, true, reply).await
                 }
                 Request::ListAck(ack) => self.lists.receive_ack(from, ack).await,
                 Request::QueueReport(report) => self.queue.receive_report(from, report),

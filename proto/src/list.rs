@@ -9,8 +9,16 @@
 //! On the wire a list is a [`ListHeader`] frame followed by chunks of at most
 //! [`CHUNK_ENTRIES`] [`WireEntry`]s. A [`ListReceiver`] assembles them,
 //! checking every bound as it goes, and only [`ListReceiver::finish`] —
-//! signature included — yields a `DomainList`. Nothing else does, so nothing
-//! unchecked can be stored.
+//! signature included — yields a `DomainList`.
+//!
+//! A friend that holds an older version may get only the changes since it:
+//! a [`ChangesHeader`] (the new list's header, and the version the changes
+//! apply to), then chunks of [`WireChange`]s. A [`ChangesReceiver`] checks
+//! them the same way, applies them to the entries held, and
+//! [`ChangesReceiver::finish`] verifies the signature over the whole
+//! resulting list: what is signed is always the whole list, so a change
+//! transfer proves the same as a full one. Nothing else yields a
+//! `DomainList`, so nothing unchecked can be stored.
 
 use ring::digest;
 use serde::{Deserialize, Serialize};
@@ -65,6 +73,49 @@ pub struct ListHeader {
     pub count: u32,
     /// Ed25519 signature over the signing bytes.
     pub signature: Vec<u8>,
+}
+
+/// A change to one entry since an older version: its next hop now, or
+/// `None` if it was removed.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Change {
+    /// The domain.
+    pub domain: Domain,
+    /// Its next hop now; `None`: no longer in the list.
+    pub next_hop: Option<NextHop>,
+}
+
+/// A [`Change`] as it travels.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireChange {
+    /// Domain, canonical form.
+    pub domain: String,
+    /// Next hop, canonical form; `None`: removed.
+    pub next_hop: Option<String>,
+}
+
+/// The first frame of a transfer of changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangesHeader {
+    /// The header of the whole new list (its count and signature are the
+    /// whole list's).
+    pub list: ListHeader,
+    /// The version the changes apply to: the one the asker said it holds.
+    pub base: u64,
+    /// Number of changes that follow.
+    pub changes: u32,
+}
+
+/// The changes in wire chunks of at most [`CHUNK_ENTRIES`].
+pub fn change_chunks(changes: &[Change]) -> impl Iterator<Item = Vec<WireChange>> + '_ {
+    changes.chunks(CHUNK_ENTRIES).map(|c| {
+        c.iter()
+            .map(|c| WireChange {
+                domain: c.domain.to_string(),
+                next_hop: c.next_hop.as_ref().map(|h| h.to_string()),
+            })
+            .collect()
+    })
 }
 
 /// A verified (or locally built) list.
@@ -208,6 +259,63 @@ impl DomainList {
     }
 }
 
+/// Checks a list header from `sender` against the version held (if any)
+/// and `now`: signer, version, times, size, signature length.
+fn check_header(
+    header: &ListHeader,
+    sender: PeerId,
+    held: Option<u64>,
+    now: u64,
+) -> Result<(), ListError> {
+    if header.signer != sender {
+        return Err(ListError::WrongSigner {
+            claimed: header.signer,
+            sender,
+        });
+    }
+    if let Some(held) = held {
+        if header.version <= held {
+            return Err(ListError::NotNewer {
+                offered: header.version,
+                held,
+            });
+        }
+    }
+    if header.version == 0 {
+        return Err(ListError::Malformed(
+            "version 0 is reserved for \"no list\"".into(),
+        ));
+    }
+    if header.issued_at > header.expires_at
+        || header.expires_at - header.issued_at > MAX_LIFETIME
+        || header.issued_at > now.saturating_add(MAX_SKEW)
+    {
+        return Err(ListError::Malformed(format!(
+                "implausible times: issued at {}, expires at {}, now {now} (at most {} days, {}s of clock skew)",
+                header.issued_at,
+                header.expires_at,
+                MAX_LIFETIME / 86_400,
+                MAX_SKEW
+            )));
+    }
+    if header.expires_at <= now {
+        return Err(ListError::Expired {
+            version: header.version,
+            expires_at: header.expires_at,
+        });
+    }
+    if header.count > MAX_ENTRIES {
+        return Err(ListError::TooLarge(format!(
+            "{} entries announced, the limit is {MAX_ENTRIES}",
+            header.count
+        )));
+    }
+    if header.signature.len() != 64 {
+        return Err(ListError::BadSignature);
+    }
+    Ok(())
+}
+
 /// Assembles and checks a list as it arrives. Sans-IO: feed it frames.
 #[derive(Debug)]
 pub struct ListReceiver {
@@ -224,52 +332,7 @@ impl ListReceiver {
         held: Option<u64>,
         now: u64,
     ) -> Result<Self, ListError> {
-        if header.signer != sender {
-            return Err(ListError::WrongSigner {
-                claimed: header.signer,
-                sender,
-            });
-        }
-        if let Some(held) = held {
-            if header.version <= held {
-                return Err(ListError::NotNewer {
-                    offered: header.version,
-                    held,
-                });
-            }
-        }
-        if header.version == 0 {
-            return Err(ListError::Malformed(
-                "version 0 is reserved for \"no list\"".into(),
-            ));
-        }
-        if header.issued_at > header.expires_at
-            || header.expires_at - header.issued_at > MAX_LIFETIME
-            || header.issued_at > now.saturating_add(MAX_SKEW)
-        {
-            return Err(ListError::Malformed(format!(
-                "implausible times: issued at {}, expires at {}, now {now} (at most {} days, {}s of clock skew)",
-                header.issued_at,
-                header.expires_at,
-                MAX_LIFETIME / 86_400,
-                MAX_SKEW
-            )));
-        }
-        if header.expires_at <= now {
-            return Err(ListError::Expired {
-                version: header.version,
-                expires_at: header.expires_at,
-            });
-        }
-        if header.count > MAX_ENTRIES {
-            return Err(ListError::TooLarge(format!(
-                "{} entries announced, the limit is {MAX_ENTRIES}",
-                header.count
-            )));
-        }
-        if header.signature.len() != 64 {
-            return Err(ListError::BadSignature);
-        }
+        check_header(&header, sender, held, now)?;
         Ok(Self {
             entries: Vec::with_capacity(header.count.min(10_000) as usize),
             header,
@@ -350,6 +413,198 @@ impl ListReceiver {
         }
         Ok(list)
     }
+}
+
+/// Assembles and checks the changes since a version held, as they arrive,
+/// and rebuilds the whole list from them. Sans-IO: feed it frames, then the
+/// entries held.
+#[derive(Debug)]
+pub struct ChangesReceiver {
+    header: ChangesHeader,
+    changes: Vec<Change>,
+    bytes: usize,
+}
+
+impl ChangesReceiver {
+    /// Checks a header from `sender` against the version held and `now`:
+    /// the changes must apply to exactly that version.
+    pub fn start(
+        header: ChangesHeader,
+        sender: PeerId,
+        held: u64,
+        now: u64,
+    ) -> Result<Self, ListError> {
+        check_header(&header.list, sender, Some(held), now)?;
+        if header.base != held {
+            return Err(ListError::Malformed(format!(
+                "changes since version {} sent, but version {held} is held",
+                header.base
+            )));
+        }
+        if header.changes > MAX_ENTRIES {
+            return Err(ListError::TooLarge(format!(
+                "{} changes announced, the limit is {MAX_ENTRIES}",
+                header.changes
+            )));
+        }
+        Ok(Self {
+            changes: Vec::with_capacity(header.changes.min(10_000) as usize),
+            header,
+            bytes: 0,
+        })
+    }
+
+    /// The header being received.
+    pub fn header(&self) -> &ChangesHeader {
+        &self.header
+    }
+
+    /// Whether every announced change has arrived.
+    pub fn is_complete(&self) -> bool {
+        self.changes.len() == self.header.changes as usize
+    }
+
+    /// Adds a chunk, checking each change.
+    pub fn push(&mut self, chunk: Vec<WireChange>) -> Result<(), ListError> {
+        if chunk.is_empty() || chunk.len() > CHUNK_ENTRIES {
+            return Err(ListError::Malformed(format!(
+                "chunk of {} changes",
+                chunk.len()
+            )));
+        }
+        if self.changes.len() + chunk.len() > self.header.changes as usize {
+            return Err(ListError::Malformed(format!(
+                "more changes than the {} announced",
+                self.header.changes
+            )));
+        }
+        for w in chunk {
+            let index = self.changes.len();
+            self.bytes += w.domain.len() + w.next_hop.as_ref().map_or(0, String::len);
+            if self.bytes > MAX_LIST_BYTES {
+                return Err(ListError::TooLarge(format!(
+                    "over {MAX_LIST_BYTES} bytes of changes"
+                )));
+            }
+            let domain = Domain::parse_canonical(&w.domain)
+                .map_err(|error| ListError::BadEntry { index, error })?;
+            let next_hop = w
+                .next_hop
+                .as_deref()
+                .map(NextHop::parse_canonical)
+                .transpose()
+                .map_err(|error| ListError::BadEntry { index, error })?;
+            if let Some(prev) = self.changes.last() {
+                if prev.domain >= domain {
+                    return Err(ListError::Malformed(format!(
+                        "changes not strictly sorted at {index} ({domain} after {})",
+                        prev.domain
+                    )));
+                }
+            }
+            self.changes.push(Change { domain, next_hop });
+        }
+        Ok(())
+    }
+
+    /// Applies the changes to `held` (the entries of the version held,
+    /// sorted by domain), checks the count and the signature over the whole
+    /// result; the only way to a list received as changes. A removal of a
+    /// domain not held changes nothing (it was added and removed since).
+    pub fn finish(self, held: &[Entry]) -> Result<DomainList, ListError> {
+        if !self.is_complete() {
+            return Err(ListError::Malformed(format!(
+                "{} changes announced, {} received",
+                self.header.changes,
+                self.changes.len()
+            )));
+        }
+        let want = self.header.list.count as usize;
+        let mut entries = Vec::with_capacity(want.min(held.len() + self.changes.len()));
+        let mut changes = self.changes.into_iter().peekable();
+        let mut held = held.iter().peekable();
+        loop {
+            let take_change = match (held.peek(), changes.peek()) {
+                (None, None) => break,
+                (Some(_), None) => false,
+                (None, Some(_)) => true,
+                (Some(h), Some(c)) => c.domain <= h.domain,
+            };
+            if take_change {
+                let Some(c) = changes.next() else { break };
+                held.next_if(|h| h.domain == c.domain);
+                if let Some(next_hop) = c.next_hop {
+                    entries.push(Entry {
+                        domain: c.domain,
+                        next_hop,
+                    });
+                }
+            } else {
+                let Some(h) = held.next() else { break };
+                entries.push(h.clone());
+            }
+            if entries.len() > want {
+                break;
+            }
+        }
+        if entries.len() != want {
+            return Err(ListError::Malformed(format!(
+                "the changes make a list of {}{} entries, {want} announced",
+                entries.len(),
+                if entries.len() > want { " or more" } else { "" }
+            )));
+        }
+        let header = self.header.list;
+        let list = DomainList {
+            signer: header.signer,
+            version: header.version,
+            issued_at: header.issued_at,
+            expires_at: header.expires_at,
+            entries,
+        };
+        if !list.signer.verify(&list.signing_bytes(), &header.signature) {
+            return Err(ListError::BadSignature);
+        }
+        Ok(list)
+    }
+}
+
+/// The changes that turn `old` into `new` (both sorted by domain, as
+/// [`DomainList::entries`] are), sorted by domain.
+pub fn changes_between(old: &[Entry], new: &[Entry]) -> Vec<Change> {
+    let mut out = Vec::new();
+    let (mut o, mut n) = (old.iter().peekable(), new.iter().peekable());
+    loop {
+        match (o.peek(), n.peek()) {
+            (None, None) => break,
+            (Some(a), Some(b)) if a.domain == b.domain => {
+                if a.next_hop != b.next_hop {
+                    out.push(Change {
+                        domain: b.domain.clone(),
+                        next_hop: Some(b.next_hop.clone()),
+                    });
+                }
+                o.next();
+                n.next();
+            }
+            (Some(a), b) if b.is_none_or(|b| a.domain < b.domain) => {
+                out.push(Change {
+                    domain: a.domain.clone(),
+                    next_hop: None,
+                });
+                o.next();
+            }
+            (_, Some(b)) => {
+                out.push(Change {
+                    domain: b.domain.clone(),
+                    next_hop: Some(b.next_hop.clone()),
+                });
+                n.next();
+            }
+            (Some(_), None) => unreachable!("handled above"),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -576,5 +831,136 @@ mod tests {
                 "{domain:?} {hop:?}: {err}"
             );
         }
+    }
+
+    fn changes_of(
+        list: &DomainList,
+        k: &Ed25519KeyPair,
+        base: u64,
+        changes: &[Change],
+    ) -> (ChangesHeader, Vec<Vec<WireChange>>) {
+        let sig = k.sign(&list.signing_bytes()).as_ref().to_vec();
+        (
+            ChangesHeader {
+                list: list.header(sig),
+                base,
+                changes: changes.len() as u32,
+            },
+            change_chunks(changes).collect(),
+        )
+    }
+
+    fn receive_changes(
+        h: ChangesHeader,
+        chunks: Vec<Vec<WireChange>>,
+        from: PeerId,
+        held: &DomainList,
+    ) -> Result<DomainList, ListError> {
+        let mut r = ChangesReceiver::start(h, from, held.version, 1000)?;
+        for c in chunks {
+            r.push(c)?;
+        }
+        r.finish(held.entries())
+    }
+
+    fn hop_entry(d: &str, hop: &str) -> Entry {
+        Entry {
+            domain: Domain::parse(d).unwrap(),
+            next_hop: NextHop::parse(hop).unwrap(),
+        }
+    }
+
+    #[test]
+    fn changes_rebuild_the_signed_list_from_the_one_held() {
+        let (k, id) = key(1);
+        let old: Vec<Entry> = (0..2500)
+            .map(|i| entry(&format!("d{i:05}.example")))
+            .collect();
+        let held = DomainList::new(id, 3, 900, 5000, old.clone());
+        let mut new = old;
+        new.retain(|e| e.domain.as_str() != "d00007.example");
+        new.push(entry("a-new.example"));
+        new.push(entry("z-new.example"));
+        new[100] = hop_entry(new[100].domain.as_str(), "mail2.friend.example");
+        let list = DomainList::new(id, 4, 950, 5000, new);
+        let changes = changes_between(held.entries(), list.entries());
+        assert_eq!(changes.len(), 4, "{changes:?}");
+        let (h, chunks) = changes_of(&list, &k, 3, &changes);
+        assert_eq!(receive_changes(h, chunks, id, &held).unwrap(), list);
+        // Nothing changed but the version (a re-signing): no changes at all.
+        let resigned = DomainList::new(id, 5, 960, 5000, list.entries().to_vec());
+        let (h, chunks) = changes_of(&resigned, &k, 4, &[]);
+        assert_eq!(receive_changes(h, chunks, id, &list).unwrap(), resigned);
+    }
+
+    #[test]
+    fn changes_that_do_not_rebuild_the_signed_list_are_refused() {
+        let (k, id) = key(1);
+        let held = DomainList::new(
+            id,
+            3,
+            900,
+            5000,
+            vec![entry("a.example"), entry("b.example")],
+        );
+        let list = DomainList::new(
+            id,
+            4,
+            900,
+            5000,
+            vec![entry("a.example"), entry("c.example")],
+        );
+        let changes = changes_between(held.entries(), list.entries());
+        // Applied to another version than the one held.
+        let (h, chunks) = changes_of(&list, &k, 2, &changes);
+        assert!(matches!(
+            receive_changes(h, chunks, id, &held),
+            Err(ListError::Malformed(_))
+        ));
+        // A change left out, or one slipped in: the count or signature fails.
+        let (h, mut chunks) = changes_of(&list, &k, 3, &changes);
+        let mut fewer = h.clone();
+        fewer.changes -= 1;
+        chunks[0].pop();
+        assert!(receive_changes(fewer, chunks, id, &held).is_err());
+        let mut more = changes.clone();
+        more.push(Change {
+            domain: Domain::parse("evil.example").unwrap(),
+            next_hop: Some(NextHop::parse("mail.evil.example").unwrap()),
+        });
+        let (mut h, chunks) = changes_of(&list, &k, 3, &more);
+        h.list.count += 1;
+        assert_eq!(
+            receive_changes(h, chunks, id, &held),
+            Err(ListError::BadSignature)
+        );
+        // A re-targeted next hop that was not signed.
+        let mut evil = changes.clone();
+        evil[1].next_hop = Some(NextHop::parse("mail.evil.example").unwrap());
+        let (h, chunks) = changes_of(&list, &k, 3, &changes);
+        let (_, evil_chunks) = changes_of(&list, &k, 3, &evil);
+        assert_eq!(
+            receive_changes(h.clone(), evil_chunks, id, &held),
+            Err(ListError::BadSignature)
+        );
+        // Unsorted, and a bad name, are named.
+        let mut swapped = chunks.clone();
+        swapped[0].swap(0, 1);
+        assert!(matches!(
+            receive_changes(h.clone(), swapped, id, &held),
+            Err(ListError::Malformed(_))
+        ));
+        let mut bad = chunks;
+        bad[0][0].domain = "evil.example OK".into();
+        assert!(matches!(
+            receive_changes(h, bad, id, &held),
+            Err(ListError::BadEntry { index: 0, .. })
+        ));
+        // A replay is not newer than what is held.
+        let (h, chunks) = changes_of(&held, &k, 3, &[]);
+        assert!(matches!(
+            receive_changes(h, chunks, id, &held),
+            Err(ListError::NotNewer { .. })
+        ));
     }
 }

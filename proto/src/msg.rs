@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::Message;
-use crate::list::{ListHeader, WireEntry};
+use crate::list::{ChangesHeader, ListHeader, WireChange, WireEntry};
 use crate::token::TokenId;
 
 /// ALPN protocol name; a connection without it is refused by TLS.
@@ -143,10 +143,33 @@ pub enum Request {
     QueueReport(QueueReport),
     /// "Deliver what you hold for me now" (ETRN over the session).
     Flush,
+    /// Like [`Request::FetchList`], but the answer may be only the changes
+    /// since `have`: a [`Response::ChangesHeader`] and then
+    /// [`Response::ListChanges`] frames. The sender may still answer with
+    /// the whole list (it cannot tell the changes since `have`). Sent only
+    /// to agents that [`understand_changes`].
+    FetchChanges {
+        /// The version the asker holds.
+        have: u64,
+    },
 }
 
 impl Message for Request {
-    const VARIANTS: u8 = 9;
+    const VARIANTS: u8 = 10;
+}
+
+/// The first agent version that understands [`Request::FetchChanges`]
+/// (older agents close the connection on an unknown request).
+pub const CHANGES_SINCE: (u64, u64) = (0, 2);
+
+/// Whether an agent of this version (from its Hello) understands
+/// [`Request::FetchChanges`].
+pub fn understand_changes(agent_version: &str) -> bool {
+    let mut parts = agent_version
+        .split('.')
+        .map(|p| p.parse::<u64>().unwrap_or(0));
+    let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    version >= CHANGES_SINCE
 }
 
 /// The answer to a [`Request`].
@@ -169,10 +192,15 @@ pub enum Response {
     ListHeader(ListHeader),
     /// A chunk of list entries.
     ListChunk(Vec<WireEntry>),
+    /// First frame of a transfer of changes (answer to
+    /// [`Request::FetchChanges`]).
+    ChangesHeader(ChangesHeader),
+    /// A chunk of changes.
+    ListChanges(Vec<WireChange>),
 }
 
 impl Message for Response {
-    const VARIANTS: u8 = 7;
+    const VARIANTS: u8 = 9;
 }
 
 /// QUIC application close codes.
@@ -216,5 +244,20 @@ pub mod close {
             10 => "timeout",
             _ => "unknown close code",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::understand_changes;
+
+    #[test]
+    fn changes_are_understood_from_version_0_2() {
+        assert!(!understand_changes("0.1.0"));
+        assert!(!understand_changes(""));
+        assert!(!understand_changes("garbage"));
+        assert!(understand_changes("0.2.0"));
+        assert!(understand_changes("0.10.1"));
+        assert!(understand_changes("1.0.0"));
     }
 }

@@ -408,6 +408,55 @@ fn a_list_of_100000_domains_propagates() {
     wait_for("acknowledged", || {
         a.peer("bravo").unwrap()["my_list"]["accepted"] == 100_000
     });
+
+    // One more domain costs what changed on the wire: the changes since the
+    // version bravo holds, not the whole list again (about 3 MB).
+    let sent = || a.peer("bravo").unwrap()["bytes_out"].as_u64().unwrap();
+    let before = sent();
+    a.domains(&["add", "one-more.example"]);
+    wait_for("the new domain accepted", || {
+        b.state_of("alpha", "one-more.example").as_deref() == Some("accepted")
+    });
+    wait_for("acknowledged", || {
+        a.peer("bravo").unwrap()["my_list"]["accepted"] == 100_001
+    });
+    let cost = sent() - before;
+    eprintln!("a one-domain change to a 100,000-domain list: {cost} bytes sent");
+    assert!(cost < 16_000, "{cost} bytes sent for a one-domain change");
+    assert_eq!(
+        b.peer("alpha").unwrap()["domains"]
+            .as_array()
+            .unwrap()
+            .len(),
+        100_001
+    );
+}
+
+/// A list held here that is not what the friend thinks (here: a row lost
+/// from the database) cannot take a change: the changes do not make the
+/// signed list, so the whole list is fetched, checked as always, and the
+/// list held is whole again.
+#[test]
+fn changes_that_do_not_apply_to_the_list_held_bring_the_whole_list() {
+    let mut dns = DnsServer::start(ZONES, &world());
+    let (a, b) = two_friends(&mut dns, "");
+    a.domains(&["add", "alpha.example", "a2.example"]);
+    wait_for("both accepted", || {
+        b.state_of("alpha", "alpha.example").as_deref() == Some("accepted")
+            && b.state_of("alpha", "a2.example").as_deref() == Some("accepted")
+    });
+    b.sql("DELETE FROM peer_entries WHERE domain = 'a2.example'");
+    assert_eq!(b.state_of("alpha", "a2.example"), None);
+    a.domains(&["add", "lonely.example"]);
+    wait_for("the list held whole again", || {
+        b.state_of("alpha", "lonely.example").is_some()
+            && b.state_of("alpha", "a2.example").as_deref() == Some("accepted")
+    });
+    assert!(
+        b.log_text().contains("did not apply to version"),
+        "{}",
+        b.log_text()
+    );
 }
 
 // ----- hostile lists ---------------------------------------------------------

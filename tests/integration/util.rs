@@ -95,6 +95,23 @@ impl Agent {
         self.dir.path().join("agent.log")
     }
 
+    /// Runs one SQL statement on the agent's database, as a disk fault or a
+    /// careless admin would change it.
+    pub fn sql(&self, statement: &str) {
+        let db = self.data_dir().join("mxfed.db");
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                use sqlx::Connection;
+                let url = format!("sqlite://{}", db.display());
+                let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                sqlx::query(statement).execute(&mut conn).await.unwrap();
+                conn.close().await.unwrap();
+            });
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(self.log()).unwrap_or_default()
     }

@@ -2,16 +2,20 @@
 //! version held, reads the header and chunks into a
 //! [`mxfed_proto::list::ListReceiver`] (signer, version, expiry, bounds,
 //! canonical names, signature) and returns the list only once `finish`
-//! has verified it. A frame that breaks the protocol closes the connection.
+//! has verified it. Asked for changes, a friend may send only those: a
+//! [`mxfed_proto::list::ChangesReceiver`] checks them alike, applies them
+//! to the entries held and verifies the signature over the whole result.
+//! A frame that breaks the protocol closes the connection.
 
 use std::time::Duration;
 
-use mxfed_proto::list::{DomainList, ListError, ListReceiver};
+use mxfed_proto::list::{ChangesReceiver, DomainList, Entry, ListError, ListReceiver};
 use mxfed_proto::msg::{Request, Response};
 use mxfed_proto::PeerId;
 
 use crate::frames::FrameError;
 use crate::peer::{Peers, SendError};
+use crate::store::Store;
 
 /// Least time between two transfers of the same version of a list to one
 /// friend; the sender refuses a repeat sooner with [`too_soon`]'s words.
@@ -31,6 +35,9 @@ pub(super) enum Fetched {
     List(DomainList, Vec<u8>),
     /// The sender sent it moments ago and asks to wait: try again after this.
     Later(Duration),
+    /// The changes sent did not make the signed list from the one held:
+    /// fetch the whole list.
+    Whole,
     /// Nothing (logged; the connection closed if the peer broke the protocol).
     Nothing,
 }
@@ -67,17 +74,41 @@ impl From<SendError> for FetchError {
     }
 }
 
-/// Fetches `peer`'s list if it is newer than `held` (0: none).
-pub(super) async fn fetch(peers: &Peers, peer: PeerId, name: &str, held: u64, now: u64) -> Fetched {
+/// Fetches `peer`'s list if it is newer than `held` (0: none); with
+/// `changes`, asks for only the changes since `held` (the peer must
+/// understand [`Request::FetchChanges`]), which are applied to the entries
+/// `store` holds for it.
+pub(super) async fn fetch(
+    peers: &Peers,
+    store: &Store,
+    peer: PeerId,
+    name: &str,
+    (held, changes): (u64, bool),
+    now: u64,
+) -> Fetched {
     let mut opened = None;
+    let mut as_changes = false;
     let transfer = async {
-        let rx = opened.insert(
-            peers
-                .open(&peer, &Request::FetchList { have: held })
-                .await?,
-        );
+        let request = match changes && held > 0 {
+            true => Request::FetchChanges { have: held },
+            false => Request::FetchList { have: held },
+        };
+        let rx = opened.insert(peers.open(&peer, &request).await?);
         let header = match read_response(rx).await? {
             Response::ListHeader(h) => h,
+            Response::ChangesHeader(h) if changes => {
+                as_changes = true;
+                let mut list = ChangesReceiver::start(h, peer, held, now)?;
+                let signature = list.header().list.signature.clone();
+                while !list.is_complete() {
+                    match read_response(rx).await? {
+                        Response::ListChanges(chunk) => list.push(chunk)?,
+                        other => return Err(FetchError::Unexpected(format!("{other:?}"))),
+                    }
+                }
+                let held_entries = held_entries(store, &peer, held).await?;
+                return Ok((list.finish(&held_entries)?, signature));
+            }
             Response::Refused { message } => return Err(FetchError::Nothing(message)),
             other => return Err(FetchError::Unexpected(format!("{other:?}"))),
         };
@@ -105,6 +136,14 @@ pub(super) async fn fetch(peers: &Peers, peer: PeerId, name: &str, held: u64, no
             tracing::debug!(peer = %name, "list fetch: {m}; trying again later");
             return Fetched::Later(SERVE_GAP);
         }
+        Err(FetchError::List(e @ (ListError::BadSignature | ListError::Malformed(_))))
+            if as_changes =>
+        {
+            // A friend whose list here is not the one it thinks (or a bug):
+            // the whole list settles it, and is checked as always.
+            tracing::info!(peer = %name, "the changes to its domain list did not apply to version {held} held here ({e}); fetching the whole list");
+            return Fetched::Whole;
+        }
         Err(FetchError::List(e)) => {
             tracing::warn!(peer = %name, "refused domain list: {e}; the list held before stays in force");
         }
@@ -125,6 +164,30 @@ pub(super) async fn fetch(peers: &Peers, peer: PeerId, name: &str, held: u64, no
         Err(FetchError::Io(e)) => tracing::debug!(peer = %name, "list fetch: {e}"),
     }
     Fetched::Nothing
+}
+
+/// The entries held for `peer`, sorted by domain, if they are version `held`.
+async fn held_entries(store: &Store, peer: &PeerId, held: u64) -> Result<Vec<Entry>, FetchError> {
+    let io = |e: crate::store::StoreError| FetchError::Io(e.to_string());
+    let version = store
+        .peer_list_meta(peer)
+        .await
+        .map_err(io)?
+        .map(|m| m.version);
+    if version != Some(held) {
+        return Err(FetchError::Io(format!(
+            "the list held changed during the fetch (version {version:?}, not {held})"
+        )));
+    }
+    let mut entries: Vec<Entry> = store
+        .peer_entries(peer)
+        .await
+        .map_err(io)?
+        .into_iter()
+        .map(|h| h.entry)
+        .collect();
+    entries.sort_by(|a, b| a.domain.cmp(&b.domain));
+    Ok(entries)
 }
 
 async fn read_response(rx: &mut crate::peer::Responses) -> Result<Response, FetchError> {

@@ -5,19 +5,20 @@
 //! after a restore from backup ([`Mine::resign_as`]). The lists service
 //! offers each new version to peers; this module never talks to them.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
 
 use mxfed_proto::control::{DomainsChanged, MyDomain, MyDomains};
 use mxfed_proto::domain::{Domain, NextHop};
-use mxfed_proto::list::{DomainList, Entry};
+use mxfed_proto::list::{Change, DomainList, Entry};
 
 use crate::clock::{rfc3339, Clock};
 use crate::identity::Identity;
 use crate::store::{Store, StoreError};
+use crate::util::lock;
 
 /// How long a signed list of mine is valid.
 pub const LIST_LIFETIME: Duration = Duration::from_secs(14 * 86_400);
@@ -43,6 +44,65 @@ pub(super) struct Changed {
     pub added: Vec<Domain>,
 }
 
+/// Most versions the change log keeps.
+const LOG_VERSIONS: usize = 256;
+/// Most changes the change log keeps, in all.
+const LOG_CHANGES: usize = 10_000;
+
+/// One new version of my list: the version before, and what changed.
+#[derive(Debug)]
+struct Step {
+    from: u64,
+    to: u64,
+    changes: Vec<Change>,
+}
+
+/// What changed in my list in this run, version by version (at most
+/// [`LOG_VERSIONS`] versions and [`LOG_CHANGES`] changes), so that a friend
+/// holding a recent version gets only the changes since. Not stored: after
+/// a restart each friend's next fetch is a whole list.
+#[derive(Debug, Default)]
+struct ChangeLog {
+    steps: VecDeque<Step>,
+    changes: usize,
+}
+
+impl ChangeLog {
+    fn record(&mut self, from: u64, to: u64, changes: Vec<Change>) {
+        self.changes += changes.len();
+        self.steps.push_back(Step { from, to, changes });
+        while self.steps.len() > LOG_VERSIONS || self.changes > LOG_CHANGES {
+            match self.steps.pop_front() {
+                Some(old) => self.changes -= old.changes.len(),
+                None => break,
+            }
+        }
+    }
+
+    /// The changes from version `have` to the newest, sorted by domain, if
+    /// this log has every step since `have`.
+    fn since(&self, have: u64) -> Option<Vec<Change>> {
+        let start = self.steps.iter().position(|s| s.from == have)?;
+        let mut composed = BTreeMap::new();
+        let mut at = have;
+        for step in self.steps.range(start..) {
+            if step.from != at {
+                return None; // a gap: not every step is known
+            }
+            for c in &step.changes {
+                composed.insert(c.domain.clone(), c.next_hop.clone());
+            }
+            at = step.to;
+        }
+        Some(
+            composed
+                .into_iter()
+                .map(|(domain, next_hop)| Change { domain, next_hop })
+                .collect(),
+        )
+    }
+}
+
 /// My list, and the only way to change it.
 pub(super) struct Mine {
     identity: Arc<Identity>,
@@ -52,6 +112,8 @@ pub(super) struct Mine {
     current: tokio::sync::Mutex<Option<Arc<Published>>>,
     /// Its version (0: none), for readers that must not wait for the lock.
     version: watch::Sender<u64>,
+    /// What changed in this run (changed with `current` held).
+    log: Mutex<ChangeLog>,
 }
 
 /// Whether my list should be re-signed now: once a day, so that it is
@@ -123,6 +185,7 @@ impl Mine {
             clock,
             current: tokio::sync::Mutex::new(published),
             version: watch::Sender::new(version),
+            log: Mutex::new(ChangeLog::default()),
         })
     }
 
@@ -139,6 +202,21 @@ impl Mine {
     /// The current list.
     pub(super) async fn current(&self) -> Option<Arc<Published>> {
         self.current.lock().await.clone()
+    }
+
+    /// The current list, and the changes to it since version `have` if they
+    /// are known (this run made every version since) and fewer than its
+    /// entries.
+    pub(super) async fn current_and_changes(
+        &self,
+        have: u64,
+    ) -> Option<(Arc<Published>, Option<Vec<Change>>)> {
+        let current = self.current.lock().await;
+        let p = current.clone()?;
+        let changes = lock(&self.log)
+            .since(have)
+            .filter(|c| c.len() < p.list.entries().len().max(1));
+        Some((p, changes))
     }
 
     /// `mxfed domains list`.
@@ -231,7 +309,19 @@ impl Mine {
             removed: removed.len() as u32,
             total: published.list.entries().len() as u32,
         };
-        self.install(&mut mine, published);
+        let mut changes: Vec<Change> = upserted
+            .iter()
+            .map(|e| Change {
+                domain: e.domain.clone(),
+                next_hop: Some(e.next_hop.clone()),
+            })
+            .chain(removed.iter().map(|d| Change {
+                domain: d.clone(),
+                next_hop: None,
+            }))
+            .collect();
+        changes.sort();
+        self.install(&mut mine, published, changes);
         Ok(Changed {
             summary,
             signed: Some(version),
@@ -253,7 +343,7 @@ impl Mine {
         let new = self
             .sign_and_store(version, p.list.entries().to_vec(), &[], &[])
             .await?;
-        self.install(&mut mine, new);
+        self.install(&mut mine, new, Vec::new());
         Ok(Some(version))
     }
 
@@ -270,11 +360,20 @@ impl Mine {
             .map(|p| p.list.entries().to_vec())
             .unwrap_or_default();
         let published = self.sign_and_store(version, entries, &[], &[]).await?;
-        self.install(&mut mine, published);
+        self.install(&mut mine, published, Vec::new());
         Ok((version, true))
     }
 
-    fn install(&self, slot: &mut Option<Arc<Published>>, published: Arc<Published>) {
+    /// Makes `published` current; `changes` are what changed since the
+    /// list in `slot` (sorted by domain).
+    fn install(
+        &self,
+        slot: &mut Option<Arc<Published>>,
+        published: Arc<Published>,
+        changes: Vec<Change>,
+    ) {
+        let from = slot.as_ref().map_or(0, |p| p.list.version);
+        lock(&self.log).record(from, published.list.version, changes);
         self.version.send_replace(published.list.version);
         *slot = Some(published);
     }
@@ -311,6 +410,49 @@ impl Mine {
 mod tests {
     use super::*;
     use mxfed_proto::PeerId;
+
+    fn change(d: &str, hop: Option<&str>) -> Change {
+        Change {
+            domain: Domain::parse(d).unwrap(),
+            next_hop: hop.map(|h| NextHop::parse(h).unwrap()),
+        }
+    }
+
+    #[test]
+    fn the_change_log_composes_the_steps_since_a_version_it_has_seen() {
+        let mut log = ChangeLog::default();
+        log.record(3, 4, vec![change("a.example", Some("mail.me.example"))]);
+        log.record(4, 5, vec![]);
+        log.record(
+            5,
+            6,
+            vec![
+                change("a.example", None),
+                change("b.example", Some("mail.me.example")),
+            ],
+        );
+        assert_eq!(
+            log.since(3),
+            Some(vec![
+                change("a.example", None),
+                change("b.example", Some("mail.me.example"))
+            ])
+        );
+        assert_eq!(log.since(5).unwrap().len(), 2);
+        assert_eq!(log.since(6), None, "nothing is newer");
+        assert_eq!(log.since(2), None, "before the log");
+        // A jump (re-signed past a friend's version) leaves a gap.
+        log.record(9, 10, vec![]);
+        assert_eq!(log.since(4), None);
+        assert_eq!(log.since(9), Some(vec![]));
+        // Bounded: the oldest steps go first.
+        for v in 10..10 + LOG_VERSIONS as u64 {
+            log.record(v, v + 1, vec![]);
+        }
+        assert_eq!(log.steps.len(), LOG_VERSIONS);
+        assert_eq!(log.since(9), None);
+        assert!(log.since(11).is_some());
+    }
 
     #[test]
     fn my_list_is_refreshed_daily_long_before_it_expires() {

@@ -47,8 +47,8 @@ use mxfed_proto::control::{
     DomainReason, DomainsChanged, EntryState, MyDomains, MyListAtPeer, PeerDomain,
 };
 use mxfed_proto::domain::{Domain, Host, NextHop};
-use mxfed_proto::list::{DomainList, Entry};
-use mxfed_proto::msg::{EntryNote, ListAck, Request, Response};
+use mxfed_proto::list::{change_chunks, ChangesHeader, DomainList, Entry};
+use mxfed_proto::msg::{understand_changes, EntryNote, ListAck, Request, Response};
 use mxfed_proto::PeerId;
 
 use crate::clock::{rfc3339, Clock};
@@ -127,8 +127,9 @@ struct Inner {
     acks: Mutex<HashMap<PeerId, ListAck>>,
     /// When a friend's acknowledgement last made me re-sign (see [`RESIGN_GAP`]).
     last_resign: Mutex<Option<tokio::time::Instant>>,
-    /// The version of my list last sent to each friend, and when.
-    served: Mutex<HashMap<PeerId, (u64, tokio::time::Instant)>>,
+    /// The version of my list last sent to each friend, and when, as
+    /// changes (true) and whole (false).
+    served: Mutex<HashMap<(PeerId, bool), (u64, tokio::time::Instant)>>,
 }
 
 /// One entry as judged, and whether that judgement was [`conclusive`].
@@ -277,29 +278,58 @@ impl Lists {
         }
     }
 
-    /// Answers `FetchList`: the header and chunks, or a refusal. A friend
-    /// gets each version of my list once per [`SERVE_GAP`]: asking for the
-    /// same one again at once (a friend that lost it, or one that wants to
-    /// make me send my whole list in a loop) waits out the gap.
-    pub(crate) async fn serve_fetch(&self, from: &Caller, have: u64, reply: &mut Responder) {
+    /// Answers `FetchList` (`changes` false) and `FetchChanges` (true):
+    /// the changes since `have` if asked and known, else the whole list,
+    /// or a refusal. A friend gets each version of my list once per
+    /// [`SERVE_GAP`] of each kind: asking for the same one again at once (a
+    /// friend that lost it, or one that wants to make me send my whole list
+    /// in a loop) waits out the gap. A whole list after changes is no
+    /// repeat: it is what a friend asks for whose changes did not apply.
+    pub(crate) async fn serve_fetch(
+        &self,
+        from: &Caller,
+        have: u64,
+        changes: bool,
+        reply: &mut Responder,
+    ) {
         let refuse = |message: String| Response::Refused { message };
-        let sent = match self.inner.mine.current().await {
-            Some(p) if p.list.version > have => {
+        let found = match changes {
+            true => self.inner.mine.current_and_changes(have).await,
+            false => self.inner.mine.current().await.map(|p| (p, None)),
+        };
+        let sent = match found {
+            Some((p, diff)) if p.list.version > have => {
                 let version = p.list.version;
+                let key = (from.id, diff.is_some());
                 let too_soon = {
                     let mut served = lock(&self.inner.served);
                     let now = tokio::time::Instant::now();
-                    let soon = served.get(&from.id).is_some_and(|(v, at)| {
+                    let soon = served.get(&key).is_some_and(|(v, at)| {
                         *v == version && now.duration_since(*at) < SERVE_GAP
                     });
                     if !soon {
-                        served.insert(from.id, (version, now));
+                        served.insert(key, (version, now));
                     }
                     soon
                 };
-                if too_soon {
+                let sent = if too_soon {
                     tracing::debug!(peer = %from.name, version, "list fetch refused: sent this version moments ago");
                     reply.send(&refuse(fetch::too_soon(version))).await
+                } else if let Some(diff) = diff {
+                    tracing::debug!(peer = %from.name, version, have, changes = diff.len(), "sending the changes to my list");
+                    let header = ChangesHeader {
+                        list: p.list.header(p.signature.clone()),
+                        base: have,
+                        changes: diff.len() as u32,
+                    };
+                    let mut sent = reply.send(&Response::ChangesHeader(header)).await;
+                    for chunk in change_chunks(&diff) {
+                        if sent.is_err() {
+                            break;
+                        }
+                        sent = reply.send(&Response::ListChanges(chunk)).await;
+                    }
+                    sent
                 } else {
                     let mut sent = reply
                         .send(&Response::ListHeader(p.list.header(p.signature.clone())))
@@ -310,12 +340,13 @@ impl Lists {
                         }
                         sent = reply.send(&Response::ListChunk(chunk)).await;
                     }
-                    if sent.is_err() {
-                        // Not received: a retry is no repeat.
-                        lock(&self.inner.served).remove(&from.id);
-                    }
                     sent
+                };
+                if sent.is_err() && !too_soon {
+                    // Not received: a retry is no repeat.
+                    lock(&self.inner.served).remove(&key);
                 }
+                sent
             }
             _ => reply.send(&refuse("no newer list".into())).await,
         };
@@ -432,7 +463,7 @@ impl Lists {
 
     fn forget(&self, peer: &PeerId) {
         let inner = &*self.inner;
-        lock(&inner.served).remove(peer);
+        lock(&inner.served).retain(|(p, _), _| p != peer);
         lock(&inner.acks).remove(peer);
         lock(&inner.offered).remove(peer);
         lock(&inner.recheck_from).remove(peer);
@@ -518,7 +549,27 @@ impl Lists {
     async fn fetch_once(&self, peer: PeerId, held: u64) -> Fetch {
         let name = self.peer_name(&peer).await;
         let now = self.inner.clock.now_u64();
-        match fetch::fetch(&self.inner.peers, peer, &name, held, now).await {
+        let inner = &*self.inner;
+        // Only the changes, from an agent that can send them.
+        let changes = inner
+            .peers
+            .session(&peer)
+            .and_then(|s| s.agent_version)
+            .is_some_and(|v| understand_changes(&v));
+        let mut fetched = fetch::fetch(
+            &inner.peers,
+            &inner.store,
+            peer,
+            &name,
+            (held, changes),
+            now,
+        )
+        .await;
+        if let Fetched::Whole = fetched {
+            fetched =
+                fetch::fetch(&inner.peers, &inner.store, peer, &name, (held, false), now).await;
+        }
+        match fetched {
             Fetched::List(list, signature) => {
                 if self.accept_list(peer, &name, list, signature).await {
                     Fetch::Stored
@@ -527,7 +578,7 @@ impl Lists {
                 }
             }
             Fetched::Later(wait) => Fetch::Later(wait),
-            Fetched::Nothing => Fetch::Failed,
+            Fetched::Nothing | Fetched::Whole => Fetch::Failed,
         }
     }
 
