@@ -487,7 +487,8 @@ fn acknowledgements_cannot_jump_my_version_or_make_me_re_sign_at_their_pace() {
 /// A flood from one friend: Hellos, acknowledgements of versions of my list
 /// it never had, and list offers, as fast as it can. It gets at most one
 /// re-sign out of me, is cut off when it opens more than 200 streams in
-/// 10 s, and another friend's list still propagates and is relayed.
+/// 10 s and not served again until a cool-off ends, and another friend's
+/// list still propagates and is relayed.
 #[test]
 fn a_flooding_friend_is_cut_off_and_the_others_are_served_as_usual() {
     use mxfed_proto::msg::{Hello, PeerInfo, Request};
@@ -532,6 +533,15 @@ fn a_flooding_friend_is_cut_off_and_the_others_are_served_as_usual() {
         "cut off after {sent} requests"
     );
     assert!(sent <= 200, "{sent} requests answered before the cut");
+    // Reconnecting at once does not reset its budget: it is not served
+    // until its cool-off ends.
+    let (answer, code) = rt.block_on(async {
+        let raw = RawPeer::connect(&c.mallory.data_dir(), c.bravo.addr, bravo_id).await;
+        let answer = raw.try_request(&Request::ListOffer { version: 5 }).await;
+        (answer, raw.close_code().await)
+    });
+    assert_eq!(answer, None);
+    assert_eq!(code, u64::from(mxfed_proto::msg::close::TOO_MANY_STREAMS));
     // The other friend is served as usual: a new domain propagates and is
     // relayed to its owner only.
     c.alpha.domains(&["add", "late.example"]);
@@ -545,6 +555,9 @@ fn a_flooding_friend_is_cut_off_and_the_others_are_served_as_usual() {
     assert_eq!(c.pf.rcpt("x@alpha.example"), 250);
     assert_eq!(c.pf.rcpt("x@mallory.example"), 250, "its own domain stays");
     c.transport_only_to_owners();
+    // After the cool-off, its own agent is served again.
+    c.mallory.start();
+    wait_for("mallory served again", || c.bravo.connected_to("mallory"));
 }
 
 /// A friend asking for my whole list again and again: each version is sent

@@ -1,4 +1,6 @@
-//! [`JoinLimiter`]: rate limit on failed join attempts, per source IP and overall.
+//! [`JoinLimiter`]: rate limit on failed join attempts, per source IP and
+//! overall. [`CoolOff`]: how long a paired peer cut off for a flood must
+//! wait before it is served again.
 //!
 //! Pure bookkeeping; the caller passes `now`.
 
@@ -66,9 +68,78 @@ impl JoinLimiter {
     }
 }
 
+/// The first cool-off after a cut.
+pub const COOL_OFF_MIN: Duration = Duration::from_secs(10);
+/// The longest cool-off.
+pub const COOL_OFF_MAX: Duration = Duration::from_secs(300);
+/// A cut within this long of the previous cool-off's end doubles the next.
+const COOL_OFF_MEMORY: Duration = Duration::from_secs(600);
+
+/// Per paired peer, kept across its connections: a peer cut off for a
+/// flood is not served again until its cool-off ends, so reconnecting at
+/// once does not reset its budget. Each cut soon after the last doubles
+/// the wait, from [`COOL_OFF_MIN`] to [`COOL_OFF_MAX`].
+#[derive(Debug)]
+pub struct CoolOff<K> {
+    /// Until when, and how long the last cool-off was.
+    cut: HashMap<K, (Instant, Duration)>,
+}
+
+impl<K> Default for CoolOff<K> {
+    fn default() -> Self {
+        Self {
+            cut: HashMap::new(),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Copy> CoolOff<K> {
+    /// Records a cut now; returns how long the peer must wait.
+    pub fn cut(&mut self, peer: K, now: Instant) -> Duration {
+        self.cut
+            .retain(|_, (until, _)| *until + COOL_OFF_MEMORY > now);
+        let wait = match self.cut.get(&peer) {
+            Some((_, last)) => (*last * 2).min(COOL_OFF_MAX),
+            None => COOL_OFF_MIN,
+        };
+        self.cut.insert(peer, (now + wait, wait));
+        wait
+    }
+
+    /// How long `peer` must still wait, if it must.
+    pub fn waiting(&self, peer: &K, now: Instant) -> Option<Duration> {
+        self.cut
+            .get(peer)
+            .and_then(|(until, _)| until.checked_duration_since(now))
+            .filter(|d| !d.is_zero())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peer_cut_off_waits_longer_each_time_and_is_forgiven_later() {
+        let mut c = CoolOff::default();
+        let t0 = Instant::now();
+        assert_eq!(c.waiting(&1, t0), None);
+        assert_eq!(c.cut(1, t0), COOL_OFF_MIN);
+        assert_eq!(c.waiting(&1, t0), Some(COOL_OFF_MIN));
+        assert_eq!(c.waiting(&2, t0), None, "per peer");
+        let t1 = t0 + COOL_OFF_MIN;
+        assert_eq!(c.waiting(&1, t1), None, "served again after the wait");
+        assert_eq!(c.cut(1, t1), COOL_OFF_MIN * 2);
+        let mut t = t1;
+        for _ in 0..10 {
+            t += COOL_OFF_MAX;
+            c.cut(1, t);
+        }
+        assert_eq!(c.waiting(&1, t), Some(COOL_OFF_MAX), "bounded");
+        // Long after its last cool-off, a cut starts from the minimum.
+        let later = t + COOL_OFF_MAX + COOL_OFF_MEMORY;
+        assert_eq!(c.cut(1, later), COOL_OFF_MIN);
+    }
 
     #[test]
     fn blocks_after_limit_and_releases_after_window() {

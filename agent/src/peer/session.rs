@@ -29,7 +29,9 @@ use mxfed_proto::msg::{close, Hello, Request, Response};
 use mxfed_proto::PeerId;
 
 use crate::frames;
+use crate::util::lock;
 
+use super::limiter::CoolOff;
 use super::link::{Caller, DialCommand, DialOrders, Inbound, PeerEvent, Peers, Responder};
 use super::pairing::Pairing;
 use super::wire::{self, check_info, violated, violation};
@@ -64,6 +66,8 @@ pub(crate) struct Sessions {
     my_version: watch::Receiver<u64>,
     handshakes: Arc<Semaphore>,
     unpaired: Arc<Semaphore>,
+    /// Peers cut off for a flood, kept across their connections.
+    cool_off: std::sync::Mutex<CoolOff<PeerId>>,
     cancel: CancellationToken,
 }
 
@@ -95,6 +99,7 @@ impl Sessions {
             my_version,
             handshakes: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
             unpaired: Arc::new(Semaphore::new(MAX_UNPAIRED)),
+            cool_off: std::sync::Mutex::new(CoolOff::default()),
             cancel,
         })
     }
@@ -277,6 +282,13 @@ impl Sessions {
     /// Serves a connection with a paired peer until it closes.
     async fn run_session(self: Arc<Self>, conn: quinn::Connection, id: PeerId, dialer: PeerId) {
         let peers = &self.peers;
+        let waiting = lock(&self.cool_off).waiting(&id, Instant::now().into_std());
+        if let Some(wait) = waiting {
+            tracing::debug!(peer = %id.short(), "connection refused: cut off for a flood, {}s to wait", wait.as_secs() + 1);
+            let why = format!("cut off for a flood; try again in {}s", wait.as_secs() + 1);
+            conn.close(close::TOO_MANY_STREAMS.into(), why.as_bytes());
+            return;
+        }
         let name = match peers.store().peer(&id).await {
             Ok(Some(p)) => p.name,
             Ok(None) => {
@@ -355,13 +367,15 @@ impl Sessions {
             }
             opened += 1;
             if opened > MAX_STREAMS_PER_WINDOW {
+                let wait = lock(&self.cool_off).cut(id, Instant::now().into_std());
                 violated(
                     &conn,
                     &name,
                     close::TOO_MANY_STREAMS,
                     &format!(
-                        "more than {MAX_STREAMS_PER_WINDOW} streams in {}s",
-                        STREAM_WINDOW.as_secs()
+                        "more than {MAX_STREAMS_PER_WINDOW} streams in {}s; not served again for {}s",
+                        STREAM_WINDOW.as_secs(),
+                        wait.as_secs()
                     ),
                 );
                 break conn.closed().await;
