@@ -49,6 +49,8 @@ const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why a fetch ended without a new list.
 enum FetchError {
+    /// The changes sent could not be applied to the list held here.
+    NotApplied(String),
     Io(String),
     Frame(FrameError),
     List(ListError),
@@ -89,14 +91,15 @@ pub(super) async fn fetch(
     let mut opened = None;
     let mut as_changes = false;
     let transfer = async {
-        let request = match changes && held > 0 {
+        let asked_changes = changes && held > 0;
+        let request = match asked_changes {
             true => Request::FetchChanges { have: held },
             false => Request::FetchList { have: held },
         };
         let rx = opened.insert(peers.open(&peer, &request).await?);
         let header = match read_response(rx).await? {
             Response::ListHeader(h) => h,
-            Response::ChangesHeader(h) if changes => {
+            Response::ChangesHeader(h) if asked_changes => {
                 as_changes = true;
                 let mut list = ChangesReceiver::start(h, peer, held, now)?;
                 let signature = list.header().list.signature.clone();
@@ -106,7 +109,11 @@ pub(super) async fn fetch(
                         other => return Err(FetchError::Unexpected(format!("{other:?}"))),
                     }
                 }
-                let held_entries = held_entries(store, &peer, held).await?;
+                let held_entries = match held_entries(store, &peer, held).await {
+                    Ok(entries) => entries,
+                    // Not the list the changes apply to: the whole one will do.
+                    Err(why) => return Err(FetchError::NotApplied(why)),
+                };
                 return Ok((list.finish(&held_entries)?, signature));
             }
             Response::Refused { message } => return Err(FetchError::Nothing(message)),
@@ -144,6 +151,10 @@ pub(super) async fn fetch(
             tracing::info!(peer = %name, "the changes to its domain list did not apply to version {held} held here ({e}); fetching the whole list");
             return Fetched::Whole;
         }
+        Err(FetchError::NotApplied(why)) => {
+            tracing::info!(peer = %name, "cannot apply the changes to its domain list ({why}); fetching the whole list");
+            return Fetched::Whole;
+        }
         Err(FetchError::List(e)) => {
             tracing::warn!(peer = %name, "refused domain list: {e}; the list held before stays in force");
         }
@@ -166,18 +177,20 @@ pub(super) async fn fetch(
     Fetched::Nothing
 }
 
-/// The entries held for `peer`, sorted by domain, if they are version `held`.
-async fn held_entries(store: &Store, peer: &PeerId, held: u64) -> Result<Vec<Entry>, FetchError> {
-    let io = |e: crate::store::StoreError| FetchError::Io(e.to_string());
+/// The entries held for `peer`, sorted by domain, if they are version
+/// `held`. (Fetches of one peer's list run one at a time, and the result is
+/// checked against the signature whatever happens in between.)
+async fn held_entries(store: &Store, peer: &PeerId, held: u64) -> Result<Vec<Entry>, String> {
+    let io = |e: crate::store::StoreError| e.to_string();
     let version = store
         .peer_list_meta(peer)
         .await
         .map_err(io)?
         .map(|m| m.version);
     if version != Some(held) {
-        return Err(FetchError::Io(format!(
+        return Err(format!(
             "the list held changed during the fetch (version {version:?}, not {held})"
-        )));
+        ));
     }
     let mut entries: Vec<Entry> = store
         .peer_entries(peer)

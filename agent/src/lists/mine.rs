@@ -79,9 +79,9 @@ impl ChangeLog {
         }
     }
 
-    /// The changes from version `have` to the newest, sorted by domain, if
-    /// this log has every step since `have`.
-    fn since(&self, have: u64) -> Option<Vec<Change>> {
+    /// The changes from version `have` to version `to`, sorted by domain,
+    /// if this log has every step between them.
+    fn since(&self, have: u64, to: u64) -> Option<Vec<Change>> {
         let start = self.steps.iter().position(|s| s.from == have)?;
         let mut composed = BTreeMap::new();
         let mut at = have;
@@ -93,6 +93,9 @@ impl ChangeLog {
                 composed.insert(c.domain.clone(), c.next_hop.clone());
             }
             at = step.to;
+        }
+        if at != to {
+            return None;
         }
         Some(
             composed
@@ -214,7 +217,7 @@ impl Mine {
         let current = self.current.lock().await;
         let p = current.clone()?;
         let changes = lock(&self.log)
-            .since(have)
+            .since(have, p.list.version)
             .filter(|c| c.len() < p.list.entries().len().max(1));
         Some((p, changes))
     }
@@ -432,26 +435,28 @@ mod tests {
             ],
         );
         assert_eq!(
-            log.since(3),
+            log.since(3, 6),
             Some(vec![
                 change("a.example", None),
                 change("b.example", Some("mail.me.example"))
             ])
         );
-        assert_eq!(log.since(5).unwrap().len(), 2);
-        assert_eq!(log.since(6), None, "nothing is newer");
-        assert_eq!(log.since(2), None, "before the log");
+        assert_eq!(log.since(5, 6).unwrap().len(), 2);
+        assert_eq!(log.since(6, 6), None, "nothing is newer");
+        assert_eq!(log.since(2, 6), None, "before the log");
+        assert_eq!(log.since(3, 7), None, "not up to the version wanted");
         // A jump (re-signed past a friend's version) leaves a gap.
         log.record(9, 10, vec![]);
-        assert_eq!(log.since(4), None);
-        assert_eq!(log.since(9), Some(vec![]));
+        assert_eq!(log.since(4, 10), None);
+        assert_eq!(log.since(9, 10), Some(vec![]));
         // Bounded: the oldest steps go first.
         for v in 10..10 + LOG_VERSIONS as u64 {
             log.record(v, v + 1, vec![]);
         }
         assert_eq!(log.steps.len(), LOG_VERSIONS);
-        assert_eq!(log.since(9), None);
-        assert!(log.since(11).is_some());
+        let newest = 10 + LOG_VERSIONS as u64;
+        assert_eq!(log.since(9, newest), None);
+        assert!(log.since(11, newest).is_some());
     }
 
     #[test]

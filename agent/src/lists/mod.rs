@@ -127,8 +127,10 @@ struct Inner {
     acks: Mutex<HashMap<PeerId, ListAck>>,
     /// When a friend's acknowledgement last made me re-sign (see [`RESIGN_GAP`]).
     last_resign: Mutex<Option<tokio::time::Instant>>,
-    /// The version of my list last sent to each friend, and when, as
-    /// changes (true) and whole (false).
+    /// Friends an offer is being sent to, and the newest version to offer.
+    offering: Mutex<HashMap<PeerId, u64>>,
+    /// The version of my list last sent to each friend, and when, for
+    /// `FetchChanges` (true) and `FetchList` (false).
     served: Mutex<HashMap<(PeerId, bool), (u64, tokio::time::Instant)>>,
 }
 
@@ -188,6 +190,7 @@ impl Lists {
                 acks: Mutex::default(),
                 last_resign: Mutex::default(),
                 served: Mutex::default(),
+                offering: Mutex::default(),
             }),
         })
     }
@@ -266,25 +269,65 @@ impl Lists {
         }
     }
 
+    /// Offers `version` to every connected friend: one offer in flight per
+    /// friend, and versions signed meanwhile go as one offer of the newest,
+    /// so a burst of `domains add` costs each friend a few requests, not one
+    /// per version (which could exceed its per-peer budget).
     fn offer_to_all(&self, version: u64) {
-        let peers = &self.inner.peers;
-        for id in peers.connected() {
-            let peers = peers.clone();
-            tokio::spawn(async move {
-                if let Err(e) = peers.send(&id, &Request::ListOffer { version }).await {
-                    tracing::debug!(peer = %id.short(), "list offer: {e}");
+        for id in self.inner.peers.connected() {
+            let start = {
+                let mut sending = lock(&self.inner.offering);
+                match sending.get_mut(&id) {
+                    Some(newest) => {
+                        *newest = (*newest).max(version);
+                        false
+                    }
+                    None => {
+                        sending.insert(id, version);
+                        true
+                    }
                 }
-            });
+            };
+            if start {
+                tokio::spawn(self.clone().offer_loop(id));
+            }
+        }
+    }
+
+    /// Sends `peer` the newest version to offer until no newer one waits.
+    async fn offer_loop(self, peer: PeerId) {
+        let mut sent = 0;
+        loop {
+            let version = {
+                let mut sending = lock(&self.inner.offering);
+                match sending.get(&peer).copied() {
+                    Some(v) if v > sent => v,
+                    _ => {
+                        sending.remove(&peer);
+                        return;
+                    }
+                }
+            };
+            if let Err(e) = self
+                .inner
+                .peers
+                .send(&peer, &Request::ListOffer { version })
+                .await
+            {
+                tracing::debug!(peer = %peer.short(), "list offer: {e}");
+            }
+            sent = version;
         }
     }
 
     /// Answers `FetchList` (`changes` false) and `FetchChanges` (true):
     /// the changes since `have` if asked and known, else the whole list,
     /// or a refusal. A friend gets each version of my list once per
-    /// [`SERVE_GAP`] of each kind: asking for the same one again at once (a
-    /// friend that lost it, or one that wants to make me send my whole list
-    /// in a loop) waits out the gap. A whole list after changes is no
-    /// repeat: it is what a friend asks for whose changes did not apply.
+    /// [`SERVE_GAP`] for each of the two requests: asking for the same one
+    /// again at once (a friend that lost it, or one that wants to make me
+    /// send my whole list in a loop) waits out the gap, checked before any
+    /// work. A whole list after changes is no repeat: it is what a friend
+    /// asks for whose changes did not apply.
     pub(crate) async fn serve_fetch(
         &self,
         from: &Caller,
@@ -293,64 +336,64 @@ impl Lists {
         reply: &mut Responder,
     ) {
         let refuse = |message: String| Response::Refused { message };
+        let version = self.inner.mine.version();
+        let key = (from.id, changes);
+        let too_soon = version > have && {
+            let mut served = lock(&self.inner.served);
+            let now = tokio::time::Instant::now();
+            let soon = served
+                .get(&key)
+                .is_some_and(|(v, at)| *v == version && now.duration_since(*at) < SERVE_GAP);
+            if !soon {
+                served.insert(key, (version, now));
+            }
+            soon
+        };
+        if too_soon {
+            tracing::debug!(peer = %from.name, version, "list fetch refused: sent this version moments ago");
+            if let Err(e) = reply.send(&refuse(fetch::too_soon(version))).await {
+                tracing::debug!("list transfer: {e}");
+            }
+            return;
+        }
         let found = match changes {
             true => self.inner.mine.current_and_changes(have).await,
             false => self.inner.mine.current().await.map(|p| (p, None)),
         };
         let sent = match found {
-            Some((p, diff)) if p.list.version > have => {
-                let version = p.list.version;
-                let key = (from.id, diff.is_some());
-                let too_soon = {
-                    let mut served = lock(&self.inner.served);
-                    let now = tokio::time::Instant::now();
-                    let soon = served.get(&key).is_some_and(|(v, at)| {
-                        *v == version && now.duration_since(*at) < SERVE_GAP
-                    });
-                    if !soon {
-                        served.insert(key, (version, now));
-                    }
-                    soon
+            Some((p, Some(diff))) if p.list.version > have => {
+                tracing::debug!(peer = %from.name, version = p.list.version, have, changes = diff.len(), "sending the changes to my list");
+                let header = ChangesHeader {
+                    list: p.list.header(p.signature.clone()),
+                    base: have,
+                    changes: diff.len() as u32,
                 };
-                let sent = if too_soon {
-                    tracing::debug!(peer = %from.name, version, "list fetch refused: sent this version moments ago");
-                    reply.send(&refuse(fetch::too_soon(version))).await
-                } else if let Some(diff) = diff {
-                    tracing::debug!(peer = %from.name, version, have, changes = diff.len(), "sending the changes to my list");
-                    let header = ChangesHeader {
-                        list: p.list.header(p.signature.clone()),
-                        base: have,
-                        changes: diff.len() as u32,
-                    };
-                    let mut sent = reply.send(&Response::ChangesHeader(header)).await;
-                    for chunk in change_chunks(&diff) {
-                        if sent.is_err() {
-                            break;
-                        }
-                        sent = reply.send(&Response::ListChanges(chunk)).await;
+                let mut sent = reply.send(&Response::ChangesHeader(header)).await;
+                for chunk in change_chunks(&diff) {
+                    if sent.is_err() {
+                        break;
                     }
-                    sent
-                } else {
-                    let mut sent = reply
-                        .send(&Response::ListHeader(p.list.header(p.signature.clone())))
-                        .await;
-                    for chunk in p.list.chunks() {
-                        if sent.is_err() {
-                            break;
-                        }
-                        sent = reply.send(&Response::ListChunk(chunk)).await;
+                    sent = reply.send(&Response::ListChanges(chunk)).await;
+                }
+                sent
+            }
+            Some((p, None)) if p.list.version > have => {
+                let mut sent = reply
+                    .send(&Response::ListHeader(p.list.header(p.signature.clone())))
+                    .await;
+                for chunk in p.list.chunks() {
+                    if sent.is_err() {
+                        break;
                     }
-                    sent
-                };
-                if sent.is_err() && !too_soon {
-                    // Not received: a retry is no repeat.
-                    lock(&self.inner.served).remove(&key);
+                    sent = reply.send(&Response::ListChunk(chunk)).await;
                 }
                 sent
             }
             _ => reply.send(&refuse("no newer list".into())).await,
         };
         if let Err(e) = sent {
+            // Not received: a retry is no repeat.
+            lock(&self.inner.served).remove(&key);
             tracing::debug!("list transfer: {e}");
         }
     }

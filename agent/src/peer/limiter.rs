@@ -106,6 +106,11 @@ impl<K: std::hash::Hash + Eq + Copy> CoolOff<K> {
         wait
     }
 
+    /// Forgets `peer` (unpaired).
+    pub fn forget(&mut self, peer: &K) {
+        self.cut.remove(peer);
+    }
+
     /// How long `peer` must still wait, if it must.
     pub fn waiting(&self, peer: &K, now: Instant) -> Option<Duration> {
         self.cut

@@ -153,6 +153,8 @@ impl Sessions {
                     if let Some(d) = dialers.remove(&id) {
                         d.task.abort();
                     }
+                    // Unpaired: a cool-off does not outlive the pairing.
+                    lock(&self.cool_off).forget(&id);
                 }
             }
         }
@@ -172,6 +174,17 @@ impl Sessions {
                     _ = wake.notified() => continue,
                     _ = self.cancel.cancelled() => return,
                 }
+            }
+            // A peer cut off for a flood is not dialled until its cool-off
+            // ends (its sessions would be refused), and that wait is not a
+            // failure that grows the backoff.
+            let waiting = lock(&self.cool_off).waiting(&id, Instant::now().into_std());
+            if let Some(wait) = waiting {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = self.cancel.cancelled() => return,
+                }
+                continue;
             }
             let peer = match self.peers.store().peer(&id).await {
                 Ok(Some(p)) => p,

@@ -18,7 +18,7 @@
 pub mod render;
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -659,15 +659,26 @@ impl Postfix {
             .await?;
         let interfaces = self.param_expanded("inet_interfaces").await?;
         let proxies = self.param_expanded("proxy_interfaces").await?;
+        let etc_services = tokio::fs::read_to_string("/etc/services")
+            .await
+            .unwrap_or_default();
+        let failed = |why: String| err("read this server's addresses", why);
         let mut listen = Vec::new();
-        let mut everywhere: Option<Vec<std::net::IpAddr>> = None;
+        let mut everywhere: Option<Vec<IpAddr>> = None;
         for (host, port) in services.lines().filter_map(smtp_service) {
+            let Some(port) = service_port(port, &etc_services) else {
+                return Err(failed(format!(
+                    "master.cf names a service port {port:?} that is neither a number nor in /etc/services"
+                )));
+            };
             let hosts = match host {
-                Some(h) => interface_addrs(&[h]).await,
+                Some(h) => interface_addrs(&[h]).await.map_err(failed)?,
                 None => match &everywhere {
                     Some(all) => all.clone(),
                     None => {
-                        let all = interface_addrs(&list_tokens(&interfaces)).await;
+                        let all = interface_addrs(&list_tokens(&interfaces))
+                            .await
+                            .map_err(failed)?;
                         everywhere = Some(all.clone());
                         all
                     }
@@ -677,7 +688,9 @@ impl Postfix {
         }
         listen.sort();
         listen.dedup();
-        let any_port = interface_addrs(&list_tokens(&proxies)).await;
+        let any_port = interface_addrs(&list_tokens(&proxies))
+            .await
+            .map_err(failed)?;
         Ok(Listeners { listen, any_port })
     }
 
@@ -745,12 +758,13 @@ pub struct Listeners {
     /// Address and port of each SMTP listener.
     pub listen: Vec<SocketAddr>,
     /// Addresses that reach this server at any port (`proxy_interfaces`).
-    pub any_port: Vec<std::net::IpAddr>,
+    pub any_port: Vec<IpAddr>,
 }
 
-/// The host (if the service names one) and port of a `postconf -M` line
-/// for an SMTP server: an `inet` service run by `smtpd` or `postscreen`.
-fn smtp_service(line: &str) -> Option<(Option<&str>, u16)> {
+/// The host (if the service names one) and port (as written) of a
+/// `postconf -M` line for an SMTP server: an `inet` service run by `smtpd`
+/// or `postscreen`.
+fn smtp_service(line: &str) -> Option<(Option<&str>, &str)> {
     let fields: Vec<&str> = line.split_whitespace().collect();
     if fields.len() < 8 || fields[1] != "inet" || !matches!(fields[7], "smtpd" | "postscreen") {
         return None;
@@ -760,30 +774,57 @@ fn smtp_service(line: &str) -> Option<(Option<&str>, u16)> {
         Some((host, port)) => (Some(host), port),
         None => (None, service),
     };
-    let port = match port {
-        "smtp" => 25,
-        "submission" => 587,
-        "smtps" | "submissions" => 465,
-        p => p.parse().ok()?,
-    };
     Some((host, port))
 }
 
+/// The TCP port a master.cf service names: a number, or a name from
+/// `services` (the text of /etc/services), with the SMTP names Postfix's
+/// own master.cf uses known even without it.
+fn service_port(name: &str, services: &str) -> Option<u16> {
+    if let Ok(port) = name.parse() {
+        return Some(port);
+    }
+    let listed = services.lines().find_map(|line| {
+        let line = line.split('#').next().unwrap_or("");
+        let mut words = line.split_whitespace();
+        let (service, port) = (words.next()?, words.next()?);
+        let (port, proto) = port.split_once('/')?;
+        (proto == "tcp" && (service == name || words.any(|alias| alias == name)))
+            .then(|| port.parse().ok())
+            .flatten()
+    });
+    listed.or(match name {
+        "smtp" => Some(25),
+        "submission" => Some(587),
+        "smtps" | "submissions" => Some(465),
+        _ => None,
+    })
+}
+
 /// The addresses a Postfix interface list (`inet_interfaces`,
-/// `proxy_interfaces`, a service's `host:`) stands for. `all` is every
-/// address of this machine's interfaces; a host name is resolved; what
-/// cannot be read is left out (this list only ever refuses more).
-async fn interface_addrs(items: &[&str]) -> Vec<std::net::IpAddr> {
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+/// `proxy_interfaces`, a service's `host:`) stands for. `all` (and the
+/// wildcards `0.0.0.0` and `::`, which Postfix binds as every address) is
+/// every address of this machine's interfaces; a host name is resolved
+/// (one that does not resolve is left out, as Postfix would fail to bind
+/// it). `Err` if the interfaces cannot be listed: then this server's
+/// addresses are not known.
+async fn interface_addrs(items: &[&str]) -> Result<Vec<IpAddr>, String> {
     let mut addrs = Vec::new();
     for item in items {
         let item = item.trim_start_matches('[').trim_end_matches(']');
+        let every = |v4: bool, v6: bool| -> Result<Vec<IpAddr>, String> {
+            let found = if_addrs::get_if_addrs()
+                .map_err(|e| format!("cannot list this machine's interfaces: {e}"))?;
+            Ok(found
+                .iter()
+                .map(|i| i.ip())
+                .filter(|ip| (v4 && ip.is_ipv4()) || (v6 && ip.is_ipv6()))
+                .collect())
+        };
         match item {
             "" => {}
-            "all" => match if_addrs::get_if_addrs() {
-                Ok(found) => addrs.extend(found.iter().map(|i| i.ip())),
-                Err(e) => tracing::warn!("cannot list this machine's interfaces: {e}"),
-            },
+            "all" | "::" => addrs.extend(every(true, true)?),
+            "0.0.0.0" => addrs.extend(every(true, false)?),
             "loopback-only" => addrs.extend([
                 IpAddr::V4(Ipv4Addr::LOCALHOST),
                 IpAddr::V6(Ipv6Addr::LOCALHOST),
@@ -803,7 +844,7 @@ async fn interface_addrs(items: &[&str]) -> Vec<std::net::IpAddr> {
     }
     addrs.sort();
     addrs.dedup();
-    addrs
+    Ok(addrs)
 }
 
 /// Whether the domain-list item `item` (lower case) covers `domain`: the
@@ -913,30 +954,30 @@ async fn cleanup_temp(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::{
-        has_word, interface_addrs, list_matches, list_tokens, lookup_keys, smtp_service,
-        version_at_least,
+        has_word, interface_addrs, list_matches, list_tokens, lookup_keys, service_port,
+        smtp_service, version_at_least,
     };
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
     #[test]
     fn smtp_services_are_inet_smtpd_or_postscreen_with_their_ports() {
         let line = |l| smtp_service(l);
         assert_eq!(
             line("smtp       inet  n       -       y       -       -       smtpd"),
-            Some((None, 25))
+            Some((None, "smtp"))
         );
-        assert_eq!(line("smtp inet n - y - 1 postscreen"), Some((None, 25)));
+        assert_eq!(line("smtp inet n - y - 1 postscreen"), Some((None, "smtp")));
         assert_eq!(
             line("submission inet n - y - - smtpd -o syslog_name=postfix/submission"),
-            Some((None, 587))
+            Some((None, "submission"))
         );
-        assert_eq!(line("submissions inet n - y - - smtpd"), Some((None, 465)));
         assert_eq!(
             line("127.0.0.1:2525 inet n - n - - smtpd"),
-            Some((Some("127.0.0.1"), 2525))
+            Some((Some("127.0.0.1"), "2525"))
         );
         assert_eq!(
             line("[::1]:smtp inet n - n - - smtpd"),
-            Some((Some("[::1]"), 25))
+            Some((Some("[::1]"), "smtp"))
         );
         assert_eq!(line("smtpd pass - - y - - smtpd"), None, "not inet");
         assert_eq!(line("cleanup unix n - y - 0 cleanup"), None);
@@ -945,28 +986,44 @@ mod tests {
             None,
             "not an SMTP server"
         );
+    }
+
+    #[test]
+    fn service_ports_are_numbers_or_names_from_etc_services() {
+        let services = "# comment\nsmtp\t\t25/tcp\t\tmail\nsubmissions\t465/tcp\t\tssmtp smtps urd\nmine\t2626/udp\nmine\t2525/tcp\n";
+        assert_eq!(service_port("2525", ""), Some(2525));
+        assert_eq!(service_port("smtp", services), Some(25));
+        assert_eq!(service_port("ssmtp", services), Some(465), "an alias");
+        assert_eq!(service_port("urd", services), Some(465));
+        assert_eq!(service_port("mine", services), Some(2525), "tcp only");
         assert_eq!(
-            line("imaginary inet n - y - - smtpd"),
-            None,
-            "unknown service name"
+            service_port("submission", ""),
+            Some(587),
+            "known without the file"
         );
+        assert_eq!(service_port("imaginary", services), None);
     }
 
     #[tokio::test]
-    async fn interface_lists_cover_all_loopback_only_and_addresses() {
-        let all = interface_addrs(&["all"]).await;
+    async fn interface_lists_cover_all_wildcards_loopback_only_and_addresses() {
+        let all = interface_addrs(&["all"]).await.unwrap();
         assert!(all.contains(&"127.0.0.1".parse().unwrap()), "{all:?}");
+        let v4 = interface_addrs(&["0.0.0.0"]).await.unwrap();
+        assert!(v4.contains(&"127.0.0.1".parse().unwrap()) && v4.iter().all(IpAddr::is_ipv4));
+        assert_eq!(interface_addrs(&["[::]"]).await.unwrap(), all);
         assert_eq!(
-            interface_addrs(&["loopback-only"]).await,
+            interface_addrs(&["loopback-only"]).await.unwrap(),
             vec![
-                "127.0.0.1".parse::<std::net::IpAddr>().unwrap(),
-                "::1".parse().unwrap()
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(Ipv6Addr::LOCALHOST)
             ]
         );
         assert_eq!(
-            interface_addrs(&["192.0.2.7", "[2001:db8::1]", "192.0.2.7"]).await,
+            interface_addrs(&["192.0.2.7", "[2001:db8::1]", "192.0.2.7"])
+                .await
+                .unwrap(),
             vec![
-                "192.0.2.7".parse::<std::net::IpAddr>().unwrap(),
+                "192.0.2.7".parse::<IpAddr>().unwrap(),
                 "2001:db8::1".parse().unwrap()
             ]
         );
