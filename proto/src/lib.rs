@@ -9,6 +9,8 @@
 //!   close codes.
 //! - [`control`]: messages on the local control socket between CLI and agent,
 //!   including the `status` report whose JSON form is a public contract.
+//! - [`list`], [`recipients`]: signed domain and recipient lists, their
+//!   transfer in chunks or as changes, and every check on them.
 //! - [`codec`]: framing and the only place that encodes or decodes bytes.
 //!
 //! The caller passes `now` (unix seconds) wherever time matters, which keeps
@@ -23,6 +25,7 @@ pub mod id;
 pub mod list;
 pub mod msg;
 pub mod name;
+pub mod recipients;
 pub mod token;
 
 pub use codec::{CodecError, MAX_FRAME};

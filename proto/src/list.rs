@@ -177,6 +177,14 @@ pub enum ListError {
         /// What is wrong.
         error: DomainError,
     },
+    /// A recipient that is not a valid, canonical address or `@domain`.
+    #[error("list entry {index} is invalid: {error}")]
+    BadRecipient {
+        /// Position in the list.
+        index: usize,
+        /// What is wrong.
+        error: crate::recipients::RecipientError,
+    },
     /// The signature does not verify against the signer's key.
     #[error("list signature does not verify against the signer's key")]
     BadSignature,
@@ -260,12 +268,14 @@ impl DomainList {
 }
 
 /// Checks a list header from `sender` against the version held (if any)
-/// and `now`: signer, version, times, size, signature length.
-fn check_header(
+/// and `now`: signer, version, times, size (at most `max` items),
+/// signature length. For every kind of signed list.
+pub(crate) fn check_header(
     header: &ListHeader,
     sender: PeerId,
     held: Option<u64>,
     now: u64,
+    max: u32,
 ) -> Result<(), ListError> {
     if header.signer != sender {
         return Err(ListError::WrongSigner {
@@ -304,9 +314,9 @@ fn check_header(
             expires_at: header.expires_at,
         });
     }
-    if header.count > MAX_ENTRIES {
+    if header.count > max {
         return Err(ListError::TooLarge(format!(
-            "{} entries announced, the limit is {MAX_ENTRIES}",
+            "{} entries announced, the limit is {max}",
             header.count
         )));
     }
@@ -332,7 +342,7 @@ impl ListReceiver {
         held: Option<u64>,
         now: u64,
     ) -> Result<Self, ListError> {
-        check_header(&header, sender, held, now)?;
+        check_header(&header, sender, held, now, MAX_ENTRIES)?;
         Ok(Self {
             entries: Vec::with_capacity(header.count.min(10_000) as usize),
             header,
@@ -434,7 +444,7 @@ impl ChangesReceiver {
         held: u64,
         now: u64,
     ) -> Result<Self, ListError> {
-        check_header(&header.list, sender, Some(held), now)?;
+        check_header(&header.list, sender, Some(held), now, MAX_ENTRIES)?;
         if header.base != held {
             return Err(ListError::Malformed(format!(
                 "changes since version {} sent, but version {held} is held",
@@ -520,40 +530,14 @@ impl ChangesReceiver {
             )));
         }
         let want = self.header.list.count as usize;
-        let mut entries = Vec::with_capacity(want.min(held.len() + self.changes.len()));
-        let mut changes = self.changes.into_iter().peekable();
-        let mut held = held.iter().peekable();
-        loop {
-            let take_change = match (held.peek(), changes.peek()) {
-                (None, None) => break,
-                (Some(_), None) => false,
-                (None, Some(_)) => true,
-                (Some(h), Some(c)) => c.domain <= h.domain,
-            };
-            if take_change {
-                let Some(c) = changes.next() else { break };
-                held.next_if(|h| h.domain == c.domain);
-                if let Some(next_hop) = c.next_hop {
-                    entries.push(Entry {
-                        domain: c.domain,
-                        next_hop,
-                    });
-                }
-            } else {
-                let Some(h) = held.next() else { break };
-                entries.push(h.clone());
-            }
-            if entries.len() > want {
-                break;
-            }
-        }
-        if entries.len() != want {
-            return Err(ListError::Malformed(format!(
-                "the changes make a list of {}{} entries, {want} announced",
-                entries.len(),
-                if entries.len() > want { " or more" } else { "" }
-            )));
-        }
+        let changes = self.changes.into_iter().map(|c| {
+            let entry = c.next_hop.map(|next_hop| Entry {
+                domain: c.domain.clone(),
+                next_hop,
+            });
+            (c.domain, entry)
+        });
+        let entries = apply_changes(held, changes, |e| &e.domain, want)?;
         let header = self.header.list;
         let list = DomainList {
             signer: header.signer,
@@ -567,6 +551,52 @@ impl ChangesReceiver {
         }
         Ok(list)
     }
+}
+
+/// Applies `changes` (sorted by key, each the item now or `None` for
+/// removed) to `held` (sorted by key): the new items, sorted. `Err` unless
+/// there are exactly `want` of them (checked as it goes, so a hostile
+/// change set cannot make it build more). A removal of a key not held
+/// changes nothing (it was added and removed since). For every kind of
+/// signed list.
+pub(crate) fn apply_changes<T: Clone, K: Ord>(
+    held: &[T],
+    changes: impl Iterator<Item = (K, Option<T>)>,
+    key: impl Fn(&T) -> &K,
+    want: usize,
+) -> Result<Vec<T>, ListError> {
+    let mut out = Vec::with_capacity(want.min(held.len() + CHUNK_ENTRIES));
+    let mut changes = changes.peekable();
+    let mut held = held.iter().peekable();
+    loop {
+        let take_change = match (held.peek(), changes.peek()) {
+            (None, None) => break,
+            (Some(_), None) => false,
+            (None, Some(_)) => true,
+            (Some(h), Some((k, _))) => *k <= *key(h),
+        };
+        if take_change {
+            let Some((k, item)) = changes.next() else {
+                break;
+            };
+            held.next_if(|h| *key(h) == k);
+            out.extend(item);
+        } else {
+            let Some(h) = held.next() else { break };
+            out.push(h.clone());
+        }
+        if out.len() > want {
+            break;
+        }
+    }
+    if out.len() != want {
+        return Err(ListError::Malformed(format!(
+            "the changes make a list of {}{} entries, {want} announced",
+            out.len(),
+            if out.len() > want { " or more" } else { "" }
+        )));
+    }
+    Ok(out)
 }
 
 /// The changes that turn `old` into `new` (both sorted by domain, as
