@@ -15,6 +15,7 @@
 //!
 //! Every command gets `-c <postfix_config_dir>`.
 
+pub mod recipients;
 pub mod render;
 
 use std::collections::{BTreeMap, HashSet};
@@ -703,13 +704,6 @@ impl Postfix {
         &self,
         candidates: &[Domain],
     ) -> Result<HashSet<Domain>, PostfixError> {
-        let ours = self.map_dir().display().to_string();
-        let mut keys: Vec<String> = candidates
-            .iter()
-            .flat_map(|d| lookup_keys(d.as_str()))
-            .collect();
-        keys.sort();
-        keys.dedup();
         let parent_params = self.param("parent_domain_matches_subdomains").await?;
         let mut local = HashSet::new();
         for param in [
@@ -719,36 +713,57 @@ impl Postfix {
             "relay_domains",
         ] {
             let parent = has_word(&parent_params, param);
-            let mut matching = |item: &str| {
-                let item = item.trim().to_ascii_lowercase();
-                for d in candidates {
-                    if list_matches(d.as_str(), &item, parent) {
-                        local.insert(d.clone());
-                    }
-                }
-            };
-            let value = self.param_expanded(param).await?;
-            for token in list_tokens(&value) {
-                if token.starts_with('/') {
-                    // A file of list items.
-                    if let Ok(text) = tokio::fs::read_to_string(token).await {
-                        for item in text.split_whitespace().filter(|w| !w.starts_with('#')) {
-                            matching(item);
-                        }
-                    }
-                } else if let Some((_, path)) = token.split_once(':') {
-                    if path.starts_with(&ours) {
-                        continue; // our own relay map
-                    }
-                    for (k, _) in self.query(token, &keys).await? {
-                        matching(&k);
-                    }
-                } else {
-                    matching(token);
-                }
-            }
+            local.extend(self.domain_list_matches(param, parent, candidates).await?);
         }
         Ok(local)
+    }
+
+    /// Which of `candidates` the domain list parameter `param` covers, read
+    /// as Postfix reads it (names, files, tables, `.parent` items, and
+    /// parent domains if `parent`); mxfed's own relay map is left out.
+    async fn domain_list_matches(
+        &self,
+        param: &str,
+        parent: bool,
+        candidates: &[Domain],
+    ) -> Result<HashSet<Domain>, PostfixError> {
+        let ours = self.map_dir().display().to_string();
+        let mut keys: Vec<String> = candidates
+            .iter()
+            .flat_map(|d| lookup_keys(d.as_str()))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        let mut found = HashSet::new();
+        let mut matching = |item: &str| {
+            let item = item.trim().to_ascii_lowercase();
+            for d in candidates {
+                if list_matches(d.as_str(), &item, parent) {
+                    found.insert(d.clone());
+                }
+            }
+        };
+        let value = self.param_expanded(param).await?;
+        for token in list_tokens(&value) {
+            if token.starts_with('/') {
+                // A file of list items.
+                if let Ok(text) = tokio::fs::read_to_string(token).await {
+                    for item in text.split_whitespace().filter(|w| !w.starts_with('#')) {
+                        matching(item);
+                    }
+                }
+            } else if let Some((_, path)) = token.split_once(':') {
+                if path.starts_with(&ours) {
+                    continue; // our own relay map
+                }
+                for (k, _) in self.query(token, &keys).await? {
+                    matching(&k);
+                }
+            } else {
+                matching(token);
+            }
+        }
+        Ok(found)
     }
 }
 
