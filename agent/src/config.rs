@@ -80,6 +80,46 @@ pub struct Config {
     /// Where to serve Prometheus metrics (`GET /metrics`); off when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Where the valid recipients of my domains come from, which my
+    /// friends' backups accept (and no others).
+    #[serde(default)]
+    pub recipients: RecipientsSource,
+}
+
+/// The `recipients` setting: `"postfix"`, `"off"`, or a file's path.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum RecipientsSource {
+    /// Read them from this Postfix's tables.
+    #[default]
+    Postfix,
+    /// Publish none: friends accept every recipient of my domains.
+    Off,
+    /// One address or `@domain` per line (for SQL and LDAP setups).
+    File(PathBuf),
+}
+
+impl Serialize for RecipientsSource {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Postfix => s.serialize_str("postfix"),
+            Self::Off => s.serialize_str("off"),
+            Self::File(p) => s.collect_str(&p.display()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RecipientsSource {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.as_str() {
+            "postfix" => Ok(Self::Postfix),
+            "off" => Ok(Self::Off),
+            p if p.starts_with('/') => Ok(Self::File(p.into())),
+            _ => Err(serde::de::Error::custom(format!(
+                "{s:?}: recipients is \"postfix\", \"off\", or an absolute file path"
+            ))),
+        }
+    }
 }
 
 /// Ports a friend's next hop may name unless the config says otherwise:
@@ -199,6 +239,7 @@ impl Config {
             allow_non_public_next_hops: false,
             allowed_next_hop_ports: default_next_hop_ports(),
             metrics_listen: None,
+            recipients: RecipientsSource::default(),
         }
     }
 

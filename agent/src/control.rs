@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use mxfed_proto::control::{ControlRequest, ControlResponse};
+use mxfed_proto::domain::Domain;
 
 use crate::frames;
 use crate::services::Services;
@@ -142,7 +143,27 @@ async fn handle(s: &Services, mut stream: UnixStream) {
             .change_my_domains(&[], None, &domains)
             .await
             .map(ControlResponse::DomainsChanged),
-        ControlRequest::DomainsList => Ok(ControlResponse::Domains(s.lists.my_domains().await)),
+        ControlRequest::DomainsList => {
+            let mut mine = s.lists.my_domains().await;
+            let counts = s.recipients.my_counts().await;
+            let unlisted = s.recipients.my_unlisted();
+            let read = s.recipients.my_version() > 0;
+            for d in &mut mine.domains {
+                d.recipients = counts.get(&d.domain).copied();
+                if d.recipients.is_none() {
+                    d.recipients_reason = Some(
+                        Domain::parse_canonical(&d.domain)
+                            .ok()
+                            .and_then(|dom| unlisted.get(&dom).cloned())
+                            .unwrap_or_else(|| match read {
+                                true => "no recipients read for it yet".into(),
+                                false => "my recipients have not been read yet".into(),
+                            }),
+                    );
+                }
+            }
+            Ok(ControlResponse::Domains(mine))
+        }
         ControlRequest::Apply { dry_run } => Ok(ControlResponse::Applied(
             s.relay.apply_now("mxfed apply", dry_run).await,
         )),

@@ -33,6 +33,7 @@ pub mod net;
 mod peer;
 pub mod postfix;
 mod queue;
+mod recipients;
 mod relay;
 mod services;
 mod status;
@@ -284,6 +285,16 @@ pub async fn run_with_clock(
         clock.clone(),
     )
     .await?;
+    let recipients = recipients::Recipients::new(
+        Arc::clone(&config),
+        Arc::clone(&identity),
+        store.clone(),
+        postfix.clone(),
+        peers.clone(),
+        relay.clone(),
+        lists.clone(),
+        clock.clone(),
+    );
     let queue = Queue::new(postfix.clone(), store.clone(), peers.clone(), clock.clone());
     let pairing = Pairing::new(peers.clone());
     let cancel = CancellationToken::new();
@@ -292,6 +303,7 @@ pub async fn run_with_clock(
         pairing.clone(),
         Arc::new(Router {
             lists: lists.clone(),
+            recipients: recipients.clone(),
             queue: queue.clone(),
         }),
         lists.version_watch(),
@@ -307,6 +319,7 @@ pub async fn run_with_clock(
         peers: peers.clone(),
         pairing,
         lists: lists.clone(),
+        recipients: recipients.clone(),
         relay: relay.clone(),
         queue: queue.clone(),
     };
@@ -321,6 +334,14 @@ pub async fn run_with_clock(
     tasks.spawn(
         "queue: peer events",
         queue.clone().follow_peers(cancel.clone()),
+    );
+    tasks.spawn(
+        "recipients: peer events",
+        recipients.clone().follow_peers(cancel.clone()),
+    );
+    tasks.spawn(
+        "recipients: publish",
+        recipients.clone().run_publish(cancel.clone()),
     );
     tasks.spawn(
         "peer: dialers",

@@ -197,6 +197,24 @@ impl Relay {
                 return report;
             }
         };
+        let now = inner.clock.now_unix();
+        let grace = inner.config.expired_list_grace.0.as_secs() as i64;
+        let mut recipients = match inner.store.relay_recipients(now, grace).await {
+            Ok(r) => r,
+            Err(e) => {
+                report.step = Some("read friends' recipients".into());
+                report.error = Some(e.to_string());
+                return report;
+            }
+        };
+        let my_delimiter = match postfix.param("recipient_delimiter").await {
+            Ok(d) => d,
+            Err(e) => {
+                report.step = Some(e.step.into());
+                report.error = Some(e.message);
+                return report;
+            }
+        };
         let routes: Vec<Route> = routes
             .into_iter()
             .map(|r| {
@@ -204,10 +222,18 @@ impl Relay {
                 if !postfix.multiple_next_hops() {
                     addrs.truncate(1);
                 }
+                // Exact recipients only where this Postfix splits address
+                // extensions as the owner's does; else every recipient, as
+                // an exact list would refuse `user+tag` or take too much.
+                let recipients = recipients
+                    .remove(r.entry.domain.as_str())
+                    .filter(|d| same_delimiters(&d.delimiter, &my_delimiter))
+                    .map(|d| d.items);
                 Route {
                     domain: r.entry.domain,
                     next_hop: r.entry.next_hop,
                     addrs,
+                    recipients,
                 }
             })
             .collect();
@@ -220,13 +246,27 @@ impl Relay {
             .unwrap_or_default();
         let change = diff(&postfix.live_transport().await, desired);
         report.changes = change.lines();
+        // Recipients are summed up, not listed: there may be a million.
+        let rcpt = crate::postfix::render::RELAY_RECIPIENTS;
+        let wanted = maps.maps.iter().find(|(n, _)| *n == rcpt).map(|(_, m)| m);
+        let rcpt_change = diff(
+            &postfix.live_map(rcpt).await,
+            wanted.unwrap_or(&Default::default()),
+        );
+        if !rcpt_change.is_empty() {
+            report.changes.push(format!(
+                "relay_recipients: {} added, {} removed",
+                rcpt_change.added.len(),
+                rcpt_change.removed.len()
+            ));
+        }
         report.total = desired.len() as u32;
         if dry_run {
             report.result = "planned".into();
             return report;
         }
         let first = inner.first.swap(false, Ordering::Relaxed);
-        if change.is_empty() && postfix.maps_exist() {
+        if change.is_empty() && rcpt_change.is_empty() && postfix.maps_exist() {
             // A crash between renaming the maps and reloading leaves new maps
             // that running daemons may not have picked up: reload at startup.
             if first && postfix.is_running().await {
@@ -371,6 +411,13 @@ impl ApplyWorker {
     }
 }
 
+/// Whether two `recipient_delimiter` values split addresses alike (the same
+/// set of characters).
+pub(crate) fn same_delimiters(a: &str, b: &str) -> bool {
+    let set = |s: &str| s.chars().collect::<std::collections::BTreeSet<char>>();
+    set(a) == set(b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::summarize;
@@ -384,5 +431,14 @@ mod tests {
         );
         let t: Vec<String> = (1..=100).map(|v| format!("v{v}")).collect();
         assert_eq!(summarize(&t), "v1; v2; v3; and 94 more; v98; v99; v100");
+    }
+
+    #[test]
+    fn delimiters_match_as_sets_of_characters() {
+        assert!(super::same_delimiters("+", "+"));
+        assert!(super::same_delimiters("+-", "-+"));
+        assert!(super::same_delimiters("", ""));
+        assert!(!super::same_delimiters("+", ""));
+        assert!(!super::same_delimiters("+", "+-"));
     }
 }

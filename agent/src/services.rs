@@ -19,6 +19,7 @@ use crate::lists::Lists;
 use crate::peer::{Caller, Inbound, Pairing, Peers, Responder};
 use crate::postfix::Postfix;
 use crate::queue::Queue;
+use crate::recipients::Recipients;
 use crate::relay::Relay;
 use crate::store::Store;
 
@@ -35,6 +36,7 @@ pub(crate) struct Services {
     pub peers: Peers,
     pub pairing: Pairing,
     pub lists: Lists,
+    pub recipients: Recipients,
     pub relay: Relay,
     pub queue: Queue,
 }
@@ -42,6 +44,7 @@ pub(crate) struct Services {
 /// The requests from peers that other services answer, routed.
 pub(crate) struct Router {
     pub lists: Lists,
+    pub recipients: Recipients,
     pub queue: Queue,
 }
 
@@ -63,6 +66,13 @@ impl Inbound for Router {
                 }
                 Request::FetchChanges { have } => {
                     return self.lists.serve_fetch(from, have, true, reply).await
+                }
+                Request::RecipientOffer { version } => {
+                    self.recipients.offered(from.id, version);
+                    Response::Done
+                }
+                Request::FetchRecipients { have } => {
+                    return self.recipients.serve_fetch(from, have, reply).await
                 }
                 Request::ListAck(ack) => self.lists.receive_ack(from, ack).await,
                 Request::QueueReport(report) => self.queue.receive_report(from, report),

@@ -5,6 +5,7 @@
 //! (`agent/migrations/`) and run on open, so no live database is needed to
 //! build. Queries use sqlx's runtime functions, not the compile-time macros.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -17,6 +18,7 @@ use mxfed_proto::control::EntryState;
 use mxfed_proto::domain::{Domain, NextHop};
 use mxfed_proto::list::{DomainList, Entry};
 use mxfed_proto::msg::{EntryNote, ListAck};
+use mxfed_proto::recipients::{Recipient, RecipientList};
 use mxfed_proto::token::{TokenId, TokenKey};
 use mxfed_proto::PeerId;
 
@@ -104,6 +106,30 @@ pub struct MyListMeta {
     pub expires_at: u64,
     /// Signature over the list's signing bytes.
     pub signature: Vec<u8>,
+}
+
+/// My recipient list's header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MyRecipientMeta {
+    /// Version.
+    pub version: u64,
+    /// Unix seconds.
+    pub issued_at: u64,
+    /// Unix seconds.
+    pub expires_at: u64,
+    /// `recipient_delimiter` as signed.
+    pub delimiter: String,
+    /// Signature over the list's signing bytes.
+    pub signature: Vec<u8>,
+}
+
+/// What the relay map needs of one friend's domain's recipients.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DomainRecipients {
+    /// The friend's `recipient_delimiter`.
+    pub delimiter: String,
+    /// Its addresses (and `@domain` for a catch-all), sorted.
+    pub items: Vec<String>,
 }
 
 /// A peer's list as held: header fields.
@@ -530,6 +556,168 @@ impl Store {
         .await
         .map_err(q)?;
         tx.commit().await.map_err(q)
+    }
+
+    /// My recipient list's header, if I ever published one.
+    pub async fn my_recipient_meta(&self) -> Result<Option<MyRecipientMeta>, StoreError> {
+        let row: Option<(i64, i64, i64, String, Vec<u8>)> = sqlx::query_as(
+            "SELECT version, issued_at, expires_at, delimiter, signature FROM my_recipient_list WHERE id = 1",
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.query_err(e))?;
+        Ok(row.map(|(v, i, e, delimiter, signature)| MyRecipientMeta {
+            version: v as u64,
+            issued_at: i as u64,
+            expires_at: e as u64,
+            delimiter,
+            signature,
+        }))
+    }
+
+    /// Stores the header of a newly signed version of my recipient list.
+    pub async fn publish_my_recipients(
+        &self,
+        list: &RecipientList,
+        signature: &[u8],
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO my_recipient_list (id, version, issued_at, expires_at, delimiter, signature) VALUES (1, ?, ?, ?, ?, ?)
+             ON CONFLICT (id) DO UPDATE SET version = excluded.version, issued_at = excluded.issued_at,
+               expires_at = excluded.expires_at, delimiter = excluded.delimiter, signature = excluded.signature",
+        )
+        .bind(list.version as i64)
+        .bind(list.issued_at as i64)
+        .bind(list.expires_at as i64)
+        .bind(&list.delimiter)
+        .bind(signature)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.query_err(e))?;
+        Ok(())
+    }
+
+    /// The version of the recipient list held for a peer (0: none).
+    pub async fn peer_recipient_version(&self, peer: &PeerId) -> Result<u64, StoreError> {
+        let row: Option<(i64,)> =
+            sqlx::query_as("SELECT version FROM peer_recipient_lists WHERE peer_id = ?")
+                .bind(peer.to_string())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| self.query_err(e))?;
+        Ok(row.map_or(0, |(v,)| v as u64))
+    }
+
+    /// The recipients held for a peer, sorted.
+    pub async fn peer_recipients(&self, peer: &PeerId) -> Result<Vec<Recipient>, StoreError> {
+        let rows: Vec<(String,)> =
+            sqlx::query_as("SELECT item FROM peer_recipients WHERE peer_id = ? ORDER BY item")
+                .bind(peer.to_string())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| self.query_err(e))?;
+        let mut items = rows
+            .into_iter()
+            .map(|(i,)| Recipient::parse_canonical(&i).map_err(|_| self.bad("recipient", i)))
+            .collect::<Result<Vec<_>, _>>()?;
+        items.sort();
+        Ok(items)
+    }
+
+    /// Stores a verified recipient list of a peer as the difference from
+    /// the one held: `changes` are (item, whether it is in the list now).
+    /// One transaction, so items and header always agree.
+    pub async fn store_peer_recipients(
+        &self,
+        peer: &PeerId,
+        list: &RecipientList,
+        signature: &[u8],
+        changes: &[(Recipient, bool)],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let q = |e| self.query_err(e);
+        let id = peer.to_string();
+        let mut tx = self.pool.begin().await.map_err(q)?;
+        sqlx::query(
+            "INSERT INTO peer_recipient_lists (peer_id, version, issued_at, expires_at, delimiter, signature, received_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (peer_id) DO UPDATE SET version = excluded.version, issued_at = excluded.issued_at,
+               expires_at = excluded.expires_at, delimiter = excluded.delimiter,
+               signature = excluded.signature, received_at = excluded.received_at",
+        )
+        .bind(&id)
+        .bind(list.version as i64)
+        .bind(list.issued_at as i64)
+        .bind(list.expires_at as i64)
+        .bind(&list.delimiter)
+        .bind(signature)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(q)?;
+        for (item, present) in changes {
+            let query = match present {
+                true => sqlx::query(
+                    "INSERT OR IGNORE INTO peer_recipients (peer_id, domain, item) VALUES (?, ?, ?)",
+                )
+                .bind(&id)
+                .bind(item.domain())
+                .bind(item.as_str()),
+                false => sqlx::query("DELETE FROM peer_recipients WHERE peer_id = ? AND item = ?")
+                    .bind(&id)
+                    .bind(item.as_str()),
+            };
+            query.execute(&mut *tx).await.map_err(q)?;
+        }
+        tx.commit().await.map_err(q)
+    }
+
+    /// For each friend's domain accepted here whose friend publishes
+    /// recipients for it: the friend's delimiter and those recipients. The
+    /// friend's domain list and recipient list must not have been expired
+    /// for longer than `grace` seconds (as for [`Self::relay_routes`]).
+    pub async fn relay_recipients(
+        &self,
+        now: i64,
+        grace: i64,
+    ) -> Result<HashMap<String, DomainRecipients>, StoreError> {
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT r.domain, r.item, rl.delimiter FROM peer_recipients r
+             JOIN peer_entries e ON e.peer_id = r.peer_id AND e.domain = r.domain AND e.state = 'accepted'
+             JOIN peer_recipient_lists rl ON rl.peer_id = r.peer_id
+             JOIN peer_lists l ON l.peer_id = r.peer_id
+             WHERE l.expires_at + ? > ? AND rl.expires_at + ? > ?
+             ORDER BY r.domain, r.item",
+        )
+        .bind(grace)
+        .bind(now)
+        .bind(grace)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.query_err(e))?;
+        let mut out: HashMap<String, DomainRecipients> = HashMap::new();
+        for (domain, item, delimiter) in rows {
+            let d = out.entry(domain).or_default();
+            d.delimiter = delimiter;
+            d.items.push(item);
+        }
+        Ok(out)
+    }
+
+    /// How many recipients a peer publishes for each of its domains.
+    pub async fn recipient_counts(
+        &self,
+        peer: &PeerId,
+    ) -> Result<HashMap<String, u64>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT domain, COUNT(*) FROM peer_recipients WHERE peer_id = ? GROUP BY domain",
+        )
+        .bind(peer.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.query_err(e))?;
+        Ok(rows.into_iter().map(|(d, n)| (d, n as u64)).collect())
     }
 
     /// The header of the list held for a peer.

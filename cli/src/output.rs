@@ -104,12 +104,19 @@ pub fn my_domains(d: &MyDomains) {
     if d.domains.is_empty() {
         return;
     }
-    let rows: Vec<[String; 2]> = d
+    let rows: Vec<[String; 3]> = d
         .domains
         .iter()
-        .map(|e| [e.domain.clone(), e.next_hop.clone()])
+        .map(|e| {
+            let recipients = match (e.recipients, &e.recipients_reason) {
+                (Some(n), _) => n.to_string(),
+                (None, Some(why)) => format!("all (warning: {why})"),
+                (None, None) => "all".into(),
+            };
+            [e.domain.clone(), e.next_hop.clone(), recipients]
+        })
         .collect();
-    table(["DOMAIN", "NEXT HOP"], &rows);
+    table(["DOMAIN", "NEXT HOP", "RECIPIENTS"], &rows);
 }
 
 /// The `status` table.
@@ -174,6 +181,29 @@ pub fn status_table(r: &StatusReport) {
                 count(EntryState::Pending)
             ),
             None => println!("{}'s domains: no list received yet", p.name),
+        }
+        let open: Vec<&str> = p
+            .domains
+            .iter()
+            .filter(|d| d.state == EntryState::Accepted && d.recipients.is_none())
+            .map(|d| d.domain.as_str())
+            .collect();
+        if let Some(first) = p
+            .domains
+            .iter()
+            .find(|d| d.state == EntryState::Accepted && d.recipients.is_none())
+        {
+            let shown: Vec<&str> = open.iter().take(5).copied().collect();
+            println!(
+                "  warning: {} accepted domain(s) accept every recipient here ({}{}): {}",
+                open.len(),
+                shown.join(", "),
+                if open.len() > 5 { ", ..." } else { "" },
+                first
+                    .recipients_reason
+                    .as_deref()
+                    .unwrap_or("no recipient list")
+            );
         }
         for d in p
             .domains

@@ -297,6 +297,11 @@ pub struct MyDomain {
     pub domain: String,
     /// Where friends relay its mail.
     pub next_hop: String,
+    /// How many recipients (addresses and catch-alls) my recipient list
+    /// has for it; `None`: none, so friends accept every recipient.
+    pub recipients: Option<u64>,
+    /// Why there is no count.
+    pub recipients_reason: Option<String>,
 }
 
 /// What I made of one entry of a friend's list.
@@ -343,6 +348,11 @@ pub struct PeerDomain {
     pub state: EntryState,
     /// Why (for refused and pending; a warning for some accepted ones).
     pub reason: Option<String>,
+    /// How many recipients (addresses and catch-alls) the friend publishes
+    /// for it; `None`: it publishes none, so every recipient is accepted.
+    pub recipients: Option<u64>,
+    /// Why there is no count.
+    pub recipients_reason: Option<String>,
 }
 
 /// A domain a friend refused or has pending, with the reason.

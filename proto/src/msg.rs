@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::Message;
 use crate::list::{ChangesHeader, ListHeader, WireChange, WireEntry};
+use crate::recipients::{RecipientChangesHeader, RecipientHeader, WireRecipientChange};
 use crate::token::TokenId;
 
 /// ALPN protocol name; a connection without it is refused by TLS.
@@ -152,18 +153,33 @@ pub enum Request {
         /// The version the asker holds.
         have: u64,
     },
+    /// "My recipient list is now at this version": fetch it if you lack it
+    /// (sent on every new session and on every change; 0.2 and later).
+    RecipientOffer {
+        /// The signer's current version (0: it publishes none).
+        version: u64,
+    },
+    /// Send me your recipient list if it is newer than `have` (0: none):
+    /// a [`Response::RecipientHeader`] and [`Response::RecipientChunk`]s,
+    /// or a [`Response::RecipientChangesHeader`] and
+    /// [`Response::RecipientChanges`] since `have`, or a refusal.
+    FetchRecipients {
+        /// The version the asker holds.
+        have: u64,
+    },
 }
 
 impl Message for Request {
-    const VARIANTS: u8 = 10;
+    const VARIANTS: u8 = 12;
 }
 
-/// The first agent version that understands [`Request::FetchChanges`]
-/// (older agents close the connection on an unknown request).
+/// The first agent version that understands [`Request::FetchChanges`],
+/// [`Request::RecipientOffer`] and [`Request::FetchRecipients`] (older
+/// agents close the connection on an unknown request).
 pub const CHANGES_SINCE: (u64, u64) = (0, 2);
 
 /// Whether an agent of this version (from its Hello) understands
-/// [`Request::FetchChanges`].
+/// [`Request::FetchChanges`] and the recipient list requests.
 pub fn understand_changes(agent_version: &str) -> bool {
     let mut parts = agent_version
         .split('.')
@@ -197,10 +213,18 @@ pub enum Response {
     ChangesHeader(ChangesHeader),
     /// A chunk of changes.
     ListChanges(Vec<WireChange>),
+    /// First frame of a recipient list transfer.
+    RecipientHeader(RecipientHeader),
+    /// A chunk of recipients.
+    RecipientChunk(Vec<String>),
+    /// First frame of a transfer of changes to a recipient list.
+    RecipientChangesHeader(RecipientChangesHeader),
+    /// A chunk of recipient changes.
+    RecipientChanges(Vec<WireRecipientChange>),
 }
 
 impl Message for Response {
-    const VARIANTS: u8 = 9;
+    const VARIANTS: u8 = 13;
 }
 
 /// QUIC application close codes.

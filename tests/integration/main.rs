@@ -8,6 +8,7 @@ mod lists;
 mod postfix;
 mod queue;
 mod quickstart;
+mod recipients;
 mod util;
 
 use std::time::Duration;

@@ -5,7 +5,7 @@
 //! after a restore from backup ([`Mine::resign_as`]). The lists service
 //! offers each new version to peers; this module never talks to them.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,6 +19,8 @@ use crate::clock::{rfc3339, Clock};
 use crate::identity::Identity;
 use crate::store::{Store, StoreError};
 use crate::util::lock;
+
+use super::changelog::ChangeLog;
 
 /// How long a signed list of mine is valid.
 pub const LIST_LIFETIME: Duration = Duration::from_secs(14 * 86_400);
@@ -44,68 +46,6 @@ pub(super) struct Changed {
     pub added: Vec<Domain>,
 }
 
-/// Most versions the change log keeps.
-const LOG_VERSIONS: usize = 256;
-/// Most changes the change log keeps, in all.
-const LOG_CHANGES: usize = 10_000;
-
-/// One new version of my list: the version before, and what changed.
-#[derive(Debug)]
-struct Step {
-    from: u64,
-    to: u64,
-    changes: Vec<Change>,
-}
-
-/// What changed in my list in this run, version by version (at most
-/// [`LOG_VERSIONS`] versions and [`LOG_CHANGES`] changes), so that a friend
-/// holding a recent version gets only the changes since. Not stored: after
-/// a restart each friend's next fetch is a whole list.
-#[derive(Debug, Default)]
-struct ChangeLog {
-    steps: VecDeque<Step>,
-    changes: usize,
-}
-
-impl ChangeLog {
-    fn record(&mut self, from: u64, to: u64, changes: Vec<Change>) {
-        self.changes += changes.len();
-        self.steps.push_back(Step { from, to, changes });
-        while self.steps.len() > LOG_VERSIONS || self.changes > LOG_CHANGES {
-            match self.steps.pop_front() {
-                Some(old) => self.changes -= old.changes.len(),
-                None => break,
-            }
-        }
-    }
-
-    /// The changes from version `have` to version `to`, sorted by domain,
-    /// if this log has every step between them.
-    fn since(&self, have: u64, to: u64) -> Option<Vec<Change>> {
-        let start = self.steps.iter().position(|s| s.from == have)?;
-        let mut composed = BTreeMap::new();
-        let mut at = have;
-        for step in self.steps.range(start..) {
-            if step.from != at {
-                return None; // a gap: not every step is known
-            }
-            for c in &step.changes {
-                composed.insert(c.domain.clone(), c.next_hop.clone());
-            }
-            at = step.to;
-        }
-        if at != to {
-            return None;
-        }
-        Some(
-            composed
-                .into_iter()
-                .map(|(domain, next_hop)| Change { domain, next_hop })
-                .collect(),
-        )
-    }
-}
-
 /// My list, and the only way to change it.
 pub(super) struct Mine {
     identity: Arc<Identity>,
@@ -116,7 +56,7 @@ pub(super) struct Mine {
     /// Its version (0: none), for readers that must not wait for the lock.
     version: watch::Sender<u64>,
     /// What changed in this run (changed with `current` held).
-    log: Mutex<ChangeLog>,
+    log: Mutex<ChangeLog<Domain, Option<NextHop>>>,
 }
 
 /// Whether my list should be re-signed now: once a day, so that it is
@@ -144,6 +84,8 @@ fn view(p: Option<&Published>) -> MyDomains {
                 .map(|e| MyDomain {
                     domain: e.domain.to_string(),
                     next_hop: e.next_hop.to_string(),
+                    recipients: None,
+                    recipients_reason: None,
                 })
                 .collect(),
         },
@@ -218,6 +160,11 @@ impl Mine {
         let p = current.clone()?;
         let changes = lock(&self.log)
             .since(have, p.list.version)
+            .map(|c| {
+                c.into_iter()
+                    .map(|(domain, next_hop)| Change { domain, next_hop })
+                    .collect::<Vec<_>>()
+            })
             .filter(|c| c.len() < p.list.entries().len().max(1));
         Some((p, changes))
     }
@@ -376,6 +323,10 @@ impl Mine {
         changes: Vec<Change>,
     ) {
         let from = slot.as_ref().map_or(0, |p| p.list.version);
+        let changes = changes
+            .into_iter()
+            .map(|c| (c.domain, c.next_hop))
+            .collect();
         lock(&self.log).record(from, published.list.version, changes);
         self.version.send_replace(published.list.version);
         *slot = Some(published);
@@ -413,51 +364,6 @@ impl Mine {
 mod tests {
     use super::*;
     use mxfed_proto::PeerId;
-
-    fn change(d: &str, hop: Option<&str>) -> Change {
-        Change {
-            domain: Domain::parse(d).unwrap(),
-            next_hop: hop.map(|h| NextHop::parse(h).unwrap()),
-        }
-    }
-
-    #[test]
-    fn the_change_log_composes_the_steps_since_a_version_it_has_seen() {
-        let mut log = ChangeLog::default();
-        log.record(3, 4, vec![change("a.example", Some("mail.me.example"))]);
-        log.record(4, 5, vec![]);
-        log.record(
-            5,
-            6,
-            vec![
-                change("a.example", None),
-                change("b.example", Some("mail.me.example")),
-            ],
-        );
-        assert_eq!(
-            log.since(3, 6),
-            Some(vec![
-                change("a.example", None),
-                change("b.example", Some("mail.me.example"))
-            ])
-        );
-        assert_eq!(log.since(5, 6).unwrap().len(), 2);
-        assert_eq!(log.since(6, 6), None, "nothing is newer");
-        assert_eq!(log.since(2, 6), None, "before the log");
-        assert_eq!(log.since(3, 7), None, "not up to the version wanted");
-        // A jump (re-signed past a friend's version) leaves a gap.
-        log.record(9, 10, vec![]);
-        assert_eq!(log.since(4, 10), None);
-        assert_eq!(log.since(9, 10), Some(vec![]));
-        // Bounded: the oldest steps go first.
-        for v in 10..10 + LOG_VERSIONS as u64 {
-            log.record(v, v + 1, vec![]);
-        }
-        assert_eq!(log.steps.len(), LOG_VERSIONS);
-        let newest = 10 + LOG_VERSIONS as u64;
-        assert_eq!(log.since(9, newest), None);
-        assert!(log.since(11, newest).is_some());
-    }
 
     #[test]
     fn my_list_is_refreshed_daily_long_before_it_expires() {

@@ -27,6 +27,9 @@
 //! through the wiring in `services`.
 
 mod ack;
+mod changelog;
+
+pub(crate) use changelog::ChangeLog;
 mod facts;
 mod fetch;
 mod judge;
@@ -1190,15 +1193,27 @@ impl Lists {
     pub(crate) async fn list_status(&self, id: &PeerId) -> Result<ListStatus, StoreError> {
         let store = &self.inner.store;
         let meta = store.peer_list_meta(id).await?;
+        let has_recipients = store.peer_recipient_version(id).await? > 0;
+        let counts = store.recipient_counts(id).await?;
         let domains = store
             .peer_entries(id)
             .await?
             .into_iter()
-            .map(|h| PeerDomain {
-                domain: h.entry.domain.to_string(),
-                next_hop: h.entry.next_hop.to_string(),
-                state: h.state,
-                reason: h.reason,
+            .map(|h| {
+                let recipients = counts.get(h.entry.domain.as_str()).copied();
+                let recipients_reason = match (recipients, has_recipients) {
+                    (Some(_), _) => None,
+                    (None, true) => Some("the friend publishes no recipients for it (its recipient table cannot be listed, or recipients = \"off\"): every recipient is accepted".to_string()),
+                    (None, false) => Some("no recipient list from this friend (an agent before 0.2, or not received yet): every recipient is accepted".to_string()),
+                };
+                PeerDomain {
+                    domain: h.entry.domain.to_string(),
+                    next_hop: h.entry.next_hop.to_string(),
+                    state: h.state,
+                    reason: h.reason,
+                    recipients,
+                    recipients_reason,
+                }
             })
             .collect();
         let notes = |v: Vec<EntryNote>| {

@@ -232,7 +232,12 @@ impl Postfix {
 
     /// The transport map in force, as written (empty if none yet).
     pub async fn live_transport(&self) -> BTreeMap<String, String> {
-        tokio::fs::read_to_string(self.map_dir().join(TRANSPORT))
+        self.live_map(TRANSPORT).await
+    }
+
+    /// One of mxfed's maps in force, as written (empty if none yet).
+    pub async fn live_map(&self, name: &str) -> BTreeMap<String, String> {
+        tokio::fs::read_to_string(self.map_dir().join(name))
             .await
             .map(|t| parse_map(&t))
             .unwrap_or_default()

@@ -19,6 +19,7 @@
 //! A key `@domain` is a catch-all.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::PathBuf;
 
 use mxfed_proto::domain::Domain;
 use mxfed_proto::recipients::Recipient;
@@ -34,6 +35,9 @@ pub struct ReadRecipients {
     pub unlisted: BTreeMap<Domain, String>,
     /// `recipient_delimiter`.
     pub delimiter: String,
+    /// The files this was read from (main.cf, tables and their compiled
+    /// forms, /etc/passwd): a change to one of them may change the result.
+    pub files: Vec<PathBuf>,
 }
 
 /// How this Postfix handles a domain.
@@ -73,21 +77,23 @@ impl Postfix {
             }
         }
         let any = |f: fn(&Class) -> bool| classes.values().any(f);
-        let aliases = self.table_keys("virtual_alias_maps").await?;
+        let mut files = vec![self.config_dir.join("main.cf")];
+        let aliases = self.table_keys("virtual_alias_maps", &mut files).await?;
         let local = match any(|c| c.local) {
-            true => Some(self.table_keys("local_recipient_maps").await?),
+            true => Some(self.table_keys("local_recipient_maps", &mut files).await?),
             false => None,
         };
         let mailboxes = match any(|c| c.virtual_mailbox) {
-            true => Some(self.table_keys("virtual_mailbox_maps").await?),
+            true => Some(self.table_keys("virtual_mailbox_maps", &mut files).await?),
             false => None,
         };
         let relay = match any(|c| c.relay) {
-            true => Some(self.table_keys("relay_recipient_maps").await?),
+            true => Some(self.table_keys("relay_recipient_maps", &mut files).await?),
             false => None,
         };
         let mut out = ReadRecipients {
             delimiter: self.param("recipient_delimiter").await?,
+            files,
             ..ReadRecipients::default()
         };
         for d in domains {
@@ -118,7 +124,11 @@ impl Postfix {
     /// Whether the parameter `param` names any table (mxfed's own maps left
     /// out), and the keys of all of them, lower case, or why one of them
     /// cannot be listed.
-    async fn table_keys(&self, param: &str) -> Result<(bool, Keys), PostfixError> {
+    async fn table_keys(
+        &self,
+        param: &str,
+        files: &mut Vec<PathBuf>,
+    ) -> Result<(bool, Keys), PostfixError> {
         let value = self.param_expanded(param).await?;
         let ours = self.map_dir().display().to_string();
         let mut keys = Vec::new();
@@ -132,6 +142,13 @@ impl Postfix {
                 continue;
             }
             tables = true;
+            if name.starts_with('/') {
+                let source = name.strip_suffix(".cdb").unwrap_or(name);
+                files.push(source.into());
+                for suffix in [".db", ".lmdb", ".cdb"] {
+                    files.push(format!("{source}{suffix}").into());
+                }
+            }
             let listed = match kind {
                 "hash" | "lmdb" | "btree" | "texthash" | "inline" => {
                     match self
@@ -156,7 +173,10 @@ impl Postfix {
                         )),
                     }
                 }
-                "unix" if name == "passwd.byname" => passwd_users().await,
+                "unix" if name == "passwd.byname" => {
+                    files.push("/etc/passwd".into());
+                    passwd_users().await
+                }
                 _ => Err(format!(
                     "{param} uses {kind}:{name}, and {kind} tables cannot be listed"
                 )),

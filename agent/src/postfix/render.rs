@@ -37,6 +37,9 @@ pub struct Route {
     /// cannot turn the relay against anyone. Empty only for entries judged
     /// before addresses were kept: their mail is held until a re-check.
     pub addrs: Vec<IpAddr>,
+    /// The domain's valid recipients as its owner publishes them
+    /// (addresses, or `@domain` for a catch-all); `None`: every recipient.
+    pub recipients: Option<Vec<String>>,
 }
 
 /// The three maps, as file contents and as key/value pairs.
@@ -58,7 +61,16 @@ pub fn render_maps(routes: &[Route]) -> RelayMaps {
         }
         transport.insert(d.clone(), transport_value(r));
         relay.insert(d.clone(), "OK".to_string());
-        recipients.insert(format!("@{d}"), "OK".to_string());
+        match &r.recipients {
+            Some(items) if !items.is_empty() => {
+                for item in items {
+                    recipients.insert(item.clone(), "OK".to_string());
+                }
+            }
+            _ => {
+                recipients.insert(format!("@{d}"), "OK".to_string());
+            }
+        }
     }
     RelayMaps {
         maps: vec![
@@ -184,7 +196,32 @@ mod tests {
             domain: Domain::parse(d).unwrap(),
             next_hop,
             addrs: vec![addr],
+            recipients: None,
         }
+    }
+
+    #[test]
+    fn a_domain_with_published_recipients_accepts_exactly_those() {
+        let with = Route {
+            recipients: Some(vec![
+                "bob@friend.example".into(),
+                "carol@friend.example".into(),
+            ]),
+            ..route("friend.example", "mail.friend.example")
+        };
+        let catch_all = Route {
+            recipients: Some(vec!["@open.example".into()]),
+            ..route("open.example", "mail.friend.example")
+        };
+        let maps = render_maps(&[
+            with,
+            catch_all,
+            route("plain.example", "mail.friend.example"),
+        ]);
+        assert_eq!(
+            map_text(&maps.maps[1].1),
+            format!("{HEADER}@open.example OK\n@plain.example OK\nbob@friend.example OK\ncarol@friend.example OK\n")
+        );
     }
 
     #[test]

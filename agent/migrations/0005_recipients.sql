@@ -1,0 +1,33 @@
+-- My recipient list's header (one row at most). Its items are read from
+-- Postfix (or the `recipients` file) each run; the stored signature tells
+-- whether they are the items signed last time, so a restart keeps the
+-- version when nothing changed.
+CREATE TABLE my_recipient_list (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    version    INTEGER NOT NULL,
+    issued_at  INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    delimiter  TEXT NOT NULL,
+    signature  BLOB NOT NULL
+) STRICT;
+
+-- Each peer's recipient list as verified and held here. Rows exist only for
+-- lists whose signature, version, expiry and bounds were checked.
+CREATE TABLE peer_recipient_lists (
+    peer_id     TEXT PRIMARY KEY NOT NULL REFERENCES peers(id) ON DELETE CASCADE,
+    version     INTEGER NOT NULL,
+    issued_at   INTEGER NOT NULL,
+    expires_at  INTEGER NOT NULL,
+    delimiter   TEXT NOT NULL,
+    signature   BLOB NOT NULL,
+    received_at INTEGER NOT NULL
+) STRICT;
+
+-- Its items: an address, or `@domain` for every address of the domain.
+CREATE TABLE peer_recipients (
+    peer_id TEXT NOT NULL REFERENCES peers(id) ON DELETE CASCADE,
+    domain  TEXT NOT NULL,
+    item    TEXT NOT NULL,
+    PRIMARY KEY (peer_id, item)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX peer_recipients_domain ON peer_recipients (domain);

@@ -1,0 +1,780 @@
+//! [`Recipients`]: recipient lists, mine and my friends'.
+//!
+//! **Mine.** The valid recipients of my domains come from `recipients` in
+//! the config: this Postfix's tables (`postfix`, the default), a file, or
+//! nothing (`off`). [`Recipients::run_publish`] reads them at start, again
+//! within [`POLL`] of a change to any file they were read from (its size or
+//! time), when my domain list changes, and every [`REREAD`] in any case;
+//! each change is signed as a new version, stored (the header; the items
+//! are read again each run) and offered to every friend that understands
+//! recipient lists. A friend holding a recent version gets only the
+//! changes since ([`ChangeLog`]).
+//!
+//! **Theirs.** A friend's offer is fetched (at most once per
+//! [`MIN_FETCH_GAP`]), checked by the proto receivers (signature, bounds,
+//! canonical items), stored as the difference from what was held, and the
+//! relay maps are rewritten: each of the friend's accepted domains with
+//! recipients gets exactly those in `relay_recipient_maps`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use mxfed_proto::domain::Domain;
+use mxfed_proto::msg::{understand_changes, Request, Response};
+use mxfed_proto::recipients::{
+    recipient_change_chunks, recipient_changes, valid_delimiter, Recipient, RecipientChangesHeader,
+    RecipientChangesReceiver, RecipientList, RecipientReceiver, WireRecipientChange,
+};
+use mxfed_proto::PeerId;
+
+use crate::clock::Clock;
+use crate::config::{Config, RecipientsSource};
+use crate::identity::Identity;
+use crate::lists::Lists;
+use crate::peer::{Caller, PeerEvent, Peers, Responder};
+use crate::postfix::Postfix;
+use crate::relay::Relay;
+use crate::store::{Store, StoreError};
+use crate::util::lock;
+
+use crate::lists::ChangeLog;
+
+/// How often the files my recipients were read from are checked for a change.
+pub const POLL: Duration = Duration::from_secs(2);
+/// How often my recipients are read again even if no file changed.
+const REREAD: Duration = Duration::from_secs(600);
+/// How soon a failed read is tried again.
+const RETRY: Duration = Duration::from_secs(30);
+/// Re-sign my recipient list once it is this old.
+const REFRESH_AFTER: Duration = Duration::from_secs(86_400);
+/// How long a signed recipient list of mine is valid.
+const LIFETIME: Duration = Duration::from_secs(14 * 86_400);
+/// Least time between two fetches of one friend's recipient list.
+const MIN_FETCH_GAP: Duration = Duration::from_secs(1);
+/// Least time between two transfers of one version to one friend.
+const SERVE_GAP: Duration = Duration::from_secs(5);
+/// How long a transfer may take in all, and each frame.
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(300);
+const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// My current signed recipient list.
+#[derive(Debug)]
+struct Published {
+    list: RecipientList,
+    signature: Vec<u8>,
+}
+
+/// Why each of my domains has no recipient list, as last read.
+pub(crate) type Unlisted = BTreeMap<Domain, String>;
+
+/// The recipient lists service (a cheap handle).
+#[derive(Clone)]
+pub(crate) struct Recipients {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Arc<Config>,
+    identity: Arc<Identity>,
+    store: Store,
+    postfix: Option<Postfix>,
+    peers: Peers,
+    relay: Relay,
+    lists: Lists,
+    clock: Clock,
+    current: tokio::sync::Mutex<Option<Arc<Published>>>,
+    version: watch::Sender<u64>,
+    log: Mutex<ChangeLog<Recipient, bool>>,
+    unlisted: Mutex<Unlisted>,
+    /// The newest version each friend has offered, and friends being fetched.
+    offered: Mutex<HashMap<PeerId, u64>>,
+    fetching: Mutex<HashSet<PeerId>>,
+    /// The version last sent to each friend, and when.
+    served: Mutex<HashMap<PeerId, (u64, tokio::time::Instant)>>,
+}
+
+/// What my recipients were read from, to notice a change cheaply.
+type Fingerprint = Vec<(PathBuf, Option<(u64, SystemTime)>)>;
+
+fn fingerprint(files: &[PathBuf]) -> Fingerprint {
+    files
+        .iter()
+        .map(|f| {
+            let meta = std::fs::metadata(f)
+                .ok()
+                .and_then(|m| Some((m.len(), m.modified().ok()?)));
+            (f.clone(), meta)
+        })
+        .collect()
+}
+
+impl Recipients {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        config: Arc<Config>,
+        identity: Arc<Identity>,
+        store: Store,
+        postfix: Option<Postfix>,
+        peers: Peers,
+        relay: Relay,
+        lists: Lists,
+        clock: Clock,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                identity,
+                store,
+                postfix,
+                peers,
+                relay,
+                lists,
+                clock,
+                current: tokio::sync::Mutex::new(None),
+                version: watch::Sender::new(0),
+                log: Mutex::new(ChangeLog::default()),
+                unlisted: Mutex::new(Unlisted::new()),
+                offered: Mutex::new(HashMap::new()),
+                fetching: Mutex::new(HashSet::new()),
+                served: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The version of my recipient list (0: none yet).
+    pub(crate) fn my_version(&self) -> u64 {
+        *self.inner.version.borrow()
+    }
+
+    /// Why each of my domains that has no recipient list has none.
+    pub(crate) fn my_unlisted(&self) -> Unlisted {
+        lock(&self.inner.unlisted).clone()
+    }
+
+    /// How many recipients my list has for each of my domains.
+    pub(crate) async fn my_counts(&self) -> HashMap<String, u64> {
+        let mut counts = HashMap::new();
+        if let Some(p) = self.inner.current.lock().await.as_ref() {
+            for r in p.list.items() {
+                *counts.entry(r.domain().to_string()).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+
+    // ----- mine -----------------------------------------------------------
+
+    /// Reads, signs and offers my recipient list as it changes, until `cancel`.
+    pub(crate) async fn run_publish(self, cancel: CancellationToken) {
+        let mut domains_version = self.inner.lists.version_watch();
+        let mut seen: Option<Fingerprint> = None;
+        let mut read_at = tokio::time::Instant::now();
+        // My domain list changed: read again for the new set of domains.
+        let mut domains_changed = true;
+        loop {
+            let due = domains_changed
+                || read_at.elapsed() >= REREAD
+                || seen.as_ref().is_none_or(|f| {
+                    let files: Vec<PathBuf> = f.iter().map(|(p, _)| p.clone()).collect();
+                    fingerprint(&files) != *f
+                });
+            domains_changed = false;
+            if due {
+                domains_version.borrow_and_update();
+                read_at = tokio::time::Instant::now();
+                seen = match self.publish_now().await {
+                    Some(f) => Some(f),
+                    None => {
+                        // Try again in a while, not at every poll.
+                        read_at -= REREAD.saturating_sub(RETRY);
+                        Some(Vec::new())
+                    }
+                };
+            } else {
+                self.refresh_if_due().await;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(POLL) => {}
+                changed = domains_version.changed() => match changed {
+                    Ok(()) => domains_changed = true,
+                    // The lists service is gone (shutting down): poll only.
+                    Err(_) => tokio::time::sleep(POLL).await,
+                },
+                _ = cancel.cancelled() => return,
+            }
+        }
+    }
+
+    /// Reads my recipients, and signs and offers them if they changed;
+    /// returns the fingerprint of what they were read from (`None`: they
+    /// could not be read).
+    async fn publish_now(&self) -> Option<Fingerprint> {
+        let inner = &*self.inner;
+        let domains: Vec<Domain> = {
+            let mine = inner.lists.my_domains().await;
+            let mut d: Vec<Domain> = mine
+                .domains
+                .iter()
+                .filter_map(|d| Domain::parse_canonical(&d.domain).ok())
+                .collect();
+            d.sort();
+            d
+        };
+        let (items, unlisted, delimiter, files) = match self.read(&domains).await {
+            Ok(read) => read,
+            Err(why) => {
+                // Nothing read: what friends hold stays in force.
+                tracing::warn!("cannot read the recipients of my domains: {why}; the list friends hold stays in force (trying again in {}s)", RETRY.as_secs());
+                return None;
+            }
+        };
+        let files = fingerprint(&files);
+        if !unlisted.is_empty() {
+            let names: Vec<String> = unlisted.keys().map(|d| d.to_string()).collect();
+            tracing::debug!(domains = %names.join(", "), "domains without a recipient list (friends accept every recipient)");
+        }
+        *lock(&inner.unlisted) = unlisted;
+        let delimiter = if valid_delimiter(&delimiter) {
+            delimiter
+        } else {
+            tracing::warn!(delimiter, "recipient_delimiter cannot be published (more than 8 characters, or letters); friends will treat addresses as having no extension");
+            String::new()
+        };
+        self.sign_if_changed(items, delimiter, false).await;
+        Some(files)
+    }
+
+    /// My recipients per `recipients`, the domains without a list (and
+    /// why), the delimiter, and the files they were read from.
+    async fn read(
+        &self,
+        domains: &[Domain],
+    ) -> Result<(Vec<Recipient>, Unlisted, String, Vec<PathBuf>), String> {
+        let inner = &*self.inner;
+        let all_unlisted = |why: &str| -> Unlisted {
+            domains
+                .iter()
+                .map(|d| (d.clone(), why.to_string()))
+                .collect()
+        };
+        match &inner.config.recipients {
+            RecipientsSource::Off => Ok((
+                Vec::new(),
+                all_unlisted("recipients = \"off\" in the config"),
+                String::new(),
+                Vec::new(),
+            )),
+            RecipientsSource::Postfix => match &inner.postfix {
+                None => Ok((
+                    Vec::new(),
+                    all_unlisted("no Postfix here to read recipients from"),
+                    String::new(),
+                    Vec::new(),
+                )),
+                Some(pf) => {
+                    let read = pf.recipients(domains).await.map_err(|e| e.to_string())?;
+                    Ok((
+                        read.items.into_iter().collect(),
+                        read.unlisted,
+                        read.delimiter,
+                        read.files,
+                    ))
+                }
+            },
+            RecipientsSource::File(path) => {
+                let text = tokio::fs::read_to_string(path)
+                    .await
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                let delimiter = match &inner.postfix {
+                    Some(pf) => pf.param("recipient_delimiter").await.unwrap_or_default(),
+                    None => String::new(),
+                };
+                let (items, unlisted) = from_file(&text, domains, path)?;
+                Ok((items, unlisted, delimiter, vec![path.clone()]))
+            }
+        }
+    }
+
+    /// Signs a new version if `items` or `delimiter` differ from the
+    /// current list (or `force`), stores and offers it.
+    async fn sign_if_changed(&self, items: Vec<Recipient>, delimiter: String, force: bool) {
+        let inner = &*self.inner;
+        let mut current = inner.current.lock().await;
+        let now = inner.clock.now_u64();
+        let mut items = items;
+        items.sort();
+        items.dedup();
+        if current.is_none() {
+            // First read of this run: keep the stored version if it signed
+            // exactly these items.
+            match inner.store.my_recipient_meta().await {
+                Ok(Some(meta)) => {
+                    let list = RecipientList::new(
+                        inner.identity.id,
+                        meta.version,
+                        (meta.issued_at, meta.expires_at),
+                        meta.delimiter.clone(),
+                        items.clone(),
+                    );
+                    let same = inner
+                        .identity
+                        .id
+                        .verify(&list.signing_bytes(), &meta.signature);
+                    let stored = Arc::new(Published {
+                        list,
+                        signature: meta.signature,
+                    });
+                    if same && !force && meta.delimiter == delimiter {
+                        inner.version.send_replace(stored.list.version);
+                        *current = Some(stored);
+                        drop(current);
+                        self.offer_to_all();
+                        return;
+                    }
+                    // Changed while I was not running: the next version.
+                    inner.version.send_replace(meta.version);
+                    *current = Some(Arc::new(Published {
+                        list: RecipientList::new(
+                            inner.identity.id,
+                            meta.version,
+                            (meta.issued_at, meta.expires_at),
+                            meta.delimiter,
+                            Vec::new(),
+                        ),
+                        signature: Vec::new(),
+                    }));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!("{e}");
+                    return;
+                }
+            }
+        }
+        let (old_items, old_version, old_delimiter) = match current.as_ref() {
+            Some(p) => (
+                p.list.items().to_vec(),
+                p.list.version,
+                p.list.delimiter.clone(),
+            ),
+            None => (Vec::new(), 0, String::new()),
+        };
+        if !force && old_version > 0 && old_items == items && old_delimiter == delimiter {
+            return;
+        }
+        let version = old_version + 1;
+        let list = RecipientList::new(
+            inner.identity.id,
+            version,
+            (now, now + LIFETIME.as_secs()),
+            delimiter,
+            items,
+        );
+        let signature = inner.identity.sign(&list.signing_bytes());
+        if let Err(e) = inner.store.publish_my_recipients(&list, &signature).await {
+            tracing::error!("cannot store my recipient list: {e}");
+            return;
+        }
+        let changes: Vec<(Recipient, bool)> = recipient_changes(&old_items, list.items())
+            .into_iter()
+            .filter_map(|c| Some((Recipient::parse_canonical(&c.item).ok()?, c.present)))
+            .collect();
+        let from = match current.as_ref() {
+            Some(p) if !p.signature.is_empty() => old_version,
+            _ => 0,
+        };
+        tracing::info!(
+            version,
+            recipients = list.items().len(),
+            changed = changes.len(),
+            "my recipient list changed; signed and offered to friends"
+        );
+        lock(&inner.log).record(from, version, changes);
+        inner.version.send_replace(version);
+        *current = Some(Arc::new(Published { list, signature }));
+        drop(current);
+        self.offer_to_all();
+    }
+
+    /// Re-signs my recipient list once a day, so it never expires while I run.
+    async fn refresh_if_due(&self) {
+        let due = {
+            let current = self.inner.current.lock().await;
+            match current.as_ref() {
+                Some(p) if !p.signature.is_empty() => {
+                    let now = self.inner.clock.now_u64();
+                    (now.saturating_sub(p.list.issued_at) >= REFRESH_AFTER.as_secs())
+                        .then(|| (p.list.items().to_vec(), p.list.delimiter.clone()))
+                }
+                _ => None,
+            }
+        };
+        if let Some((items, delimiter)) = due {
+            self.sign_if_changed(items, delimiter, true).await;
+        }
+    }
+
+    fn offer_to_all(&self) {
+        let version = self.my_version();
+        for peer in self.inner.peers.connected() {
+            self.offer(peer, version);
+        }
+    }
+
+    /// Offers my recipient list to `peer` if it understands recipient lists.
+    fn offer(&self, peer: PeerId, version: u64) {
+        if version == 0 || !self.understands(&peer) {
+            return;
+        }
+        let peers = self.inner.peers.clone();
+        tokio::spawn(async move {
+            if let Err(e) = peers
+                .send(&peer, &Request::RecipientOffer { version })
+                .await
+            {
+                tracing::debug!(peer = %peer.short(), "recipient offer: {e}");
+            }
+        });
+    }
+
+    fn understands(&self, peer: &PeerId) -> bool {
+        self.inner
+            .peers
+            .session(peer)
+            .and_then(|s| s.agent_version)
+            .is_some_and(|v| understand_changes(&v))
+    }
+
+    /// Answers `FetchRecipients`: the changes since `have` if known, else
+    /// the whole list, or a refusal; each version at most once per
+    /// [`SERVE_GAP`] to each friend.
+    pub(crate) async fn serve_fetch(&self, from: &Caller, have: u64, reply: &mut Responder) {
+        let refuse = |message: String| Response::Refused { message };
+        let version = self.my_version();
+        if version <= have {
+            let _ = reply.send(&refuse("no newer recipient list".into())).await;
+            return;
+        }
+        let too_soon = {
+            let mut served = lock(&self.inner.served);
+            let now = tokio::time::Instant::now();
+            let soon = served
+                .get(&from.id)
+                .is_some_and(|(v, at)| *v == version && now.duration_since(*at) < SERVE_GAP);
+            if !soon {
+                served.insert(from.id, (version, now));
+            }
+            soon
+        };
+        if too_soon {
+            let message = format!(
+                "version {version} was sent less than {}s ago",
+                SERVE_GAP.as_secs()
+            );
+            let _ = reply.send(&refuse(message)).await;
+            return;
+        }
+        let (published, changes) = {
+            let current = self.inner.current.lock().await;
+            let Some(p) = current.clone().filter(|p| !p.signature.is_empty()) else {
+                drop(current);
+                let _ = reply.send(&refuse("no recipient list yet".into())).await;
+                return;
+            };
+            let changes = (have > 0)
+                .then(|| lock(&self.inner.log).since(have, p.list.version))
+                .flatten()
+                .filter(|c| c.len() < p.list.items().len().max(1));
+            (p, changes)
+        };
+        let sent = match changes {
+            Some(changes) => {
+                let wire: Vec<WireRecipientChange> = changes
+                    .into_iter()
+                    .map(|(r, present)| WireRecipientChange {
+                        item: r.to_string(),
+                        present,
+                    })
+                    .collect();
+                let header = RecipientChangesHeader {
+                    list: published.list.header(published.signature.clone()),
+                    base: have,
+                    changes: wire.len() as u32,
+                };
+                let mut sent = reply.send(&Response::RecipientChangesHeader(header)).await;
+                for chunk in recipient_change_chunks(&wire) {
+                    if sent.is_err() {
+                        break;
+                    }
+                    sent = reply.send(&Response::RecipientChanges(chunk)).await;
+                }
+                sent
+            }
+            None => {
+                let header = published.list.header(published.signature.clone());
+                let mut sent = reply.send(&Response::RecipientHeader(header)).await;
+                for chunk in published.list.chunks() {
+                    if sent.is_err() {
+                        break;
+                    }
+                    sent = reply.send(&Response::RecipientChunk(chunk)).await;
+                }
+                sent
+            }
+        };
+        if let Err(e) = sent {
+            lock(&self.inner.served).remove(&from.id);
+            tracing::debug!(peer = %from.name, "recipient list transfer: {e}");
+        }
+    }
+
+    // ----- theirs ---------------------------------------------------------
+
+    /// Follows peers: one that comes up hears my version; one that is
+    /// unpaired is forgotten. Subscribes at once.
+    pub(crate) fn follow_peers(
+        self,
+        cancel: CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut events = self.inner.peers.subscribe();
+        async move {
+            while let Some(event) = events.next(&cancel).await {
+                match event {
+                    PeerEvent::Up { peer, .. } => self.offer(peer, self.my_version()),
+                    PeerEvent::Removed { peer, .. } => {
+                        lock(&self.inner.offered).remove(&peer);
+                        lock(&self.inner.served).remove(&peer);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Notes that `peer` has recipient list `version`; fetches it if newer.
+    pub(crate) fn offered(&self, peer: PeerId, version: u64) {
+        {
+            let mut offered = lock(&self.inner.offered);
+            let v = offered.entry(peer).or_insert(0);
+            *v = (*v).max(version);
+        }
+        if version > 0 && lock(&self.inner.fetching).insert(peer) {
+            tokio::spawn(self.clone().fetch_loop(peer));
+        }
+    }
+
+    async fn fetch_loop(self, peer: PeerId) {
+        let inner = &*self.inner;
+        loop {
+            let wanted = lock(&inner.offered).get(&peer).copied().unwrap_or(0);
+            let held = match inner.store.peer_recipient_version(&peer).await {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    break;
+                }
+            };
+            if wanted <= held || !inner.peers.is_connected(&peer) {
+                break;
+            }
+            let name = match inner.store.peer(&peer).await {
+                Ok(Some(p)) => p.name,
+                _ => peer.short(),
+            };
+            let fetch = |whole| {
+                tokio::time::timeout(TRANSFER_TIMEOUT, self.fetch_once(peer, &name, held, whole))
+            };
+            let mut outcome = fetch(false).await;
+            if let Ok(Err(Failed::NotApplied(why))) = &outcome {
+                tracing::info!(peer = %name, "its recipient changes did not apply to version {held} held here ({why}); fetching the whole list");
+                outcome = fetch(true).await;
+            }
+            match outcome {
+                Ok(Ok(())) => {}
+                Ok(Err(Failed::NotApplied(why) | Failed::Refused(why))) => {
+                    tracing::warn!(peer = %name, "recipient list not taken: {why}; the one held stays in force");
+                    break;
+                }
+                Err(_) => {
+                    tracing::debug!(peer = %name, "recipient list transfer timed out");
+                    break;
+                }
+            }
+            tokio::time::sleep(MIN_FETCH_GAP).await;
+        }
+        lock(&inner.fetching).remove(&peer);
+    }
+
+    /// One fetch: the list (or, unless `whole`, the changes since
+    /// `held`), checked, stored.
+    async fn fetch_once(
+        &self,
+        peer: PeerId,
+        name: &str,
+        held: u64,
+        whole: bool,
+    ) -> Result<(), Failed> {
+        let inner = &*self.inner;
+        let now = inner.clock.now_u64();
+        let have = if whole { 0 } else { held };
+        let mut rx = inner
+            .peers
+            .open(&peer, &Request::FetchRecipients { have })
+            .await
+            .map_err(|e| Failed::Refused(e.to_string()))?;
+        let held_items = || inner.store.peer_recipients(&peer);
+        let (list, signature, old) = match next_frame(&mut rx).await? {
+            Response::RecipientHeader(h) => {
+                let signature = h.list.signature.clone();
+                let mut r = RecipientReceiver::start(h, peer, (held > 0).then_some(held), now)
+                    .map_err(|e| e.to_string())?;
+                while !r.is_complete() {
+                    match next_frame(&mut rx).await? {
+                        Response::RecipientChunk(c) => r.push(c).map_err(|e| e.to_string())?,
+                        other => {
+                            rx.close_unexpected(
+                                name,
+                                &format!("sent {other:?} in a recipient list"),
+                            );
+                            return Err(Failed::Refused("protocol violation".into()));
+                        }
+                    }
+                }
+                let list = r.finish().map_err(|e| e.to_string())?;
+                let old = held_items().await.map_err(|e: StoreError| e.to_string())?;
+                (list, signature, old)
+            }
+            Response::RecipientChangesHeader(h) if have > 0 => {
+                let signature = h.list.list.signature.clone();
+                let mut r = RecipientChangesReceiver::start(h, peer, held, now)
+                    .map_err(|e| e.to_string())?;
+                while !r.is_complete() {
+                    match next_frame(&mut rx).await? {
+                        Response::RecipientChanges(c) => r.push(c).map_err(|e| e.to_string())?,
+                        other => {
+                            rx.close_unexpected(
+                                name,
+                                &format!("sent {other:?} in recipient changes"),
+                            );
+                            return Err(Failed::Refused("protocol violation".into()));
+                        }
+                    }
+                }
+                let old = held_items().await.map_err(|e: StoreError| e.to_string())?;
+                let list = r
+                    .finish(&old)
+                    .map_err(|e| Failed::NotApplied(e.to_string()))?;
+                (list, signature, old)
+            }
+            Response::Refused { message } => return Err(Failed::Refused(message)),
+            other => {
+                rx.close_unexpected(name, &format!("answered a recipient fetch with {other:?}"));
+                return Err(Failed::Refused("protocol violation".into()));
+            }
+        };
+        let changes: Vec<(Recipient, bool)> = recipient_changes(&old, list.items())
+            .into_iter()
+            .filter_map(|c| Some((Recipient::parse_canonical(&c.item).ok()?, c.present)))
+            .collect();
+        inner
+            .store
+            .store_peer_recipients(&peer, &list, &signature, &changes, inner.clock.now_unix())
+            .await
+            .map_err(|e| Failed::Refused(e.to_string()))?;
+        tracing::info!(peer = %name, version = list.version, recipients = list.items().len(), changed = changes.len(), "recipient list stored");
+        if !changes.is_empty() || held == 0 {
+            inner
+                .relay
+                .request_apply(format!("{name}'s recipient list v{}", list.version));
+        }
+        Ok(())
+    }
+}
+
+/// The next frame of a transfer, within [`FRAME_TIMEOUT`].
+async fn next_frame(rx: &mut crate::peer::Responses) -> Result<Response, String> {
+    match tokio::time::timeout(FRAME_TIMEOUT, rx.next()).await {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no data within {}s", FRAME_TIMEOUT.as_secs())),
+    }
+}
+
+/// Why a fetch stored nothing.
+enum Failed {
+    /// The changes sent did not make the signed list from the one held.
+    NotApplied(String),
+    /// Anything else: refused, a bad list, a broken transfer (said why).
+    Refused(String),
+}
+
+impl From<String> for Failed {
+    fn from(why: String) -> Self {
+        Failed::Refused(why)
+    }
+}
+
+/// My recipients from a `recipients` file: one address or `@domain` per
+/// line, `#` comments. Items outside `domains` are ignored; an invalid line
+/// is an error that names it (nothing is published from a broken file).
+fn from_file(
+    text: &str,
+    domains: &[Domain],
+    path: &std::path::Path,
+) -> Result<(Vec<Recipient>, Unlisted), String> {
+    let mine: HashSet<&str> = domains.iter().map(Domain::as_str).collect();
+    let mut items = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let r = Recipient::parse(line)
+            .map_err(|e| format!("{} line {}: {e}", path.display(), n + 1))?;
+        if mine.contains(r.domain()) {
+            items.push(r);
+        }
+    }
+    let listed: HashSet<&str> = items.iter().map(Recipient::domain).collect();
+    let unlisted = domains
+        .iter()
+        .filter(|d| !listed.contains(d.as_str()))
+        .map(|d| {
+            (
+                d.clone(),
+                format!("{} lists no recipient of {d}", path.display()),
+            )
+        })
+        .collect();
+    Ok((items, unlisted))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recipients_file_gives_the_items_of_my_domains_and_names_a_bad_line() {
+        let mine = vec![
+            Domain::parse("me.example").unwrap(),
+            Domain::parse("quiet.example").unwrap(),
+        ];
+        let path = std::path::Path::new("/etc/mxfed/recipients");
+        let (items, unlisted) = from_file(
+            "# users\nBob@Me.example\n@me.example # catch-all\nx@other.example\n\n",
+            &mine,
+            path,
+        )
+        .unwrap();
+        let items: Vec<String> = items.iter().map(|r| r.to_string()).collect();
+        assert_eq!(items, ["bob@me.example", "@me.example"]);
+        assert_eq!(unlisted.len(), 1);
+        assert!(unlisted[&mine[1]].contains("lists no recipient of quiet.example"));
+        let err = from_file("ok@me.example\nnot an address\n", &mine, path).unwrap_err();
+        assert!(err.contains("/etc/mxfed/recipients line 2"), "{err}");
+    }
+}

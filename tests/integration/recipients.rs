@@ -1,0 +1,168 @@
+//! Recipient lists on real Postfix (issue 12, part 1): the owner's agent
+//! reads the valid recipients of its domains from its own Postfix and
+//! publishes them; the backup's Postfix then accepts exactly those at RCPT
+//! time and refuses the rest with 550, never to bounce them later.
+
+use crate::util::*;
+
+const ZONES: &[&str] = &["example"];
+
+/// `domain` has MX 0 alpha's mail host and MX 10 bravo's.
+fn backed_up(domain: &'static str) -> [Rec; 2] {
+    [
+        Rec::Mx(domain, "mail.alpha.example", 0),
+        Rec::Mx(domain, "mail.bravo.example", 10),
+    ]
+}
+
+fn postmap(path: &std::path::Path) {
+    let out = std::process::Command::new("postmap")
+        .arg(format!("hash:{}", path.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "postmap: {out:?}");
+}
+
+#[test]
+fn the_backup_accepts_exactly_the_owners_recipients() {
+    // alpha's own server: a mailbox domain, a catch-all alias domain, and a
+    // relay domain whose recipient table (regexp) cannot be listed.
+    let tables = tempfile::tempdir().unwrap();
+    let vmailbox = tables.path().join("vmailbox");
+    std::fs::write(&vmailbox, "bob@alpha.example alpha/bob/\n").unwrap();
+    postmap(&vmailbox);
+    let virtual_ = tables.path().join("virtual");
+    std::fs::write(&virtual_, "@catch.example bob@alpha.example\n").unwrap();
+    postmap(&virtual_);
+    let rx = tables.path().join("rx.regexp");
+    std::fs::write(&rx, "/^[a-z]+@rx\\.example$/ OK\n").unwrap();
+    let pf_alpha = PostfixInstance::start(
+        "mail.alpha.example",
+        &format!(
+            "virtual_mailbox_domains = alpha.example\n\
+             virtual_mailbox_maps = hash:{}\n\
+             virtual_alias_domains = catch.example\n\
+             virtual_alias_maps = hash:{}\n\
+             relay_domains = rx.example\n\
+             relay_recipient_maps = regexp:{}\n\
+             recipient_delimiter = +",
+            vmailbox.display(),
+            virtual_.display(),
+            rx.display()
+        ),
+    );
+    let pf = PostfixInstance::start("mail.bravo.example", "recipient_delimiter = +");
+    let mut alpha = Agent::init("alpha");
+    let mut bravo = Agent::init("bravo");
+    let mut dns = mail_dns(&[&alpha, &bravo]);
+    let mut records = Vec::new();
+    for d in ["alpha.example", "catch.example", "rx.example"] {
+        records.extend(backed_up(d));
+    }
+    dns.restart(ZONES, &records);
+    alpha.use_postfix(&pf_alpha);
+    bravo.use_postfix(&pf);
+    assert_ok(&bravo.mxfed(&["postfix", "setup"]), "postfix setup");
+    start_and_pair(&mut alpha, &mut bravo);
+    alpha.domains(&["add", "alpha.example", "catch.example", "rx.example"]);
+
+    wait_for("alpha's recipients relayed", || {
+        pf.rcpt("bob@alpha.example") == 250 && pf.rcpt("nobody@alpha.example") == 550
+    });
+    // The same at RCPT time, per domain:
+    assert_eq!(
+        pf.rcpt("bob+tag@alpha.example"),
+        250,
+        "an address extension"
+    );
+    assert_eq!(pf.rcpt("Bob@Alpha.example"), 250, "case does not matter");
+    assert_eq!(pf.rcpt("anyone@catch.example"), 250, "a catch-all");
+    assert_eq!(
+        pf.rcpt("anyone@rx.example"),
+        250,
+        "cannot be listed: every recipient"
+    );
+    assert_eq!(
+        pf.rcpt("x@sub.alpha.example"),
+        550,
+        "still exact domains only"
+    );
+
+    // What each side shows.
+    let held = bravo.peer("alpha").unwrap();
+    let domain = |d: &str| {
+        held["domains"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["domain"] == d)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(domain("alpha.example")["recipients"], 1);
+    assert_eq!(domain("catch.example")["recipients"], 1);
+    assert!(domain("rx.example")["recipients"].is_null());
+    assert!(domain("rx.example")["recipients_reason"]
+        .as_str()
+        .unwrap()
+        .contains("every recipient is accepted"));
+    let mine: serde_json::Value =
+        serde_json::from_slice(&alpha.domains(&["list", "--json"]).stdout).unwrap();
+    let rx_mine = mine["domains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["domain"] == "rx.example")
+        .unwrap()
+        .clone();
+    assert!(rx_mine["recipients"].is_null());
+    assert!(
+        rx_mine["recipients_reason"]
+            .as_str()
+            .unwrap()
+            .contains("regexp tables cannot be listed"),
+        "{rx_mine}"
+    );
+
+    // A user added to the owner's table is accepted at the backup within
+    // seconds, with no command: the agent notices the table change.
+    std::fs::write(
+        &vmailbox,
+        "bob@alpha.example alpha/bob/\ncarol@alpha.example alpha/carol/\n",
+    )
+    .unwrap();
+    postmap(&vmailbox);
+    wait_for("carol accepted at the backup", || {
+        pf.rcpt("carol@alpha.example") == 250
+    });
+    assert_eq!(pf.rcpt("nobody@alpha.example"), 550);
+    assert!(
+        alpha.log_text().contains("my recipient list changed"),
+        "{}",
+        alpha.log_text()
+    );
+}
+
+/// A friend that turns its recipient list off (or whose list cannot be
+/// read) brings back "every recipient", and says so.
+#[test]
+fn recipients_off_accepts_every_recipient_with_a_warning() {
+    let pf = PostfixInstance::start("mail.bravo.example", "");
+    let mut alpha = Agent::init("alpha");
+    let mut bravo = Agent::init("bravo");
+    let mut dns = mail_dns(&[&alpha, &bravo]);
+    dns.restart(ZONES, &backed_up("alpha.example"));
+    alpha.configure("recipients = \"off\"");
+    bravo.use_postfix(&pf);
+    assert_ok(&bravo.mxfed(&["postfix", "setup"]), "postfix setup");
+    start_and_pair(&mut alpha, &mut bravo);
+    alpha.domains(&["add", "alpha.example"]);
+    wait_for("relayed", || pf.rcpt("anyone@alpha.example") == 250);
+    let table = String::from_utf8(bravo.mxfed(&["status"]).stdout).unwrap();
+    assert!(
+        table.contains("accept every recipient here (alpha.example)"),
+        "{table}"
+    );
+    let mine = String::from_utf8(alpha.domains(&["list"]).stdout).unwrap();
+    assert!(mine.contains("recipients = \"off\""), "{mine}");
+}
