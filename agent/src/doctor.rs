@@ -7,7 +7,9 @@
 //!   are at least 5 days (the seed raises them to 10);
 //! - `postfix-setup`: the wiring `mxfed postfix setup` makes is in place;
 //! - `postfix-version`: 3.5 or later, for several next hops per entry;
-//! - `clock`: friends' clocks are within a minute of mine.
+//! - `clock`: friends' clocks are within a minute of mine;
+//! - `recipients`: my domains have recipient lists (else friends accept
+//!   every recipient of them), and so do the friends' domains I back up.
 
 use mxfed_proto::control::{Check, DoctorReport};
 use mxfed_proto::domain::Domain;
@@ -52,6 +54,7 @@ pub fn postfix_seconds(value: &str, default_unit: char) -> Option<u64> {
 pub(crate) async fn report(s: &Services) -> DoctorReport {
     let mut checks = Vec::new();
     check_mx(s, &mut checks).await;
+    check_recipients(s, &mut checks).await;
     match &s.postfix {
         None => checks.push(check(
             "postfix-setup",
@@ -166,6 +169,61 @@ pub(crate) async fn report(s: &Services) -> DoctorReport {
     }
     let ok = !checks.iter().any(|c| c.status == "fail");
     DoctorReport { ok, checks }
+}
+
+/// Domains (mine, and friends' I back up) whose backups accept every
+/// recipient, because no recipient list says which are valid.
+async fn check_recipients(s: &Services, checks: &mut Vec<Check>) {
+    let unlisted = s.recipients.my_unlisted();
+    if s.recipients.my_version() == 0 && s.lists.my_list_version() > 0 {
+        checks.push(check(
+            "recipients",
+            "warn",
+            "my recipients have not been read yet",
+            "see the agent's log",
+        ));
+    }
+    for (d, why) in &unlisted {
+        checks.push(check(
+            "recipients",
+            "warn",
+            format!("friends accept every recipient of {d}: {why}"),
+            "list its recipients in a table postmap can list (hash, lmdb, btree, cdb, texthash), or set recipients to a file of them",
+        ));
+    }
+    let mut open = Vec::new();
+    for peer in s.store.peers().await.unwrap_or_default() {
+        let Ok(status) = s.lists.list_status(&peer.id).await else {
+            continue;
+        };
+        for d in status.2 {
+            if d.state == mxfed_proto::control::EntryState::Accepted && d.recipients.is_none() {
+                open.push(format!("{} ({})", d.domain, peer.name));
+            }
+        }
+    }
+    if !open.is_empty() {
+        let shown: Vec<&str> = open.iter().take(10).map(String::as_str).collect();
+        checks.push(check(
+            "recipients",
+            "warn",
+            format!(
+                "I accept every recipient of {} friend domain(s), which can bounce spam to forged senders: {}{}",
+                open.len(),
+                shown.join(", "),
+                if open.len() > 10 { ", ..." } else { "" }
+            ),
+            "ask those friends to publish recipients (mxfed 0.2 or later, recipients = \"postfix\" or a file)",
+        ));
+    }
+    if unlisted.is_empty() && open.is_empty() && s.recipients.my_version() > 0 {
+        checks.push(check(
+            "recipients",
+            "ok",
+            "every domain has a recipient list",
+            "",
+        ));
+    }
 }
 
 async fn check_mx(s: &Services, checks: &mut Vec<Check>) {

@@ -165,4 +165,18 @@ fn recipients_off_accepts_every_recipient_with_a_warning() {
     );
     let mine = String::from_utf8(alpha.domains(&["list"]).stdout).unwrap();
     assert!(mine.contains("recipients = \"off\""), "{mine}");
+    // Both doctors say it, each from its side.
+    for (agent, says) in [
+        (&alpha, "friends accept every recipient of alpha.example"),
+        (&bravo, "I accept every recipient of 1 friend domain(s)"),
+    ] {
+        let doctor: serde_json::Value =
+            serde_json::from_slice(&agent.mxfed(&["doctor", "--json"]).stdout).unwrap();
+        let found = doctor["checks"].as_array().unwrap().iter().any(|c| {
+            c["check"] == "recipients"
+                && c["status"] == "warn"
+                && c["detail"].as_str().unwrap().contains(says)
+        });
+        assert!(found, "{doctor}");
+    }
 }
