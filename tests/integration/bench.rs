@@ -338,3 +338,65 @@ fn bench_queue_scan_100000_messages() {
         (ours.as_secs_f64() / raw.as_secs_f64() - 1.0) * 100.0
     );
 }
+
+/// A 100,000-recipient list (from a `recipients` file) from alpha to
+/// bravo's real Postfix: the time from alpha's start until bravo's Postfix
+/// answers 250 for the last address and 550 for an unknown one, with the
+/// bytes alpha sent; then one more address, its time and its bytes.
+#[test]
+#[ignore]
+fn bench_recipients_100000_and_one_more() {
+    const N: usize = 100_000;
+    let pf = PostfixInstance::start("mail.bravo.example", "");
+    let mut alpha = Agent::init("alpha");
+    let mut bravo = Agent::init("bravo");
+    let mut dns = mail_dns(&[&alpha, &bravo]);
+    dns.restart(
+        &["example"],
+        &[
+            Rec::Mx("alpha.example", "mail.alpha.example", 0),
+            Rec::Mx("alpha.example", "mail.bravo.example", 10),
+        ],
+    );
+    let file = alpha.dir.path().join("recipients");
+    let mut text = String::with_capacity(N * 24);
+    for i in 0..N {
+        text.push_str(&format!("user{i:06}@alpha.example\n"));
+    }
+    std::fs::write(&file, &text).unwrap();
+    alpha.configure(&format!("recipients = \"{}\"", file.display()));
+    bravo.use_postfix(&pf);
+    assert_ok(&bravo.mxfed(&["postfix", "setup"]), "setup");
+    start_and_pair(&mut alpha, &mut bravo);
+    let sent = || alpha.peer("bravo").unwrap()["bytes_out"].as_u64().unwrap();
+    let before = sent();
+    let t0 = Instant::now();
+    alpha.domains(&["add", "alpha.example"]);
+    let last = format!("user{:06}@alpha.example", N - 1);
+    while !(pf.rcpt(&last) == 250 && pf.rcpt("nobody@alpha.example") == 550) {
+        assert!(t0.elapsed() < Duration::from_secs(300), "never synced");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let full = (t0.elapsed(), sent() - before);
+
+    std::thread::sleep(mxfed_agent::MIN_APPLY_GAP);
+    let before = sent();
+    let t0 = Instant::now();
+    text.push_str("newcomer@alpha.example\n");
+    std::fs::write(&file, &text).unwrap();
+    while pf.rcpt("newcomer@alpha.example") != 250 {
+        assert!(t0.elapsed() < Duration::from_secs(120), "never relayed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let one = (t0.elapsed(), sent() - before);
+    eprintln!(
+        "{N} recipients: RCPT 250/550 at the backup {:.1} s after `domains add`, {} bytes sent",
+        full.0.as_secs_f64(),
+        full.1
+    );
+    eprintln!(
+        "one more recipient (file changed): RCPT 250 after {:.1} s, {} bytes sent",
+        one.0.as_secs_f64(),
+        one.1
+    );
+}
