@@ -66,6 +66,13 @@ postfix_up() { # WHO DOMAINS
     chown postfix "$dir/data"
     chown 65534:65534 "$LAB/$who/mail"
     cp /etc/postfix/master.cf "$dir/etc/"
+    # Each domain's real users (bob and postmaster), all into one mailbox: a
+    # table mxfed can list, so friends' backups accept these and no others.
+    : >"$dir/etc/vmailbox"
+    for d in ${domains//,/ }; do
+        printf 'bob@%s inbox/\npostmaster@%s inbox/\n' "$d" "$d" >>"$dir/etc/vmailbox"
+    done
+    postmap "hash:$dir/etc/vmailbox"
     cat >"$dir/etc/main.cf" <<EOF
 compatibility_level = 3.6
 queue_directory = $dir/queue
@@ -84,7 +91,7 @@ bounce_queue_lifetime = 10d
 maximal_queue_lifetime = 10d
 virtual_mailbox_domains = $domains
 virtual_mailbox_base = $LAB/$who/mail
-virtual_mailbox_maps = static:inbox/
+virtual_mailbox_maps = hash:$dir/etc/vmailbox
 virtual_uid_maps = static:65534
 virtual_gid_maps = static:65534
 EOF
@@ -181,6 +188,11 @@ demo() {
     c=$(rcpt_code "${IP[me]}" someone@other.test)
     [ "$c" = 554 ] || fail "relay for other.test answered $c, not 554"
     ok "RCPT TO:<someone@other.test> at mail.me.test: 554 (relay access denied)"
+    # friend's agent publishes its real users (read from its Postfix), so me
+    # refuses a made-up address now instead of bouncing it to a forged
+    # sender later.
+    wait_until "RCPT nobody@friend.test 550 at me" 30 env MXFED_BIN=$MXFED bash -c "[ \"\$(MXFED_LAB=$LAB MXFED_LAB_NETNS=$NS $SELF _rcpt ${IP[me]} nobody@friend.test)\" = 550 ]"
+    ok "RCPT TO:<nobody@friend.test> at mail.me.test: 550 (not one of friend's recipients)"
     echo; as me status | sed 's/^/   me> /'
 
     say "4. friend's mail server and agent go down"

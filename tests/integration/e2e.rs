@@ -36,6 +36,7 @@ fn the_seeds_story_end_to_end_in_a_network_namespace() {
         "ok: paired and connected",
         "RCPT TO:<bob@friend.test> at mail.me.test: 250",
         "RCPT TO:<someone@other.test> at mail.me.test: 554",
+        "RCPT TO:<nobody@friend.test> at mail.me.test: 550",
         "ok: me holds 1 message for friend, and friend sees it",
         "delivered to friend's mailbox",
         "Subject: held while friend was down",
