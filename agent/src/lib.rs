@@ -273,6 +273,7 @@ pub async fn run_with_clock(
         store.clone(),
         Arc::clone(&config),
         clock.clone(),
+        dns.clone(),
     );
     let lists = Lists::new(
         Arc::clone(&config),

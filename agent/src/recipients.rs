@@ -95,7 +95,12 @@ struct Inner {
     offered: Mutex<HashMap<PeerId, u64>>,
     fetching: Mutex<HashSet<PeerId>>,
     /// The version last sent to each friend, and when.
-    served: Mutex<HashMap<PeerId, (u64, tokio::time::Instant)>>,
+    /// for a request that may get changes (true) or only the whole list.
+    served: Mutex<HashMap<(PeerId, bool), (u64, tokio::time::Instant)>>,
+    /// When each friend's recipient list was last fetched.
+    last_fetch: Mutex<HashMap<PeerId, tokio::time::Instant>>,
+    /// When my recipients were last read (None: never, or the last read failed).
+    read_ok: Mutex<Option<tokio::time::Instant>>,
 }
 
 /// What my recipients were read from, to notice a change cheaply.
@@ -142,6 +147,8 @@ impl Recipients {
                 offered: Mutex::new(HashMap::new()),
                 fetching: Mutex::new(HashSet::new()),
                 served: Mutex::new(HashMap::new()),
+                last_fetch: Mutex::new(HashMap::new()),
+                read_ok: Mutex::new(None),
             }),
         }
     }
@@ -187,17 +194,31 @@ impl Recipients {
             if due {
                 domains_version.borrow_and_update();
                 read_at = tokio::time::Instant::now();
+                // Taken before reading, so a file changed during the read
+                // is read again at the next poll.
+                let before: Option<Fingerprint> = seen
+                    .as_ref()
+                    .map(|f| fingerprint(&f.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>()));
                 seen = match self.publish_now().await {
-                    Some(f) => Some(f),
+                    Some(after) => {
+                        *lock(&self.inner.read_ok) = Some(tokio::time::Instant::now());
+                        let same_files = before.as_ref().is_some_and(|b| {
+                            b.iter().map(|(p, _)| p).eq(after.iter().map(|(p, _)| p))
+                        });
+                        Some(if same_files {
+                            before.unwrap_or(after)
+                        } else {
+                            after
+                        })
+                    }
                     None => {
                         // Try again in a while, not at every poll.
                         read_at -= REREAD.saturating_sub(RETRY);
                         Some(Vec::new())
                     }
                 };
-            } else {
-                self.refresh_if_due().await;
             }
+            self.refresh_if_due().await;
             tokio::select! {
                 _ = tokio::time::sleep(POLL) => {}
                 changed = domains_version.changed() => match changed {
@@ -238,13 +259,16 @@ impl Recipients {
             let names: Vec<String> = unlisted.keys().map(|d| d.to_string()).collect();
             tracing::debug!(domains = %names.join(", "), "domains without a recipient list (friends accept every recipient)");
         }
-        *lock(&inner.unlisted) = unlisted;
-        let delimiter = if valid_delimiter(&delimiter) {
-            delimiter
+        let (items, unlisted, delimiter) = if valid_delimiter(&delimiter) {
+            (items, unlisted, delimiter)
         } else {
-            tracing::warn!(delimiter, "recipient_delimiter cannot be published (more than 8 characters, or letters); friends will treat addresses as having no extension");
-            String::new()
+            // Backups could not split extensions as I do: no exact lists.
+            let why = format!("recipient_delimiter {delimiter:?} cannot be published (at most 8 punctuation characters)");
+            tracing::warn!("{why}; friends accept every recipient of my domains");
+            let all = domains.iter().map(|d| (d.clone(), why.clone())).collect();
+            (Vec::new(), all, String::new())
         };
+        *lock(&inner.unlisted) = unlisted;
         self.sign_if_changed(items, delimiter, false).await;
         Some(files)
     }
@@ -367,7 +391,9 @@ impl Recipients {
         if !force && old_version > 0 && old_items == items && old_delimiter == delimiter {
             return;
         }
-        let version = old_version + 1;
+        // Never below the clock: after a restore from an older backup the
+        // next version is still newer than any a friend holds.
+        let version = (old_version + 1).max(now);
         let list = RecipientList::new(
             inner.identity.id,
             version,
@@ -380,13 +406,14 @@ impl Recipients {
             tracing::error!("cannot store my recipient list: {e}");
             return;
         }
-        let changes: Vec<(Recipient, bool)> = recipient_changes(&old_items, list.items())
-            .into_iter()
-            .filter_map(|c| Some((Recipient::parse_canonical(&c.item).ok()?, c.present)))
-            .collect();
         let from = match current.as_ref() {
             Some(p) if !p.signature.is_empty() => old_version,
             _ => 0,
+        };
+        // From nothing this run had: no friend can ask for those changes.
+        let changes: Vec<(Recipient, bool)> = match from {
+            0 => Vec::new(),
+            _ => recipient_changes(&old_items, list.items()),
         };
         tracing::info!(
             version,
@@ -401,8 +428,14 @@ impl Recipients {
         self.offer_to_all();
     }
 
-    /// Re-signs my recipient list once a day, so it never expires while I run.
+    /// Re-signs my recipient list once a day, so it never expires while I
+    /// run; but not if my recipients could not be read for a day (a list
+    /// nobody can check any more should expire, not be kept fresh).
     async fn refresh_if_due(&self) {
+        let read_lately = lock(&self.inner.read_ok).is_some_and(|at| at.elapsed() < REFRESH_AFTER);
+        if !read_lately {
+            return;
+        }
         let due = {
             let current = self.inner.current.lock().await;
             match current.as_ref() {
@@ -460,14 +493,17 @@ impl Recipients {
             let _ = reply.send(&refuse("no newer recipient list".into())).await;
             return;
         }
+        // A whole list right after changes is no repeat: it is what a
+        // friend asks for whose changes did not apply.
+        let key = (from.id, have > 0);
         let too_soon = {
             let mut served = lock(&self.inner.served);
             let now = tokio::time::Instant::now();
             let soon = served
-                .get(&from.id)
+                .get(&key)
                 .is_some_and(|(v, at)| *v == version && now.duration_since(*at) < SERVE_GAP);
             if !soon {
-                served.insert(from.id, (version, now));
+                served.insert(key, (version, now));
             }
             soon
         };
@@ -528,7 +564,7 @@ impl Recipients {
             }
         };
         if let Err(e) = sent {
-            lock(&self.inner.served).remove(&from.id);
+            lock(&self.inner.served).remove(&key);
             tracing::debug!(peer = %from.name, "recipient list transfer: {e}");
         }
     }
@@ -548,7 +584,8 @@ impl Recipients {
                     PeerEvent::Up { peer, .. } => self.offer(peer, self.my_version()),
                     PeerEvent::Removed { peer, .. } => {
                         lock(&self.inner.offered).remove(&peer);
-                        lock(&self.inner.served).remove(&peer);
+                        lock(&self.inner.served).retain(|(p, _), _| *p != peer);
+                        lock(&self.inner.last_fetch).remove(&peer);
                     }
                 }
             }
@@ -570,17 +607,31 @@ impl Recipients {
     async fn fetch_loop(self, peer: PeerId) {
         let inner = &*self.inner;
         loop {
+            // At most one fetch per MIN_FETCH_GAP (longer after a refusal),
+            // however often the friend offers; only the newest counts.
+            let last = lock(&inner.last_fetch).get(&peer).copied();
+            if let Some(at) = last {
+                tokio::time::sleep_until(at + MIN_FETCH_GAP).await;
+            }
             let wanted = lock(&inner.offered).get(&peer).copied().unwrap_or(0);
-            let held = match inner.store.peer_recipient_version(&peer).await {
-                Ok(v) => v,
-                Err(e) => {
-                    tracing::error!("{e}");
-                    break;
+            let held = inner.store.peer_recipient_version(&peer).await;
+            let held = match held {
+                Ok(v) if wanted > v && inner.peers.is_connected(&peer) => v,
+                other => {
+                    if let Err(e) = other {
+                        tracing::error!("{e}");
+                    }
+                    lock(&inner.fetching).remove(&peer);
+                    // An offer that came in after the look above but before
+                    // the removal saw a fetch running: look once more.
+                    let newer = lock(&inner.offered).get(&peer).copied().unwrap_or(0) > wanted;
+                    if newer && lock(&inner.fetching).insert(peer) {
+                        continue;
+                    }
+                    return;
                 }
             };
-            if wanted <= held || !inner.peers.is_connected(&peer) {
-                break;
-            }
+            lock(&inner.last_fetch).insert(peer, tokio::time::Instant::now());
             let name = match inner.store.peer(&peer).await {
                 Ok(Some(p)) => p.name,
                 _ => peer.short(),
@@ -593,20 +644,25 @@ impl Recipients {
                 tracing::info!(peer = %name, "its recipient changes did not apply to version {held} held here ({why}); fetching the whole list");
                 outcome = fetch(true).await;
             }
-            match outcome {
-                Ok(Ok(())) => {}
-                Ok(Err(Failed::NotApplied(why) | Failed::Refused(why))) => {
-                    tracing::warn!(peer = %name, "recipient list not taken: {why}; the one held stays in force");
-                    break;
+            let failed = match outcome {
+                Ok(Ok(())) => continue,
+                Ok(Err(Failed::Later(wait))) => {
+                    // Sent moments ago: ask again once the sender allows.
+                    let at = tokio::time::Instant::now() + wait - MIN_FETCH_GAP;
+                    lock(&inner.last_fetch).insert(peer, at);
+                    continue;
                 }
-                Err(_) => {
-                    tracing::debug!(peer = %name, "recipient list transfer timed out");
-                    break;
-                }
+                Ok(Err(Failed::NotApplied(why) | Failed::Refused(why))) => why,
+                Err(_) => "the transfer timed out".to_string(),
+            };
+            tracing::warn!(peer = %name, "recipient list not taken: {failed}; the one held stays in force until the friend offers again");
+            // Not again for this offer; a newer offer (even one that came
+            // in meanwhile) starts over.
+            let mut offered = lock(&inner.offered);
+            if offered.get(&peer) == Some(&wanted) {
+                offered.insert(peer, held);
             }
-            tokio::time::sleep(MIN_FETCH_GAP).await;
         }
-        lock(&inner.fetching).remove(&peer);
     }
 
     /// One fetch: the list (or, unless `whole`, the changes since
@@ -670,16 +726,16 @@ impl Recipients {
                     .map_err(|e| Failed::NotApplied(e.to_string()))?;
                 (list, signature, old)
             }
+            Response::Refused { message } if message.contains("was sent less than") => {
+                return Err(Failed::Later(SERVE_GAP))
+            }
             Response::Refused { message } => return Err(Failed::Refused(message)),
             other => {
                 rx.close_unexpected(name, &format!("answered a recipient fetch with {other:?}"));
                 return Err(Failed::Refused("protocol violation".into()));
             }
         };
-        let changes: Vec<(Recipient, bool)> = recipient_changes(&old, list.items())
-            .into_iter()
-            .filter_map(|c| Some((Recipient::parse_canonical(&c.item).ok()?, c.present)))
-            .collect();
+        let changes = recipient_changes(&old, list.items());
         inner
             .store
             .store_peer_recipients(&peer, &list, &signature, &changes, inner.clock.now_unix())
@@ -710,6 +766,8 @@ enum Failed {
     NotApplied(String),
     /// Anything else: refused, a bad list, a broken transfer (said why).
     Refused(String),
+    /// The sender sent this version moments ago: ask again after this.
+    Later(Duration),
 }
 
 impl From<String> for Failed {
@@ -729,7 +787,16 @@ fn from_file(
     let mine: HashSet<&str> = domains.iter().map(Domain::as_str).collect();
     let mut items = Vec::new();
     for (n, line) in text.lines().enumerate() {
-        let line = line.split('#').next().unwrap_or("").trim();
+        // `#` starts a comment at the start of a line or after white space
+        // (a local part may hold `#`).
+        let line = match line.find(" #").or(line.find("\t#")) {
+            Some(i) => &line[..i],
+            None => line,
+        }
+        .trim();
+        if line.starts_with('#') {
+            continue;
+        }
         if line.is_empty() {
             continue;
         }
@@ -765,13 +832,13 @@ mod tests {
         ];
         let path = std::path::Path::new("/etc/mxfed/recipients");
         let (items, unlisted) = from_file(
-            "# users\nBob@Me.example\n@me.example # catch-all\nx@other.example\n\n",
+            "# users\nBob@Me.example\n@me.example # catch-all\nx@other.example\na#b@me.example\n\n",
             &mine,
             path,
         )
         .unwrap();
         let items: Vec<String> = items.iter().map(|r| r.to_string()).collect();
-        assert_eq!(items, ["bob@me.example", "@me.example"]);
+        assert_eq!(items, ["bob@me.example", "@me.example", "a#b@me.example"]);
         assert_eq!(unlisted.len(), 1);
         assert!(unlisted[&mine[1]].contains("lists no recipient of quiet.example"));
         let err = from_file("ok@me.example\nnot an address\n", &mine, path).unwrap_err();

@@ -16,20 +16,25 @@
 //! only between applies, and [`Relay::close`] waits for one in progress and
 //! refuses new ones.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use mxfed_proto::control::{ApplyReport, HistoryEntry};
+use mxfed_proto::PeerId;
 
 use crate::clock::{rfc3339, Clock};
 use crate::config::Config;
+use crate::dns::Dns;
 use crate::postfix::render::{diff, render_maps, Route};
 use crate::postfix::Postfix;
 use crate::store::{ApplyRecord, Store};
+use crate::util::lock;
 
 /// Wait after a failed apply before trying again.
 const RETRY_AFTER: Duration = Duration::from_secs(60);
@@ -64,6 +69,11 @@ struct Inner {
     last_ok: AtomicI64,
     /// No apply has run since start (see the startup reload in `apply_now`).
     first: AtomicBool,
+    /// For friends' mail hosts' addresses (the friends map).
+    dns: Dns,
+    /// Each friend's mail host's addresses as last found, kept when a
+    /// look-up fails (a failed look-up never removes a friend's entry).
+    friend_addrs: Mutex<HashMap<PeerId, Vec<IpAddr>>>,
 }
 
 /// The apply worker: the task that serves [`Relay::request_apply`].
@@ -97,12 +107,40 @@ fn summarize(triggers: &[String]) -> String {
 }
 
 impl Relay {
+    /// The addresses of every paired friend's mail host, looked up now;
+    /// a friend whose look-up fails keeps the addresses found last time.
+    async fn friend_addrs(&self) -> Vec<IpAddr> {
+        let inner = &*self.inner;
+        let peers = inner.store.peers().await.unwrap_or_default();
+        let mut all = Vec::new();
+        let mut known = HashMap::new();
+        for p in peers {
+            let found = match inner.dns.addresses(&p.mail_host).await {
+                Ok(addrs) => addrs,
+                Err(why) => {
+                    tracing::debug!(peer = %p.name, mail_host = %p.mail_host, "friends map: look-up failed ({why}); keeping its addresses");
+                    lock(&inner.friend_addrs)
+                        .get(&p.id)
+                        .cloned()
+                        .unwrap_or_default()
+                }
+            };
+            all.extend(found.iter().copied());
+            known.insert(p.id, found);
+        }
+        *lock(&inner.friend_addrs) = known;
+        all.sort();
+        all.dedup();
+        all
+    }
+
     /// The handle, and the worker to run.
     pub(crate) fn new(
         postfix: Option<Postfix>,
         store: Store,
         config: Arc<Config>,
         clock: Clock,
+        dns: Dns,
     ) -> (Self, ApplyWorker) {
         let (tx, rx) = mpsc::unbounded_channel();
         let relay = Self {
@@ -117,6 +155,8 @@ impl Relay {
                 failed: AtomicU64::new(0),
                 last_ok: AtomicI64::new(0),
                 first: AtomicBool::new(true),
+                dns,
+                friend_addrs: Mutex::new(HashMap::new()),
             }),
         };
         let worker = ApplyWorker {
@@ -237,7 +277,8 @@ impl Relay {
                 }
             })
             .collect();
-        let maps = render_maps(&routes);
+        let friends = self.friend_addrs().await;
+        let maps = render_maps(&routes).with_friends(&friends);
         let desired = &maps
             .maps
             .iter()
@@ -247,18 +288,24 @@ impl Relay {
         let change = diff(&postfix.live_transport().await, desired);
         report.changes = change.lines();
         // Recipients are summed up, not listed: there may be a million.
-        let rcpt = crate::postfix::render::RELAY_RECIPIENTS;
-        let wanted = maps.maps.iter().find(|(n, _)| *n == rcpt).map(|(_, m)| m);
-        let rcpt_change = diff(
-            &postfix.live_map(rcpt).await,
-            wanted.unwrap_or(&Default::default()),
-        );
-        if !rcpt_change.is_empty() {
-            report.changes.push(format!(
-                "relay_recipients: {} added, {} removed",
-                rcpt_change.added.len(),
-                rcpt_change.removed.len()
-            ));
+        let mut others_changed = false;
+        for name in [
+            crate::postfix::render::RELAY_RECIPIENTS,
+            crate::postfix::render::FRIENDS,
+        ] {
+            let wanted = maps.maps.iter().find(|(n, _)| *n == name).map(|(_, m)| m);
+            let d = diff(
+                &postfix.live_map(name).await,
+                wanted.unwrap_or(&Default::default()),
+            );
+            if !d.is_empty() {
+                others_changed = true;
+                report.changes.push(format!(
+                    "{name}: {} added, {} removed",
+                    d.added.len() + d.changed.len(),
+                    d.removed.len()
+                ));
+            }
         }
         report.total = desired.len() as u32;
         if dry_run {
@@ -266,7 +313,7 @@ impl Relay {
             return report;
         }
         let first = inner.first.swap(false, Ordering::Relaxed);
-        if change.is_empty() && rcpt_change.is_empty() && postfix.maps_exist() {
+        if change.is_empty() && !others_changed && postfix.maps_exist() {
             // A crash between renaming the maps and reloading leaves new maps
             // that running daemons may not have picked up: reload at startup.
             if first && postfix.is_running().await {

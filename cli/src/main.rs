@@ -117,6 +117,12 @@ enum PostfixCommand {
         /// Only show the change.
         #[arg(long)]
         dry_run: bool,
+        /// Also let friends' mail hosts through postscreen: add the map
+        /// mxfed keeps of their addresses (cidr:<dir>/mxfed/friends, each
+        /// `permit`) to postscreen_access_list, so mail a friend relays for
+        /// me is not judged as if the friend had written it.
+        #[arg(long)]
+        trust_friends: bool,
     },
 }
 
@@ -344,9 +350,12 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Postfix(PostfixCommand::Setup { dry_run }) => {
+        Command::Postfix(PostfixCommand::Setup {
+            dry_run,
+            trust_friends,
+        }) => {
             let config = load_config(&cli.config)?;
-            postfix_setup(&config, dry_run).await
+            postfix_setup(&config, dry_run, trust_friends).await
         }
         Command::Unpair { name } => {
             let config = load_config(&cli.config)?;
@@ -432,7 +441,7 @@ fn read_domain_file(path: &std::path::Path) -> Result<Vec<String>, Failure> {
         .collect())
 }
 
-async fn postfix_setup(config: &Config, dry_run: bool) -> Result<(), Failure> {
+async fn postfix_setup(config: &Config, dry_run: bool, trust_friends: bool) -> Result<(), Failure> {
     use mxfed_agent::postfix::Postfix;
     let dir = &config.postfix_config_dir;
     if !Postfix::present(dir) {
@@ -451,7 +460,7 @@ async fn postfix_setup(config: &Config, dry_run: bool) -> Result<(), Failure> {
         .await
         .map_err(|e| fail(e.to_string()))?;
     let plan = postfix
-        .plan_setup()
+        .plan_setup(trust_friends)
         .await
         .map_err(|e| fail(e.to_string()))?;
     if plan.changes.is_empty() && plan.create_maps.is_empty() {
@@ -462,11 +471,8 @@ async fn postfix_setup(config: &Config, dry_run: bool) -> Result<(), Failure> {
         return Ok(());
     }
     for m in &plan.create_maps {
-        output::line(&format!(
-            "create empty map {}:{}",
-            postfix.map_type(),
-            m.display()
-        ));
+        let name = m.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        output::line(&format!("create empty map {}", postfix.map_ref(name)));
     }
     for c in &plan.changes {
         output::line(&format!(

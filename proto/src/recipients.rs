@@ -271,8 +271,9 @@ impl RecipientList {
     }
 }
 
-/// The changes that turn `old` into `new` (both sorted), sorted.
-pub fn recipient_changes(old: &[Recipient], new: &[Recipient]) -> Vec<WireRecipientChange> {
+/// The changes that turn `old` into `new` (both sorted), sorted: each
+/// item, and whether it is in `new`.
+pub fn recipient_changes(old: &[Recipient], new: &[Recipient]) -> Vec<(Recipient, bool)> {
     let mut out = Vec::new();
     let (mut o, mut n) = (old.iter().peekable(), new.iter().peekable());
     loop {
@@ -287,13 +288,21 @@ pub fn recipient_changes(old: &[Recipient], new: &[Recipient]) -> Vec<WireRecipi
             _ => (n.next(), true),
         };
         if let Some(item) = item {
-            out.push(WireRecipientChange {
-                item: item.0.clone(),
-                present,
-            });
+            out.push((item.clone(), present));
         }
     }
     out
+}
+
+/// Changes as they travel.
+pub fn to_wire(changes: &[(Recipient, bool)]) -> Vec<WireRecipientChange> {
+    changes
+        .iter()
+        .map(|(r, present)| WireRecipientChange {
+            item: r.0.clone(),
+            present: *present,
+        })
+        .collect()
 }
 
 /// The changes in wire chunks of at most [`CHUNK_ENTRIES`].
@@ -622,7 +631,7 @@ mod tests {
         let (k, id) = key(1);
         let old = list(id, 3, &["a@example.org", "b@example.org", "@catch.example"]);
         let new = list(id, 4, &["a@example.org", "c@example.org", "@catch.example"]);
-        let changes = recipient_changes(old.items(), new.items());
+        let changes = to_wire(&recipient_changes(old.items(), new.items()));
         assert_eq!(changes.len(), 2);
         let sig = k.sign(&new.signing_bytes()).as_ref().to_vec();
         let header = |n: usize| RecipientChangesHeader {

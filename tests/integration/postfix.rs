@@ -462,6 +462,16 @@ fn stopping_the_agent_mid_apply_lets_the_apply_finish() {
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
     bravo.env.push(("PATH".into(), path));
     start_and_pair(&mut alpha, &mut bravo);
+    // The apply a new friend brings (its mail host in the friends map) is
+    // done before postmap is slowed, so the apply stopped below is
+    // slow.example's.
+    let friends = pf.etc().join("mxfed/friends");
+    let alpha_ip = alpha.ip().to_string();
+    wait_for("alpha in the friends map", || {
+        std::fs::read_to_string(&friends)
+            .unwrap_or_default()
+            .contains(&alpha_ip)
+    });
 
     std::fs::write(&slow, "").unwrap();
     alpha.domains(&["add", "slow.example"]);
@@ -843,4 +853,52 @@ fn local_domains_in_inline_maps_and_parent_forms_are_seen_and_do_not_block_the_r
         assert_eq!(state, "refused", "{d}: {held:?}");
         assert!(reason.starts_with("local domain"), "{d}: {reason}");
     }
+}
+
+/// The owner trusts its backups: the agent keeps `mxfed/friends` (a cidr
+/// table of its friends' mail host addresses, each `permit`) in step with
+/// its friends, and `postfix setup --trust-friends` wires it into
+/// postscreen_access_list, after what the admin had.
+#[test]
+fn friends_mail_hosts_are_kept_in_a_cidr_map_that_setup_can_trust() {
+    let pf = PostfixInstance::start("mail.bravo.example", "");
+    let mut alpha = Agent::init("alpha");
+    let mut bravo = Agent::init("bravo");
+    let _dns = mail_dns(&[&alpha, &bravo]);
+    bravo.use_postfix(&pf);
+    assert_ok(&bravo.mxfed(&["postfix", "setup"]), "setup");
+    assert_eq!(pf.postconf("postscreen_access_list"), "permit_mynetworks");
+    let out = bravo.mxfed(&["postfix", "setup", "--trust-friends"]);
+    assert_ok(&out, "setup --trust-friends");
+    let friends = pf.etc().join("mxfed/friends");
+    assert_eq!(
+        pf.postconf("postscreen_access_list"),
+        format!("permit_mynetworks, cidr:{}", friends.display())
+    );
+    let lookup = |ip: &str| {
+        let out = std::process::Command::new("postmap")
+            .arg("-q")
+            .arg(ip)
+            .arg(format!("cidr:{}", friends.display()))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    start_and_pair(&mut alpha, &mut bravo);
+    let alpha_ip = alpha.ip().to_string();
+    wait_for("alpha's mail host in the friends map", || {
+        lookup(&alpha_ip) == "permit"
+    });
+    assert_eq!(lookup("192.0.2.99"), "", "nobody else");
+    // Unpaired: gone.
+    assert_ok(&bravo.mxfed(&["unpair", "alpha"]), "unpair");
+    wait_for("alpha gone from the friends map", || {
+        lookup(&alpha_ip).is_empty()
+    });
+    // Running it again changes nothing.
+    let out = bravo.mxfed(&["postfix", "setup", "--trust-friends"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("nothing to change"),
+        "{out:?}"
+    );
 }

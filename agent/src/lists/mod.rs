@@ -484,11 +484,16 @@ impl Lists {
             while let Some(event) = events.next(&cancel).await {
                 match event {
                     PeerEvent::Up {
-                        peer, list_version, ..
+                        peer,
+                        name,
+                        list_version,
                     } => {
                         // Fetch their list if they have a newer one; tell them what
                         // we hold of theirs, which they may have missed while apart.
                         self.offered(peer, list_version);
+                        // Its mail host may have moved (the friends map);
+                        // an apply that changes nothing writes nothing.
+                        self.inner.relay.request_apply(format!("{name} connected"));
                         let me = self.clone();
                         tokio::spawn(async move { me.resend_ack(peer).await });
                     }

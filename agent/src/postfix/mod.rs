@@ -29,7 +29,7 @@ use tokio::process::Command;
 
 use mxfed_proto::domain::Domain;
 
-use render::{map_text, parse_map, RelayMaps, RELAY_DOMAINS, RELAY_RECIPIENTS, TRANSPORT};
+use render::{map_text, parse_map, RelayMaps, FRIENDS, RELAY_DOMAINS, RELAY_RECIPIENTS, TRANSPORT};
 
 /// Name of the directory inside the Postfix config dir that holds our maps.
 pub const MAP_DIR: &str = "mxfed";
@@ -142,7 +142,30 @@ impl Postfix {
 
     /// `TYPE:<config_dir>/mxfed/NAME`, as main.cf refers to a map.
     pub fn map_ref(&self, name: &str) -> String {
-        format!("{}:{}", self.map_type, self.map_dir().join(name).display())
+        format!(
+            "{}:{}",
+            self.map_kind(name),
+            self.map_dir().join(name).display()
+        )
+    }
+
+    /// The table type of one of mxfed's maps: `cidr` (a text file Postfix
+    /// reads itself, no `postmap`) for [`FRIENDS`], else the map type.
+    fn map_kind(&self, name: &str) -> &str {
+        if name == FRIENDS {
+            "cidr"
+        } else {
+            &self.map_type
+        }
+    }
+
+    /// The compiled file's suffix for one of mxfed's maps (none for cidr).
+    fn suffix_of(&self, name: &str) -> &'static str {
+        if name == FRIENDS {
+            ""
+        } else {
+            self.db_suffix()
+        }
     }
 
     fn db_suffix(&self) -> &'static str {
@@ -245,11 +268,12 @@ impl Postfix {
 
     /// Whether the map files exist.
     pub fn maps_exist(&self) -> bool {
-        [RELAY_DOMAINS, RELAY_RECIPIENTS, TRANSPORT]
+        [RELAY_DOMAINS, RELAY_RECIPIENTS, TRANSPORT, FRIENDS]
             .iter()
             .all(|n| {
                 let p = self.map_dir().join(n);
-                p.exists() && PathBuf::from(format!("{}{}", p.display(), self.db_suffix())).exists()
+                p.exists()
+                    && PathBuf::from(format!("{}{}", p.display(), self.suffix_of(n))).exists()
             })
     }
 
@@ -297,8 +321,10 @@ impl Postfix {
         for (name, entries) in &maps.maps {
             let new = dir.join(format!("{name}.new"));
             write_file(&new, map_text(entries).as_bytes()).await?;
-            let map = format!("{}:{}", self.map_type, new.display());
-            self.run("postmap", "postmap", &[&map], None).await?;
+            let map = format!("{}:{}", self.map_kind(name), new.display());
+            if name != &FRIENDS {
+                self.run("postmap", "postmap", &[&map], None).await?;
+            }
             let keys: Vec<String> = entries.keys().cloned().collect();
             let found = self.query(&map, &keys).await?;
             if &found != entries {
@@ -310,9 +336,8 @@ impl Postfix {
             }
         }
         // 2. Keep what is live now, then rename the new maps into place.
-        let suffix = self.db_suffix();
         for (name, _) in &maps.maps {
-            for s in [suffix, ""] {
+            for s in [self.suffix_of(name), ""] {
                 let live = dir.join(format!("{name}{s}"));
                 let prev = dir.join(format!("{name}{s}.prev"));
                 let _ = tokio::fs::remove_file(&prev).await;
@@ -344,8 +369,8 @@ impl Postfix {
     /// Renames `NAME.<from>{suffix}` and `NAME.<from>` over the live files, db first.
     async fn install(&self, names: &[&str], from: &str) -> Result<(), PostfixError> {
         let dir = self.map_dir();
-        let suffix = self.db_suffix();
         for name in names {
+            let suffix = self.suffix_of(name);
             for (src, dst) in [
                 (format!("{name}.{from}{suffix}"), format!("{name}{suffix}")),
                 (format!("{name}.{from}"), name.to_string()),
@@ -369,10 +394,9 @@ impl Postfix {
     /// (so `mxfed history` shows it, not only the log).
     async fn roll_back(&self, maps: &RelayMaps, mut failure: PostfixError) -> PostfixError {
         let dir = self.map_dir();
-        let suffix = self.db_suffix();
         let mut problems = Vec::new();
         for (name, _) in &maps.maps {
-            for s in [suffix, ""] {
+            for s in [self.suffix_of(name), ""] {
                 let prev = dir.join(format!("{name}{s}.prev"));
                 let live = dir.join(format!("{name}{s}"));
                 if prev.exists() {
@@ -410,7 +434,7 @@ impl Postfix {
     }
 
     /// What `postfix setup` would change. Fails if wiring would make an open relay.
-    pub async fn plan_setup(&self) -> Result<SetupPlan, PostfixError> {
+    pub async fn plan_setup(&self, trust_friends: bool) -> Result<SetupPlan, PostfixError> {
         let relay_restrictions = self.param("smtpd_relay_restrictions").await?;
         let recipient_restrictions = self.param("smtpd_recipient_restrictions").await?;
         // Debian's stock main.cf has `defer_unauth_destination`, which
@@ -477,6 +501,11 @@ impl Postfix {
             }
         }
         wanted.push(("relay_recipient_maps", RELAY_RECIPIENTS));
+        if trust_friends {
+            // postscreen lets friends' mail hosts straight through (their
+            // relayed mail is not theirs to be judged by).
+            wanted.push(("postscreen_access_list", FRIENDS));
+        }
         for (param, map) in &wanted {
             let old = self.param(param).await?;
             let path = self.map_dir().join(map).display().to_string();
@@ -519,7 +548,7 @@ impl Postfix {
         let create_maps = if self.maps_exist() {
             Vec::new()
         } else {
-            [RELAY_DOMAINS, RELAY_RECIPIENTS, TRANSPORT]
+            [RELAY_DOMAINS, RELAY_RECIPIENTS, TRANSPORT, FRIENDS]
                 .iter()
                 .map(|n| self.map_dir().join(n))
                 .collect()
@@ -538,13 +567,13 @@ impl Postfix {
         // agent's work in progress) are never touched here.
         if !plan.create_maps.is_empty() {
             ensure_dir(&self.map_dir()).await?;
-            for (name, entries) in render::render_maps(&[]).maps {
+            for (name, entries) in render::render_maps(&[]).with_friends(&[]).maps {
                 let path = self.map_dir().join(name);
-                let db = PathBuf::from(format!("{}{}", path.display(), self.db_suffix()));
+                let db = PathBuf::from(format!("{}{}", path.display(), self.suffix_of(name)));
                 if !path.exists() {
                     write_file(&path, map_text(&entries).as_bytes()).await?;
                 }
-                if !db.exists() {
+                if name != FRIENDS && !db.exists() {
                     let map = format!("{}:{}", self.map_type, path.display());
                     self.run("postmap", "postmap", &[&map], None).await?;
                 }

@@ -76,6 +76,17 @@ impl Postfix {
                 }
             }
         }
+        // Postfix puts a domain in one address class only, in this order:
+        // local, virtual alias, virtual mailbox, relay.
+        for c in classes.values_mut() {
+            if c.local {
+                (c.virtual_alias, c.virtual_mailbox, c.relay) = (false, false, false);
+            } else if c.virtual_alias {
+                (c.virtual_mailbox, c.relay) = (false, false);
+            } else if c.virtual_mailbox {
+                c.relay = false;
+            }
+        }
         let any = |f: fn(&Class) -> bool| classes.values().any(f);
         let mut files = vec![self.config_dir.join("main.cf")];
         let aliases = self.table_keys("virtual_alias_maps", &mut files).await?;
@@ -197,7 +208,8 @@ fn source_keys(text: &str) -> Vec<String> {
         .filter(|l| !l.starts_with(char::is_whitespace))
         .filter_map(|l| l.split_whitespace().next())
         .filter(|k| !k.starts_with('#'))
-        .map(str::to_ascii_lowercase)
+        // An aliases(5) file writes `name: value`.
+        .map(|k| k.trim_end_matches(':').to_ascii_lowercase())
         .collect()
 }
 
@@ -247,6 +259,7 @@ fn recipients_of(
         ));
     }
     let mut items = Vec::new();
+    let mut unusable = None;
     let mut add = |keys: &[String], bare: bool| {
         for k in keys {
             let address = match k.rsplit_once('@') {
@@ -255,11 +268,14 @@ fn recipients_of(
                 None if bare => format!("{k}@{d}"),
                 None => continue,
             };
-            // A key Postfix could hold but no friend could (quoted local
-            // parts, non-ASCII) is left out; the owner's own Postfix still
-            // decides on its mail.
-            if let Ok(r) = Recipient::parse(&address) {
-                items.push(r);
+            match Recipient::parse(&address) {
+                Ok(r) => items.push(r),
+                // An address Postfix takes but a recipient list cannot hold
+                // (quoted or non-ASCII local part, or a longer one): a list
+                // without it would have backups refuse it.
+                Err(_) => {
+                    unusable.get_or_insert(address);
+                }
             }
         }
     };
@@ -291,6 +307,11 @@ fn recipients_of(
             Some(t) => add(&keys(t)?, false),
             None => {}
         }
+    }
+    if let Some(address) = unusable {
+        return Err(format!(
+            "{address:?} cannot be published (only unquoted ASCII local parts of up to 64 characters can)"
+        ));
     }
     if items.is_empty() {
         return Err(format!(
@@ -525,8 +546,19 @@ mod tests {
     }
 
     #[test]
+    fn an_address_a_list_cannot_hold_takes_the_list_away() {
+        let aliases = keys(&["\"odd user\"@q.example", "bob@q.example"]);
+        let va = Class {
+            virtual_alias: true,
+            ..Class::default()
+        };
+        let why = recipients_of(&d("q.example"), va, &aliases, &None, &None, &None).unwrap_err();
+        assert!(why.contains("cannot be published"), "{why}");
+    }
+
+    #[test]
     fn source_files_give_their_keys() {
-        let text = "# comment\nBob@x.example  ok\n  continued line\n\n@x.example ok\n";
-        assert_eq!(source_keys(text), ["bob@x.example", "@x.example"]);
+        let text = "# comment\nBob@x.example  ok\n  continued line\n\n@x.example ok\nroot: admin\n";
+        assert_eq!(source_keys(text), ["bob@x.example", "@x.example", "root"]);
     }
 }

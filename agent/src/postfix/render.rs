@@ -22,6 +22,9 @@ pub const TRANSPORT: &str = "transport";
 pub const RELAY_DOMAINS: &str = "relay_domains";
 /// See [`TRANSPORT`].
 pub const RELAY_RECIPIENTS: &str = "relay_recipients";
+/// The addresses of friends' mail hosts (a `cidr:` table, `IP permit`),
+/// for `postscreen_access_list` and the admin's own whitelists.
+pub const FRIENDS: &str = "friends";
 
 const HEADER: &str = "# Written by mxfed from friends' accepted domain lists. Do not edit:\n# changes are overwritten. See `mxfed status` and `mxfed history`.\n";
 
@@ -78,6 +81,18 @@ pub fn render_maps(routes: &[Route]) -> RelayMaps {
             (RELAY_RECIPIENTS, recipients),
             (TRANSPORT, transport),
         ],
+    }
+}
+
+impl RelayMaps {
+    /// Adds the [`FRIENDS`] map: each address `permit`.
+    pub fn with_friends(mut self, addrs: &[IpAddr]) -> Self {
+        let friends = addrs
+            .iter()
+            .map(|ip| (ip.to_canonical().to_string(), "permit".to_string()))
+            .collect();
+        self.maps.push((FRIENDS, friends));
+        self
     }
 }
 
