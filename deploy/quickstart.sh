@@ -120,7 +120,7 @@ rcpt_code() {
 
 state_of() { on "$1" mxfed status --json | status_state "$2"; } # WHO DOMAIN -> accepted/refused/pending
 list_apply() { # WHO -> applied/failed: the newest apply of a friend's list in mxfed history
-    on "$1" mxfed history --json | tr -d '\n' | grep -o '"trigger": *"list v[^"]*", *"result": *"[a-z]*"' |
+    on "$1" mxfed history --json | tr -d '\n' | grep -o '"trigger": *"[^"]*list v[^"]*", *"result": *"[a-z]*"' |
         head -n 1 | sed 's/.*"result": *"//; s/"$//'
 }
 connected() { on "$1" mxfed status --json | status_connected "$2"; }

@@ -19,6 +19,8 @@ CREATE TABLE peer_recipient_lists (
     issued_at   INTEGER NOT NULL,
     expires_at  INTEGER NOT NULL,
     delimiter   TEXT NOT NULL,
+    -- The peer's backup_mode is `when-down` (1) or `always` (0).
+    when_down   INTEGER NOT NULL,
     signature   BLOB NOT NULL,
     received_at INTEGER NOT NULL
 ) STRICT;

@@ -84,6 +84,34 @@ pub struct Config {
     /// friends' backups accept (and no others).
     #[serde(default)]
     pub recipients: RecipientsSource,
+    /// Whether friends back my mail up always, or only while my own server
+    /// does not accept it (they answer 4xx naming it while it does).
+    #[serde(default)]
+    pub backup_mode: BackupMode,
+    /// Where the agent serves Postfix's policy requests (`check_policy_service
+    /// inet:...`), which carry out friends' `when-down` mode here.
+    #[serde(default = "default_policy_listen")]
+    pub policy_listen: SocketAddr,
+}
+
+/// The `backup_mode` setting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackupMode {
+    /// Friends accept my mail whenever it reaches them.
+    #[default]
+    Always,
+    /// Friends accept my mail only while my own server does not.
+    WhenDown,
+}
+
+/// Postfix policy requests are served here unless the config says otherwise.
+pub const DEFAULT_POLICY_LISTEN: &str = "127.0.0.1:10045";
+
+fn default_policy_listen() -> SocketAddr {
+    DEFAULT_POLICY_LISTEN
+        .parse()
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 10045)))
 }
 
 /// The `recipients` setting: `"postfix"`, `"off"`, or a file's path.
@@ -240,6 +268,8 @@ impl Config {
             allowed_next_hop_ports: default_next_hop_ports(),
             metrics_listen: None,
             recipients: RecipientsSource::default(),
+            backup_mode: BackupMode::default(),
+            policy_listen: default_policy_listen(),
         }
     }
 

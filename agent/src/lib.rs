@@ -31,6 +31,7 @@ pub mod mailq;
 mod metrics;
 pub mod net;
 mod peer;
+mod policy;
 pub mod postfix;
 mod queue;
 mod recipients;
@@ -220,6 +221,14 @@ pub async fn run_with_clock(
     let store = Store::open(&config.db_path()).await?;
     let endpoint = net::bind(&identity, config.listen)?;
     let listener = control::bind(&config.control_socket)?;
+    let policy_listener = policy::Policy::bind(config.policy_listen)
+        .await
+        .map_err(|source| {
+            AgentError::Net(net::NetError::Bind {
+                addr: config.policy_listen,
+                source,
+            })
+        })?;
     let metrics_listener = match config.metrics_listen {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
@@ -297,6 +306,12 @@ pub async fn run_with_clock(
         clock.clone(),
     );
     let queue = Queue::new(postfix.clone(), store.clone(), peers.clone(), clock.clone());
+    let policy = policy::Policy::new(
+        Arc::clone(&config),
+        store.clone(),
+        queue.clone(),
+        clock.clone(),
+    );
     let pairing = Pairing::new(peers.clone());
     let cancel = CancellationToken::new();
     let sessions = Sessions::new(
@@ -343,6 +358,11 @@ pub async fn run_with_clock(
     tasks.spawn(
         "recipients: publish",
         recipients.clone().run_publish(cancel.clone()),
+    );
+    tasks.spawn("policy: probes", policy.clone().run_probes(cancel.clone()));
+    tasks.spawn(
+        "policy: service",
+        policy.serve(policy_listener, cancel.clone()),
     );
     tasks.spawn(
         "peer: dialers",

@@ -33,7 +33,7 @@ use mxfed_proto::recipients::{
 use mxfed_proto::PeerId;
 
 use crate::clock::Clock;
-use crate::config::{Config, RecipientsSource};
+use crate::config::{BackupMode, Config, RecipientsSource};
 use crate::identity::Identity;
 use crate::lists::Lists;
 use crate::peer::{Caller, PeerEvent, Peers, Responder};
@@ -330,6 +330,7 @@ impl Recipients {
         let inner = &*self.inner;
         let mut current = inner.current.lock().await;
         let now = inner.clock.now_u64();
+        let when_down = inner.config.backup_mode == BackupMode::WhenDown;
         let mut items = items;
         items.sort();
         items.dedup();
@@ -338,13 +339,14 @@ impl Recipients {
             // exactly these items.
             match inner.store.my_recipient_meta().await {
                 Ok(Some(meta)) => {
-                    let list = RecipientList::new(
+                    let mut list = RecipientList::new(
                         inner.identity.id,
                         meta.version,
                         (meta.issued_at, meta.expires_at),
                         meta.delimiter.clone(),
                         items.clone(),
                     );
+                    list.when_down = when_down;
                     let same = inner
                         .identity
                         .id
@@ -388,19 +390,26 @@ impl Recipients {
             ),
             None => (Vec::new(), 0, String::new()),
         };
-        if !force && old_version > 0 && old_items == items && old_delimiter == delimiter {
+        let old_when_down = current.as_ref().is_some_and(|p| p.list.when_down);
+        if !force
+            && old_version > 0
+            && old_items == items
+            && old_delimiter == delimiter
+            && old_when_down == when_down
+        {
             return;
         }
         // Never below the clock: after a restore from an older backup the
         // next version is still newer than any a friend holds.
         let version = (old_version + 1).max(now);
-        let list = RecipientList::new(
+        let mut list = RecipientList::new(
             inner.identity.id,
             version,
             (now, now + LIFETIME.as_secs()),
             delimiter,
             items,
         );
+        list.when_down = when_down;
         let signature = inner.identity.sign(&list.signing_bytes());
         if let Err(e) = inner.store.publish_my_recipients(&list, &signature).await {
             tracing::error!("cannot store my recipient list: {e}");

@@ -639,10 +639,10 @@ impl Store {
         let id = peer.to_string();
         let mut tx = self.pool.begin().await.map_err(q)?;
         sqlx::query(
-            "INSERT INTO peer_recipient_lists (peer_id, version, issued_at, expires_at, delimiter, signature, received_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?)
+            "INSERT INTO peer_recipient_lists (peer_id, version, issued_at, expires_at, delimiter, when_down, signature, received_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT (peer_id) DO UPDATE SET version = excluded.version, issued_at = excluded.issued_at,
-               expires_at = excluded.expires_at, delimiter = excluded.delimiter,
+               expires_at = excluded.expires_at, delimiter = excluded.delimiter, when_down = excluded.when_down,
                signature = excluded.signature, received_at = excluded.received_at",
         )
         .bind(&id)
@@ -650,6 +650,7 @@ impl Store {
         .bind(list.issued_at as i64)
         .bind(list.expires_at as i64)
         .bind(&list.delimiter)
+        .bind(i64::from(list.when_down))
         .bind(signature)
         .bind(now)
         .execute(&mut *tx)
@@ -703,6 +704,43 @@ impl Store {
             d.items.push(item);
         }
         Ok(out)
+    }
+
+    /// The accepted entries of friends whose backup mode is `when-down`
+    /// (their lists not expired for longer than `grace` seconds): the
+    /// friend, and the route.
+    pub async fn when_down_routes(
+        &self,
+        now: i64,
+        grace: i64,
+    ) -> Result<Vec<(PeerId, RelayRoute)>, StoreError> {
+        let rows: Vec<(String, String, String, String, String)> = sqlx::query_as(
+            "SELECT e.peer_id, p.name, e.domain, e.next_hop, e.addrs FROM peer_entries e
+             JOIN peer_recipient_lists rl ON rl.peer_id = e.peer_id AND rl.when_down = 1
+             JOIN peer_lists l ON l.peer_id = e.peer_id
+             JOIN peers p ON p.id = e.peer_id
+             WHERE e.state = 'accepted' AND l.expires_at + ? > ? AND rl.expires_at + ? > ?",
+        )
+        .bind(grace)
+        .bind(now)
+        .bind(grace)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.query_err(e))?;
+        rows.iter()
+            .map(|(id, n, d, h, a)| {
+                let peer = id.parse().map_err(|_| self.bad("peer_id", id.clone()))?;
+                Ok((
+                    peer,
+                    RelayRoute {
+                        peer: n.clone(),
+                        entry: self.entry_from(d, h)?,
+                        addrs: self.ips_from("peer_entries.addrs", a)?,
+                    },
+                ))
+            })
+            .collect()
     }
 
     /// How many recipients a peer publishes for each of its domains.

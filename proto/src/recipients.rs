@@ -5,7 +5,8 @@
 //! A [`RecipientList`] is versioned and signed like a domain list (see
 //! [`crate::list`]), with its own signing prefix, and also carries the
 //! owner's `recipient_delimiter`, which decides how its backups treat
-//! address extensions. An item is an address (`user@example.org`) or a
+//! address extensions, and its `backup_mode` (whether backups take its mail
+//! always, or only while its own server is down). An item is an address (`user@example.org`) or a
 //! catch-all (`@example.org`: every address of the domain). A domain with
 //! no item at all has no recipient list: its backups accept every
 //! recipient, as before.
@@ -145,6 +146,9 @@ pub struct RecipientList {
     pub expires_at: u64,
     /// The owner's `recipient_delimiter` (empty: none).
     pub delimiter: String,
+    /// The owner's `backup_mode`: `true` for `when-down` (backups accept
+    /// its mail only while its own server does not), `false` for `always`.
+    pub when_down: bool,
     /// Sorted, no duplicates.
     items: Vec<Recipient>,
 }
@@ -156,6 +160,8 @@ pub struct RecipientHeader {
     pub list: ListHeader,
     /// The owner's `recipient_delimiter`.
     pub delimiter: String,
+    /// The owner's `backup_mode` is `when-down`.
+    pub when_down: bool,
 }
 
 /// The first frame of a transfer of changes to a recipient list.
@@ -206,6 +212,7 @@ impl RecipientList {
             issued_at,
             expires_at,
             delimiter,
+            when_down: false,
             items,
         }
     }
@@ -225,6 +232,7 @@ impl RecipientList {
         m.extend_from_slice(&self.expires_at.to_be_bytes());
         m.push(self.delimiter.len() as u8);
         m.extend_from_slice(self.delimiter.as_bytes());
+        m.push(u8::from(self.when_down));
         m.extend_from_slice(&(self.items.len() as u32).to_be_bytes());
         m.extend_from_slice(&items_digest(&self.items));
         m
@@ -242,6 +250,7 @@ impl RecipientList {
                 signature,
             },
             delimiter: self.delimiter.clone(),
+            when_down: self.when_down,
         }
     }
 
@@ -259,6 +268,7 @@ impl RecipientList {
             issued_at: header.list.issued_at,
             expires_at: header.list.expires_at,
             delimiter: header.delimiter,
+            when_down: header.when_down,
             items,
         };
         if !list
@@ -580,6 +590,17 @@ mod tests {
             rx.finish(),
             Err(ListError::BadSignature),
             "the delimiter is signed"
+        );
+        let mut h = l.header(sig.clone());
+        h.when_down = true;
+        let mut rx = RecipientReceiver::start(h, id, None, 1000).unwrap();
+        for c in l.chunks() {
+            rx.push(c).unwrap();
+        }
+        assert_eq!(
+            rx.finish(),
+            Err(ListError::BadSignature),
+            "the mode is signed"
         );
         let mut chunks: Vec<Vec<String>> = l.chunks().collect();
         chunks[0][0] = "evil@example.org".into();

@@ -400,3 +400,76 @@ fn bench_recipients_100000_and_one_more() {
         one.1
     );
 }
+
+/// The policy service's answer time: 10,000 RCPT requests over one
+/// connection, as an smtpd process sends them, each timed from the first
+/// byte sent to the last byte of the answer. The anchor, in the same run:
+/// the same exchange with a minimal server in this process that answers
+/// `DUNNO` to everything (the loopback round trip and parsing floor).
+#[test]
+#[ignore]
+fn bench_policy_service_answers() {
+    use std::io::{BufRead, BufReader, Write};
+    const N: usize = 10_000;
+    let mut agent = Agent::init("alpha");
+    agent.start();
+    let request = "request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=ESMTP\n\
+        client_address=192.0.2.1\nclient_name=client.example\nhelo_name=client.example\n\
+        sender=someone@sender.example\nrecipient=bob@friend.example\nrecipient_count=0\n\
+        queue_id=\nsize=0\n\n";
+    let time = |addr: std::net::SocketAddr| {
+        let stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.set_nodelay(true).unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut writer = stream;
+        let mut times = Vec::with_capacity(N);
+        for _ in 0..N {
+            let t0 = Instant::now();
+            writer.write_all(request.as_bytes()).unwrap();
+            let mut answer = String::new();
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if line == "\n" {
+                    break;
+                }
+                answer.push_str(&line);
+            }
+            times.push(t0.elapsed());
+            assert_eq!(answer, "action=DUNNO\n");
+        }
+        times
+    };
+    // The anchor: a minimal policy server.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let floor_addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        stream.set_nodelay(true).unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut writer = stream;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if line == "\n" {
+                writer.write_all(b"action=DUNNO\n\n").unwrap();
+            }
+        }
+    });
+    let mut floor = time(floor_addr);
+    let mut agent_times = time(agent.policy_listen());
+    let us = |d: &Duration| d.as_secs_f64() * 1e6;
+    let show = |name: &str, t: &mut Vec<Duration>| {
+        t.sort();
+        eprintln!(
+            "{name}: {N} requests, p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs",
+            us(&t[N / 2]),
+            us(&t[N * 99 / 100]),
+            us(&t[N - 1])
+        );
+    };
+    show("minimal server (anchor)", &mut floor);
+    show("mxfed policy service", &mut agent_times);
+}

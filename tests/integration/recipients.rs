@@ -180,3 +180,58 @@ fn recipients_off_accepts_every_recipient_with_a_warning() {
         assert!(found, "{doctor}");
     }
 }
+
+/// `backup_mode = "when-down"`: the backup answers 4xx naming the primary
+/// while the owner's server takes mail, accepts within seconds of it going
+/// away, defers again once it is back, and accepts whenever the backup's
+/// own agent is not running (Postfix's default_action=DUNNO).
+#[test]
+fn when_down_defers_to_the_primary_while_it_is_up() {
+    // alpha's agent runs where its Postfix listens (127.0.0.1), so bravo's
+    // probe of alpha's next hop reaches alpha's real Postfix.
+    let pf_alpha = PostfixInstance::start_mailbox("mail.alpha.example", "alpha.example");
+    let pf = PostfixInstance::start("mail.bravo.example", "");
+    let mut alpha = Agent::init_at("alpha", free_udp_on_localhost());
+    let mut bravo = Agent::init("bravo");
+    let mut dns = mail_dns(&[&alpha, &bravo]);
+    dns.restart(ZONES, &backed_up("alpha.example"));
+    alpha.use_postfix(&pf_alpha);
+    alpha.configure("backup_mode = \"when-down\"\nrecipients = \"off\"");
+    bravo.use_postfix(&pf);
+    bravo.configure(&format!("allowed_next_hop_ports = [25, {}]", pf_alpha.port));
+    let out = bravo.mxfed(&["postfix", "setup"]);
+    assert_ok(&out, "postfix setup");
+    assert!(
+        pf.postconf("smtpd_recipient_restrictions")
+            .starts_with(&format!(
+                "check_policy_service {{ inet:{}, default_action=DUNNO }}",
+                bravo.policy_listen()
+            )),
+        "{}",
+        pf.postconf("smtpd_recipient_restrictions")
+    );
+    start_and_pair(&mut alpha, &mut bravo);
+    let hop = format!("mail.alpha.example:{}", pf_alpha.port);
+    alpha.domains(&["add", "alpha.example", "--next-hop", &hop]);
+
+    wait_for("4xx naming the primary while alpha is up", || {
+        pf.rcpt("bob@alpha.example") == 450
+    });
+    let reply = pf.rcpt_reply("bob@alpha.example");
+    assert!(
+        reply.contains(&format!("primary MX {hop} is up; deliver there")),
+        "{reply}"
+    );
+    pf_alpha.down();
+    wait_for("accepted once alpha's Postfix is down", || {
+        pf.rcpt("bob@alpha.example") == 250
+    });
+    pf_alpha.up();
+    wait_for("4xx again once alpha is back", || {
+        pf.rcpt("bob@alpha.example") == 450
+    });
+    // The backup's agent stops: Postfix takes the default action and
+    // accepts; mxfed being away never makes it refuse mail.
+    bravo.stop();
+    assert_eq!(pf.rcpt("bob@alpha.example"), 250);
+}

@@ -75,7 +75,20 @@ impl Agent {
             agent.dir.path().join("control.sock").to_str().unwrap(),
         ]);
         assert_ok(&out, "init");
+        // Many agents share this machine: each its own policy service port.
+        let policy = SocketAddr::new(addr.ip(), free_tcp_port());
+        agent.configure(&format!("policy_listen = \"{policy}\""));
         agent
+    }
+
+    /// Where this agent serves Postfix's policy requests.
+    pub fn policy_listen(&self) -> SocketAddr {
+        let text = std::fs::read_to_string(self.config()).unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("policy_listen"))
+            .unwrap();
+        line.split('"').nth(1).unwrap().parse().unwrap()
     }
 
     pub fn config(&self) -> PathBuf {
@@ -909,6 +922,22 @@ impl PostfixInstance {
         assert_eq!(smtp.command("EHLO client.example"), 250);
         assert_eq!(smtp.command("MAIL FROM:<someone@sender.example>"), 250);
         smtp.command(&format!("RCPT TO:<{rcpt}>"))
+    }
+
+    /// The whole last line of the reply to `RCPT TO:<rcpt>`.
+    pub fn rcpt_reply(&self, rcpt: &str) -> String {
+        use std::io::{BufRead, Write};
+        let mut smtp = Smtp::open(self.port);
+        assert_eq!(smtp.command("EHLO client.example"), 250);
+        assert_eq!(smtp.command("MAIL FROM:<someone@sender.example>"), 250);
+        write!(smtp.writer, "RCPT TO:<{rcpt}>\r\n").unwrap();
+        loop {
+            let mut line = String::new();
+            smtp.reader.read_line(&mut line).unwrap();
+            if line.len() < 4 || line.as_bytes()[3] == b' ' {
+                return line.trim_end().to_string();
+            }
+        }
     }
 }
 

@@ -434,7 +434,11 @@ impl Postfix {
     }
 
     /// What `postfix setup` would change. Fails if wiring would make an open relay.
-    pub async fn plan_setup(&self, trust_friends: bool) -> Result<SetupPlan, PostfixError> {
+    pub async fn plan_setup(
+        &self,
+        trust_friends: bool,
+        policy: SocketAddr,
+    ) -> Result<SetupPlan, PostfixError> {
         let relay_restrictions = self.param("smtpd_relay_restrictions").await?;
         let recipient_restrictions = self.param("smtpd_recipient_restrictions").await?;
         // Debian's stock main.cf has `defer_unauth_destination`, which
@@ -543,6 +547,28 @@ impl Postfix {
                 name: param.to_string(),
                 old,
                 new,
+            });
+        }
+        // The policy service for friends in `when-down` mode: first (it
+        // never permits, only defers a friend's mail while its own server
+        // takes it), and DUNNO if the agent does not answer, so Postfix
+        // never refuses mail because mxfed is down.
+        let restrictions = self.param("smtpd_recipient_restrictions").await?;
+        let service = format!("inet:{policy}");
+        if !list_tokens(&restrictions)
+            .iter()
+            .any(|t| t.contains(&service))
+        {
+            let ours = format!("check_policy_service {{ {service}, default_action=DUNNO }}");
+            let base = restrictions.trim();
+            changes.push(ParamChange {
+                name: "smtpd_recipient_restrictions".into(),
+                old: restrictions.clone(),
+                new: if base.is_empty() {
+                    ours
+                } else {
+                    format!("{ours}, {base}")
+                },
             });
         }
         let create_maps = if self.maps_exist() {

@@ -18,6 +18,8 @@
 //! - `probe`: does a friend's next hop answer on its SMTP port.
 
 mod probe;
+
+pub(crate) use probe::any_answers;
 mod scan;
 
 use std::collections::{HashMap, HashSet};
@@ -253,6 +255,15 @@ impl Queue {
         if let Err(e) = inner.peers.send(&peer, &Request::QueueReport(report)).await {
             tracing::debug!(peer = %name, "queue report: {e}");
         }
+    }
+
+    /// Whether a friend's session is up and its last report says its MTA
+    /// accepts mail (for the policy service's `when-down` answers).
+    pub(crate) fn friend_says_accepting(&self, peer: &PeerId) -> bool {
+        self.inner.peers.is_connected(peer)
+            && lock(&self.inner.reports)
+                .get(peer)
+                .is_some_and(|(r, _)| r.mta_accepting)
     }
 
     /// A friend tells me what it holds for me. If its MTA is accepting and I

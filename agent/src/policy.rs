@@ -1,0 +1,279 @@
+//! [`Policy`]: the Postfix policy service (SMTPD_POLICY_README) that carries
+//! out friends' `when-down` backup mode here.
+//!
+//! `postfix setup` wires `check_policy_service { inet:ADDR,
+//! default_action=DUNNO }` into `smtpd_recipient_restrictions` once. For a
+//! recipient of a domain I back up for a friend in `when-down` mode, while
+//! that friend's MTA is known to accept mail (its last report over a live
+//! session says so, and my probe of its next hop, every [`PROBE_EVERY`],
+//! connects), the answer is `450 4.7.1 primary MX ... is up; deliver
+//! there`; for anything else it is `DUNNO`. Within a probe interval of the
+//! friend's server going away, mail is accepted as usual; and if this agent
+//! is not running at all, Postfix's `default_action=DUNNO` accepts it too:
+//! mxfed never makes Postfix refuse mail just because mxfed is absent.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use mxfed_proto::PeerId;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::queue::Queue;
+use crate::store::Store;
+use crate::util::lock;
+
+/// How often the next hops of `when-down` friends are probed, and the
+/// friends and their domains read again.
+pub const PROBE_EVERY: Duration = Duration::from_secs(2);
+/// A probe older than this says nothing.
+const PROBE_FRESH: Duration = Duration::from_secs(10);
+/// Most Postfix connections served at once (each smtpd process keeps one).
+const MAX_CONNECTIONS: usize = 256;
+/// Longest request (all its lines), and most attributes in one.
+const MAX_REQUEST: usize = 64 << 10;
+const MAX_ATTRIBUTES: usize = 256;
+/// How long a connection may sit idle between requests.
+const IDLE: Duration = Duration::from_secs(300);
+
+/// One domain a `when-down` friend owns.
+#[derive(Debug, Clone)]
+struct Gate {
+    peer: PeerId,
+    /// Its next hop, as the friend wrote it, for the 4xx text.
+    hop: String,
+}
+
+/// The policy service (a cheap handle).
+#[derive(Clone)]
+pub(crate) struct Policy {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Arc<Config>,
+    store: Store,
+    queue: Queue,
+    clock: Clock,
+    /// Domain → its `when-down` friend.
+    gates: Mutex<HashMap<String, Gate>>,
+    /// Whether each `when-down` friend's next hop answered, and when.
+    probes: Mutex<HashMap<PeerId, (bool, tokio::time::Instant)>>,
+}
+
+/// What to answer for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Verdict {
+    Dunno,
+    /// The friend's own server takes this mail now: `450`, naming it.
+    PrimaryUp(String),
+}
+
+impl Verdict {
+    fn action(&self) -> String {
+        match self {
+            Verdict::Dunno => "action=DUNNO\n\n".into(),
+            Verdict::PrimaryUp(hop) => {
+                format!("action=450 4.7.1 primary MX {hop} is up; deliver there\n\n")
+            }
+        }
+    }
+}
+
+impl Policy {
+    pub(crate) fn new(config: Arc<Config>, store: Store, queue: Queue, clock: Clock) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                queue,
+                clock,
+                gates: Mutex::new(HashMap::new()),
+                probes: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Binds the policy address (before anything else runs, so a port in
+    /// use is an error at startup).
+    pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+        TcpListener::bind(addr).await
+    }
+
+    /// Keeps the friends, their domains and their probes current until
+    /// `cancel`.
+    pub(crate) async fn run_probes(self, cancel: CancellationToken) {
+        loop {
+            self.refresh().await;
+            tokio::select! {
+                _ = tokio::time::sleep(PROBE_EVERY) => {}
+                _ = cancel.cancelled() => return,
+            }
+        }
+    }
+
+    async fn refresh(&self) {
+        let inner = &*self.inner;
+        let now = inner.clock.now_unix();
+        let grace = inner.config.expired_list_grace.0.as_secs() as i64;
+        let routes = match inner.store.when_down_routes(now, grace).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("policy service: {e}; keeping what it knew");
+                return;
+            }
+        };
+        let mut gates = HashMap::new();
+        let mut targets: HashMap<PeerId, Vec<SocketAddr>> = HashMap::new();
+        for (peer, r) in &routes {
+            gates.insert(
+                r.entry.domain.to_string(),
+                Gate {
+                    peer: *peer,
+                    hop: r.entry.next_hop.to_string(),
+                },
+            );
+            let port = r.entry.next_hop.port().unwrap_or(25);
+            let t = targets.entry(*peer).or_default();
+            for ip in &r.addrs {
+                let a = SocketAddr::new(*ip, port);
+                if !t.contains(&a) {
+                    t.push(a);
+                }
+            }
+        }
+        *lock(&inner.gates) = gates;
+        let mut probes = tokio::task::JoinSet::new();
+        for (peer, t) in targets {
+            probes.spawn(async move { (peer, crate::queue::any_answers(&t).await) });
+        }
+        let mut results = HashMap::new();
+        while let Some(Ok((peer, up))) = probes.join_next().await {
+            results.insert(peer, (up, tokio::time::Instant::now()));
+        }
+        *lock(&inner.probes) = results;
+    }
+
+    /// What to answer for a recipient.
+    fn decide(&self, recipient: &str) -> Verdict {
+        let inner = &*self.inner;
+        let domain = recipient
+            .rsplit_once('@')
+            .map_or("", |(_, d)| d)
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        let Some(gate) = lock(&inner.gates).get(&domain).cloned() else {
+            return Verdict::Dunno;
+        };
+        let probed = lock(&inner.probes)
+            .get(&gate.peer)
+            .is_some_and(|(up, at)| *up && at.elapsed() < PROBE_FRESH);
+        if probed && inner.queue.friend_says_accepting(&gate.peer) {
+            Verdict::PrimaryUp(gate.hop)
+        } else {
+            Verdict::Dunno
+        }
+    }
+
+    /// Serves Postfix's policy connections until `cancel`.
+    pub(crate) async fn serve(self, listener: TcpListener, cancel: CancellationToken) {
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+                _ = cancel.cancelled() => break,
+            };
+            let (stream, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::debug!("policy service: accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                // Postfix then takes the default action (DUNNO).
+                tracing::warn!(%peer, "policy service: {MAX_CONNECTIONS} connections already; refused one");
+                continue;
+            };
+            let me = self.clone();
+            conns.spawn(async move {
+                if let Err(e) = me.serve_connection(stream).await {
+                    tracing::debug!(%peer, "policy service: {e}");
+                }
+                drop(slot);
+            });
+        }
+        conns.shutdown().await;
+    }
+
+    async fn serve_connection(&self, stream: tokio::net::TcpStream) -> Result<(), String> {
+        let (read, mut write) = stream.into_split();
+        let mut lines = BufReader::new(read).take(u64::MAX);
+        loop {
+            let mut attrs: HashMap<String, String> = HashMap::new();
+            let mut size = 0usize;
+            loop {
+                let mut line = String::new();
+                lines.set_limit((MAX_REQUEST - size + 1) as u64);
+                let n = match tokio::time::timeout(IDLE, lines.read_line(&mut line)).await {
+                    Ok(Ok(n)) => n,
+                    Ok(Err(e)) => return Err(e.to_string()),
+                    Err(_) => return Ok(()), // idle: Postfix reconnects
+                };
+                if n == 0 {
+                    return Ok(()); // closed
+                }
+                size += n;
+                if size > MAX_REQUEST || !line.ends_with('\n') {
+                    return Err(format!("request over {MAX_REQUEST} bytes"));
+                }
+                let line = line.trim_end_matches(['\n', '\r']);
+                if line.is_empty() {
+                    break;
+                }
+                if attrs.len() >= MAX_ATTRIBUTES {
+                    return Err(format!("request with over {MAX_ATTRIBUTES} attributes"));
+                }
+                if let Some((k, v)) = line.split_once('=') {
+                    attrs.insert(k.to_string(), v.to_string());
+                }
+            }
+            let verdict = match (
+                attrs.get("request").map(String::as_str),
+                attrs.get("protocol_state").map(String::as_str),
+                attrs.get("recipient"),
+            ) {
+                (Some("smtpd_access_policy"), Some("RCPT"), Some(rcpt)) => self.decide(rcpt),
+                _ => Verdict::Dunno,
+            };
+            write
+                .write_all(verdict.action().as_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Verdict;
+
+    #[test]
+    fn answers_are_policy_protocol_actions() {
+        assert_eq!(Verdict::Dunno.action(), "action=DUNNO\n\n");
+        assert_eq!(
+            Verdict::PrimaryUp("mail.friend.example".into()).action(),
+            "action=450 4.7.1 primary MX mail.friend.example is up; deliver there\n\n"
+        );
+    }
+}
