@@ -217,6 +217,8 @@ impl Policy {
     }
 
     async fn serve_connection(&self, stream: tokio::net::TcpStream) -> Result<(), String> {
+        // One small answer per request, each awaited by smtpd: send it now.
+        let _ = stream.set_nodelay(true);
         let (read, mut write) = stream.into_split();
         let mut lines = BufReader::new(read).take(u64::MAX);
         loop {
