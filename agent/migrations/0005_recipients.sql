@@ -21,6 +21,12 @@ CREATE TABLE peer_recipient_lists (
     delimiter   TEXT NOT NULL,
     -- The peer's backup_mode is `when-down` (1) or `always` (0).
     when_down   INTEGER NOT NULL,
+    -- Its SMTP server key fingerprints (space-separated), pinned when
+    -- relaying to it; the ones before the last change, and when that was
+    -- (both are allowed for a while: a certificate rollover).
+    tls            TEXT NOT NULL,
+    tls_previous   TEXT NOT NULL DEFAULT '',
+    tls_changed_at INTEGER NOT NULL DEFAULT 0,
     signature   BLOB NOT NULL,
     received_at INTEGER NOT NULL
 ) STRICT;

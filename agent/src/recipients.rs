@@ -29,6 +29,7 @@ use mxfed_proto::msg::{understand_changes, Request, Response};
 use mxfed_proto::recipients::{
     recipient_change_chunks, recipient_changes, valid_delimiter, Recipient, RecipientChangesHeader,
     RecipientChangesReceiver, RecipientList, RecipientReceiver, WireRecipientChange,
+    MAX_FINGERPRINTS,
 };
 use mxfed_proto::PeerId;
 
@@ -101,6 +102,8 @@ struct Inner {
     last_fetch: Mutex<HashMap<PeerId, tokio::time::Instant>>,
     /// When my recipients were last read (None: never, or the last read failed).
     read_ok: Mutex<Option<tokio::time::Instant>>,
+    /// My server key fingerprints as last read.
+    tls: Mutex<Vec<String>>,
 }
 
 /// What my recipients were read from, to notice a change cheaply.
@@ -149,6 +152,7 @@ impl Recipients {
                 served: Mutex::new(HashMap::new()),
                 last_fetch: Mutex::new(HashMap::new()),
                 read_ok: Mutex::new(None),
+                tls: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -246,7 +250,7 @@ impl Recipients {
             d.sort();
             d
         };
-        let (items, unlisted, delimiter, files) = match self.read(&domains).await {
+        let (items, unlisted, delimiter, mut files) = match self.read(&domains).await {
             Ok(read) => read,
             Err(why) => {
                 // Nothing read: what friends hold stays in force.
@@ -254,6 +258,30 @@ impl Recipients {
                 return None;
             }
         };
+        // My SMTP server's keys, which friends pin when they relay to me.
+        let tls = match &inner.postfix {
+            None => Vec::new(),
+            Some(pf) => match pf.tls_fingerprints().await {
+                Ok(keys) => {
+                    files.extend(keys.files);
+                    keys.fingerprints
+                }
+                Err(e) => {
+                    tracing::warn!("cannot read my SMTP server's certificates ({e}); friends will relay to me with opportunistic TLS only");
+                    Vec::new()
+                }
+            },
+        };
+        let tls = if tls.len() > MAX_FINGERPRINTS {
+            tracing::warn!(
+                "{} server certificates; friends pin the first {MAX_FINGERPRINTS}",
+                tls.len()
+            );
+            tls[..MAX_FINGERPRINTS].to_vec()
+        } else {
+            tls
+        };
+        *lock(&inner.tls) = tls.clone();
         let files = fingerprint(&files);
         if !unlisted.is_empty() {
             let names: Vec<String> = unlisted.keys().map(|d| d.to_string()).collect();
@@ -269,7 +297,7 @@ impl Recipients {
             (Vec::new(), all, String::new())
         };
         *lock(&inner.unlisted) = unlisted;
-        self.sign_if_changed(items, delimiter, false).await;
+        self.sign_if_changed(items, delimiter, tls, false).await;
         Some(files)
     }
 
@@ -326,7 +354,13 @@ impl Recipients {
 
     /// Signs a new version if `items` or `delimiter` differ from the
     /// current list (or `force`), stores and offers it.
-    async fn sign_if_changed(&self, items: Vec<Recipient>, delimiter: String, force: bool) {
+    async fn sign_if_changed(
+        &self,
+        items: Vec<Recipient>,
+        delimiter: String,
+        tls: Vec<String>,
+        force: bool,
+    ) {
         let inner = &*self.inner;
         let mut current = inner.current.lock().await;
         let now = inner.clock.now_u64();
@@ -347,6 +381,7 @@ impl Recipients {
                         items.clone(),
                     );
                     list.when_down = when_down;
+                    list.tls_fingerprints = tls.clone();
                     let same = inner
                         .identity
                         .id
@@ -391,11 +426,16 @@ impl Recipients {
             None => (Vec::new(), 0, String::new()),
         };
         let old_when_down = current.as_ref().is_some_and(|p| p.list.when_down);
+        let old_tls = current
+            .as_ref()
+            .map(|p| p.list.tls_fingerprints.clone())
+            .unwrap_or_default();
         if !force
             && old_version > 0
             && old_items == items
             && old_delimiter == delimiter
             && old_when_down == when_down
+            && old_tls == tls
         {
             return;
         }
@@ -410,6 +450,7 @@ impl Recipients {
             items,
         );
         list.when_down = when_down;
+        list.tls_fingerprints = tls;
         let signature = inner.identity.sign(&list.signing_bytes());
         if let Err(e) = inner.store.publish_my_recipients(&list, &signature).await {
             tracing::error!("cannot store my recipient list: {e}");
@@ -457,7 +498,8 @@ impl Recipients {
             }
         };
         if let Some((items, delimiter)) = due {
-            self.sign_if_changed(items, delimiter, true).await;
+            let tls = lock(&self.inner.tls).clone();
+            self.sign_if_changed(items, delimiter, tls, true).await;
         }
     }
 

@@ -278,7 +278,20 @@ impl Relay {
             })
             .collect();
         let friends = self.friend_addrs().await;
-        let maps = render_maps(&routes).with_friends(&friends);
+        let pins = match inner
+            .store
+            .relay_tls(now, TLS_ROLLOVER.as_secs() as i64)
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                report.step = Some("read friends' server keys".into());
+                report.error = Some(e.to_string());
+                return report;
+            }
+        };
+        let tls = crate::postfix::render::tls_policy(&routes, &pins);
+        let maps = render_maps(&routes).with_friends(&friends).with_tls(tls);
         let desired = &maps
             .maps
             .iter()
@@ -292,6 +305,7 @@ impl Relay {
         for name in [
             crate::postfix::render::RELAY_RECIPIENTS,
             crate::postfix::render::FRIENDS,
+            crate::postfix::render::TLS_POLICY,
         ] {
             let wanted = maps.maps.iter().find(|(n, _)| *n == name).map(|(_, m)| m);
             let d = diff(
@@ -457,6 +471,10 @@ impl ApplyWorker {
         }
     }
 }
+
+/// How long a friend's server keys from before its last change stay
+/// pinned too (a certificate rollover).
+const TLS_ROLLOVER: Duration = Duration::from_secs(7 * 86_400);
 
 /// Whether two `recipient_delimiter` values split addresses alike (the same
 /// set of characters).

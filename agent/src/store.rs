@@ -639,10 +639,13 @@ impl Store {
         let id = peer.to_string();
         let mut tx = self.pool.begin().await.map_err(q)?;
         sqlx::query(
-            "INSERT INTO peer_recipient_lists (peer_id, version, issued_at, expires_at, delimiter, when_down, signature, received_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+            "INSERT INTO peer_recipient_lists (peer_id, version, issued_at, expires_at, delimiter, when_down, tls, signature, received_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT (peer_id) DO UPDATE SET version = excluded.version, issued_at = excluded.issued_at,
                expires_at = excluded.expires_at, delimiter = excluded.delimiter, when_down = excluded.when_down,
+               tls_previous = CASE WHEN tls != excluded.tls THEN tls ELSE tls_previous END,
+               tls_changed_at = CASE WHEN tls != excluded.tls THEN excluded.received_at ELSE tls_changed_at END,
+               tls = excluded.tls,
                signature = excluded.signature, received_at = excluded.received_at",
         )
         .bind(&id)
@@ -651,6 +654,7 @@ impl Store {
         .bind(list.expires_at as i64)
         .bind(&list.delimiter)
         .bind(i64::from(list.when_down))
+        .bind(list.tls_fingerprints.join(" "))
         .bind(signature)
         .bind(now)
         .execute(&mut *tx)
@@ -741,6 +745,37 @@ impl Store {
                 ))
             })
             .collect()
+    }
+
+    /// For each friend's domain accepted here: the friend's server key
+    /// fingerprints to pin, with those it had before its last change if
+    /// that was less than `rollover` seconds ago. Domains of friends that
+    /// publish no recipient list are missing.
+    pub async fn relay_tls(
+        &self,
+        now: i64,
+        rollover: i64,
+    ) -> Result<HashMap<String, Vec<String>>, StoreError> {
+        let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
+            "SELECT e.domain, rl.tls, rl.tls_previous, rl.tls_changed_at FROM peer_entries e
+             JOIN peer_recipient_lists rl ON rl.peer_id = e.peer_id
+             WHERE e.state = 'accepted'",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.query_err(e))?;
+        Ok(rows
+            .into_iter()
+            .map(|(domain, tls, previous, changed_at)| {
+                let mut fps: Vec<String> = tls.split_whitespace().map(String::from).collect();
+                if now - changed_at < rollover {
+                    fps.extend(previous.split_whitespace().map(String::from));
+                }
+                fps.sort();
+                fps.dedup();
+                (domain, fps)
+            })
+            .collect())
     }
 
     /// How many recipients a peer publishes for each of its domains.

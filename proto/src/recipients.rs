@@ -133,6 +133,22 @@ pub fn valid_delimiter(d: &str) -> bool {
             .all(|c| c.is_ascii_graphic() && !c.is_ascii_alphanumeric() && c != '@')
 }
 
+/// Most server key fingerprints a list may carry (several certificates,
+/// and a rollover).
+pub const MAX_FINGERPRINTS: usize = 16;
+
+/// Whether `f` is a SHA-256 fingerprint as Postfix writes it: 32 bytes in
+/// upper-case hex, colon-separated.
+pub fn valid_fingerprint(f: &str) -> bool {
+    f.len() == 95
+        && f.split(':').count() == 32
+        && f.split(':').all(|b| {
+            b.len() == 2
+                && b.bytes()
+                    .all(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(&c))
+        })
+}
+
 /// A verified (or locally built) recipient list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecipientList {
@@ -149,6 +165,10 @@ pub struct RecipientList {
     /// The owner's `backup_mode`: `true` for `when-down` (backups accept
     /// its mail only while its own server does not), `false` for `always`.
     pub when_down: bool,
+    /// The SHA-256 fingerprints (`AB:CD:...`) of the public keys of the
+    /// owner's SMTP server certificates, which backups pin; at most
+    /// [`MAX_FINGERPRINTS`], sorted.
+    pub tls_fingerprints: Vec<String>,
     /// Sorted, no duplicates.
     items: Vec<Recipient>,
 }
@@ -162,6 +182,8 @@ pub struct RecipientHeader {
     pub delimiter: String,
     /// The owner's `backup_mode` is `when-down`.
     pub when_down: bool,
+    /// The owner's server key fingerprints.
+    pub tls_fingerprints: Vec<String>,
 }
 
 /// The first frame of a transfer of changes to a recipient list.
@@ -213,6 +235,7 @@ impl RecipientList {
             expires_at,
             delimiter,
             when_down: false,
+            tls_fingerprints: Vec::new(),
             items,
         }
     }
@@ -233,6 +256,11 @@ impl RecipientList {
         m.push(self.delimiter.len() as u8);
         m.extend_from_slice(self.delimiter.as_bytes());
         m.push(u8::from(self.when_down));
+        m.push(self.tls_fingerprints.len() as u8);
+        for f in &self.tls_fingerprints {
+            m.push(f.len() as u8);
+            m.extend_from_slice(f.as_bytes());
+        }
         m.extend_from_slice(&(self.items.len() as u32).to_be_bytes());
         m.extend_from_slice(&items_digest(&self.items));
         m
@@ -251,6 +279,7 @@ impl RecipientList {
             },
             delimiter: self.delimiter.clone(),
             when_down: self.when_down,
+            tls_fingerprints: self.tls_fingerprints.clone(),
         }
     }
 
@@ -269,6 +298,7 @@ impl RecipientList {
             expires_at: header.list.expires_at,
             delimiter: header.delimiter,
             when_down: header.when_down,
+            tls_fingerprints: header.tls_fingerprints,
             items,
         };
         if !list
@@ -329,6 +359,13 @@ fn check_recipient_header(
     now: u64,
 ) -> Result<(), ListError> {
     check_header(&h.list, sender, held, now, MAX_RECIPIENTS)?;
+    if h.tls_fingerprints.len() > MAX_FINGERPRINTS
+        || !h.tls_fingerprints.iter().all(|f| valid_fingerprint(f))
+    {
+        return Err(ListError::Malformed(format!(
+            "TLS fingerprints (at most {MAX_FINGERPRINTS}, each 32 bytes as AB:CD:...)"
+        )));
+    }
     if !valid_delimiter(&h.delimiter) {
         return Err(ListError::Malformed(format!(
             "recipient_delimiter {:?} (at most {MAX_DELIMITER} punctuation characters)",
@@ -601,6 +638,23 @@ mod tests {
             rx.finish(),
             Err(ListError::BadSignature),
             "the mode is signed"
+        );
+        let mut h = l.header(sig.clone());
+        h.tls_fingerprints = vec![["AB"; 32].join(":")];
+        let mut rx = RecipientReceiver::start(h, id, None, 1000).unwrap();
+        for c in l.chunks() {
+            rx.push(c).unwrap();
+        }
+        assert_eq!(
+            rx.finish(),
+            Err(ListError::BadSignature),
+            "the pins are signed"
+        );
+        let mut h = l.header(sig.clone());
+        h.tls_fingerprints = vec!["ab:cd".into()];
+        assert!(
+            RecipientReceiver::start(h, id, None, 1000).is_err(),
+            "a malformed pin"
         );
         let mut chunks: Vec<Vec<String>> = l.chunks().collect();
         chunks[0][0] = "evil@example.org".into();

@@ -235,3 +235,110 @@ fn when_down_defers_to_the_primary_while_it_is_up() {
     bravo.stop();
     assert_eq!(pf.rcpt("bob@alpha.example"), 250);
 }
+
+/// A self-signed key and certificate for `name`, as one PEM chain file
+/// (key first, then its certificate), in `dir`.
+fn tls_chain(dir: &std::path::Path, file: &str, name: &str) -> std::path::PathBuf {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let path = dir.join(file);
+    std::fs::write(&path, format!("{}{}", key.serialize_pem(), cert.pem())).unwrap();
+    path
+}
+
+fn maillog(pf: &PostfixInstance) -> String {
+    std::fs::read_to_string(pf.dir.path().join("maillog")).unwrap_or_default()
+}
+
+/// Authenticated TLS on the relay hop (issue 12, part 3): the owner's agent
+/// publishes its Postfix server key's fingerprint; the backup pins it in
+/// smtp_tls_policy_maps, so relayed mail goes only over TLS to that key
+/// ("Verified TLS connection"). A certificate changed without an
+/// announcement (the owner's agent is down) leaves the mail deferred in the
+/// backup's queue, never bounced; once announced, it is delivered.
+#[test]
+fn relayed_mail_goes_over_tls_pinned_to_the_owners_key() {
+    let certs = tempfile::tempdir().unwrap();
+    let chain = tls_chain(certs.path(), "alpha.pem", "mail.alpha.example");
+    let pf_alpha = PostfixInstance::start_mailbox("mail.alpha.example", "alpha.example");
+    let tls = format!(
+        "smtpd_tls_chain_files = {}\nsmtpd_tls_security_level = may",
+        chain.display()
+    );
+    let main = pf_alpha.etc().join("main.cf");
+    let mut text = std::fs::read_to_string(&main).unwrap();
+    text.push_str(&tls);
+    text.push('\n');
+    std::fs::write(&main, text).unwrap();
+    let reload = |pf: &PostfixInstance| {
+        let out = std::process::Command::new("postfix")
+            .arg("-c")
+            .arg(pf.etc())
+            .arg("reload")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    reload(&pf_alpha);
+    let pf = PostfixInstance::start("mail.bravo.example", "smtp_tls_loglevel = 1");
+    let mut alpha = Agent::init_at("alpha", free_udp_on_localhost());
+    let mut bravo = Agent::init("bravo");
+    let mut dns = mail_dns(&[&alpha, &bravo]);
+    dns.restart(ZONES, &backed_up("alpha.example"));
+    alpha.use_postfix(&pf_alpha);
+    alpha.configure("recipients = \"off\"");
+    bravo.use_postfix(&pf);
+    bravo.configure(&format!("allowed_next_hop_ports = [25, {}]", pf_alpha.port));
+    assert_ok(&bravo.mxfed(&["postfix", "setup"]), "postfix setup");
+    assert!(
+        pf.postconf("smtp_tls_policy_maps")
+            .contains("mxfed/tls_policy"),
+        "{}",
+        pf.postconf("smtp_tls_policy_maps")
+    );
+    start_and_pair(&mut alpha, &mut bravo);
+    let hop = format!("mail.alpha.example:{}", pf_alpha.port);
+    alpha.domains(&["add", "alpha.example", "--next-hop", &hop]);
+    let key = format!("[{}]:{}", alpha.ip(), pf_alpha.port);
+    wait_for("alpha's key pinned at the backup", || {
+        pf.query("hash", "tls_policy", &key)
+            .is_some_and(|v| v.starts_with("fingerprint match="))
+    });
+
+    pf.send("bob@alpha.example", "relayed over pinned TLS");
+    wait_for("delivered to alpha", || pf_alpha.inbox() == 1);
+    assert!(
+        maillog(&pf).contains("Verified TLS connection established to"),
+        "{}",
+        maillog(&pf)
+    );
+
+    // A new key, not announced: alpha's agent is down when it changes.
+    alpha.stop();
+    tls_chain(certs.path(), "alpha.pem", "mail.alpha.example");
+    reload(&pf_alpha);
+    pf.send("bob@alpha.example", "waits for the new key");
+    wait_for("deferred at the backup", || {
+        maillog(&pf).contains("status=deferred")
+    });
+    assert!(!maillog(&pf).contains("status=bounced"), "{}", maillog(&pf));
+    assert_eq!(pf_alpha.inbox(), 1, "not delivered to an unpinned key");
+
+    // alpha's agent comes back and announces the new key: delivered.
+    // (The backup flushes what it holds while alpha answers, at most every
+    // 30 s, and scans every 10 s: allow for both.)
+    alpha.start();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while pf_alpha.inbox() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never delivered after the new key was announced:\n{}",
+            maillog(&pf)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(!maillog(&pf).contains("status=bounced"), "{}", maillog(&pf));
+}

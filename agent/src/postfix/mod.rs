@@ -17,6 +17,7 @@
 
 pub mod recipients;
 pub mod render;
+pub mod tls;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -29,7 +30,9 @@ use tokio::process::Command;
 
 use mxfed_proto::domain::Domain;
 
-use render::{map_text, parse_map, RelayMaps, FRIENDS, RELAY_DOMAINS, RELAY_RECIPIENTS, TRANSPORT};
+use render::{
+    map_text, parse_map, RelayMaps, FRIENDS, RELAY_DOMAINS, RELAY_RECIPIENTS, TLS_POLICY, TRANSPORT,
+};
 
 /// Name of the directory inside the Postfix config dir that holds our maps.
 pub const MAP_DIR: &str = "mxfed";
@@ -268,13 +271,18 @@ impl Postfix {
 
     /// Whether the map files exist.
     pub fn maps_exist(&self) -> bool {
-        [RELAY_DOMAINS, RELAY_RECIPIENTS, TRANSPORT, FRIENDS]
-            .iter()
-            .all(|n| {
-                let p = self.map_dir().join(n);
-                p.exists()
-                    && PathBuf::from(format!("{}{}", p.display(), self.suffix_of(n))).exists()
-            })
+        [
+            RELAY_DOMAINS,
+            RELAY_RECIPIENTS,
+            TRANSPORT,
+            FRIENDS,
+            TLS_POLICY,
+        ]
+        .iter()
+        .all(|n| {
+            let p = self.map_dir().join(n);
+            p.exists() && PathBuf::from(format!("{}{}", p.display(), self.suffix_of(n))).exists()
+        })
     }
 
     /// Looks keys up in a map: `postmap -q - MAP`, keys on stdin.
@@ -505,6 +513,7 @@ impl Postfix {
             }
         }
         wanted.push(("relay_recipient_maps", RELAY_RECIPIENTS));
+        wanted.push(("smtp_tls_policy_maps", TLS_POLICY));
         if trust_friends {
             // postscreen lets friends' mail hosts straight through (their
             // relayed mail is not theirs to be judged by).
@@ -535,7 +544,7 @@ impl Postfix {
             };
             let new = if base.is_empty() {
                 ours
-            } else if *param == "transport_maps" {
+            } else if *param == "transport_maps" || *param == "smtp_tls_policy_maps" {
                 // First, so an admin's wildcard or `.parent` transport entry
                 // cannot send a friend's mail elsewhere. (Ours holds exact
                 // domains only, so it shadows nothing of the admin's.)
@@ -574,10 +583,16 @@ impl Postfix {
         let create_maps = if self.maps_exist() {
             Vec::new()
         } else {
-            [RELAY_DOMAINS, RELAY_RECIPIENTS, TRANSPORT, FRIENDS]
-                .iter()
-                .map(|n| self.map_dir().join(n))
-                .collect()
+            [
+                RELAY_DOMAINS,
+                RELAY_RECIPIENTS,
+                TRANSPORT,
+                FRIENDS,
+                TLS_POLICY,
+            ]
+            .iter()
+            .map(|n| self.map_dir().join(n))
+            .collect()
         };
         Ok(SetupPlan {
             changes,
@@ -593,7 +608,10 @@ impl Postfix {
         // agent's work in progress) are never touched here.
         if !plan.create_maps.is_empty() {
             ensure_dir(&self.map_dir()).await?;
-            for (name, entries) in render::render_maps(&[]).with_friends(&[]).maps {
+            let empty = render::render_maps(&[])
+                .with_friends(&[])
+                .with_tls(BTreeMap::new());
+            for (name, entries) in empty.maps {
                 let path = self.map_dir().join(name);
                 let db = PathBuf::from(format!("{}{}", path.display(), self.suffix_of(name)));
                 if !path.exists() {

@@ -25,6 +25,9 @@ pub const RELAY_RECIPIENTS: &str = "relay_recipients";
 /// The addresses of friends' mail hosts (a `cidr:` table, `IP permit`),
 /// for `postscreen_access_list` and the admin's own whitelists.
 pub const FRIENDS: &str = "friends";
+/// Per next-hop address: pin the friend's server keys (`fingerprint`), or
+/// `may` for a friend that published none (`smtp_tls_policy_maps`).
+pub const TLS_POLICY: &str = "tls_policy";
 
 const HEADER: &str = "# Written by mxfed from friends' accepted domain lists. Do not edit:\n# changes are overwritten. See `mxfed status` and `mxfed history`.\n";
 
@@ -84,7 +87,42 @@ pub fn render_maps(routes: &[Route]) -> RelayMaps {
     }
 }
 
+/// The TLS policy map for `routes`: each next-hop address exactly as the
+/// transport map writes it (`[IP]` or `[IP]:port`), with `fingerprint` and
+/// a `match=` per fingerprint in `pins` (by domain), or `may`.
+pub fn tls_policy(
+    routes: &[Route],
+    pins: &std::collections::HashMap<String, Vec<String>>,
+) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for r in routes {
+        let value = match pins.get(r.domain.as_str()) {
+            Some(fps) if !fps.is_empty() => {
+                let matches: Vec<String> = fps.iter().map(|f| format!("match={f}")).collect();
+                format!("fingerprint {}", matches.join(" "))
+            }
+            _ => "may".to_string(),
+        };
+        let port = r
+            .next_hop
+            .port()
+            .map(|p| format!(":{p}"))
+            .unwrap_or_default();
+        for ip in &r.addrs {
+            out.entry(format!("[{ip}]{port}"))
+                .or_insert_with(|| value.clone());
+        }
+    }
+    out
+}
+
 impl RelayMaps {
+    /// Adds the [`TLS_POLICY`] map.
+    pub fn with_tls(mut self, policy: BTreeMap<String, String>) -> Self {
+        self.maps.push((TLS_POLICY, policy));
+        self
+    }
+
     /// Adds the [`FRIENDS`] map: each address `permit`.
     pub fn with_friends(mut self, addrs: &[IpAddr]) -> Self {
         let friends = addrs

@@ -294,8 +294,10 @@ impl Queue {
 
     // ----- flushing -----------------------------------------------------
 
-    /// Probes the SMTP port of the next hops I hold mail for; when one
-    /// answers after failing, the friend is back: flush.
+    /// Probes the SMTP port of the next hops I hold mail for; while one
+    /// answers, the friend takes mail: flush (at most once per
+    /// [`FLUSH_EVERY`]). A state, not an edge: mail deferred for another
+    /// reason (a server key announced late) also goes out.
     async fn probe(&self, peer: PeerId, name: &str, scan: &Scan) {
         let targets = probe::targets(
             scan.routes
@@ -305,9 +307,12 @@ impl Queue {
         );
         let up = probe::any_answers(&targets).await;
         let before = lock(&self.inner.probes).insert(peer, up);
-        if up && before == Some(false) {
-            self.flush_for(peer, name, "its next hop answers again")
-                .await;
+        if up {
+            let why = match before {
+                Some(false) => "its next hop answers again",
+                _ => "its next hop answers and I hold mail for it",
+            };
+            self.flush_for(peer, name, why).await;
         }
     }
 
