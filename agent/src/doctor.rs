@@ -9,7 +9,9 @@
 //! - `postfix-version`: 3.5 or later, for several next hops per entry;
 //! - `clock`: friends' clocks are within a minute of mine;
 //! - `recipients`: my domains have recipient lists (else friends accept
-//!   every recipient of them), and so do the friends' domains I back up.
+//!   every recipient of them), and so do the friends' domains I back up;
+//! - `tls`: every friend I relay for published a server key to pin (else
+//!   its mail goes with opportunistic TLS only).
 
 use mxfed_proto::control::{Check, DoctorReport};
 use mxfed_proto::domain::Domain;
@@ -55,6 +57,7 @@ pub(crate) async fn report(s: &Services) -> DoctorReport {
     let mut checks = Vec::new();
     check_mx(s, &mut checks).await;
     check_recipients(s, &mut checks).await;
+    check_tls(s, &mut checks).await;
     match &s.postfix {
         None => checks.push(check(
             "postfix-setup",
@@ -224,6 +227,51 @@ async fn check_recipients(s: &Services, checks: &mut Vec<Check>) {
             "",
         ));
     }
+}
+
+/// Friends' domains I relay to without a pinned server key.
+async fn check_tls(s: &Services, checks: &mut Vec<Check>) {
+    let Ok(routes) = s
+        .store
+        .relay_routes(s.clock.now_unix(), crate::store::ANY_EXPIRY)
+        .await
+    else {
+        return;
+    };
+    let pins = s.store.relay_tls(0, 0).await.unwrap_or_default();
+    let mut open: Vec<String> = routes
+        .iter()
+        .filter(|r| {
+            pins.get(r.entry.domain.as_str())
+                .is_none_or(|p| p.is_empty())
+        })
+        .map(|r| format!("{} ({})", r.entry.domain, r.peer))
+        .collect();
+    open.sort();
+    open.dedup();
+    if open.is_empty() {
+        if !routes.is_empty() {
+            checks.push(check(
+                "tls",
+                "ok",
+                "mail relayed to every friend goes over TLS pinned to its server key",
+                "",
+            ));
+        }
+        return;
+    }
+    let shown: Vec<&str> = open.iter().take(10).map(String::as_str).collect();
+    checks.push(check(
+        "tls",
+        "warn",
+        format!(
+            "{} friend domain(s) are relayed with opportunistic TLS only (the friend published no server key): {}{}",
+            open.len(),
+            shown.join(", "),
+            if open.len() > 10 { ", ..." } else { "" }
+        ),
+        "ask those friends to configure a TLS certificate for their Postfix (smtpd_tls_chain_files) and run mxfed 0.2 or later",
+    ));
 }
 
 async fn check_mx(s: &Services, checks: &mut Vec<Check>) {

@@ -259,6 +259,18 @@ pub async fn run_with_clock(
         match postfix::Postfix::open(&config.postfix_config_dir, map_type).await {
             Ok(p) => {
                 tracing::info!(dir = %config.postfix_config_dir.display(), map_type = p.map_type(), "Postfix integration on");
+                // An installation set up by an older version learns here
+                // (and from `mxfed doctor`) what this one also needs.
+                if let Ok(plan) = p.plan_setup(false, config.policy_listen).await {
+                    if !plan.changes.is_empty() {
+                        let names: Vec<&str> =
+                            plan.changes.iter().map(|c| c.name.as_str()).collect();
+                        tracing::warn!(
+                            "main.cf is not wired for everything this version does ({}): run `mxfed postfix setup`",
+                            names.join(", ")
+                        );
+                    }
+                }
                 Some(p)
             }
             Err(e) => return Err(AgentError::Postfix(e)),
