@@ -238,7 +238,12 @@ async fn check_tls(s: &Services, checks: &mut Vec<Check>) {
     else {
         return;
     };
-    let pins = s.store.relay_tls(0, 0).await.unwrap_or_default();
+    // Current keys only (not those kept for a rollover).
+    let pins = s
+        .store
+        .relay_tls(s.clock.now_unix(), 0)
+        .await
+        .unwrap_or_default();
     let mut open: Vec<String> = routes
         .iter()
         .filter(|r| {

@@ -323,6 +323,7 @@ pub async fn run_with_clock(
         store.clone(),
         queue.clone(),
         clock.clone(),
+        postfix.clone(),
     );
     let pairing = Pairing::new(peers.clone());
     let cancel = CancellationToken::new();

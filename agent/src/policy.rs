@@ -13,7 +13,7 @@
 //! mxfed never makes Postfix refuse mail just because mxfed is absent.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,9 +26,54 @@ use mxfed_proto::PeerId;
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::postfix::Postfix;
 use crate::queue::Queue;
 use crate::store::Store;
 use crate::util::lock;
+
+/// Address and prefix length of each network item.
+type Networks = Vec<(IpAddr, u8)>;
+
+/// How often `mynetworks` is read again.
+const MYNETWORKS_EVERY: Duration = Duration::from_secs(60);
+
+/// The address and CIDR items of a `mynetworks` value (`1.2.3.0/24`,
+/// `[2001:db8::]/32`, a bare address); names and tables are left out.
+fn parse_networks(value: &str) -> Networks {
+    value
+        .split([',', ' ', '\t', '\n'])
+        .filter(|t| !t.is_empty())
+        .filter_map(|t| {
+            let (addr, len) = match t.split_once('/') {
+                Some((a, l)) => (a, l.parse::<u8>().ok()?),
+                None => (t, 128),
+            };
+            let ip: IpAddr = addr
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse()
+                .ok()?;
+            let max = if ip.is_ipv4() { 32 } else { 128 };
+            Some((ip.to_canonical(), len.min(max)))
+        })
+        .collect()
+}
+
+/// Whether `ip` is in one of `nets`.
+fn in_networks(nets: &[(IpAddr, u8)], ip: IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    nets.iter().any(|(net, len)| match (net, ip) {
+        (IpAddr::V4(n), IpAddr::V4(a)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(*len)).unwrap_or(0);
+            u32::from(*n) & mask == u32::from(a) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(a)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(*len)).unwrap_or(0);
+            u128::from(*n) & mask == u128::from(a) & mask
+        }
+        _ => false,
+    })
+}
 
 /// How often the next hops of `when-down` friends are probed, and the
 /// friends and their domains read again.
@@ -66,6 +111,11 @@ struct Inner {
     gates: Mutex<HashMap<String, Gate>>,
     /// Whether each `when-down` friend's next hop answered, and when.
     probes: Mutex<HashMap<PeerId, (bool, tokio::time::Instant)>>,
+    /// To read `mynetworks`; `None` without Postfix.
+    postfix: Option<Postfix>,
+    /// `mynetworks` (its address and CIDR items), and when it was read:
+    /// my own clients are never deferred.
+    mynetworks: Mutex<(Networks, Option<tokio::time::Instant>)>,
 }
 
 /// What to answer for one request.
@@ -88,7 +138,13 @@ impl Verdict {
 }
 
 impl Policy {
-    pub(crate) fn new(config: Arc<Config>, store: Store, queue: Queue, clock: Clock) -> Self {
+    pub(crate) fn new(
+        config: Arc<Config>,
+        store: Store,
+        queue: Queue,
+        clock: Clock,
+        postfix: Option<Postfix>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 config,
@@ -97,6 +153,8 @@ impl Policy {
                 clock,
                 gates: Mutex::new(HashMap::new()),
                 probes: Mutex::new(HashMap::new()),
+                postfix,
+                mynetworks: Mutex::new((Vec::new(), None)),
             }),
         }
     }
@@ -121,6 +179,15 @@ impl Policy {
 
     async fn refresh(&self) {
         let inner = &*self.inner;
+        let stale = lock(&inner.mynetworks)
+            .1
+            .is_none_or(|at| at.elapsed() >= MYNETWORKS_EVERY);
+        if let (true, Some(pf)) = (stale, &inner.postfix) {
+            if let Ok(value) = pf.param_expanded("mynetworks").await {
+                *lock(&inner.mynetworks) =
+                    (parse_networks(&value), Some(tokio::time::Instant::now()));
+            }
+        }
         let now = inner.clock.now_unix();
         let grace = inner.config.expired_list_grace.0.as_secs() as i64;
         let routes = match inner.store.when_down_routes(now, grace).await {
@@ -225,9 +292,9 @@ impl Policy {
             let mut attrs: HashMap<String, String> = HashMap::new();
             let mut size = 0usize;
             loop {
-                let mut line = String::new();
+                let mut raw = Vec::new();
                 lines.set_limit((MAX_REQUEST - size + 1) as u64);
-                let n = match tokio::time::timeout(IDLE, lines.read_line(&mut line)).await {
+                let n = match tokio::time::timeout(IDLE, lines.read_until(b'\n', &mut raw)).await {
                     Ok(Ok(n)) => n,
                     Ok(Err(e)) => return Err(e.to_string()),
                     Err(_) => return Ok(()), // idle: Postfix reconnects
@@ -236,6 +303,9 @@ impl Policy {
                     return Ok(()); // closed
                 }
                 size += n;
+                // Attribute values are whatever clients sent (HELO names):
+                // not necessarily UTF-8.
+                let line = String::from_utf8_lossy(&raw);
                 if size > MAX_REQUEST || !line.ends_with('\n') {
                     return Err(format!("request over {MAX_REQUEST} bytes"));
                 }
@@ -250,12 +320,21 @@ impl Policy {
                     attrs.insert(k.to_string(), v.to_string());
                 }
             }
+            // My own users (SASL, mynetworks) send through me whatever a
+            // friend's mode says.
+            let mine = attrs.get("sasl_username").is_some_and(|u| !u.is_empty())
+                || attrs
+                    .get("client_address")
+                    .and_then(|a| a.parse::<IpAddr>().ok())
+                    .is_some_and(|ip| in_networks(&lock(&self.inner.mynetworks).0, ip));
             let verdict = match (
                 attrs.get("request").map(String::as_str),
                 attrs.get("protocol_state").map(String::as_str),
                 attrs.get("recipient"),
             ) {
-                (Some("smtpd_access_policy"), Some("RCPT"), Some(rcpt)) => self.decide(rcpt),
+                (Some("smtpd_access_policy"), Some("RCPT"), Some(rcpt)) if !mine => {
+                    self.decide(rcpt)
+                }
                 _ => Verdict::Dunno,
             };
             write
@@ -268,7 +347,19 @@ impl Policy {
 
 #[cfg(test)]
 mod tests {
-    use super::Verdict;
+    use super::{in_networks, parse_networks, Verdict};
+
+    #[test]
+    fn my_networks_are_matched_by_address_and_prefix() {
+        let nets = parse_networks("127.0.0.0/8, [::1]/128 192.0.2.0/24,198.51.100.7 hash:/etc/x");
+        let is = |a: &str| in_networks(&nets, a.parse().unwrap());
+        assert!(is("127.1.2.3") && is("192.0.2.200") && is("198.51.100.7") && is("::1"));
+        assert!(!is("192.0.3.1") && !is("198.51.100.8") && !is("2001:db8::1"));
+        assert!(in_networks(
+            &parse_networks("0.0.0.0/0"),
+            "203.0.113.1".parse().unwrap()
+        ));
+    }
 
     #[test]
     fn answers_are_policy_protocol_actions() {

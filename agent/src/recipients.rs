@@ -267,8 +267,10 @@ impl Recipients {
                     keys.fingerprints
                 }
                 Err(e) => {
-                    tracing::warn!("cannot read my SMTP server's certificates ({e}); friends will relay to me with opportunistic TLS only");
-                    Vec::new()
+                    // Mid-renewal, say: keep what friends pin now; a change
+                    // to a watched file, or the 10-minute re-read, tries again.
+                    tracing::warn!("cannot read my SMTP server's certificates ({e}); friends keep the keys they pin now");
+                    lock(&inner.tls).clone()
                 }
             },
         };

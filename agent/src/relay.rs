@@ -111,12 +111,31 @@ impl Relay {
     /// a friend whose look-up fails keeps the addresses found last time.
     async fn friend_addrs(&self) -> Vec<IpAddr> {
         let inner = &*self.inner;
-        let peers = inner.store.peers().await.unwrap_or_default();
+        let peers = match inner.store.peers().await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("friends map: {e}; keeping the addresses found before");
+                let mut all: Vec<IpAddr> = lock(&inner.friend_addrs)
+                    .values()
+                    .flatten()
+                    .copied()
+                    .collect();
+                all.sort();
+                all.dedup();
+                return all;
+            }
+        };
         let mut all = Vec::new();
         let mut known = HashMap::new();
         for p in peers {
             let found = match inner.dns.addresses(&p.mail_host).await {
-                Ok(addrs) => addrs,
+                // A mail host is a host: a few addresses, none a wildcard
+                // or a whole network's worth.
+                Ok(addrs) => addrs
+                    .into_iter()
+                    .filter(|ip| !ip.is_unspecified() && !ip.is_multicast())
+                    .take(MAX_FRIEND_ADDRS)
+                    .collect(),
                 Err(why) => {
                     tracing::debug!(peer = %p.name, mail_host = %p.mail_host, "friends map: look-up failed ({why}); keeping its addresses");
                     lock(&inner.friend_addrs)
@@ -290,7 +309,16 @@ impl Relay {
                 return report;
             }
         };
-        let tls = crate::postfix::render::tls_policy(&routes, &pins);
+        // Pins mean SHA-256 only where Postfix compares SHA-256 (its
+        // default from compatibility_level 3.6; `postfix setup` sets it).
+        let pinnable = postfix
+            .param_expanded("smtp_tls_fingerprint_digest")
+            .await
+            .is_ok_and(|d| d.eq_ignore_ascii_case("sha256"));
+        if !pinnable && !pins.is_empty() {
+            tracing::warn!("smtp_tls_fingerprint_digest is not sha256: friends' server keys are not pinned (run `mxfed postfix setup`)");
+        }
+        let tls = crate::postfix::render::tls_policy(&routes, &pins, pinnable);
         let maps = render_maps(&routes).with_friends(&friends).with_tls(tls);
         let desired = &maps
             .maps
@@ -471,6 +499,9 @@ impl ApplyWorker {
         }
     }
 }
+
+/// Most addresses of one friend's mail host in the friends map.
+const MAX_FRIEND_ADDRS: usize = 16;
 
 /// How long a friend's server keys from before its last change stay
 /// pinned too (a certificate rollover).

@@ -568,7 +568,11 @@ impl Postfix {
             .iter()
             .any(|t| t.contains(&service))
         {
-            let ours = format!("check_policy_service {{ {service}, default_action=DUNNO }}");
+            // One quick try (not Postfix's two, a second apart, nor its
+            // 100 s wait), so a stopped or hung agent costs each RCPT little.
+            let ours = format!(
+                "check_policy_service {{ {service}, default_action=DUNNO, try_limit=1, timeout=10s }}"
+            );
             let base = restrictions.trim();
             changes.push(ParamChange {
                 name: "smtpd_recipient_restrictions".into(),
@@ -578,6 +582,16 @@ impl Postfix {
                 } else {
                     format!("{ours}, {base}")
                 },
+            });
+        }
+        // Friends' keys are pinned as SHA-256 fingerprints; below
+        // compatibility_level 3.6 Postfix compares MD5 ones.
+        let digest = self.param_expanded("smtp_tls_fingerprint_digest").await?;
+        if !digest.eq_ignore_ascii_case("sha256") {
+            changes.push(ParamChange {
+                name: "smtp_tls_fingerprint_digest".into(),
+                old: digest,
+                new: "sha256".into(),
             });
         }
         let create_maps = if self.maps_exist() {

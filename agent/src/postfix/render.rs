@@ -89,19 +89,25 @@ pub fn render_maps(routes: &[Route]) -> RelayMaps {
 
 /// The TLS policy map for `routes`: each next-hop address exactly as the
 /// transport map writes it (`[IP]` or `[IP]:port`), with `fingerprint` and
-/// a `match=` per fingerprint in `pins` (by domain), or `may`.
+/// a `match=` per fingerprint in `pins` (by domain). A route whose friend
+/// published no key gets no entry (the admin's own policy applies, Debian's
+/// `may`), and so does an address that routes of different friends' pins
+/// share with different values: no friend can pin (or unpin) another's
+/// server by pointing a next hop at its address. `pinnable` false (this
+/// Postfix does not compare SHA-256 fingerprints) writes no pins at all.
 pub fn tls_policy(
     routes: &[Route],
     pins: &std::collections::HashMap<String, Vec<String>>,
+    pinnable: bool,
 ) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
+    let mut wanted: BTreeMap<String, Option<String>> = BTreeMap::new();
     for r in routes {
         let value = match pins.get(r.domain.as_str()) {
-            Some(fps) if !fps.is_empty() => {
+            Some(fps) if !fps.is_empty() && pinnable => {
                 let matches: Vec<String> = fps.iter().map(|f| format!("match={f}")).collect();
-                format!("fingerprint {}", matches.join(" "))
+                Some(format!("fingerprint {}", matches.join(" ")))
             }
-            _ => "may".to_string(),
+            _ => None,
         };
         let port = r
             .next_hop
@@ -109,11 +115,22 @@ pub fn tls_policy(
             .map(|p| format!(":{p}"))
             .unwrap_or_default();
         for ip in &r.addrs {
-            out.entry(format!("[{ip}]{port}"))
-                .or_insert_with(|| value.clone());
+            let key = format!("[{ip}]{port}");
+            match wanted.get(&key) {
+                None => {
+                    wanted.insert(key, value.clone());
+                }
+                Some(v) if *v != value => {
+                    wanted.insert(key, None); // a conflict: pin nothing here
+                }
+                Some(_) => {}
+            }
         }
     }
-    out
+    wanted
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, v?)))
+        .collect()
 }
 
 impl RelayMaps {
@@ -251,6 +268,44 @@ mod tests {
             addrs: vec![addr],
             recipients: None,
         }
+    }
+
+    #[test]
+    fn tls_pins_each_checked_address_and_never_one_two_friends_share() {
+        let fp = |c: &str| [c; 32].join(":");
+        let mut pins = std::collections::HashMap::new();
+        pins.insert("a.example".to_string(), vec![fp("AA")]);
+        pins.insert("b.example".to_string(), vec![fp("BB"), fp("BC")]);
+        pins.insert("evil.example".to_string(), vec![fp("EE")]);
+        let at = |d: &str, hop: &str, ip: &str| Route {
+            addrs: vec![ip.parse().unwrap()],
+            ..route(d, hop)
+        };
+        let routes = [
+            at("a.example", "mail.a.example", "192.0.2.1"),
+            at("b.example", "mail.b.example:2525", "192.0.2.2"),
+            at("nokey.example", "mail.n.example", "192.0.2.3"),
+            // Another friend points at a's address with its own key.
+            at("evil.example", "mail.a.example", "192.0.2.1"),
+        ];
+        let map = tls_policy(&routes, &pins, true);
+        assert_eq!(
+            map,
+            BTreeMap::from([(
+                "[192.0.2.2]:2525".to_string(),
+                format!("fingerprint match={} match={}", fp("BB"), fp("BC"))
+            )]),
+            "a shared address is pinned for nobody; no key, no entry"
+        );
+        let alone = tls_policy(&routes[..1], &pins, true);
+        assert_eq!(
+            alone["[192.0.2.1]"],
+            format!("fingerprint match={}", fp("AA"))
+        );
+        assert!(
+            tls_policy(&routes[..1], &pins, false).is_empty(),
+            "not pinnable"
+        );
     }
 
     #[test]

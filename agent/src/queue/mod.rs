@@ -7,8 +7,8 @@
 //! [`QueueReport`] of what I hold for its domains: when it changed, and at
 //! least every [`REPORT_EVERY`] while I hold mail for it. A report also
 //! says whether my own MTA is running. When a friend's report says its MTA
-//! is accepting, or my probe of its next hop answers again, and I hold mail
-//! for it, I run `postqueue -s` for each of its domains with mail, at most
+//! is accepting, or my probe of its next hop answers (each scan, while I
+//! hold mail for it), I run `postqueue -s` for each of its domains with mail, at most
 //! once per [`FLUSH_EVERY`]: held mail goes out within seconds instead of
 //! waiting out Postfix's retry backoff. `mxfed flush` asks friends to do
 //! the same for my domains.
