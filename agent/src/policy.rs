@@ -94,6 +94,9 @@ struct Gate {
     peer: PeerId,
     /// Its next hop, as the friend wrote it, for the 4xx text.
     hop: String,
+    /// Where its mail goes (the checked addresses, with the port): the
+    /// primary is up when one of these answers.
+    targets: Vec<SocketAddr>,
 }
 
 /// The policy service (a cheap handle).
@@ -109,8 +112,9 @@ struct Inner {
     clock: Clock,
     /// Domain → its `when-down` friend.
     gates: Mutex<HashMap<String, Gate>>,
-    /// Whether each `when-down` friend's next hop answered, and when.
-    probes: Mutex<HashMap<PeerId, (bool, tokio::time::Instant)>>,
+    /// Whether each next hop (its addresses) of a `when-down` friend
+    /// answered, and when.
+    probes: Mutex<HashMap<Vec<SocketAddr>, (bool, tokio::time::Instant)>>,
     /// To read `mynetworks`; `None` without Postfix.
     postfix: Option<Postfix>,
     /// `mynetworks` (its address and CIDR items), and when it was read:
@@ -198,32 +202,39 @@ impl Policy {
             }
         };
         let mut gates = HashMap::new();
-        let mut targets: HashMap<PeerId, Vec<SocketAddr>> = HashMap::new();
+        let mut targets: std::collections::HashSet<Vec<SocketAddr>> = Default::default();
         for (peer, r) in &routes {
+            // Each domain is judged by its own next hop: a friend with two
+            // servers is up for a domain only while that domain's answers.
+            let port = r.entry.next_hop.port().unwrap_or(25);
+            let mut t: Vec<SocketAddr> = r
+                .addrs
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, port))
+                .collect();
+            t.sort();
+            t.dedup();
+            targets.insert(t.clone());
             gates.insert(
                 r.entry.domain.to_string(),
                 Gate {
                     peer: *peer,
                     hop: r.entry.next_hop.to_string(),
+                    targets: t,
                 },
             );
-            let port = r.entry.next_hop.port().unwrap_or(25);
-            let t = targets.entry(*peer).or_default();
-            for ip in &r.addrs {
-                let a = SocketAddr::new(*ip, port);
-                if !t.contains(&a) {
-                    t.push(a);
-                }
-            }
         }
         *lock(&inner.gates) = gates;
         let mut probes = tokio::task::JoinSet::new();
-        for (peer, t) in targets {
-            probes.spawn(async move { (peer, crate::queue::any_answers(&t).await) });
+        for t in targets {
+            probes.spawn(async move {
+                let up = crate::queue::any_answers(&t).await;
+                (t, up)
+            });
         }
         let mut results = HashMap::new();
-        while let Some(Ok((peer, up))) = probes.join_next().await {
-            results.insert(peer, (up, tokio::time::Instant::now()));
+        while let Some(Ok((t, up))) = probes.join_next().await {
+            results.insert(t, (up, tokio::time::Instant::now()));
         }
         *lock(&inner.probes) = results;
     }
@@ -240,7 +251,7 @@ impl Policy {
             return Verdict::Dunno;
         };
         let probed = lock(&inner.probes)
-            .get(&gate.peer)
+            .get(&gate.targets)
             .is_some_and(|(up, at)| *up && at.elapsed() < PROBE_FRESH);
         if probed && inner.queue.friend_says_accepting(&gate.peer) {
             Verdict::PrimaryUp(gate.hop)

@@ -356,3 +356,52 @@ fn relayed_mail_goes_over_tls_pinned_to_the_owners_key() {
     }
     assert!(!maillog(&pf).contains("status=bounced"), "{}", maillog(&pf));
 }
+
+/// The policy service speaks Postfix's protocol (several requests on one
+/// connection, `DUNNO` for anything that is not a when-down friend's RCPT)
+/// and keeps its bounds: an oversized request closes that connection only.
+#[test]
+fn the_policy_service_answers_postfix_and_keeps_its_bounds() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut alpha = Agent::init("alpha");
+    alpha.start();
+    let stream = std::net::TcpStream::connect(alpha.policy_listen()).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    let mut ask = |request: &[u8]| {
+        writer.write_all(request).unwrap();
+        let mut answer = String::new();
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line == "\n" || line.is_empty() {
+                return answer;
+            }
+            answer.push_str(&line);
+        }
+    };
+    // (A HELO name that is not UTF-8, as clients may send.)
+    let rcpt: &[u8] =
+        b"request=smtpd_access_policy\nprotocol_state=RCPT\nclient_address=192.0.2.1\n\
+        helo_name=\xffodd\nrecipient=bob@friend.example\n\n";
+    assert_eq!(ask(rcpt), "action=DUNNO\n");
+    let data: &[u8] =
+        b"request=smtpd_access_policy\nprotocol_state=DATA\nrecipient=bob@friend.example\n\n";
+    assert_eq!(ask(data), "action=DUNNO\n", "not RCPT");
+    assert_eq!(ask(rcpt), "action=DUNNO\n", "again on the same connection");
+    // Over 64 KiB in one request: the connection is closed, nothing else.
+    let huge = format!(
+        "request=smtpd_access_policy\nhelo_name={}\n\n",
+        "x".repeat(70_000)
+    );
+    let _ = writer.write_all(huge.as_bytes());
+    let mut rest = Vec::new();
+    let _ = reader.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "no answer to an oversized request");
+    let again = std::net::TcpStream::connect(alpha.policy_listen()).unwrap();
+    drop(again);
+    assert!(alpha.is_running(), "the agent serves on");
+}
