@@ -597,6 +597,18 @@ impl Store {
         Ok(())
     }
 
+    /// The delimiter and expiry of the recipient list held for a peer.
+    pub async fn peer_recipient_terms(
+        &self,
+        peer: &PeerId,
+    ) -> Result<Option<(String, i64)>, StoreError> {
+        sqlx::query_as("SELECT delimiter, expires_at FROM peer_recipient_lists WHERE peer_id = ?")
+            .bind(peer.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.query_err(e))
+    }
+
     /// The version of the recipient list held for a peer (0: none).
     pub async fn peer_recipient_version(&self, peer: &PeerId) -> Result<u64, StoreError> {
         let row: Option<(i64,)> =

@@ -405,3 +405,31 @@ fn the_policy_service_answers_postfix_and_keeps_its_bounds() {
     drop(again);
     assert!(alpha.is_running(), "the agent serves on");
 }
+
+/// An owner that splits address extensions differently from the backup
+/// (here: none at the owner, `+` at the backup) gets `@domain` at the
+/// backup, since an exact list would take `user+x` as `user`; status says
+/// why every recipient is accepted instead of showing a count.
+#[test]
+fn a_different_recipient_delimiter_accepts_every_recipient_and_says_why() {
+    let pf = PostfixInstance::start("mail.bravo.example", "recipient_delimiter = +");
+    let mut alpha = Agent::init("alpha");
+    let mut bravo = Agent::init("bravo");
+    let mut dns = mail_dns(&[&alpha, &bravo]);
+    dns.restart(ZONES, &backed_up("alpha.example"));
+    let file = alpha.dir.path().join("recipients");
+    std::fs::write(&file, "bob@alpha.example\n").unwrap();
+    alpha.configure(&format!("recipients = \"{}\"", file.display()));
+    bravo.use_postfix(&pf);
+    assert_ok(&bravo.mxfed(&["postfix", "setup"]), "postfix setup");
+    start_and_pair(&mut alpha, &mut bravo);
+    alpha.domains(&["add", "alpha.example"]);
+    wait_for("the recipient list held", || {
+        bravo.peer("alpha").unwrap()["domains"][0]["recipients_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("splits address extensions"))
+    });
+    wait_for("relayed", || pf.rcpt("bob@alpha.example") == 250);
+    assert_eq!(pf.rcpt("nobody@alpha.example"), 250, "every recipient");
+    assert!(bravo.peer("alpha").unwrap()["domains"][0]["recipients"].is_null());
+}

@@ -1199,7 +1199,30 @@ impl Lists {
         let store = &self.inner.store;
         let meta = store.peer_list_meta(id).await?;
         let has_recipients = store.peer_recipient_version(id).await? > 0;
-        let counts = store.recipient_counts(id).await?;
+        let mut counts = store.recipient_counts(id).await?;
+        // Where the relay writes `@domain` after all (see `relay.rs`), the
+        // count would mislead: say why every recipient is accepted.
+        let mut overridden = None;
+        if let Some((theirs, expires_at)) = store.peer_recipient_terms(id).await? {
+            let grace = self.inner.config.expired_list_grace.0.as_secs() as i64;
+            let mine = match &self.inner.postfix {
+                Some(pf) => pf.param("recipient_delimiter").await.ok(),
+                None => None,
+            };
+            if expires_at + grace <= self.inner.clock.now_unix() {
+                overridden = Some(
+                    "the friend's recipient list has expired: every recipient is accepted"
+                        .to_string(),
+                );
+            } else if let Some(mine) = mine.filter(|m| !crate::relay::same_delimiters(m, &theirs)) {
+                overridden = Some(format!(
+                    "the friend splits address extensions with {theirs:?} and this Postfix with {mine:?} (recipient_delimiter): every recipient is accepted"
+                ));
+            }
+            if overridden.is_some() {
+                counts.clear();
+            }
+        }
         let domains = store
             .peer_entries(id)
             .await?
@@ -1208,6 +1231,7 @@ impl Lists {
                 let recipients = counts.get(h.entry.domain.as_str()).copied();
                 let recipients_reason = match (recipients, has_recipients) {
                     (Some(_), _) => None,
+                    (None, true) if overridden.is_some() => overridden.clone(),
                     (None, true) => Some("the friend publishes no recipients for it (its recipient table cannot be listed, or recipients = \"off\"): every recipient is accepted".to_string()),
                     (None, false) => Some("no recipient list from this friend (an agent before 0.2, or not received yet): every recipient is accepted".to_string()),
                 };
