@@ -110,10 +110,10 @@ agent_init() { # WHO [POSTFIX_DIR]
     # The lab's addresses are in 198.18.0.0/15 (benchmarking), a
     # special-purpose range mxfed refuses as next hops unless told.
     sed -i 's/^allow_non_public_next_hops = false$/allow_non_public_next_hops = true/' "$LAB/$who/mxfed.toml"
-    # All agents share the namespace: each serves Postfix's policy
-    # requests on its own address.
-    sed -i "s/^policy_listen = .*/policy_listen = \"${IP[$who]}:10045\"/" "$LAB/$who/mxfed.toml"
-    grep -qx "policy_listen = \"${IP[$who]}:10045\"" "$LAB/$who/mxfed.toml" || fail "$who: could not set policy_listen"
+    # All agents share one machine: each serves Postfix's policy requests
+    # on a socket of its own (the lab's Postfix runs without chroot).
+    sed -i "s|^policy_listen = .*|policy_listen = \"unix:$LAB/$who/policy.sock\"|" "$LAB/$who/mxfed.toml"
+    grep -qx "policy_listen = \"unix:$LAB/$who/policy.sock\"" "$LAB/$who/mxfed.toml" || fail "$who: could not set policy_listen"
     grep -qx 'allow_non_public_next_hops = true' "$LAB/$who/mxfed.toml" || fail "$who: could not set allow_non_public_next_hops"
 }
 

@@ -88,10 +88,63 @@ pub struct Config {
     /// does not accept it (they answer 4xx naming it while it does).
     #[serde(default)]
     pub backup_mode: BackupMode,
-    /// Where the agent serves Postfix's policy requests (`check_policy_service
-    /// inet:...`), which carry out friends' `when-down` mode here.
-    #[serde(default = "default_policy_listen")]
-    pub policy_listen: SocketAddr,
+    /// Where the agent serves Postfix's policy requests
+    /// (`check_policy_service`), which carry out friends' `when-down` mode
+    /// here: `unix:PATH` (the default, in Postfix's `private/`, which only
+    /// root and Postfix can write) or a loopback `IP:PORT`.
+    #[serde(default)]
+    pub policy_listen: PolicyAddr,
+}
+
+/// The `policy_listen` setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyAddr {
+    /// A Unix socket (`unix:PATH`).
+    Unix(PathBuf),
+    /// A loopback TCP address.
+    Tcp(SocketAddr),
+}
+
+/// Postfix policy requests are served here unless the config says otherwise.
+pub const DEFAULT_POLICY_SOCKET: &str = "/var/spool/postfix/private/mxfed-policy";
+
+impl Default for PolicyAddr {
+    fn default() -> Self {
+        PolicyAddr::Unix(DEFAULT_POLICY_SOCKET.into())
+    }
+}
+
+impl std::fmt::Display for PolicyAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PolicyAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+            PolicyAddr::Tcp(a) => write!(f, "{a}"),
+        }
+    }
+}
+
+impl Serialize for PolicyAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for PolicyAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.starts_with('/') {
+                return Ok(PolicyAddr::Unix(path.into()));
+            }
+        } else if let Ok(addr) = s.parse::<SocketAddr>() {
+            if addr.ip().is_loopback() {
+                return Ok(PolicyAddr::Tcp(addr));
+            }
+        }
+        Err(serde::de::Error::custom(format!(
+            "{s:?}: policy_listen is \"unix:/absolute/path\" or a loopback \"IP:PORT\""
+        )))
+    }
 }
 
 /// The `backup_mode` setting.
@@ -103,15 +156,6 @@ pub enum BackupMode {
     Always,
     /// Friends accept my mail only while my own server does not.
     WhenDown,
-}
-
-/// Postfix policy requests are served here unless the config says otherwise.
-pub const DEFAULT_POLICY_LISTEN: &str = "127.0.0.1:10045";
-
-fn default_policy_listen() -> SocketAddr {
-    DEFAULT_POLICY_LISTEN
-        .parse()
-        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 10045)))
 }
 
 /// The `recipients` setting: `"postfix"`, `"off"`, or a file's path.
@@ -269,7 +313,7 @@ impl Config {
             metrics_listen: None,
             recipients: RecipientsSource::default(),
             backup_mode: BackupMode::default(),
-            policy_listen: default_policy_listen(),
+            policy_listen: PolicyAddr::default(),
         }
     }
 

@@ -66,7 +66,7 @@ pub(crate) async fn report(s: &Services) -> DoctorReport {
             "set postfix_config_dir in the mxfed config",
         )),
         Some(p) => {
-            match p.plan_setup(false, s.config.policy_listen).await {
+            match p.plan_setup(false, &s.config.policy_listen).await {
                 Ok(plan) if plan.changes.is_empty() && plan.create_maps.is_empty() => {
                     checks.push(check(
                         "postfix-setup",

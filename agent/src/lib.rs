@@ -221,14 +221,15 @@ pub async fn run_with_clock(
     let store = Store::open(&config.db_path()).await?;
     let endpoint = net::bind(&identity, config.listen)?;
     let listener = control::bind(&config.control_socket)?;
-    let policy_listener = policy::Policy::bind(config.policy_listen)
-        .await
-        .map_err(|source| {
-            AgentError::Net(net::NetError::Bind {
-                addr: config.policy_listen,
-                source,
-            })
-        })?;
+    // Without its policy service the agent still runs: Postfix then takes
+    // the default action (DUNNO) and friends' when-down mode is not kept.
+    let policy_listener = match policy::Policy::bind(&config.policy_listen).await {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::warn!(listen = %config.policy_listen, "cannot serve Postfix's policy requests ({e}); friends in when-down mode get mail as if always");
+            None
+        }
+    };
     let metrics_listener = match config.metrics_listen {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
@@ -261,7 +262,7 @@ pub async fn run_with_clock(
                 tracing::info!(dir = %config.postfix_config_dir.display(), map_type = p.map_type(), "Postfix integration on");
                 // An installation set up by an older version learns here
                 // (and from `mxfed doctor`) what this one also needs.
-                if let Ok(plan) = p.plan_setup(false, config.policy_listen).await {
+                if let Ok(plan) = p.plan_setup(false, &config.policy_listen).await {
                     if !plan.changes.is_empty() {
                         let names: Vec<&str> =
                             plan.changes.iter().map(|c| c.name.as_str()).collect();
@@ -373,10 +374,9 @@ pub async fn run_with_clock(
         recipients.clone().run_publish(cancel.clone()),
     );
     tasks.spawn("policy: probes", policy.clone().run_probes(cancel.clone()));
-    tasks.spawn(
-        "policy: service",
-        policy.serve(policy_listener, cancel.clone()),
-    );
+    if let Some(listener) = policy_listener {
+        tasks.spawn("policy: service", policy.serve(listener, cancel.clone()));
+    }
     tasks.spawn(
         "peer: dialers",
         Arc::clone(&sessions).run_dialers(dial_orders),

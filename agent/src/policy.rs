@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use mxfed_proto::PeerId;
 
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, PolicyAddr};
 use crate::postfix::Postfix;
 use crate::queue::Queue;
 use crate::store::Store;
@@ -87,6 +87,43 @@ const MAX_REQUEST: usize = 64 << 10;
 const MAX_ATTRIBUTES: usize = 256;
 /// How long a connection may sit idle between requests.
 const IDLE: Duration = Duration::from_secs(300);
+
+/// Where the policy service listens.
+#[derive(Debug)]
+pub(crate) enum Listener {
+    Tcp(TcpListener),
+    /// The socket, and its path (removed at shutdown).
+    Unix(tokio::net::UnixListener, std::path::PathBuf),
+}
+
+/// One accepted connection.
+type Stream = Box<dyn AsyncReadWrite>;
+
+trait AsyncReadWrite: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> AsyncReadWrite for T {}
+
+impl Listener {
+    async fn accept(&self) -> std::io::Result<Stream> {
+        Ok(match self {
+            Listener::Tcp(l) => {
+                let (s, _) = l.accept().await?;
+                // One small answer per request, each awaited: send it now.
+                let _ = s.set_nodelay(true);
+                Box::new(s)
+            }
+            Listener::Unix(l, _) => Box::new(l.accept().await?.0),
+        })
+    }
+}
+
+/// The `postfix` group's ID, from /etc/group.
+fn postfix_gid() -> Option<u32> {
+    let groups = std::fs::read_to_string("/etc/group").ok()?;
+    groups.lines().find_map(|l| {
+        let mut f = l.split(':');
+        (f.next()? == "postfix").then(|| f.nth(1)?.parse().ok())?
+    })
+}
 
 /// One domain a `when-down` friend owns.
 #[derive(Debug, Clone)]
@@ -163,10 +200,25 @@ impl Policy {
         }
     }
 
-    /// Binds the policy address (before anything else runs, so a port in
-    /// use is an error at startup).
-    pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-        TcpListener::bind(addr).await
+    /// Binds the policy address. A Unix socket replaces a stale one, is
+    /// made `0660` and given to the `postfix` group, so Postfix (and root)
+    /// can talk to it and nobody else.
+    pub(crate) async fn bind(addr: &PolicyAddr) -> std::io::Result<Listener> {
+        match addr {
+            PolicyAddr::Tcp(a) => Ok(Listener::Tcp(TcpListener::bind(a).await?)),
+            PolicyAddr::Unix(path) => {
+                use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+                if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+                    std::fs::remove_file(path)?;
+                }
+                let listener = tokio::net::UnixListener::bind(path)?;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+                if let Some(gid) = postfix_gid() {
+                    std::os::unix::fs::chown(path, None, Some(gid))?;
+                }
+                Ok(Listener::Unix(listener, path.clone()))
+            }
+        }
     }
 
     /// Keeps the friends, their domains and their probes current until
@@ -261,7 +313,7 @@ impl Policy {
     }
 
     /// Serves Postfix's policy connections until `cancel`.
-    pub(crate) async fn serve(self, listener: TcpListener, cancel: CancellationToken) {
+    pub(crate) async fn serve(self, listener: Listener, cancel: CancellationToken) {
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let mut conns = tokio::task::JoinSet::new();
         loop {
@@ -270,8 +322,8 @@ impl Policy {
                 Some(_) = conns.join_next(), if !conns.is_empty() => continue,
                 _ = cancel.cancelled() => break,
             };
-            let (stream, peer) = match accepted {
-                Ok(a) => a,
+            let stream = match accepted {
+                Ok(s) => s,
                 Err(e) => {
                     tracing::debug!("policy service: accept: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -280,24 +332,27 @@ impl Policy {
             };
             let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
                 // Postfix then takes the default action (DUNNO).
-                tracing::warn!(%peer, "policy service: {MAX_CONNECTIONS} connections already; refused one");
+                tracing::warn!(
+                    "policy service: {MAX_CONNECTIONS} connections already; refused one"
+                );
                 continue;
             };
             let me = self.clone();
             conns.spawn(async move {
                 if let Err(e) = me.serve_connection(stream).await {
-                    tracing::debug!(%peer, "policy service: {e}");
+                    tracing::debug!("policy service: {e}");
                 }
                 drop(slot);
             });
         }
         conns.shutdown().await;
+        if let Listener::Unix(_, path) = &listener {
+            let _ = std::fs::remove_file(path);
+        }
     }
 
-    async fn serve_connection(&self, stream: tokio::net::TcpStream) -> Result<(), String> {
-        // One small answer per request, each awaited by smtpd: send it now.
-        let _ = stream.set_nodelay(true);
-        let (read, mut write) = stream.into_split();
+    async fn serve_connection(&self, stream: Stream) -> Result<(), String> {
+        let (read, mut write) = tokio::io::split(stream);
         let mut lines = BufReader::new(read).take(u64::MAX);
         loop {
             let mut attrs: HashMap<String, String> = HashMap::new();

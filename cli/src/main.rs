@@ -460,7 +460,7 @@ async fn postfix_setup(config: &Config, dry_run: bool, trust_friends: bool) -> R
         .await
         .map_err(|e| fail(e.to_string()))?;
     let plan = postfix
-        .plan_setup(trust_friends, config.policy_listen)
+        .plan_setup(trust_friends, &config.policy_listen)
         .await
         .map_err(|e| fail(e.to_string()))?;
     if plan.changes.is_empty() && plan.create_maps.is_empty() {

@@ -209,15 +209,20 @@ fn when_down_defers_to_the_primary_while_it_is_up() {
     alpha.use_postfix(&pf_alpha);
     alpha.configure("backup_mode = \"when-down\"\nrecipients = \"off\"");
     bravo.use_postfix(&pf);
-    bravo.configure(&format!("allowed_next_hop_ports = [25, {}]", pf_alpha.port));
+    // The policy socket where Debian's default puts it: in Postfix's
+    // private/, which Postfix names relative to its queue directory.
+    let socket = pf.dir.path().join("queue/private/mxfed-policy");
+    bravo.configure(&format!(
+        "allowed_next_hop_ports = [25, {}]\npolicy_listen = \"unix:{}\"",
+        pf_alpha.port,
+        socket.display()
+    ));
     let out = bravo.mxfed(&["postfix", "setup"]);
     assert_ok(&out, "postfix setup");
     assert!(
-        pf.postconf("smtpd_recipient_restrictions")
-            .starts_with(&format!(
-            "check_policy_service {{ inet:{}, default_action=DUNNO, try_limit=1, timeout=10s }}",
-            bravo.policy_listen()
-        )),
+        pf.postconf("smtpd_recipient_restrictions").starts_with(
+            "check_policy_service { unix:private/mxfed-policy, default_action=DUNNO, try_limit=1, timeout=10s }"
+        ),
         "{}",
         pf.postconf("smtpd_recipient_restrictions")
     );
@@ -244,9 +249,15 @@ fn when_down_defers_to_the_primary_while_it_is_up() {
     wait_for("4xx again once alpha is back", || {
         pf.rcpt("bob@alpha.example") == 450
     });
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o660, "only root and the postfix group");
+    }
     // The backup's agent stops: Postfix takes the default action and
     // accepts; mxfed being away never makes it refuse mail.
     bravo.stop();
+    assert!(!socket.exists(), "the socket goes with the agent");
     assert_eq!(pf.rcpt("bob@alpha.example"), 250);
 }
 

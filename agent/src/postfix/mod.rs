@@ -445,7 +445,7 @@ impl Postfix {
     pub async fn plan_setup(
         &self,
         trust_friends: bool,
-        policy: SocketAddr,
+        policy: &crate::config::PolicyAddr,
     ) -> Result<SetupPlan, PostfixError> {
         let relay_restrictions = self.param("smtpd_relay_restrictions").await?;
         let recipient_restrictions = self.param("smtpd_recipient_restrictions").await?;
@@ -563,7 +563,18 @@ impl Postfix {
         // takes it), and DUNNO if the agent does not answer, so Postfix
         // never refuses mail because mxfed is down.
         let restrictions = self.param("smtpd_recipient_restrictions").await?;
-        let service = format!("inet:{policy}");
+        let service = match policy {
+            crate::config::PolicyAddr::Tcp(addr) => format!("inet:{addr}"),
+            // Relative to queue_directory where it is inside (smtpd may
+            // run chrooted there), as Postfix's own `private/...` services.
+            crate::config::PolicyAddr::Unix(path) => {
+                let queue = PathBuf::from(self.param_expanded("queue_directory").await?);
+                match path.strip_prefix(&queue) {
+                    Ok(rel) => format!("unix:{}", rel.display()),
+                    Err(_) => format!("unix:{}", path.display()),
+                }
+            }
+        };
         if !list_tokens(&restrictions)
             .iter()
             .any(|t| t.contains(&service))
