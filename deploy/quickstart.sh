@@ -219,6 +219,12 @@ run() {
         pid=$(on "$who" systemctl show -P MainPID mxfed)
         on "$who" grep -qE '^NoNewPrivs:[[:space:]]+1$' "/proc/$pid/status" || fail "$who: the agent runs without NoNewPrivileges"
         ok "$who: mxfed.service active (pid $pid in its system), NoNewPrivileges, $(on "$who" grep -E '^CapBnd' "/proc/$pid/status" | tr -s '\t' ' ')"
+        # The policy service's socket, made by the sandboxed agent in
+        # Postfix's private/, for root and the postfix group only.
+        wait_until "$who: the policy socket" 30 on "$who" test -S /var/spool/postfix/private/mxfed-policy
+        perms=$(on "$who" stat -c '%a %U:%G' /var/spool/postfix/private/mxfed-policy)
+        [ "$perms" = "660 root:postfix" ] || fail "$who: policy socket is $perms, not 660 root:postfix"
+        ok "$who: policy socket /var/spool/postfix/private/mxfed-policy ($perms)"
     done
 
     say "pair: me invites, friend joins"
