@@ -1,12 +1,16 @@
 //! [`Policy`]: the Postfix policy service (SMTPD_POLICY_README) that carries
 //! out friends' `when-down` backup mode here.
 //!
-//! `postfix setup` wires `check_policy_service { inet:ADDR,
-//! default_action=DUNNO }` into `smtpd_recipient_restrictions` once. For a
+//! It listens on `policy_listen`: by default a Unix socket in Postfix's
+//! `private/` (`0660`, group `postfix`), or a loopback TCP address.
+//! `postfix setup` wires `check_policy_service { unix:private/mxfed-policy,
+//! default_action=DUNNO, try_limit=1, timeout=10s }` into
+//! `smtpd_recipient_restrictions` once. My own users (SASL, `mynetworks`)
+//! always get `DUNNO`. For a
 //! recipient of a domain I back up for a friend in `when-down` mode, while
 //! that friend's MTA is known to accept mail (its last report over a live
-//! session says so, and my probe of its next hop, every [`PROBE_EVERY`],
-//! connects), the answer is `450 4.7.1 primary MX ... is up; deliver
+//! session says so, and my probe of that domain's next hop, every
+//! [`PROBE_EVERY`], connects), the answer is `450 4.7.1 primary MX ... is up; deliver
 //! there`; for anything else it is `DUNNO`. Within a probe interval of the
 //! friend's server going away, mail is accepted as usual; and if this agent
 //! is not running at all, Postfix's `default_action=DUNNO` accepts it too:
