@@ -96,56 +96,7 @@ pub struct Config {
     pub policy_listen: PolicyAddr,
 }
 
-/// The `policy_listen` setting.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PolicyAddr {
-    /// A Unix socket (`unix:PATH`).
-    Unix(PathBuf),
-    /// A loopback TCP address.
-    Tcp(SocketAddr),
-}
-
-/// Postfix policy requests are served here unless the config says otherwise.
-pub const DEFAULT_POLICY_SOCKET: &str = "/var/spool/postfix/private/mxfed-policy";
-
-impl Default for PolicyAddr {
-    fn default() -> Self {
-        PolicyAddr::Unix(DEFAULT_POLICY_SOCKET.into())
-    }
-}
-
-impl std::fmt::Display for PolicyAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            PolicyAddr::Unix(p) => write!(f, "unix:{}", p.display()),
-            PolicyAddr::Tcp(a) => write!(f, "{a}"),
-        }
-    }
-}
-
-impl Serialize for PolicyAddr {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for PolicyAddr {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        if let Some(path) = s.strip_prefix("unix:") {
-            if path.starts_with('/') {
-                return Ok(PolicyAddr::Unix(path.into()));
-            }
-        } else if let Ok(addr) = s.parse::<SocketAddr>() {
-            if addr.ip().is_loopback() {
-                return Ok(PolicyAddr::Tcp(addr));
-            }
-        }
-        Err(serde::de::Error::custom(format!(
-            "{s:?}: policy_listen is \"unix:/absolute/path\" or a loopback \"IP:PORT\""
-        )))
-    }
-}
+pub use crate::postfix::{PolicyAddr, DEFAULT_POLICY_SOCKET};
 
 /// The `backup_mode` setting.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -182,8 +182,8 @@ pub enum ListError {
     BadRecipient {
         /// Position in the list.
         index: usize,
-        /// What is wrong.
-        error: crate::recipients::RecipientError,
+        /// What is wrong (a [`crate::recipients::RecipientError`], said).
+        error: String,
     },
     /// The signature does not verify against the signer's key.
     #[error("list signature does not verify against the signer's key")]

@@ -390,8 +390,10 @@ impl Items {
                 "over {MAX_RECIPIENT_BYTES} bytes of recipients"
             )));
         }
-        let r = Recipient::parse_canonical(text)
-            .map_err(|error| ListError::BadRecipient { index, error })?;
+        let r = Recipient::parse_canonical(text).map_err(|e| ListError::BadRecipient {
+            index,
+            error: e.to_string(),
+        })?;
         if let Some(prev) = self.items.last() {
             if *prev >= r {
                 return Err(ListError::Malformed(format!(

@@ -25,6 +25,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
+use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
@@ -445,7 +446,7 @@ impl Postfix {
     pub async fn plan_setup(
         &self,
         trust_friends: bool,
-        policy: &crate::config::PolicyAddr,
+        policy: &PolicyAddr,
     ) -> Result<SetupPlan, PostfixError> {
         let relay_restrictions = self.param("smtpd_relay_restrictions").await?;
         let recipient_restrictions = self.param("smtpd_recipient_restrictions").await?;
@@ -564,10 +565,10 @@ impl Postfix {
         // never refuses mail because mxfed is down.
         let restrictions = self.param("smtpd_recipient_restrictions").await?;
         let service = match policy {
-            crate::config::PolicyAddr::Tcp(addr) => format!("inet:{addr}"),
+            PolicyAddr::Tcp(addr) => format!("inet:{addr}"),
             // Relative to queue_directory where it is inside (smtpd may
             // run chrooted there), as Postfix's own `private/...` services.
-            crate::config::PolicyAddr::Unix(path) => {
+            PolicyAddr::Unix(path) => {
                 let queue = PathBuf::from(self.param_expanded("queue_directory").await?);
                 match path.strip_prefix(&queue) {
                     Ok(rel) => format!("unix:{}", rel.display()),
@@ -867,6 +868,57 @@ impl Postfix {
             }
         }
         Ok(found)
+    }
+}
+
+/// Where the agent serves Postfix's policy requests (`policy_listen`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyAddr {
+    /// A Unix socket (`unix:PATH`).
+    Unix(PathBuf),
+    /// A loopback TCP address.
+    Tcp(SocketAddr),
+}
+
+/// Postfix policy requests are served here unless the config says otherwise.
+pub const DEFAULT_POLICY_SOCKET: &str = "/var/spool/postfix/private/mxfed-policy";
+
+impl Default for PolicyAddr {
+    fn default() -> Self {
+        PolicyAddr::Unix(DEFAULT_POLICY_SOCKET.into())
+    }
+}
+
+impl std::fmt::Display for PolicyAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PolicyAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+            PolicyAddr::Tcp(a) => write!(f, "{a}"),
+        }
+    }
+}
+
+impl Serialize for PolicyAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for PolicyAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.starts_with('/') {
+                return Ok(PolicyAddr::Unix(path.into()));
+            }
+        } else if let Ok(addr) = s.parse::<SocketAddr>() {
+            if addr.ip().is_loopback() {
+                return Ok(PolicyAddr::Tcp(addr));
+            }
+        }
+        Err(serde::de::Error::custom(format!(
+            "{s:?}: policy_listen is \"unix:/absolute/path\" or a loopback \"IP:PORT\""
+        )))
     }
 }
 
