@@ -270,6 +270,23 @@ mod tests {
         }
     }
 
+    /// Golden output: the friends map, each address once, `permit`.
+    #[test]
+    fn golden_friends_map() {
+        let addrs: Vec<IpAddr> = ["198.51.100.7", "2001:db8::7", "::ffff:198.51.100.7"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        let maps = render_maps(&[]).with_friends(&addrs);
+        let (name, map) = maps.maps.last().unwrap();
+        assert_eq!(*name, FRIENDS);
+        assert_eq!(
+            map_text(map),
+            format!("{HEADER}198.51.100.7 permit\n2001:db8::7 permit\n"),
+            "an IPv4-mapped address is the IPv4 one"
+        );
+    }
+
     #[test]
     fn tls_pins_each_checked_address_and_never_one_two_friends_share() {
         let fp = |c: &str| [c; 32].join(":");

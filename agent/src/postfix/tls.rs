@@ -21,8 +21,9 @@ pub struct ServerKeys {
 
 impl Postfix {
     /// The public-key fingerprints of the server certificates in
-    /// `smtpd_tls_chain_files` (each file: keys each followed by its
-    /// chain; the first certificate after each key is the server's) or, if
+    /// `smtpd_tls_chain_files` (one sequence across its files: keys each
+    /// followed by its chain; the first certificate after each key is the
+    /// server's) or, if
     /// that is empty, `smtpd_tls_cert_file`, `smtpd_tls_eccert_file` and
     /// `smtpd_tls_dcert_file` (the first certificate of each). A file that
     /// cannot be read or parsed is an error naming it.
@@ -40,24 +41,38 @@ impl Postfix {
                 files.extend(list_tokens(&v).iter().map(PathBuf::from));
             }
         }
-        let mut fingerprints = Vec::new();
+        // smtpd_tls_chain_files is one sequence across its files (a key in
+        // one file, its certificate in the next, as certbot writes them);
+        // the cert files each start with their certificate.
+        let mut certs = Vec::new();
+        let mut stream = Vec::new();
         for f in &files {
             let text = tokio::fs::read(f).await.map_err(|e| {
                 super::err("read TLS certificates", format!("{}: {e}", f.display()))
             })?;
-            let found = server_certs(&text, chained).map_err(|why| {
+            if chained {
+                stream.extend_from_slice(&text);
+                stream.push(b'\n');
+                continue;
+            }
+            let found = server_certs(&text, false).map_err(|why| {
                 super::err("read TLS certificates", format!("{}: {why}", f.display()))
             })?;
-            fingerprints.extend(
-                found
-                    .iter()
-                    .map(|c| spki_fingerprint(c))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|why| {
-                        super::err("read TLS certificates", format!("{}: {why}", f.display()))
-                    })?,
-            );
+            certs.extend(found);
         }
+        if chained {
+            certs = server_certs(&stream, true).map_err(|why| {
+                super::err(
+                    "read TLS certificates",
+                    format!("smtpd_tls_chain_files: {why}"),
+                )
+            })?;
+        }
+        let mut fingerprints = certs
+            .iter()
+            .map(|c| spki_fingerprint(c))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|why| super::err("read TLS certificates", why))?;
         fingerprints.sort();
         fingerprints.dedup();
         Ok(ServerKeys {
@@ -144,5 +159,46 @@ mod tests {
         let found = server_certs(cert.pem().as_bytes(), false).unwrap();
         assert_eq!(spki_fingerprint(&found[0]).unwrap(), want);
         assert!(server_certs(b"junk", false).is_err());
+        // A key in one file and its chain in the next, read as one stream.
+        let two = format!("{}\n{}{}", key.serialize_pem(), cert.pem(), cert.pem());
+        let found = server_certs(two.as_bytes(), true).unwrap();
+        assert_eq!(
+            found.len(),
+            1,
+            "the chain after the leaf is not a server key"
+        );
+    }
+
+    /// Two keys (RSA and ECDSA, say), each followed by its chain: both
+    /// server certificates, in order; a file with no key has none.
+    #[test]
+    fn each_key_in_a_chain_file_gives_its_own_server_certificate() {
+        let make = |name: &str| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = rcgen::CertificateParams::new(vec![name.into()])
+                .unwrap()
+                .self_signed(&key)
+                .unwrap();
+            (key, cert)
+        };
+        let (k1, c1) = make("one.example");
+        let (k2, c2) = make("two.example");
+        let (_, ca) = make("ca.example");
+        let chain = format!(
+            "{}{}{}{}{}",
+            k1.serialize_pem(),
+            c1.pem(),
+            ca.pem(),
+            k2.serialize_pem(),
+            c2.pem()
+        );
+        let found = server_certs(chain.as_bytes(), true).unwrap();
+        let fps: Vec<String> = found.iter().map(|c| spki_fingerprint(c).unwrap()).collect();
+        let want = |c: &rcgen::Certificate| spki_fingerprint(c.der()).unwrap();
+        assert_eq!(fps, [want(&c1), want(&c2)]);
+        assert!(
+            server_certs(c1.pem().as_bytes(), true).is_err(),
+            "no key, no server certificate"
+        );
     }
 }
