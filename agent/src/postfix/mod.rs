@@ -38,6 +38,16 @@ use render::{
 /// Name of the directory inside the Postfix config dir that holds our maps.
 pub const MAP_DIR: &str = "mxfed";
 
+/// Every map mxfed keeps in [`MAP_DIR`] (what `setup` creates, and what
+/// must exist before an apply may skip rewriting unchanged maps).
+const MAPS: [&str; 5] = [
+    RELAY_DOMAINS,
+    RELAY_RECIPIENTS,
+    TRANSPORT,
+    FRIENDS,
+    TLS_POLICY,
+];
+
 /// Map types mxfed writes: single-file databases it can rename atomically.
 pub const SUPPORTED_MAP_TYPES: &[&str] = &["hash", "btree", "lmdb", "cdb"];
 
@@ -272,15 +282,7 @@ impl Postfix {
 
     /// Whether the map files exist.
     pub fn maps_exist(&self) -> bool {
-        [
-            RELAY_DOMAINS,
-            RELAY_RECIPIENTS,
-            TRANSPORT,
-            FRIENDS,
-            TLS_POLICY,
-        ]
-        .iter()
-        .all(|n| {
+        MAPS.iter().all(|n| {
             let p = self.map_dir().join(n);
             p.exists() && PathBuf::from(format!("{}{}", p.display(), self.suffix_of(n))).exists()
         })
@@ -609,16 +611,7 @@ impl Postfix {
         let create_maps = if self.maps_exist() {
             Vec::new()
         } else {
-            [
-                RELAY_DOMAINS,
-                RELAY_RECIPIENTS,
-                TRANSPORT,
-                FRIENDS,
-                TLS_POLICY,
-            ]
-            .iter()
-            .map(|n| self.map_dir().join(n))
-            .collect()
+            MAPS.iter().map(|n| self.map_dir().join(n)).collect()
         };
         Ok(SetupPlan {
             changes,
