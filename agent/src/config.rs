@@ -94,6 +94,12 @@ pub struct Config {
     /// root and Postfix can write) or a loopback `IP:PORT`.
     #[serde(default)]
     pub policy_listen: PolicyAddr,
+    /// Files (PEM certificates or public keys) whose keys are announced to
+    /// friends beside those Postfix uses now, before a key rollover: stage
+    /// the new certificate here, wait for friends to hold it, then install
+    /// it in Postfix.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls_next_keys: Vec<PathBuf>,
 }
 
 pub use crate::postfix::{PolicyAddr, DEFAULT_POLICY_SOCKET};
@@ -265,6 +271,7 @@ impl Config {
             recipients: RecipientsSource::default(),
             backup_mode: BackupMode::default(),
             policy_listen: PolicyAddr::default(),
+            tls_next_keys: Vec::new(),
         }
     }
 
@@ -305,6 +312,12 @@ impl Config {
                     format!("{a} is not an address a friend can dial"),
                 ));
             }
+        }
+        if let Some(p) = self.tls_next_keys.iter().find(|p| !p.is_absolute()) {
+            return Err(invalid(
+                "tls_next_keys",
+                format!("{}: must be an absolute path", p.display()),
+            ));
         }
         if self.recheck_interval.0 < Duration::from_secs(1) {
             return Err(invalid("recheck_interval", "must be at least 1s".into()));

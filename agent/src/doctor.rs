@@ -238,17 +238,30 @@ async fn check_tls(s: &Services, checks: &mut Vec<Check>) {
     else {
         return;
     };
-    // Current keys only (not those kept for a rollover).
-    let pins = s
-        .store
-        .relay_tls(s.clock.now_unix(), 0)
-        .await
-        .unwrap_or_default();
+    let Some(postfix) = &s.postfix else {
+        return;
+    };
+    // What Postfix holds to, as the map in force says.
+    let live = postfix.live_map(crate::postfix::render::TLS_POLICY).await;
+    let pinned = |ip: &std::net::IpAddr, hop: &mxfed_proto::domain::NextHop| {
+        live.get(&crate::postfix::render::address_key(ip, hop))
+            .is_some_and(|v| v.starts_with("fingerprint "))
+    };
     let mut open: Vec<String> = routes
         .iter()
         .filter(|r| {
-            pins.get(r.entry.domain.as_str())
-                .is_none_or(|p| p.is_empty())
+            // Before Postfix 3.5 only the first address is relayed to.
+            let used = if postfix.multiple_next_hops() {
+                r.addrs.len()
+            } else {
+                1
+            };
+            r.addrs.is_empty()
+                || !r
+                    .addrs
+                    .iter()
+                    .take(used)
+                    .all(|ip| pinned(ip, &r.entry.next_hop))
         })
         .map(|r| format!("{} ({})", r.entry.domain, r.peer))
         .collect();
@@ -275,7 +288,7 @@ async fn check_tls(s: &Services, checks: &mut Vec<Check>) {
             shown.join(", "),
             if open.len() > 10 { ", ..." } else { "" }
         ),
-        "ask those friends to configure a TLS certificate for their Postfix (smtpd_tls_chain_files) and run mxfed 0.2 or later",
+        "ask those friends to offer STARTTLS with a certificate (smtpd_tls_security_level = may, smtpd_tls_chain_files) and run mxfed 0.2 or later on their mail server; a next hop where their agent does not run is not pinned",
     ));
 }
 

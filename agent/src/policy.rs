@@ -10,7 +10,7 @@
 //! recipient of a domain I back up for a friend in `when-down` mode, while
 //! that friend's MTA is known to accept mail (its last report over a live
 //! session says so, and my probe of that domain's next hop, every
-//! [`PROBE_EVERY`], connects), the answer is `450 4.7.1 primary MX ... is up; deliver
+//! [`PROBE_EVERY`], gets an SMTP greeting), the answer is `450 4.7.1 primary MX ... is up; deliver
 //! there`; for anything else it is `DUNNO`. Within a probe interval of the
 //! friend's server going away, mail is accepted as usual; and if this agent
 //! is not running at all, Postfix's `default_action=DUNNO` accepts it too:
@@ -79,11 +79,13 @@ fn in_networks(nets: &[(IpAddr, u8)], ip: IpAddr) -> bool {
     })
 }
 
-/// How often the next hops of `when-down` friends are probed, and the
-/// friends and their domains read again.
-pub const PROBE_EVERY: Duration = Duration::from_secs(2);
+/// How often the next hops of `when-down` friends that say they accept
+/// mail are probed, and the friends and their domains read again. Each
+/// probe is a short SMTP session in the friend's log (`connect`, then
+/// `disconnect ... quit=1`).
+pub const PROBE_EVERY: Duration = Duration::from_secs(5);
 /// A probe older than this says nothing.
-const PROBE_FRESH: Duration = Duration::from_secs(10);
+const PROBE_FRESH: Duration = Duration::from_secs(15);
 /// Most Postfix connections served at once (each smtpd process keeps one).
 const MAX_CONNECTIONS: usize = 256;
 /// Longest request (all its lines), and most attributes in one.
@@ -260,6 +262,8 @@ impl Policy {
         let mut gates = HashMap::new();
         let mut targets: std::collections::HashSet<Vec<SocketAddr>> = Default::default();
         for (peer, r) in &routes {
+            // A friend that says it is down is accepted for without a probe.
+            let asks = inner.queue.friend_says_accepting(peer);
             // Each domain is judged by its own next hop: a friend with two
             // servers is up for a domain only while that domain's answers.
             let port = r.entry.next_hop.port().unwrap_or(25);
@@ -270,7 +274,9 @@ impl Policy {
                 .collect();
             t.sort();
             t.dedup();
-            targets.insert(t.clone());
+            if asks {
+                targets.insert(t.clone());
+            }
             gates.insert(
                 r.entry.domain.to_string(),
                 Gate {

@@ -104,6 +104,9 @@ struct Inner {
     read_ok: Mutex<Option<tokio::time::Instant>>,
     /// My server key fingerprints as last read.
     tls: Mutex<Vec<String>>,
+    /// Why I publish no keys although I may have certificates, as last
+    /// logged.
+    tls_not_offered: Mutex<Option<String>>,
 }
 
 /// What my recipients were read from, to notice a change cheaply.
@@ -153,6 +156,7 @@ impl Recipients {
                 last_fetch: Mutex::new(HashMap::new()),
                 read_ok: Mutex::new(None),
                 tls: Mutex::new(Vec::new()),
+                tls_not_offered: Mutex::new(None),
             }),
         }
     }
@@ -163,6 +167,11 @@ impl Recipients {
     }
 
     /// Why each of my domains that has no recipient list has none.
+    /// My server key fingerprints as last published.
+    pub(crate) fn my_tls(&self) -> Vec<String> {
+        lock(&self.inner.tls).clone()
+    }
+
     pub(crate) fn my_unlisted(&self) -> Unlisted {
         lock(&self.inner.unlisted).clone()
     }
@@ -261,9 +270,22 @@ impl Recipients {
         // My SMTP server's keys, which friends pin when they relay to me.
         let tls = match &inner.postfix {
             None => Vec::new(),
-            Some(pf) => match pf.tls_fingerprints().await {
+            Some(pf) => match pf
+                .tls_fingerprints(
+                    &inner.config.tls_next_keys,
+                    inner.config.allow_non_public_next_hops,
+                )
+                .await
+            {
                 Ok(keys) => {
                     files.extend(keys.files);
+                    let mut said = lock(&inner.tls_not_offered);
+                    if *said != keys.not_offered {
+                        if let Some(why) = &keys.not_offered {
+                            tracing::warn!("{why}: friends relay to me without pinning my server key (their own TLS policy applies)");
+                        }
+                        *said = keys.not_offered;
+                    }
                     keys.fingerprints
                 }
                 Err(e) => {
@@ -795,11 +817,12 @@ impl Recipients {
             .await
             .map_err(|e| Failed::Refused(e.to_string()))?;
         tracing::info!(peer = %name, version = list.version, recipients = list.items().len(), changed = changes.len(), "recipient list stored");
-        if !changes.is_empty() || held == 0 {
-            inner
-                .relay
-                .request_apply(format!("{name}'s recipient list v{}", list.version));
-        }
+        // Always: besides addresses, a version may change the keys to pin,
+        // the delimiter or the expiry (an apply that changes nothing writes
+        // nothing).
+        inner
+            .relay
+            .request_apply(format!("{name}'s recipient list v{}", list.version));
         Ok(())
     }
 }

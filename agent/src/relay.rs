@@ -299,7 +299,11 @@ impl Relay {
         let friends = self.friend_addrs().await;
         let pins = match inner
             .store
-            .relay_tls(now, TLS_ROLLOVER.as_secs() as i64)
+            .relay_tls(
+                now,
+                TLS_ROLLOVER.as_secs() as i64,
+                now - crate::store::SEEN_LATELY.as_secs() as i64,
+            )
             .await
         {
             Ok(p) => p,

@@ -11,6 +11,7 @@ use crate::services::Services;
 pub(crate) async fn report(s: &Services) -> Result<StatusReport, String> {
     let peers = s.store.peers().await.map_err(|e| e.to_string())?;
     let mut lists = Vec::with_capacity(peers.len());
+    let mut tls = Vec::with_capacity(peers.len());
     for p in &peers {
         lists.push(
             s.lists
@@ -18,6 +19,7 @@ pub(crate) async fn report(s: &Services) -> Result<StatusReport, String> {
                 .await
                 .map_err(|e| e.to_string())?,
         );
+        tls.push(s.store.peer_tls(&p.id).await.map_err(|e| e.to_string())?);
     }
     let config = &s.config;
     let listen = s
@@ -32,47 +34,52 @@ pub(crate) async fn report(s: &Services) -> Result<StatusReport, String> {
         advertise: config.advertise.iter().map(|a| a.to_string()).collect(),
         mail_host: config.mail_host.clone(),
         agent_version: mxfed_proto::VERSION.into(),
+        tls_fingerprints: s.recipients.my_tls(),
     };
     let now = s.clock.now_unix();
     let peers = peers
         .into_iter()
         .zip(lists)
-        .map(|(p, (list_version, list_expires_at, domains, my_list))| {
-            let (held_for_peer, held_by_peer, peer_mta_accepting) =
-                s.queue.held_status(&p.id, &p.name);
-            let live = s.peers.session(&p.id);
-            PeerStatus {
-                connected: live.is_some(),
-                address: live
-                    .as_ref()
-                    .map(|l| l.remote.to_string())
-                    .or(p.last_address.clone()),
-                addresses: p.addrs.iter().map(|a| a.to_string()).collect(),
-                mail_host: p.mail_host.clone(),
-                connected_since: live.as_ref().map(|l| rfc3339(l.since)),
-                last_seen: if live.is_some() {
-                    Some(rfc3339(now))
-                } else {
-                    p.last_seen.map(rfc3339)
-                },
-                rtt_ms: live.as_ref().map(|l| l.rtt.as_secs_f64() * 1000.0),
-                bytes_in: live.as_ref().map_or(0, |l| l.bytes_in),
-                bytes_out: live.as_ref().map_or(0, |l| l.bytes_out),
-                agent_version: live
-                    .and_then(|l| l.agent_version)
-                    .or(p.agent_version.clone()),
-                paired_at: rfc3339(p.paired_at),
-                name: p.name,
-                id: p.id,
-                list_version,
-                list_expires_at,
-                domains,
-                my_list,
-                held_for_peer,
-                held_by_peer,
-                peer_mta_accepting,
-            }
-        })
+        .zip(tls)
+        .map(
+            |((p, (list_version, list_expires_at, domains, my_list)), tls_fingerprints)| {
+                let (held_for_peer, held_by_peer, peer_mta_accepting) =
+                    s.queue.held_status(&p.id, &p.name);
+                let live = s.peers.session(&p.id);
+                PeerStatus {
+                    connected: live.is_some(),
+                    address: live
+                        .as_ref()
+                        .map(|l| l.remote.to_string())
+                        .or(p.last_address.clone()),
+                    addresses: p.addrs.iter().map(|a| a.to_string()).collect(),
+                    mail_host: p.mail_host.clone(),
+                    connected_since: live.as_ref().map(|l| rfc3339(l.since)),
+                    last_seen: if live.is_some() {
+                        Some(rfc3339(now))
+                    } else {
+                        p.last_seen.map(rfc3339)
+                    },
+                    rtt_ms: live.as_ref().map(|l| l.rtt.as_secs_f64() * 1000.0),
+                    bytes_in: live.as_ref().map_or(0, |l| l.bytes_in),
+                    bytes_out: live.as_ref().map_or(0, |l| l.bytes_out),
+                    agent_version: live
+                        .and_then(|l| l.agent_version)
+                        .or(p.agent_version.clone()),
+                    paired_at: rfc3339(p.paired_at),
+                    name: p.name,
+                    id: p.id,
+                    list_version,
+                    list_expires_at,
+                    domains,
+                    my_list,
+                    held_for_peer,
+                    held_by_peer,
+                    peer_mta_accepting,
+                    tls_fingerprints,
+                }
+            },
+        )
         .collect();
     Ok(StatusReport { me, peers })
 }

@@ -22,6 +22,8 @@ use mxfed_proto::recipients::{Recipient, RecipientList};
 use mxfed_proto::token::{TokenId, TokenKey};
 use mxfed_proto::PeerId;
 
+use crate::postfix::render::Pins;
+
 /// The database handle; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -610,6 +612,19 @@ impl Store {
     }
 
     /// The version of the recipient list held for a peer (0: none).
+    /// The server key fingerprints `peer` publishes, as held.
+    pub async fn peer_tls(&self, peer: &PeerId) -> Result<Vec<String>, StoreError> {
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT tls FROM peer_recipient_lists WHERE peer_id = ?")
+                .bind(peer.to_string())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| self.query_err(e))?;
+        Ok(row
+            .map(|(t,)| t.split_whitespace().map(String::from).collect())
+            .unwrap_or_default())
+    }
+
     pub async fn peer_recipient_version(&self, peer: &PeerId) -> Result<u64, StoreError> {
         let row: Option<(i64,)> =
             sqlx::query_as("SELECT version FROM peer_recipient_lists WHERE peer_id = ?")
@@ -761,31 +776,48 @@ impl Store {
 
     /// For each friend's domain accepted here: the friend's server key
     /// fingerprints to pin, with those it had before its last change if
-    /// that was less than `rollover` seconds ago. Domains of friends that
-    /// publish no recipient list are missing.
+    /// that was less than `rollover` seconds ago, and the addresses where
+    /// the friend's agent was seen since `seen_since`. Domains of friends
+    /// that publish no recipient list are missing.
     pub async fn relay_tls(
         &self,
         now: i64,
         rollover: i64,
-    ) -> Result<HashMap<String, Vec<String>>, StoreError> {
-        let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
-            "SELECT e.domain, rl.tls, rl.tls_previous, rl.tls_changed_at FROM peer_entries e
+        seen_since: i64,
+    ) -> Result<HashMap<String, Pins>, StoreError> {
+        let rows: Vec<(String, String, String, String, i64)> = sqlx::query_as(
+            "SELECT e.domain, e.peer_id, rl.tls, rl.tls_previous, rl.tls_changed_at FROM peer_entries e
              JOIN peer_recipient_lists rl ON rl.peer_id = e.peer_id
              WHERE e.state = 'accepted'",
         )
         .fetch_all(&self.pool)
         .await
         .map_err(|e| self.query_err(e))?;
+        let seen_rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT peer_id, ip FROM peer_seen WHERE last_seen >= ?")
+                .bind(seen_since)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| self.query_err(e))?;
+        let mut seen: HashMap<String, Vec<IpAddr>> = HashMap::new();
+        for (peer, ip) in seen_rows {
+            let ip = ip.parse().map_err(|_| self.bad("peer_seen.ip", &ip))?;
+            seen.entry(peer).or_default().push(ip);
+        }
         Ok(rows
             .into_iter()
-            .map(|(domain, tls, previous, changed_at)| {
+            .map(|(domain, peer, tls, previous, changed_at)| {
                 let mut fps: Vec<String> = tls.split_whitespace().map(String::from).collect();
                 if now - changed_at < rollover {
                     fps.extend(previous.split_whitespace().map(String::from));
                 }
                 fps.sort();
                 fps.dedup();
-                (domain, fps)
+                let pins = Pins {
+                    fingerprints: fps,
+                    seen: seen.get(&peer).cloned().unwrap_or_default(),
+                };
+                (domain, pins)
             })
             .collect())
     }
@@ -1146,6 +1178,12 @@ pub struct ListChange<'a> {
     pub handed: &'a [(PeerId, HeldEntry)],
 }
 
+/// How long an address where a peer's agent was seen counts for its
+/// ownership proof and its TLS pins: longer than a list lives unrenewed
+/// (14 days) plus the default `expired_list_grace` (30 days), so it never
+/// ends relay for an offline friend before its list would; an address
+/// given up long ago proves nothing any more.
+pub const SEEN_LATELY: Duration = Duration::from_secs(60 * 86_400);
 /// How many addresses are kept per peer in `peer_seen`.
 pub const MAX_SEEN: usize = 16;
 

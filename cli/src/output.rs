@@ -133,6 +133,15 @@ pub fn status_table(r: &StatusReport) {
         r.me.mail_host,
         r.me.agent_version
     );
+    match r.me.tls_fingerprints.as_slice() {
+        [] => println!(
+            "  server keys: none published (friends do not pin my server; see the agent's log)"
+        ),
+        fps => println!(
+            "  server keys published for friends to pin: {}",
+            fps.join(" ")
+        ),
+    }
     if r.peers.is_empty() {
         println!("\nno peers yet: pair with `mxfed invite` here and `mxfed join TOKEN` on the friend's side");
         return;
@@ -217,6 +226,9 @@ pub fn status_table(r: &StatusReport) {
                 d.domain,
                 d.reason.as_deref().unwrap_or("")
             );
+        }
+        if !p.tls_fingerprints.is_empty() {
+            println!("{}'s server keys: {}", p.name, p.tls_fingerprints.join(" "));
         }
         println!(
             "I hold for {}: {}; {} holds for me: {}{}",

@@ -408,6 +408,10 @@ pub struct SelfStatus {
     pub mail_host: String,
     /// Software version.
     pub agent_version: String,
+    /// SHA-256 fingerprints of my SMTP server keys, as I publish them for
+    /// friends to pin (empty: none; see the agent's log for why).
+    #[serde(default)]
+    pub tls_fingerprints: Vec<String>,
 }
 
 /// One paired peer, in a [`StatusReport`].
@@ -453,4 +457,9 @@ pub struct PeerStatus {
     pub held_by_peer: HeldStatus,
     /// Whether its MTA was accepting mail, as it last reported.
     pub peer_mta_accepting: Option<bool>,
+    /// Its SMTP server key fingerprints as it publishes them (what I pin
+    /// where its agent was seen, with any from before a change in the
+    /// last 7 days).
+    #[serde(default)]
+    pub tls_fingerprints: Vec<String>,
 }

@@ -366,6 +366,61 @@ fn relayed_mail_goes_over_tls_pinned_to_the_owners_key() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     assert!(!maillog(&pf).contains("status=bounced"), "{}", maillog(&pf));
+
+    // A rollover announced first (tls_next_keys): the next key is pinned
+    // beside the current one before Postfix uses it, so mail sent right
+    // after the switch is delivered at once, never deferred.
+    let keys = |v: &serde_json::Value| -> Vec<String> {
+        v["tls_fingerprints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f.as_str().unwrap().to_string())
+            .collect()
+    };
+    let now = keys(&alpha.status()["self"]);
+    assert_eq!(now.len(), 1, "alpha publishes its one key: {now:?}");
+    let next = tls_chain(certs.path(), "next.pem", "mail.alpha.example");
+    alpha.stop();
+    alpha.configure(&format!("tls_next_keys = [\"{}\"]", next.display()));
+    alpha.start();
+    wait_for("alpha publishes the next key too", || {
+        keys(&alpha.status()["self"]).len() == 2
+    });
+    let announced: Vec<String> = keys(&alpha.status()["self"])
+        .into_iter()
+        .filter(|f| !now.contains(f))
+        .collect();
+    assert_eq!(announced.len(), 1);
+    wait_for("bravo holds alpha's next key", || {
+        bravo
+            .peer("alpha")
+            .is_some_and(|p| keys(&p).contains(&announced[0]))
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !pf
+        .query("hash", "tls_policy", &key)
+        .is_some_and(|v| v.contains(&format!("match={}", announced[0])))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the next key was never pinned at the backup: {:?}\n{}",
+            pf.query("hash", "tls_policy", &key),
+            bravo.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let deferred = maillog(&pf).matches("status=deferred").count();
+    std::fs::copy(&next, &chain).unwrap();
+    reload(&pf_alpha);
+    pf.send("bob@alpha.example", "after an announced rollover");
+    wait_for("delivered with the new key", || pf_alpha.inbox() == 3);
+    assert_eq!(
+        maillog(&pf).matches("status=deferred").count(),
+        deferred,
+        "an announced key never defers mail:\n{}",
+        maillog(&pf)
+    );
 }
 
 /// The policy service speaks Postfix's protocol (several requests on one

@@ -78,12 +78,6 @@ const MAX_VERSION_JUMP: u64 = 100_000;
 /// so that no friend can make me re-sign (and every other friend re-fetch
 /// my list) at its own pace.
 const RESIGN_GAP: Duration = Duration::from_secs(600);
-/// How long an address where a peer's agent was seen counts for its
-/// ownership proof: longer than a list lives unrenewed (14 days) plus the
-/// default `expired_list_grace` (30 days), so it never ends relay for an
-/// offline friend before its list would; an address given up long ago
-/// proves nothing any more.
-const SEEN_LATELY: Duration = Duration::from_secs(60 * 86_400);
 /// Least time between two fetches of one peer's list.
 const MIN_FETCH_GAP: Duration = Duration::from_secs(1);
 /// How often to look whether my list is due for re-signing.
@@ -797,7 +791,7 @@ impl Lists {
     ) -> Result<Verdicts, StoreError> {
         let inner = &*self.inner;
         let my_domains = inner.mine.domains().await;
-        let since = inner.clock.now_unix() - SEEN_LATELY.as_secs() as i64;
+        let since = inner.clock.now_unix() - crate::store::SEEN_LATELY.as_secs() as i64;
         let seen = inner.store.seen(peer, since).await?;
         // Domains among these that another peer holds, and whether its claim
         // is still proven (an undecided look-up counts as proven).

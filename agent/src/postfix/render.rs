@@ -25,8 +25,8 @@ pub const RELAY_RECIPIENTS: &str = "relay_recipients";
 /// The addresses of friends' mail hosts (a `cidr:` table, `IP permit`),
 /// for `postscreen_access_list` and the admin's own whitelists.
 pub const FRIENDS: &str = "friends";
-/// Per next-hop address: pin the friend's server keys (`fingerprint`), or
-/// `may` for a friend that published none (`smtp_tls_policy_maps`).
+/// Per next-hop address where the friend's agent was seen: pin the
+/// friend's server keys (`fingerprint`; `smtp_tls_policy_maps`).
 pub const TLS_POLICY: &str = "tls_policy";
 
 const HEADER: &str = "# Written by mxfed from friends' accepted domain lists. Do not edit:\n# changes are overwritten. See `mxfed status` and `mxfed history`.\n";
@@ -87,35 +87,60 @@ pub fn render_maps(routes: &[Route]) -> RelayMaps {
     }
 }
 
+/// A friend's server keys, as its owner's agent read them from its own
+/// Postfix, and where that agent was seen (so where those keys are).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pins {
+    /// Fingerprints to accept (`AB:CD:...`).
+    pub fingerprints: Vec<String>,
+    /// Addresses the friend's authenticated agent was seen at lately.
+    pub seen: Vec<IpAddr>,
+}
+
+/// A next-hop address as the transport map writes it and the TLS policy
+/// map keys it: `[IP]`, or `[IP]:port` where the next hop names a port.
+pub fn address_key(ip: &IpAddr, next_hop: &NextHop) -> String {
+    match next_hop.port() {
+        Some(port) => format!("[{ip}]:{port}"),
+        None => format!("[{ip}]"),
+    }
+}
+
 /// The TLS policy map for `routes`: each next-hop address exactly as the
 /// transport map writes it (`[IP]` or `[IP]:port`), with `fingerprint` and
-/// a `match=` per fingerprint in `pins` (by domain). A route whose friend
-/// published no key gets no entry (the admin's own policy applies, Debian's
-/// `may`), and so does an address that routes of different friends' pins
-/// share with different values: no friend can pin (or unpin) another's
-/// server by pointing a next hop at its address. `pinnable` false (this
-/// Postfix does not compare SHA-256 fingerprints) writes no pins at all.
+/// a `match=` per fingerprint in `pins` (by domain), where the friend's
+/// agent was seen: the keys it publishes are those of the Postfix beside
+/// it, so a next hop elsewhere (a domain proven by its TXT record, say)
+/// would be held to keys it does not have. Such an address gets no entry,
+/// nor does a route whose friend published no key (the admin's own policy
+/// applies, Debian's `may`), nor an address that routes of different
+/// friends share with different values: no friend can pin (or unpin)
+/// another's server by pointing a next hop at its address. `pinnable`
+/// false (this Postfix does not compare SHA-256 fingerprints) writes no
+/// pins at all.
 pub fn tls_policy(
     routes: &[Route],
-    pins: &std::collections::HashMap<String, Vec<String>>,
+    pins: &std::collections::HashMap<String, Pins>,
     pinnable: bool,
 ) -> BTreeMap<String, String> {
     let mut wanted: BTreeMap<String, Option<String>> = BTreeMap::new();
     for r in routes {
-        let value = match pins.get(r.domain.as_str()) {
-            Some(fps) if !fps.is_empty() && pinnable => {
-                let matches: Vec<String> = fps.iter().map(|f| format!("match={f}")).collect();
-                Some(format!("fingerprint {}", matches.join(" ")))
-            }
-            _ => None,
-        };
-        let port = r
-            .next_hop
-            .port()
-            .map(|p| format!(":{p}"))
-            .unwrap_or_default();
+        let pin = pins
+            .get(r.domain.as_str())
+            .filter(|p| pinnable && !p.fingerprints.is_empty());
+        let value = pin.map(|p| {
+            let matches: Vec<String> = p
+                .fingerprints
+                .iter()
+                .map(|f| format!("match={f}"))
+                .collect();
+            format!("fingerprint {}", matches.join(" "))
+        });
         for ip in &r.addrs {
-            let key = format!("[{ip}]{port}");
+            let key = address_key(ip, &r.next_hop);
+            let seen =
+                pin.is_some_and(|p| p.seen.iter().any(|s| s.to_canonical() == ip.to_canonical()));
+            let value = if seen { value.clone() } else { None };
             match wanted.get(&key) {
                 None => {
                     wanted.insert(key, value.clone());
@@ -163,12 +188,11 @@ fn transport_value(r: &Route) -> String {
     if r.addrs.is_empty() {
         return NOT_CHECKED_YET.to_string();
     }
-    let port = r
-        .next_hop
-        .port()
-        .map(|p| format!(":{p}"))
-        .unwrap_or_default();
-    let hops: Vec<String> = r.addrs.iter().map(|ip| format!("[{ip}]{port}")).collect();
+    let hops: Vec<String> = r
+        .addrs
+        .iter()
+        .map(|ip| address_key(ip, &r.next_hop))
+        .collect();
     format!("relay:{}", hops.join(", "))
 }
 
@@ -290,10 +314,25 @@ mod tests {
     #[test]
     fn tls_pins_each_checked_address_and_never_one_two_friends_share() {
         let fp = |c: &str| [c; 32].join(":");
+        let pin = |fps: Vec<String>, seen: &[&str]| Pins {
+            fingerprints: fps,
+            seen: seen.iter().map(|ip| ip.parse().unwrap()).collect(),
+        };
         let mut pins = std::collections::HashMap::new();
-        pins.insert("a.example".to_string(), vec![fp("AA")]);
-        pins.insert("b.example".to_string(), vec![fp("BB"), fp("BC")]);
-        pins.insert("evil.example".to_string(), vec![fp("EE")]);
+        pins.insert("a.example".to_string(), pin(vec![fp("AA")], &["192.0.2.1"]));
+        pins.insert(
+            "b.example".to_string(),
+            pin(vec![fp("BB"), fp("BC")], &["192.0.2.2"]),
+        );
+        pins.insert(
+            "evil.example".to_string(),
+            pin(vec![fp("EE")], &["192.0.2.1"]),
+        );
+        // Its next hop is not where its agent runs (a TXT-proven domain).
+        pins.insert(
+            "elsewhere.example".to_string(),
+            pin(vec![fp("CC")], &["192.0.2.9"]),
+        );
         let at = |d: &str, hop: &str, ip: &str| Route {
             addrs: vec![ip.parse().unwrap()],
             ..route(d, hop)
@@ -302,6 +341,7 @@ mod tests {
             at("a.example", "mail.a.example", "192.0.2.1"),
             at("b.example", "mail.b.example:2525", "192.0.2.2"),
             at("nokey.example", "mail.n.example", "192.0.2.3"),
+            at("elsewhere.example", "mx.hosted.example", "192.0.2.4"),
             // Another friend points at a's address with its own key.
             at("evil.example", "mail.a.example", "192.0.2.1"),
         ];
@@ -312,7 +352,7 @@ mod tests {
                 "[192.0.2.2]:2525".to_string(),
                 format!("fingerprint match={} match={}", fp("BB"), fp("BC"))
             )]),
-            "a shared address is pinned for nobody; no key, no entry"
+            "a shared address is pinned for nobody; no key, or keys of an agent not seen there: no entry"
         );
         let alone = tls_policy(&routes[..1], &pins, true);
         assert_eq!(

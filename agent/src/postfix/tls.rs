@@ -2,6 +2,7 @@
 //! ([`Postfix::tls_fingerprints`]), which friends pin (`fingerprint` TLS
 //! level, `match=`) when they relay mail to this server.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use rustls_pki_types::pem::SectionKind;
@@ -15,8 +16,13 @@ pub struct ServerKeys {
     /// SHA-256 of each server certificate's SubjectPublicKeyInfo, as
     /// Postfix writes fingerprints (`AB:CD:...`), sorted, each once.
     pub fingerprints: Vec<String>,
-    /// The certificate files.
+    /// The files read (main.cf, master.cf, the certificate files): a
+    /// change to one may change the result.
     pub files: Vec<PathBuf>,
+    /// Why no keys are published although certificates may exist: an SMTP
+    /// service friends can reach does not offer STARTTLS, so a pin would
+    /// hold their relayed mail in the queue for good.
+    pub not_offered: Option<String>,
 }
 
 impl Postfix {
@@ -27,7 +33,28 @@ impl Postfix {
     /// that is empty, `smtpd_tls_cert_file`, `smtpd_tls_eccert_file` and
     /// `smtpd_tls_dcert_file` (the first certificate of each). A file that
     /// cannot be read or parsed is an error naming it.
-    pub async fn tls_fingerprints(&self) -> Result<ServerKeys, PostfixError> {
+    /// No keys at all (with the reason) where an SMTP service friends can
+    /// reach does not offer STARTTLS ([`Postfix::tls_not_offered`]).
+    /// `next_keys` are files with keys to announce before Postfix uses
+    /// them (each a PEM certificate or public key). `loopback` says
+    /// friends may relay to loopback addresses (a lab), so services there
+    /// count.
+    pub async fn tls_fingerprints(
+        &self,
+        next_keys: &[PathBuf],
+        loopback: bool,
+    ) -> Result<ServerKeys, PostfixError> {
+        let read_files = vec![
+            self.config_dir.join("main.cf"),
+            self.config_dir.join("master.cf"),
+        ];
+        if let Some(why) = self.tls_not_offered(loopback).await? {
+            return Ok(ServerKeys {
+                fingerprints: Vec::new(),
+                files: read_files,
+                not_offered: Some(why),
+            });
+        }
         let chain = self.param_expanded("smtpd_tls_chain_files").await?;
         let mut files: Vec<PathBuf> = list_tokens(&chain).iter().map(PathBuf::from).collect();
         let chained = !files.is_empty();
@@ -73,13 +100,150 @@ impl Postfix {
             .map(|c| spki_fingerprint(c))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|why| super::err("read TLS certificates", why))?;
+        for f in next_keys {
+            let text = tokio::fs::read(f)
+                .await
+                .map_err(|e| super::err("read tls_next_keys", format!("{}: {e}", f.display())))?;
+            let found = announced_keys(&text).map_err(|why| {
+                super::err("read tls_next_keys", format!("{}: {why}", f.display()))
+            })?;
+            fingerprints.extend(found);
+            files.push(f.clone());
+        }
         fingerprints.sort();
         fingerprints.dedup();
+        files.extend(read_files);
         Ok(ServerKeys {
             fingerprints,
             files,
+            not_offered: None,
         })
     }
+
+    /// Why this Postfix's SMTP server does not offer STARTTLS to friends,
+    /// or `None` where it does: every `inet` service run by `smtpd` (and,
+    /// behind a `postscreen` one, every `pass` service run by `smtpd`) that
+    /// is not on a loopback address (unless `loopback`: a lab whose friends
+    /// relay to loopback) has a `smtpd_tls_security_level` of
+    /// `may` or `encrypt` (its master.cf `-o` override, else main.cf's; the
+    /// obsolete `smtpd_use_tls`/`smtpd_enforce_tls` where that is empty),
+    /// or runs in `smtpd_tls_wrappermode`.
+    pub async fn tls_not_offered(&self, loopback: bool) -> Result<Option<String>, PostfixError> {
+        let services = self
+            .run("read master.cf", "postconf", &["-M"], None)
+            .await?;
+        let overrides = self
+            .run("read master.cf", "postconf", &["-P"], None)
+            .await?;
+        let lines: Vec<Vec<&str>> = services
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .filter(|f| f.len() >= 8)
+            .collect();
+        let reachable = |f: &Vec<&str>, command: &str| {
+            f[1] == "inet" && f[7] == command && (loopback || !on_loopback(f[0]))
+        };
+        let postscreen = lines.iter().any(|f| reachable(f, "postscreen"));
+        let smtpds: Vec<(&str, &str)> = lines
+            .iter()
+            .filter(|f| reachable(f, "smtpd") || (postscreen && f[1] == "pass" && f[7] == "smtpd"))
+            .map(|f| (f[0], f[1]))
+            .collect();
+        if smtpds.is_empty() {
+            return Ok(Some(
+                "master.cf has no SMTP server (smtpd) that friends can reach".into(),
+            ));
+        }
+        const PARAMS: [&str; 4] = [
+            "smtpd_tls_security_level",
+            "smtpd_use_tls",
+            "smtpd_enforce_tls",
+            "smtpd_tls_wrappermode",
+        ];
+        let mut global = HashMap::new();
+        for p in PARAMS {
+            global.insert(p, self.param_expanded(p).await?);
+        }
+        for (name, kind) in smtpds {
+            let mut v = HashMap::new();
+            for p in PARAMS {
+                let prefix = format!("{name}/{kind}/{p}");
+                let set = overrides.lines().find_map(|l| {
+                    let (k, val) = l.split_once('=')?;
+                    (k.trim() == prefix).then(|| val.trim().to_string())
+                });
+                let value = match set {
+                    None => global[p].clone(),
+                    // `-o smtpd_tls_security_level=$name`: main.cf's name.
+                    Some(val) => match indirect(&val) {
+                        Some(param) => self.param_expanded(param).await?,
+                        None => val,
+                    },
+                };
+                v.insert(p, value);
+            }
+            let yes = |p: &str| v[p].eq_ignore_ascii_case("yes");
+            let level = match v["smtpd_tls_security_level"].to_ascii_lowercase() {
+                l if !l.is_empty() => l,
+                _ if yes("smtpd_enforce_tls") => "encrypt".into(),
+                _ if yes("smtpd_use_tls") => "may".into(),
+                _ => "none".into(),
+            };
+            if !(yes("smtpd_tls_wrappermode") || level == "may" || level == "encrypt") {
+                return Ok(Some(format!(
+                    "master.cf service {name} ({kind}) does not offer STARTTLS (smtpd_tls_security_level = {level})"
+                )));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Whether a master.cf service name (`[host:]port`) listens on loopback
+/// only, where no friend can reach it.
+fn on_loopback(service: &str) -> bool {
+    let Some((host, _)) = service.rsplit_once(':') else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// `$name` or `${name}`: the main.cf parameter a `-o` value stands for.
+fn indirect(value: &str) -> Option<&str> {
+    let name = value.strip_prefix('$')?;
+    let name = name
+        .strip_prefix('{')
+        .and_then(|n| n.strip_suffix('}'))
+        .unwrap_or(name);
+    name.chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        .then_some(name)
+}
+
+/// The fingerprints of the keys in a `tls_next_keys` file: each
+/// certificate's public key, and each bare public key.
+fn announced_keys(pem: &[u8]) -> Result<Vec<String>, String> {
+    let mut rd = std::io::BufReader::new(pem);
+    let mut out = Vec::new();
+    loop {
+        match rustls_pki_types::pem::from_buf(&mut rd) {
+            Ok(None) => break,
+            Ok(Some((SectionKind::Certificate, der))) => out.push(spki_fingerprint(&der)?),
+            Ok(Some((SectionKind::PublicKey, der))) => out.push(hex_digest(&der)),
+            Ok(Some(_)) => {}
+            Err(e) => return Err(format!("not PEM: {e:?}")),
+        }
+    }
+    if out.is_empty() {
+        return Err(
+            "no certificate or public key found (PEM \"CERTIFICATE\" or \"PUBLIC KEY\")".into(),
+        );
+    }
+    Ok(out)
 }
 
 /// The server certificates in a PEM file: with `chained`, the first
@@ -118,14 +282,17 @@ fn spki_fingerprint(cert: &[u8]) -> Result<String, String> {
     let der = CertificateDer::from(cert);
     let parsed =
         webpki::EndEntityCert::try_from(&der).map_err(|e| format!("not a certificate: {e:?}"))?;
-    let spki = parsed.subject_public_key_info();
-    let digest = ring::digest::digest(&ring::digest::SHA256, spki.as_ref());
-    Ok(digest
+    Ok(hex_digest(parsed.subject_public_key_info().as_ref()))
+}
+
+/// SHA-256 of DER bytes, `AB:CD:...`, as Postfix writes fingerprints.
+fn hex_digest(der: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, der)
         .as_ref()
         .iter()
         .map(|b| format!("{b:02X}"))
         .collect::<Vec<_>>()
-        .join(":"))
+        .join(":")
 }
 
 #[cfg(test)]
@@ -167,6 +334,116 @@ mod tests {
             1,
             "the chain after the leaf is not a server key"
         );
+    }
+
+    /// Keys are published only where every SMTP service friends can reach
+    /// offers STARTTLS: a pin on a server without it would hold relayed
+    /// mail for good. Read from a real configuration with the real
+    /// `postconf` (Postfix need not run); keys staged in `tls_next_keys`
+    /// are announced beside the current one.
+    #[tokio::test]
+    async fn keys_are_published_only_where_starttls_is_offered() {
+        let dir = tempfile::tempdir().unwrap();
+        let etc = dir.path();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["mail.example".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let next_key = rcgen::KeyPair::generate().unwrap();
+        let next = rcgen::CertificateParams::new(vec!["mail.example".into()])
+            .unwrap()
+            .self_signed(&next_key)
+            .unwrap();
+        std::fs::write(
+            etc.join("chain.pem"),
+            format!("{}{}", key.serialize_pem(), cert.pem()),
+        )
+        .unwrap();
+        std::fs::write(etc.join("next.pem"), next.pem()).unwrap();
+        std::fs::write(etc.join("next.pub"), next_key.public_key_pem()).unwrap();
+        let master = std::fs::read_to_string("/etc/postfix/master.cf").unwrap();
+        let setup = |level: &str, extra: &str| {
+            std::fs::write(
+                etc.join("main.cf"),
+                format!(
+                    "compatibility_level = 3.6\nsmtpd_tls_security_level = {level}\nsmtpd_tls_chain_files = {}\n",
+                    etc.join("chain.pem").display()
+                ),
+            )
+            .unwrap();
+            std::fs::write(etc.join("master.cf"), format!("{master}\n{extra}")).unwrap();
+        };
+        setup("may", "");
+        let pf = Postfix::open(etc, Some("hash")).await.unwrap();
+        let want = spki_fingerprint(cert.der()).unwrap();
+        let want_next = spki_fingerprint(next.der()).unwrap();
+
+        let keys = pf.tls_fingerprints(&[], false).await.unwrap();
+        assert_eq!(keys.fingerprints, std::slice::from_ref(&want));
+        assert_eq!(keys.not_offered, None);
+        assert!(keys.files.contains(&etc.join("master.cf")));
+
+        let staged = [etc.join("next.pem"), etc.join("next.pub")];
+        let keys = pf.tls_fingerprints(&staged, false).await.unwrap();
+        let mut both = vec![want.clone(), want_next.clone()];
+        both.sort();
+        assert_eq!(
+            keys.fingerprints, both,
+            "a certificate and a bare public key of one key: one fingerprint"
+        );
+        assert!(keys.files.contains(&etc.join("next.pub")));
+        let junk = etc.join("main.cf");
+        let e = pf.tls_fingerprints(&[junk], false).await.unwrap_err();
+        assert!(
+            e.message.contains("main.cf") && e.step.contains("tls_next_keys"),
+            "{e:?}"
+        );
+
+        setup("", "");
+        let keys = pf.tls_fingerprints(&[], false).await.unwrap();
+        assert!(keys.fingerprints.is_empty(), "no STARTTLS, no pin");
+        assert!(keys
+            .not_offered
+            .unwrap()
+            .contains("smtpd_tls_security_level = none"));
+
+        // A loopback re-injection port without TLS does not matter; a
+        // second public port without it does, even set through $name.
+        setup(
+            "may",
+            "127.0.0.1:10025 inet n - n - - smtpd -o smtpd_tls_security_level=none",
+        );
+        assert_eq!(
+            pf.tls_fingerprints(&[], false).await.unwrap().fingerprints,
+            std::slice::from_ref(&want)
+        );
+        assert!(
+            pf.tls_fingerprints(&[], true)
+                .await
+                .unwrap()
+                .fingerprints
+                .is_empty(),
+            "in a lab (friends relay to loopback) loopback services count"
+        );
+        std::fs::write(
+            etc.join("main.cf"),
+            format!(
+                "compatibility_level = 3.6\nsmtpd_tls_security_level = may\nplain_level = none\nsmtpd_tls_chain_files = {}\n",
+                etc.join("chain.pem").display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            etc.join("master.cf"),
+            format!(
+                "{master}\n2525 inet n - n - - smtpd -o smtpd_tls_security_level=$plain_level\n"
+            ),
+        )
+        .unwrap();
+        let keys = pf.tls_fingerprints(&[], false).await.unwrap();
+        assert!(keys.fingerprints.is_empty());
+        assert!(keys.not_offered.unwrap().contains("2525"));
     }
 
     /// Two keys (RSA and ECDSA, say), each followed by its chain: both
