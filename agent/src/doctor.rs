@@ -11,7 +11,10 @@
 //! - `recipients`: my domains have recipient lists (else friends accept
 //!   every recipient of them), and so do the friends' domains I back up;
 //! - `tls`: every friend I relay for published a server key to pin (else
-//!   its mail goes with opportunistic TLS only).
+//!   its mail goes with opportunistic TLS only);
+//! - `policy`: the policy service answers at `policy_listen`, where a
+//!   friend asks for `when-down` mode (else Postfix accepts its mail while
+//!   it is up).
 
 use mxfed_proto::control::{Check, DoctorReport};
 use mxfed_proto::domain::Domain;
@@ -58,6 +61,7 @@ pub(crate) async fn report(s: &Services) -> DoctorReport {
     check_mx(s, &mut checks).await;
     check_recipients(s, &mut checks).await;
     check_tls(s, &mut checks).await;
+    check_policy(s, &mut checks).await;
     match &s.postfix {
         None => checks.push(check(
             "postfix-setup",
@@ -367,6 +371,48 @@ async fn check_mx(s: &Services, checks: &mut Vec<Check>) {
                 )),
             }
         }
+    }
+}
+
+/// The policy service answers, where a friend needs it.
+async fn check_policy(s: &Services, checks: &mut Vec<Check>) {
+    let grace = s.config.expired_list_grace.0.as_secs() as i64;
+    let Ok(routes) = s.store.when_down_routes(s.clock.now_unix(), grace).await else {
+        return;
+    };
+    if routes.is_empty() {
+        return;
+    }
+    let addr = &s.config.policy_listen;
+    let answers = match addr {
+        crate::config::PolicyAddr::Unix(path) => {
+            tokio::net::UnixStream::connect(path).await.is_ok()
+        }
+        crate::config::PolicyAddr::Tcp(a) => tokio::net::TcpStream::connect(a).await.is_ok(),
+    };
+    let mut friends: Vec<&str> = routes.iter().map(|(_, r)| r.peer.as_str()).collect();
+    friends.sort();
+    friends.dedup();
+    if answers {
+        checks.push(check(
+            "policy",
+            "ok",
+            format!(
+                "the policy service answers at {addr} for when-down friends ({})",
+                friends.join(", ")
+            ),
+            "",
+        ));
+    } else {
+        checks.push(check(
+            "policy",
+            "warn",
+            format!(
+                "the policy service does not answer at {addr}: friends in when-down mode ({}) get their mail accepted here even while their own server is up",
+                friends.join(", ")
+            ),
+            "see the agent's log at startup (is there a postfix group? is the path free?), then restart the agent",
+        ));
     }
 }
 

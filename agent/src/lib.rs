@@ -373,8 +373,9 @@ pub async fn run_with_clock(
         "recipients: publish",
         recipients.clone().run_publish(cancel.clone()),
     );
-    tasks.spawn("policy: probes", policy.clone().run_probes(cancel.clone()));
+    // Probes only serve the policy service: none without it.
     if let Some(listener) = policy_listener {
+        tasks.spawn("policy: probes", policy.clone().run_probes(cancel.clone()));
         tasks.spawn("policy: service", policy.serve(listener, cancel.clone()));
     }
     tasks.spawn(

@@ -217,7 +217,10 @@ impl Store {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(5));
+            // Writers wait for each other rather than fail: storing a
+            // friend's 1,000,000-recipient list is one transaction of
+            // several seconds (readers are never blocked, WAL).
+            .busy_timeout(Duration::from_secs(60));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)

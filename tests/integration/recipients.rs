@@ -236,6 +236,10 @@ fn when_down_defers_to_the_primary_while_it_is_up() {
     // Only the when-down friend's domains: any other recipient is as before
     // (here, not a relay domain at all).
     assert_eq!(pf.rcpt("bob@other.example"), 554);
+    // My own users (here a client in mynetworks, 127.0.0.2/32) send
+    // through me whatever a friend's mode says.
+    let mine = pf.rcpt_reply_from(std::net::Ipv4Addr::new(127, 0, 0, 2), "bob@alpha.example");
+    assert!(mine.starts_with("250"), "{mine}");
     let reply = pf.rcpt_reply("bob@alpha.example");
     assert!(
         reply.contains(&format!("primary MX {hop} is up; deliver there")),

@@ -926,8 +926,14 @@ impl PostfixInstance {
 
     /// The whole last line of the reply to `RCPT TO:<rcpt>`.
     pub fn rcpt_reply(&self, rcpt: &str) -> String {
+        self.rcpt_reply_from(Ipv4Addr::LOCALHOST, rcpt)
+    }
+
+    /// [`Self::rcpt_reply`] from the client address `from` (a loopback
+    /// address: 127.0.0.2 is in these instances' `mynetworks`).
+    pub fn rcpt_reply_from(&self, from: Ipv4Addr, rcpt: &str) -> String {
         use std::io::{BufRead, Write};
-        let mut smtp = Smtp::open(self.port);
+        let mut smtp = Smtp::open_from(from, self.port);
         assert_eq!(smtp.command("EHLO client.example"), 250);
         assert_eq!(smtp.command("MAIL FROM:<someone@sender.example>"), 250);
         write!(smtp.writer, "RCPT TO:<{rcpt}>\r\n").unwrap();
@@ -950,7 +956,26 @@ struct Smtp {
 impl Smtp {
     /// Connects to 127.0.0.1:`port` and reads the 220 greeting.
     fn open(port: u16) -> Smtp {
-        let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        Smtp::open_from(Ipv4Addr::LOCALHOST, port)
+    }
+
+    /// [`Smtp::open`] from the local address `from`.
+    fn open_from(from: Ipv4Addr, port: u16) -> Smtp {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        let stream = rt
+            .block_on(async {
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket.bind(SocketAddr::new(from.into(), 0))?;
+                let s = socket
+                    .connect(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port))
+                    .await?;
+                s.into_std()
+            })
+            .unwrap();
+        stream.set_nonblocking(false).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();

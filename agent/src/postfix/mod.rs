@@ -578,24 +578,11 @@ impl Postfix {
                 }
             }
         };
-        if !list_tokens(&restrictions)
-            .iter()
-            .any(|t| t.contains(&service))
-        {
-            // One quick try (not Postfix's two, a second apart, nor its
-            // 100 s wait), so a stopped or hung agent costs each RCPT little.
-            let ours = format!(
-                "check_policy_service {{ {service}, default_action=DUNNO, try_limit=1, timeout=10s }}"
-            );
-            let base = restrictions.trim();
+        if let Some(new) = wire_policy(&restrictions, &service) {
             changes.push(ParamChange {
                 name: "smtpd_recipient_restrictions".into(),
                 old: restrictions.clone(),
-                new: if base.is_empty() {
-                    ours
-                } else {
-                    format!("{ours}, {base}")
-                },
+                new,
             });
         }
         // Friends' keys are pinned as SHA-256 fingerprints; below
@@ -900,17 +887,20 @@ impl Serialize for PolicyAddr {
 impl<'de> Deserialize<'de> for PolicyAddr {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
+        // The address goes into main.cf inside `{ ... }`: nothing there
+        // may end the item or be expanded.
         if let Some(path) = s.strip_prefix("unix:") {
-            if path.starts_with('/') {
+            let plain = |c: char| c.is_ascii_graphic() && !",{}$#=".contains(c);
+            if path.starts_with('/') && path.chars().all(plain) {
                 return Ok(PolicyAddr::Unix(path.into()));
             }
         } else if let Ok(addr) = s.parse::<SocketAddr>() {
-            if addr.ip().is_loopback() {
+            if addr.ip().is_loopback() && addr.port() != 0 {
                 return Ok(PolicyAddr::Tcp(addr));
             }
         }
         Err(serde::de::Error::custom(format!(
-            "{s:?}: policy_listen is \"unix:/absolute/path\" or a loopback \"IP:PORT\""
+            "{s:?}: policy_listen is \"unix:/absolute/path\" (no spaces or any of , {{ }} $ # =) or a loopback \"IP:PORT\""
         )))
     }
 }
@@ -1057,6 +1047,55 @@ fn has_word(list: &str, word: &str) -> bool {
 /// The items of a Postfix list parameter: separated by commas and white
 /// space, except inside `{...}`, so `inline:{ a.example=x, b.example=y }`
 /// stays one map reference.
+/// The policy service address of mxfed versions before the Unix socket.
+const OLD_POLICY_SERVICE: &str = "inet:127.0.0.1:10045";
+
+/// `smtpd_recipient_restrictions` with mxfed's policy service wired first
+/// in exactly its one safe form, or `None` if it already is. Any other
+/// `check_policy_service` naming `service` (or mxfed's old default address)
+/// is taken out: one without `default_action=DUNNO` would make Postfix
+/// answer 451 whenever the agent is down, and a stale address costs each
+/// RCPT a failed connect.
+fn wire_policy(restrictions: &str, service: &str) -> Option<String> {
+    // One quick try (not Postfix's two, a second apart, nor its 100 s
+    // wait), so a stopped or hung agent costs each RCPT little.
+    let ours = format!(
+        "check_policy_service {{ {service}, default_action=DUNNO, try_limit=1, timeout=10s }}"
+    );
+    let tokens = list_tokens(restrictions);
+    let mut items: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < tokens.len() {
+        if tokens[i] == "check_policy_service" && i + 1 < tokens.len() {
+            items.push(format!("{} {}", tokens[i], tokens[i + 1]));
+            i += 2;
+        } else {
+            items.push(tokens[i].to_string());
+            i += 1;
+        }
+    }
+    let is_ours = |item: &str| {
+        let Some(arg) = item.strip_prefix("check_policy_service ") else {
+            return false;
+        };
+        let arg = arg.trim().trim_start_matches('{').trim_end_matches('}');
+        let addr = arg.split(',').next().unwrap_or("").trim();
+        addr == service || addr == OLD_POLICY_SERVICE
+    };
+    let squeeze = |t: &str| t.split_whitespace().collect::<String>();
+    let wired: Vec<&String> = items.iter().filter(|t| is_ours(t)).collect();
+    if wired.len() == 1 && items.first().is_some_and(|f| squeeze(f) == squeeze(&ours)) {
+        return None;
+    }
+    let rest: Vec<String> = items.into_iter().filter(|t| !is_ours(t)).collect();
+    Some(
+        std::iter::once(ours)
+            .chain(rest)
+            .collect::<Vec<_>>()
+            .join(", "),
+    )
+}
+
 fn list_tokens(value: &str) -> Vec<&str> {
     let mut tokens = Vec::new();
     let (mut depth, mut start) = (0usize, None);
@@ -1118,9 +1157,74 @@ async fn cleanup_temp(dir: &Path) {
 mod tests {
     use super::{
         has_word, interface_addrs, list_matches, list_tokens, lookup_keys, service_port,
-        smtp_service, version_at_least,
+        smtp_service, version_at_least, wire_policy,
     };
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    #[test]
+    fn policy_addresses_are_a_plain_absolute_socket_or_loopback_tcp() {
+        use super::PolicyAddr;
+        let parse = |v: &str| serde_json::from_value::<PolicyAddr>(serde_json::json!(v));
+        assert!(matches!(
+            parse("unix:/var/spool/postfix/private/mxfed-policy"),
+            Ok(PolicyAddr::Unix(_))
+        ));
+        assert!(matches!(parse("127.0.0.1:10045"), Ok(PolicyAddr::Tcp(_))));
+        assert!(matches!(parse("[::1]:10045"), Ok(PolicyAddr::Tcp(_))));
+        for bad in [
+            "unix:private/mxfed-policy",
+            "unix:/tmp/a b",
+            "unix:/tmp/a,b",
+            "unix:/tmp/}x",
+            "unix:/tmp/$x",
+            "192.0.2.1:10045",
+            "127.0.0.1:0",
+            "localhost:10045",
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains("policy_listen"), "{bad}: {e}");
+        }
+    }
+
+    /// The policy service is wired once, first, in its one safe form; a
+    /// looser or older wiring of it is replaced, the admin's own items kept.
+    #[test]
+    fn the_policy_service_is_wired_first_and_safely() {
+        let svc = "unix:private/mxfed-policy";
+        let ours = "check_policy_service { unix:private/mxfed-policy, default_action=DUNNO, try_limit=1, timeout=10s }";
+        assert_eq!(wire_policy("", svc).unwrap(), ours);
+        assert_eq!(
+            wire_policy("permit_mynetworks, reject_unauth_destination", svc).unwrap(),
+            format!("{ours}, permit_mynetworks, reject_unauth_destination")
+        );
+        let wired = format!("{ours}, permit_mynetworks");
+        assert_eq!(wire_policy(&wired, svc), None, "already wired");
+        let spaced = "check_policy_service {unix:private/mxfed-policy,default_action=DUNNO,try_limit=1,timeout=10s}\n  permit_mynetworks";
+        assert_eq!(wire_policy(spaced, svc), None, "the same, spelt otherwise");
+        // Without default_action a stopped agent means 451: replaced.
+        assert_eq!(
+            wire_policy(
+                "permit_mynetworks, check_policy_service unix:private/mxfed-policy, check_policy_service inet:127.0.0.1:10023",
+                svc
+            )
+            .unwrap(),
+            format!("{ours}, permit_mynetworks, check_policy_service inet:127.0.0.1:10023"),
+            "another policy service (postgrey) stays"
+        );
+        // The old default address, and ours not first.
+        assert_eq!(
+            wire_policy(
+                "check_policy_service { inet:127.0.0.1:10045, default_action=DUNNO }, permit_mynetworks",
+                svc
+            )
+            .unwrap(),
+            format!("{ours}, permit_mynetworks")
+        );
+        assert_eq!(
+            wire_policy(&format!("permit_mynetworks, {ours}"), svc).unwrap(),
+            format!("{ours}, permit_mynetworks")
+        );
+    }
 
     #[test]
     fn smtp_services_are_inet_smtpd_or_postscreen_with_their_ports() {

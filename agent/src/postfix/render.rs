@@ -111,52 +111,60 @@ pub fn address_key(ip: &IpAddr, next_hop: &NextHop) -> String {
 /// a `match=` per fingerprint in `pins` (by domain), where the friend's
 /// agent was seen: the keys it publishes are those of the Postfix beside
 /// it, so a next hop elsewhere (a domain proven by its TXT record, say)
-/// would be held to keys it does not have. Such an address gets no entry,
-/// nor does a route whose friend published no key (the admin's own policy
-/// applies, Debian's `may`), nor an address that routes of different
-/// friends share with different values: no friend can pin (or unpin)
-/// another's server by pointing a next hop at its address. `pinnable`
-/// false (this Postfix does not compare SHA-256 fingerprints) writes no
-/// pins at all.
+/// would be held to keys it does not have. Routes without keys, and
+/// addresses where the route's friend was not seen, have no say: so a
+/// friend can pin only a server its own agent runs on, and cannot unpin
+/// another's. Where two friends seen at one address publish different
+/// keys, that address gets `encrypt` ([`CONFLICT`]). Addresses nobody pins
+/// get no entry (the admin's own policy applies, Debian's `may`).
+/// `pinnable` false (this Postfix does not compare SHA-256 fingerprints)
+/// writes no pins at all.
 pub fn tls_policy(
     routes: &[Route],
     pins: &std::collections::HashMap<String, Pins>,
     pinnable: bool,
 ) -> BTreeMap<String, String> {
-    let mut wanted: BTreeMap<String, Option<String>> = BTreeMap::new();
+    let mut wanted: BTreeMap<String, String> = BTreeMap::new();
     for r in routes {
         let pin = pins
             .get(r.domain.as_str())
             .filter(|p| pinnable && !p.fingerprints.is_empty());
-        let value = pin.map(|p| {
-            let matches: Vec<String> = p
-                .fingerprints
-                .iter()
-                .map(|f| format!("match={f}"))
-                .collect();
-            format!("fingerprint {}", matches.join(" "))
-        });
+        let Some(pin) = pin else {
+            continue; // no keys: no opinion on any address
+        };
+        let matches: Vec<String> = pin
+            .fingerprints
+            .iter()
+            .map(|f| format!("match={f}"))
+            .collect();
+        let value = format!("fingerprint {}", matches.join(" "));
         for ip in &r.addrs {
+            let seen = pin
+                .seen
+                .iter()
+                .any(|s| s.to_canonical() == ip.to_canonical());
+            if !seen {
+                continue; // its agent is not there: no opinion
+            }
             let key = address_key(ip, &r.next_hop);
-            let seen =
-                pin.is_some_and(|p| p.seen.iter().any(|s| s.to_canonical() == ip.to_canonical()));
-            let value = if seen { value.clone() } else { None };
             match wanted.get(&key) {
                 None => {
                     wanted.insert(key, value.clone());
                 }
+                // Two friends' agents seen at one address with different
+                // keys: TLS, but neither may hold the other to its key.
                 Some(v) if *v != value => {
-                    wanted.insert(key, None); // a conflict: pin nothing here
+                    wanted.insert(key, CONFLICT.to_string());
                 }
                 Some(_) => {}
             }
         }
     }
     wanted
-        .into_iter()
-        .filter_map(|(k, v)| Some((k, v?)))
-        .collect()
 }
+
+/// The TLS policy for an address two friends' pins disagree on.
+pub const CONFLICT: &str = "encrypt";
 
 impl RelayMaps {
     /// Adds the [`TLS_POLICY`] map.
@@ -312,7 +320,7 @@ mod tests {
     }
 
     #[test]
-    fn tls_pins_each_checked_address_and_never_one_two_friends_share() {
+    fn tls_pins_each_checked_address_where_its_friend_runs() {
         let fp = |c: &str| [c; 32].join(":");
         let pin = |fps: Vec<String>, seen: &[&str]| Pins {
             fingerprints: fps,
@@ -348,11 +356,36 @@ mod tests {
         let map = tls_policy(&routes, &pins, true);
         assert_eq!(
             map,
+            BTreeMap::from([
+                (
+                    // Both a's and evil's agents were seen there.
+                    "[192.0.2.1]".to_string(),
+                    CONFLICT.to_string()
+                ),
+                (
+                    "[192.0.2.2]:2525".to_string(),
+                    format!("fingerprint match={} match={}", fp("BB"), fp("BC"))
+                )
+            ]),
+            "two pins at one address: encrypt; no key, or keys of an agent not seen there: no entry"
+        );
+        // A friend whose agent is elsewhere, or that has no keys, cannot
+        // unpin a's server by pointing a next hop at it.
+        pins.insert(
+            "squat.example".to_string(),
+            pin(vec![fp("FF")], &["192.0.2.50"]),
+        );
+        let squat = [
+            at("a.example", "mail.a.example", "192.0.2.1"),
+            at("squat.example", "mail.a.example", "192.0.2.1"),
+            at("nokey.example", "mail.a.example", "192.0.2.1"),
+        ];
+        assert_eq!(
+            tls_policy(&squat, &pins, true),
             BTreeMap::from([(
-                "[192.0.2.2]:2525".to_string(),
-                format!("fingerprint match={} match={}", fp("BB"), fp("BC"))
-            )]),
-            "a shared address is pinned for nobody; no key, or keys of an agent not seen there: no entry"
+                "[192.0.2.1]".to_string(),
+                format!("fingerprint match={}", fp("AA"))
+            )])
         );
         let alone = tls_policy(&routes[..1], &pins, true);
         assert_eq!(

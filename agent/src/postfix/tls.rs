@@ -384,6 +384,26 @@ mod tests {
         assert_eq!(keys.not_offered, None);
         assert!(keys.files.contains(&etc.join("master.cf")));
 
+        // certbot's layout: the key in one file, its chain in the next.
+        std::fs::write(etc.join("privkey.pem"), key.serialize_pem()).unwrap();
+        std::fs::write(etc.join("fullchain.pem"), cert.pem()).unwrap();
+        std::fs::write(
+            etc.join("main.cf"),
+            format!(
+                "compatibility_level = 3.6\nsmtpd_tls_security_level = may\nsmtpd_tls_chain_files = {}, {}\n",
+                etc.join("privkey.pem").display(),
+                etc.join("fullchain.pem").display()
+            ),
+        )
+        .unwrap();
+        let keys = pf.tls_fingerprints(&[], false).await.unwrap();
+        assert_eq!(
+            keys.fingerprints,
+            std::slice::from_ref(&want),
+            "two files, one sequence"
+        );
+        setup("may", "");
+
         let staged = [etc.join("next.pem"), etc.join("next.pub")];
         let keys = pf.tls_fingerprints(&staged, false).await.unwrap();
         let mut both = vec![want.clone(), want_next.clone()];
