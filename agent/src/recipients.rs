@@ -617,25 +617,17 @@ impl Recipients {
                     base: have,
                     changes: wire.len() as u32,
                 };
-                let mut sent = reply.send(&Response::RecipientChangesHeader(header)).await;
-                for chunk in recipient_change_chunks(&wire) {
-                    if sent.is_err() {
-                        break;
-                    }
-                    sent = reply.send(&Response::RecipientChanges(chunk)).await;
-                }
-                sent
+                let chunks = recipient_change_chunks(&wire).map(Response::RecipientChanges);
+                reply
+                    .send_all(Response::RecipientChangesHeader(header), chunks)
+                    .await
             }
             None => {
                 let header = published.list.header(published.signature.clone());
-                let mut sent = reply.send(&Response::RecipientHeader(header)).await;
-                for chunk in published.list.chunks() {
-                    if sent.is_err() {
-                        break;
-                    }
-                    sent = reply.send(&Response::RecipientChunk(chunk)).await;
-                }
-                sent
+                let chunks = published.list.chunks().map(Response::RecipientChunk);
+                reply
+                    .send_all(Response::RecipientHeader(header), chunks)
+                    .await
             }
         };
         if let Err(e) = sent {

@@ -961,12 +961,14 @@ impl Smtp {
 
     /// [`Smtp::open`] from the local address `from`.
     fn open_from(from: Ipv4Addr, port: u16) -> Smtp {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .build()
-            .unwrap();
-        let stream = rt
-            .block_on(async {
+        // std cannot bind before connecting; tokio can, on a thread of its
+        // own (callers may be inside a runtime already).
+        let stream = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .build()
+                .unwrap();
+            rt.block_on(async {
                 let socket = tokio::net::TcpSocket::new_v4()?;
                 socket.bind(SocketAddr::new(from.into(), 0))?;
                 let s = socket
@@ -974,7 +976,10 @@ impl Smtp {
                     .await?;
                 s.into_std()
             })
-            .unwrap();
+        })
+        .join()
+        .unwrap()
+        .unwrap();
         stream.set_nonblocking(false).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))

@@ -365,26 +365,16 @@ impl Lists {
                     base: have,
                     changes: diff.len() as u32,
                 };
-                let mut sent = reply.send(&Response::ChangesHeader(header)).await;
-                for chunk in change_chunks(&diff) {
-                    if sent.is_err() {
-                        break;
-                    }
-                    sent = reply.send(&Response::ListChanges(chunk)).await;
-                }
-                sent
+                let chunks = change_chunks(&diff).map(Response::ListChanges);
+                reply
+                    .send_all(Response::ChangesHeader(header), chunks)
+                    .await
             }
             Some((p, None)) if p.list.version > have => {
-                let mut sent = reply
-                    .send(&Response::ListHeader(p.list.header(p.signature.clone())))
-                    .await;
-                for chunk in p.list.chunks() {
-                    if sent.is_err() {
-                        break;
-                    }
-                    sent = reply.send(&Response::ListChunk(chunk)).await;
-                }
-                sent
+                let header = Response::ListHeader(p.list.header(p.signature.clone()));
+                reply
+                    .send_all(header, p.list.chunks().map(Response::ListChunk))
+                    .await
             }
             _ => reply.send(&refuse("no newer list".into())).await,
         };

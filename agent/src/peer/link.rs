@@ -110,6 +110,20 @@ impl Responder {
         frames::write(&mut self.send, response).await
     }
 
+    /// Writes `first`, then each of `rest`, stopping at the first error
+    /// (a header and its chunks, say).
+    pub(crate) async fn send_all(
+        &mut self,
+        first: Response,
+        rest: impl IntoIterator<Item = Response>,
+    ) -> Result<(), FrameError> {
+        self.send(&first).await?;
+        for r in rest {
+            self.send(&r).await?;
+        }
+        Ok(())
+    }
+
     /// Ends the stream once every frame is written.
     pub(super) fn finish(mut self) {
         let _ = self.send.finish();
