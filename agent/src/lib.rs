@@ -386,6 +386,11 @@ pub async fn run_with_clock(
     tasks.spawn("relay: apply worker", apply_worker.run(cancel.clone()));
     tasks.spawn("lists: refresh", lists.clone().run_refresh(cancel.clone()));
     tasks.spawn("lists: re-check", lists.run_recheck(cancel.clone()));
+    tasks.spawn("queue: flusher", queue.clone().run_flusher(cancel.clone()));
+    tasks.spawn(
+        "queue: my Postfix",
+        queue.clone().run_mta_watch(cancel.clone()),
+    );
     tasks.spawn("queue: scanner", queue.run(cancel.clone()));
     tasks.spawn(
         "control socket",

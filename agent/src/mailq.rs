@@ -72,6 +72,8 @@ pub struct DomainDepth {
     pub bytes: u64,
     /// Unix seconds of the oldest of those messages.
     pub oldest_arrival: Option<i64>,
+    /// Unix seconds of the newest of those messages.
+    pub newest_arrival: Option<i64>,
     /// Messages per queue name.
     pub by_queue: BTreeMap<String, u64>,
     /// Delay reasons with how many recipients have them.
@@ -87,6 +89,7 @@ impl DomainDepth {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        self.newest_arrival = self.newest_arrival.max(other.newest_arrival);
         for (q, n) in &other.by_queue {
             *self.by_queue.entry(q.clone()).or_default() += n;
         }
@@ -263,6 +266,7 @@ fn one_message<K: std::hash::Hash + Eq>(
         e.messages = 1;
         e.bytes = m.message_size;
         e.oldest_arrival = Some(m.arrival_time);
+        e.newest_arrival = Some(m.arrival_time);
         e.by_queue.insert(m.queue_name.to_string(), 1);
     }
     here

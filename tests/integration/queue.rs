@@ -230,3 +230,44 @@ fn metrics_show_peers_lists_applies_and_held_mail() {
     s.read_to_string(&mut out).unwrap();
     assert!(out.starts_with("HTTP/1.1 404"), "{out}");
 }
+
+/// Outages shorter than any scan interval, back to back: each time the
+/// friend's Postfix stops, a message is deferred at the backup, and the
+/// friend's Postfix starts again. Its agent notices at once and says so,
+/// and the backup flushes: each message arrives long before Postfix's own
+/// 300 s backoff would send it (the bound below is that backoff, not a
+/// timing claim; BENCHMARKS.md has the figures).
+#[test]
+fn short_outages_back_to_back_are_each_flushed_on_return() {
+    let w = world();
+    for round in 1..=3u64 {
+        w.pf_alpha.down();
+        w.pf_bravo
+            .send(&format!("r{round}@a1.example"), &format!("round {round}"));
+        wait_for("deferred at bravo", || {
+            json(&w.bravo, &["queue", "--json"])["peers"][0]["queues"]["deferred"] == 1
+        });
+        let back = Instant::now();
+        w.pf_alpha.up();
+        let deadline = back + Duration::from_secs(290);
+        while w.pf_alpha.inbox() < round as usize {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: not delivered by a flush\n{}",
+                w.bravo.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!(
+            "round {round}: delivered {:?} after alpha's Postfix started",
+            back.elapsed()
+        );
+    }
+    let alpha_log = w.alpha.log_text();
+    assert!(
+        alpha_log.matches("my Postfix started").count() >= 3,
+        "{alpha_log}\n-- bravo --\n{}",
+        w.bravo.log_text()
+    );
+    assert!(w.bravo.log_text().contains("its MTA accepts again"));
+}

@@ -357,8 +357,9 @@ fn relayed_mail_goes_over_tls_pinned_to_the_owners_key() {
     assert_eq!(pf_alpha.inbox(), 1, "not delivered to an unpinned key");
 
     // alpha's agent comes back and announces the new key: delivered.
-    // (The backup flushes what it holds while alpha answers, at most every
-    // 30 s, and scans every 10 s: allow for both.)
+    // (The backup flushes when alpha's agent says it is back, perhaps
+    // before the new key is pinned; mail still held then goes again after
+    // 30 s: allow for that.)
     alpha.start();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     while pf_alpha.inbox() < 2 {

@@ -75,6 +75,8 @@ fn err(step: &'static str, message: impl Into<String>) -> PostfixError {
 #[derive(Debug, Clone)]
 pub struct Postfix {
     config_dir: PathBuf,
+    /// `queue_directory`, as read at open (Postfix reads it at start too).
+    queue_dir: PathBuf,
     map_type: String,
     /// Postfix 3.5 and later take several next hops in one transport entry.
     multiple_next_hops: bool,
@@ -111,10 +113,12 @@ impl Postfix {
     pub async fn open(config_dir: &Path, map_type: Option<&str>) -> Result<Self, PostfixError> {
         let mut p = Self {
             config_dir: config_dir.into(),
+            queue_dir: PathBuf::new(),
             map_type: String::new(),
             multiple_next_hops: false,
         };
         let version = p.param("mail_version").await?;
+        p.queue_dir = PathBuf::from(p.param_expanded("queue_directory").await?);
         p.multiple_next_hops = version_at_least(&version, (3, 5));
         if !p.multiple_next_hops {
             tracing::warn!(
@@ -730,6 +734,32 @@ impl Postfix {
         self.run("postfix status", "postfix", &["status"], None)
             .await
             .is_ok()
+    }
+
+    /// Whether the Postfix master is running, cheaply enough to ask several
+    /// times a second: the process named in `pid/master.pid` under the
+    /// queue directory is Postfix's `master` and alive (no command is run).
+    /// The master binds the SMTP listeners as it starts, so this is also
+    /// whether connections are taken.
+    pub async fn master_running(&self) -> bool {
+        let pid_file = self.queue_dir.join("pid/master.pid");
+        let Ok(text) = tokio::fs::read_to_string(&pid_file).await else {
+            return false;
+        };
+        let Ok(pid) = text.trim().parse::<u32>() else {
+            return false;
+        };
+        // `PID (COMM) STATE ...`; a master that exited but was not reaped
+        // yet (a zombie, where PID 1 reaps slowly) is not running.
+        let Ok(stat) = tokio::fs::read_to_string(format!("/proc/{pid}/stat")).await else {
+            return false;
+        };
+        let Some((head, tail)) = stat.rsplit_once(')') else {
+            return false;
+        };
+        let comm = head.split_once('(').map_or("", |(_, c)| c);
+        let state = tail.split_whitespace().next().unwrap_or("");
+        comm == "master" && !matches!(state, "Z" | "X" | "x")
     }
 
     /// Where this Postfix takes mail by SMTP: every `inet` service of

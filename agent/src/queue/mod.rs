@@ -1,28 +1,36 @@
 //! [`Queue`]: held mail. What my queue holds for each friend, what each
-//! friend holds for me, and flushing when a friend comes back.
+//! friend holds for me, and flushing while a friend takes mail.
 //!
 //! The scanner ([`Queue::run`]) reads the queue every [`SCAN_EVERY`]
 //! (`postqueue -j`, streamed through [`crate::mailq::PeerTally`], kept as
 //! the latest [`scan::Scan`]) and each connected friend gets a
 //! [`QueueReport`] of what I hold for its domains: when it changed, and at
 //! least every [`REPORT_EVERY`] while I hold mail for it. A report also
-//! says whether my own MTA is running. When a friend's report says its MTA
-//! is accepting, or my probe of its next hop answers (each scan, while I
-//! hold mail for it), I run `postqueue -s` for each of its domains with mail, at most
-//! once per [`FLUSH_EVERY`]: held mail goes out within seconds instead of
-//! waiting out Postfix's retry backoff. `mxfed flush` asks friends to do
-//! the same for my domains.
+//! says whether my own MTA is running; the watcher ([`Queue::run_mta_watch`])
+//! looks every [`MTA_WATCH_EVERY`] (no command: the master's pid file) and
+//! tells every friend at once when my Postfix starts or stops.
+//!
+//! The flusher ([`Queue::run_flusher`]) looks at each friend every
+//! [`FLUSH_TICK`]: while I hold mail for a friend that takes mail (its
+//! report says so, or my probe of its next hop gets a greeting), I run
+//! `postqueue -s` for each of its domains with mail, as [`flush::Friend`]
+//! decides: at once when it comes back or new mail is held, then with a
+//! growing backoff while the same mail stays. While I hold mail and it does
+//! not say it accepts, its next hop is probed every second. `mxfed flush`
+//! asks friends to do the same for my domains.
 //!
 //! - `scan`: one reading of the queue and the views made of it (pure but
 //!   for the read).
-//! - `probe`: does a friend's next hop answer on its SMTP port.
+//! - `flush`: when to flush and probe, per friend (pure).
+//! - `probe`: does a friend's next hop greet on its SMTP port.
 
+mod flush;
 mod probe;
 
 pub(crate) use probe::any_answers;
 mod scan;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -48,8 +56,12 @@ pub(crate) use scan::Scan;
 pub const SCAN_EVERY: Duration = Duration::from_secs(10);
 /// A friend hears from me at least this often while I hold its mail.
 pub const REPORT_EVERY: Duration = Duration::from_secs(30);
-/// Flushes for one friend (either direction) at most this often.
-pub const FLUSH_EVERY: Duration = Duration::from_secs(30);
+/// How often the flusher looks at each friend's state.
+pub const FLUSH_TICK: Duration = Duration::from_millis(100);
+/// How often my own Postfix's state is looked at.
+pub const MTA_WATCH_EVERY: Duration = Duration::from_millis(250);
+/// A friend's own flush requests count at most this often.
+pub const FLUSH_EVERY: Duration = flush::REQUEST_EVERY;
 
 /// The queue service's handle; cheap to clone.
 #[derive(Clone)]
@@ -69,12 +81,10 @@ struct Inner {
     reports: Mutex<HashMap<PeerId, (QueueReport, i64)>>,
     /// What I last reported to each friend, and when.
     sent: Mutex<HashMap<PeerId, (QueueReport, Instant)>>,
-    /// When I last flushed for (or at the request of) each friend.
-    flushed: Mutex<HashMap<PeerId, Instant>>,
-    /// Whether each friend's next hop answered my last probe.
-    probes: Mutex<HashMap<PeerId, bool>>,
-    /// Friends with a flush in flight.
-    flushing: Mutex<HashSet<PeerId>>,
+    /// Paired friends by name, as of the last scan round or connect.
+    names: Mutex<HashMap<PeerId, String>>,
+    /// Each friend's flush and probe state.
+    friends: Mutex<HashMap<PeerId, flush::Friend>>,
     /// One scan at a time.
     scanning: tokio::sync::Mutex<()>,
     /// My Postfix's state, and when it was looked at.
@@ -92,9 +102,8 @@ impl Queue {
                 last: Mutex::default(),
                 reports: Mutex::default(),
                 sent: Mutex::default(),
-                flushed: Mutex::default(),
-                probes: Mutex::default(),
-                flushing: Mutex::default(),
+                names: Mutex::default(),
+                friends: Mutex::default(),
                 scanning: tokio::sync::Mutex::new(()),
                 mta: Mutex::default(),
             }),
@@ -118,25 +127,58 @@ impl Queue {
         lock(&self.inner.last).clone()
     }
 
-    /// Whether my own Postfix is running: looked at now if `fresh` (each
-    /// scan round), else as looked at within the last [`SCAN_EVERY`], so
-    /// friends coming and going (each Hello) cost no new `postfix status`.
-    async fn mta_accepting(&self, fresh: bool) -> bool {
+    /// Whether my own Postfix is running: as the watcher last saw it, or
+    /// looked at now if that is older than a second.
+    async fn mta_accepting(&self) -> bool {
         let Some(p) = &self.inner.postfix else {
             return false;
         };
         let recent = *lock(&self.inner.mta);
-        if let Some((up, at)) = recent.filter(|_| !fresh) {
-            if at.elapsed() < SCAN_EVERY {
+        if let Some((up, at)) = recent {
+            if at.elapsed() < Duration::from_secs(1) {
                 return up;
             }
         }
-        let up = p.is_running().await;
+        let up = p.master_running().await;
         *lock(&self.inner.mta) = Some((up, Instant::now()));
         up
     }
 
-    /// The scanner: scan, report, probe, repeat, until `cancel`.
+    /// Watches my own Postfix every [`MTA_WATCH_EVERY`] until `cancel`;
+    /// when it starts or stops, every connected friend hears at once (a
+    /// friend holding my mail flushes it the moment I am back).
+    pub(crate) async fn run_mta_watch(self, cancel: CancellationToken) {
+        let Some(p) = self.inner.postfix.clone() else {
+            return;
+        };
+        let mut last: Option<bool> = None;
+        loop {
+            let up = p.master_running().await;
+            *lock(&self.inner.mta) = Some((up, Instant::now()));
+            if last.is_some_and(|was| was != up) {
+                let peers: Vec<(PeerId, String)> = lock(&self.inner.names)
+                    .iter()
+                    .map(|(id, n)| (*id, n.clone()))
+                    .collect();
+                tracing::info!(
+                    "my Postfix {}; telling {} friend(s)",
+                    if up { "started" } else { "stopped" },
+                    peers.len()
+                );
+                for (id, name) in peers {
+                    let me = self.clone();
+                    tokio::spawn(async move { me.report_to(id, &name, true, Some(up)).await });
+                }
+            }
+            last = Some(up);
+            tokio::select! {
+                _ = tokio::time::sleep(MTA_WATCH_EVERY) => {}
+                _ = cancel.cancelled() => return,
+            }
+        }
+    }
+
+    /// The scanner: scan, report, repeat, until `cancel`.
     pub(crate) async fn run(self, cancel: CancellationToken) {
         if self.inner.postfix.is_none() {
             return;
@@ -146,9 +188,8 @@ impl Queue {
                 _ = tokio::time::sleep(SCAN_EVERY) => {}
                 _ = cancel.cancelled() => return,
             }
-            // Nothing in a round is left half done if it stops early: scans,
-            // reports and probes change nothing, and a flush cut short only
-            // leaves mail queued for Postfix's next try.
+            // Nothing in a round is left half done if it stops early: scans
+            // and reports change nothing.
             tokio::select! {
                 _ = self.round() => {}
                 _ = cancel.cancelled() => return,
@@ -156,32 +197,23 @@ impl Queue {
         }
     }
 
-    /// One round: scan, then report to every friend and probe the next hops
-    /// of those I hold mail for.
+    /// One round: scan, then report to every friend.
     async fn round(&self) {
-        let scan = self.scan().await;
+        self.scan().await;
         let Ok(peers) = self.inner.store.peers().await else {
             return;
         };
+        *lock(&self.inner.names) = peers.iter().map(|p| (p.id, p.name.clone())).collect();
         // Once per round, not once per friend.
-        let mta_accepting = self.mta_accepting(true).await;
-        // Reports and probes run side by side, each bounded by its own
-        // timeouts: a friend that never answers, or a next hop that drops
-        // packets, delays no one else's. (A probe that finds a friend
-        // back flushes its mail, which takes as long as Postfix does.)
+        let mta_accepting = self.mta_accepting().await;
+        // Side by side, each bounded by its own timeouts: a friend that
+        // never answers delays no one else's.
         let mut work = JoinSet::new();
         for p in &peers {
             let (me, id, name) = (self.clone(), p.id, p.name.clone());
             work.spawn(async move {
                 me.report_to(id, &name, false, Some(mta_accepting)).await;
             });
-        }
-        for p in peers
-            .iter()
-            .filter(|p| scan.held_messages(&p.name).is_some_and(|n| n > 0))
-        {
-            let (me, scan, id, name) = (self.clone(), Arc::clone(&scan), p.id, p.name.clone());
-            work.spawn(async move { me.probe(id, &name, &scan).await });
         }
         while work.join_next().await.is_some() {}
     }
@@ -202,6 +234,7 @@ impl Queue {
                         // Tell the friend what I hold for it, and whether my MTA
                         // accepts: that is how it knows I am back and flushes
                         // what it holds for me.
+                        lock(&self.inner.names).insert(peer, name.clone());
                         let me = self.clone();
                         tokio::spawn(async move { me.report_to(peer, &name, true, None).await });
                     }
@@ -215,8 +248,8 @@ impl Queue {
         let inner = &*self.inner;
         lock(&inner.reports).remove(peer);
         lock(&inner.sent).remove(peer);
-        lock(&inner.flushed).remove(peer);
-        lock(&inner.probes).remove(peer);
+        lock(&inner.names).remove(peer);
+        lock(&inner.friends).remove(peer);
     }
 
     // ----- reports ------------------------------------------------------
@@ -234,7 +267,7 @@ impl Queue {
         };
         let mta_accepting = match mta_accepting {
             Some(m) => m,
-            None => self.mta_accepting(false).await,
+            None => self.mta_accepting().await,
         };
         let report = scan::report_for(name, &scan, mta_accepting);
         let due = {
@@ -281,91 +314,132 @@ impl Queue {
             };
         }
         let accepting = report.mta_accepting;
-        lock(&self.inner.reports).insert(from.id, (report, self.inner.clock.now_unix()));
-        if accepting {
-            let (me, from) = (self.clone(), from.clone());
-            tokio::spawn(async move {
-                me.flush_for(from.id, &from.name, "its MTA is accepting again")
-                    .await;
-            });
+        let before = lock(&self.inner.reports)
+            .insert(from.id, (report, self.inner.clock.now_unix()))
+            .map(|(r, _)| r.mta_accepting);
+        lock(&self.inner.names).insert(from.id, from.name.clone());
+        // Back (or first heard of since I started): flush what I hold now.
+        if accepting && before != Some(true) {
+            lock(&self.inner.friends)
+                .entry(from.id)
+                .or_default()
+                .comeback("its MTA accepts again", Instant::now());
         }
         Response::Done
     }
 
     // ----- flushing -----------------------------------------------------
 
-    /// Probes the SMTP port of the next hops I hold mail for; while one
-    /// answers, the friend takes mail: flush (at most once per
-    /// [`FLUSH_EVERY`]). A state, not an edge: mail deferred for another
-    /// reason (a server key announced late) also goes out.
-    async fn probe(&self, peer: PeerId, name: &str, scan: &Scan) {
-        let targets = probe::targets(
-            scan.routes
-                .iter()
-                .filter(|r| r.peer == name)
-                .map(|r| (&r.addrs[..], r.entry.next_hop.port())),
-        );
-        let up = probe::any_answers(&targets).await;
-        let before = lock(&self.inner.probes).insert(peer, up);
-        if up {
-            let why = match before {
-                Some(false) => "its next hop answers again",
-                _ => "its next hop answers and I hold mail for it",
-            };
-            self.flush_for(peer, name, why).await;
+    /// The flusher: every [`FLUSH_TICK`], for each friend, tells its
+    /// [`flush::Friend`] what I hold and whether it accepts, and starts the
+    /// probes and flushes that asks for. Until `cancel`; a flush cut short
+    /// only leaves mail queued for Postfix's next try.
+    pub(crate) async fn run_flusher(self, cancel: CancellationToken) {
+        if self.inner.postfix.is_none() {
+            return;
+        }
+        let mut tick = tokio::time::interval(FLUSH_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut work = JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = cancel.cancelled() => {
+                    work.shutdown().await;
+                    return;
+                }
+            }
+            while work.try_join_next().is_some() {}
+            self.look(&mut work);
         }
     }
 
-    /// Runs `postqueue -s` for each of `peer`'s domains I hold mail for,
-    /// at most once per [`FLUSH_EVERY`]. Returns what happened.
-    async fn flush_for(&self, peer: PeerId, name: &str, why: &str) -> String {
-        let Some(postfix) = &self.inner.postfix else {
-            return "no Postfix here".into();
+    /// One look at every friend (no I/O here; probes and flushes go into
+    /// `work`).
+    fn look(&self, work: &mut JoinSet<()>) {
+        let inner = &*self.inner;
+        let Some(scan) = self.last_scan() else {
+            return;
         };
-        // One flush in flight per friend; requests meanwhile are dropped.
-        if !lock(&self.inner.flushing).insert(peer) {
-            return "a flush is already running".into();
+        let names: Vec<(PeerId, String)> = lock(&inner.names)
+            .iter()
+            .map(|(id, n)| (*id, n.clone()))
+            .collect();
+        let now = Instant::now();
+        for (peer, name) in names {
+            let says = self.friend_says_accepting(&peer);
+            let held = scan.held_mark(&name);
+            let (probe, due) = {
+                let mut friends = lock(&inner.friends);
+                let f = friends.entry(peer).or_default();
+                let messages = held.map_or(0, |h| h.messages);
+                if let Some(h) = held {
+                    let accepting = says || f.probe_answers();
+                    f.held(h, accepting, now);
+                }
+                if messages == 0 {
+                    f.idle();
+                }
+                (f.probe_due(messages, says, now), f.due(now))
+            };
+            if probe {
+                let targets = probe::targets(
+                    scan.routes
+                        .iter()
+                        .filter(|r| r.peer == name)
+                        .map(|r| (&r.addrs[..], r.entry.next_hop.port())),
+                );
+                let me = self.clone();
+                work.spawn(async move {
+                    let at = Instant::now();
+                    let up = probe::any_answers(&targets).await;
+                    lock(&me.inner.friends)
+                        .entry(peer)
+                        .or_default()
+                        .probed(up, at, Instant::now());
+                });
+            }
+            if let Some(due) = due {
+                let me = self.clone();
+                work.spawn(async move { me.flush(peer, &name, due).await });
+            }
         }
-        let result = self.flush_with(postfix, peer, name, why).await;
-        lock(&self.inner.flushing).remove(&peer);
-        result
     }
 
-    async fn flush_with(&self, postfix: &Postfix, peer: PeerId, name: &str, why: &str) -> String {
-        // A friend's request must not make me read the whole queue each
-        // time: use the periodic scan unless it is stale.
+    /// Runs `postqueue -s` for each of `peer`'s domains I hold mail for.
+    async fn flush(&self, peer: PeerId, name: &str, due: flush::Due) {
+        let held = self.flush_with(name, &due).await;
+        lock(&self.inner.friends)
+            .entry(peer)
+            .or_default()
+            .flushed(held, Instant::now());
+    }
+
+    /// The flush itself; what the scan it used saw held (`None`: nothing,
+    /// or the queue is unreadable).
+    async fn flush_with(&self, name: &str, due: &flush::Due) -> Option<flush::Held> {
+        let postfix = self.inner.postfix.as_ref()?;
+        // A comeback looks at the queue afresh (mail may have been deferred
+        // since the last scan); otherwise the periodic scan serves.
+        let fresh = if due.fresh_scan {
+            1
+        } else {
+            2 * SCAN_EVERY.as_secs() as i64
+        };
         let now = self.inner.clock.now_unix();
-        let cached = self
-            .last_scan()
-            .filter(|s| now - s.at <= 2 * SCAN_EVERY.as_secs() as i64);
-        let scan = match cached {
+        let scan = match self.last_scan().filter(|s| now - s.at < fresh) {
             Some(s) => s,
             None => self.scan().await,
         };
         if let Err(e) = &scan.result {
-            return format!("queue unreadable: {e}");
+            tracing::debug!(peer = %name, "no flush: queue unreadable: {e}");
+            return None;
         }
-        if scan.held_messages(name).unwrap_or(0) == 0 {
-            return "nothing held".into();
-        }
-        let domains = scan.domains_with_mail(name);
-        {
-            let mut flushed = lock(&self.inner.flushed);
-            if flushed
-                .get(&peer)
-                .is_some_and(|t| t.elapsed() < FLUSH_EVERY)
-            {
-                return format!(
-                    "rate limited (at most once every {}s)",
-                    FLUSH_EVERY.as_secs()
-                );
-            }
-            flushed.insert(peer, Instant::now());
-        }
+        let held = scan.held_mark(name).filter(|h| h.messages > 0)?;
         let mut done = 0;
         let mut failed = 0;
-        for d in &domains {
-            let Ok(domain) = Domain::parse_canonical(d) else {
+        for d in scan.domains_with_mail(name) {
+            let Ok(domain) = Domain::parse_canonical(&d) else {
                 continue;
             };
             match postfix.flush_domain(&domain).await {
@@ -376,22 +450,27 @@ impl Queue {
                 }
             }
         }
-        tracing::info!(peer = %name, domains = done, failed, "flushed held mail ({why})");
-        if failed > 0 && done == 0 {
-            return format!("postqueue -s failed for {failed} domain(s); see the log");
-        }
-        format!("flushed {done} domain(s)")
+        tracing::info!(peer = %name, domains = done, failed, messages = held.messages, "flushed held mail ({})", due.why);
+        Some(held)
     }
 
-    /// A friend asks me to deliver what I hold for it now.
+    /// A friend asks me to deliver what I hold for it now: done within
+    /// [`FLUSH_TICK`], or, if it asked within [`FLUSH_EVERY`], then.
     pub(crate) async fn flush_requested(&self, from: &Caller) -> Response {
-        let result = self
-            .flush_for(from.id, &from.name, "the friend asked")
-            .await;
-        if result.starts_with("flushed") || result == "nothing held" {
-            Response::Done
-        } else {
-            Response::Refused { message: result }
+        lock(&self.inner.names).insert(from.id, from.name.clone());
+        let asked = lock(&self.inner.friends)
+            .entry(from.id)
+            .or_default()
+            .request(Instant::now());
+        match asked {
+            Ok(()) => Response::Done,
+            Err(wait) => Response::Refused {
+                message: format!(
+                    "rate limited (at most once every {}s); flushing in {}s",
+                    FLUSH_EVERY.as_secs(),
+                    wait.as_secs().max(1)
+                ),
+            },
         }
     }
 

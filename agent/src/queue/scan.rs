@@ -37,10 +37,19 @@ impl Scan {
             .map(|r| &r.entry)
     }
 
-    /// Messages held for one friend (0 if none; `None` if unreadable).
-    pub(crate) fn held_messages(&self, name: &str) -> Option<u64> {
+    /// What I hold for one friend, for the flusher (`None`: unreadable).
+    pub(crate) fn held_mark(&self, name: &str) -> Option<super::flush::Held> {
         match &self.result {
-            Ok((peers, _)) => Some(peers.get(name).map_or(0, |d| d.messages)),
+            Ok((peers, _)) => {
+                Some(
+                    peers
+                        .get(name)
+                        .map_or_else(Default::default, |d| super::flush::Held {
+                            messages: d.messages,
+                            newest: d.newest_arrival.unwrap_or(0),
+                        }),
+                )
+            }
             Err(_) => None,
         }
     }
