@@ -473,3 +473,124 @@ fn bench_policy_service_answers() {
     show("minimal server (anchor)", &mut floor);
     show("mxfed policy service", &mut agent_times);
 }
+
+/// Issue 13, part 1: 20 outages of the friend's Postfix, 1 to 30 s long,
+/// each with a message deferred at the backup meanwhile. Measured: from
+/// the friend's Postfix taking connections again to the message in its
+/// mailbox, and to the backup's `postqueue -s` (its log line, written once
+/// the command is done). Anchors in the same run: Postfix alone (the same
+/// pair without mxfed, relaying by a transport entry written by hand; 20
+/// independent pairs side by side, so the run waits one backoff, not 20),
+/// and the floor: `postqueue -s` by hand at once, 5 rounds.
+#[test]
+#[ignore]
+fn bench_flush_after_outages_of_1_to_30_s() {
+    use crate::queue::{json, world};
+    let outage = |i: u64| Duration::from_secs(1 + i * 29 / 19);
+    let w = world();
+    let mut delivered = Vec::new();
+    let mut starts = Vec::new();
+    for i in 0..20u64 {
+        let down_at = Instant::now();
+        w.pf_alpha.down();
+        w.pf_bravo
+            .send(&format!("r{i}@a1.example"), &format!("round {i}"));
+        wait_for("deferred at bravo", || {
+            json(&w.bravo, &["queue", "--json"])["peers"][0]["queues"]["deferred"] == 1
+        });
+        std::thread::sleep(outage(i).saturating_sub(down_at.elapsed()));
+        w.pf_alpha.up();
+        let (t0, wall) = (Instant::now(), std::time::SystemTime::now());
+        while w.pf_alpha.inbox() < i as usize + 1 {
+            assert!(t0.elapsed() < Duration::from_secs(600), "round {i} lost");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        delivered.push(t0.elapsed());
+        starts.push(wall);
+        eprintln!("mxfed round {i}: outage {:?}, delivered {:?}", outage(i), t0.elapsed());
+    }
+    // The backup's flush after each start, from its log's timestamps.
+    let flushes: Vec<std::time::SystemTime> = w
+        .bravo
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("flushed held mail"))
+        .filter_map(|l| {
+            let ts = l.split_whitespace().next()?;
+            humantime::parse_rfc3339(ts).ok()
+        })
+        .collect();
+    let mut to_flush: Vec<Duration> = starts
+        .iter()
+        .filter_map(|s| {
+            let f = flushes.iter().find(|f| *f >= s)?;
+            f.duration_since(*s).ok()
+        })
+        .collect();
+    drop(w);
+
+    // The floor: the same, flushed by hand the moment Postfix is back.
+    let (pf_a, pf_b) = alone_pair();
+    let mut floor = Vec::new();
+    for i in 0..5 {
+        pf_a.down();
+        pf_b.send(&format!("f{i}@a1.example"), "floor");
+        std::thread::sleep(Duration::from_secs(1));
+        pf_a.up();
+        let t0 = Instant::now();
+        let out = Command::new("postqueue")
+            .arg("-c")
+            .arg(pf_b.etc())
+            .args(["-s", "a1.example"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        while pf_a.inbox() < i + 1 {
+            assert!(t0.elapsed() < Duration::from_secs(600));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        floor.push(t0.elapsed());
+    }
+    drop((pf_a, pf_b));
+
+    // Postfix alone, 20 pairs side by side.
+    let alone: Vec<Duration> = (0..20u64)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let (pf_a, pf_b) = alone_pair();
+                pf_a.down();
+                pf_b.send("x@a1.example", "alone");
+                std::thread::sleep(outage(i));
+                pf_a.up();
+                let t0 = Instant::now();
+                while pf_a.inbox() < 1 {
+                    assert!(t0.elapsed() < Duration::from_secs(1800));
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                t0.elapsed()
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .collect();
+    let mut alone = alone;
+    eprintln!("mxfed, start to delivered, 20 rounds: {}", summary(&mut delivered));
+    eprintln!("mxfed, start to the backup's postqueue -s done, {} rounds: {}", to_flush.len(), summary(&mut to_flush));
+    eprintln!("floor (postqueue -s by hand at once), 5 rounds: {}", summary(&mut floor));
+    eprintln!("Postfix alone, 20 pairs: {}", summary(&mut alone));
+}
+
+/// A friend's Postfix (mailbox for a1.example) and a backup relaying to it
+/// by a transport entry written by hand: no mxfed.
+fn alone_pair() -> (PostfixInstance, PostfixInstance) {
+    let pf_a = PostfixInstance::start_mailbox("mail.alpha.example", "a1.example");
+    let pf_b = PostfixInstance::start(
+        "mail.bravo.example",
+        &format!(
+            "relay_domains = a1.example\ntransport_maps = inline:{{ a1.example=relay:[127.0.0.1]:{} }}",
+            pf_a.port
+        ),
+    );
+    (pf_a, pf_b)
+}

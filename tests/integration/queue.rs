@@ -7,14 +7,14 @@ use crate::util::*;
 
 /// alpha hosts a1.example on its own Postfix (a mailbox we can count);
 /// bravo is its backup MX with its own Postfix.
-struct World {
-    alpha: Agent,
-    bravo: Agent,
-    pf_alpha: PostfixInstance,
-    pf_bravo: PostfixInstance,
+pub(crate) struct World {
+    pub alpha: Agent,
+    pub bravo: Agent,
+    pub pf_alpha: PostfixInstance,
+    pub pf_bravo: PostfixInstance,
 }
 
-fn world() -> World {
+pub(crate) fn world() -> World {
     world_with("")
 }
 
@@ -47,7 +47,7 @@ fn world_with(bravo_extra: &str) -> World {
     }
 }
 
-fn json(a: &Agent, args: &[&str]) -> serde_json::Value {
+pub(crate) fn json(a: &Agent, args: &[&str]) -> serde_json::Value {
     let out = a.mxfed(args);
     assert_ok(&out, &format!("{args:?}"));
     serde_json::from_slice(&out.stdout).unwrap()
