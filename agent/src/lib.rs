@@ -25,6 +25,8 @@ pub mod control;
 pub mod dns;
 mod doctor;
 pub mod frames;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 mod lists;
 pub mod mailq;

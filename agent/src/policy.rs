@@ -21,7 +21,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -37,7 +37,7 @@ use crate::util::lock;
 
 /// One `mynetworks` pattern: a network, or (`not`) an exclusion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Net {
+pub(crate) struct Net {
     not: bool,
     ip: IpAddr,
     len: u8,
@@ -46,7 +46,7 @@ struct Net {
 /// `mynetworks` as far as it can be told here: its patterns in order, or
 /// why it cannot be told (then every client may be mine, and the policy
 /// service defers nobody).
-type Networks = Result<Vec<Net>, String>;
+pub(crate) type Networks = Result<Vec<Net>, String>;
 
 /// How often `mynetworks` is read again.
 const MYNETWORKS_EVERY: Duration = Duration::from_secs(60);
@@ -57,7 +57,7 @@ const MYNETWORKS_EVERY: Duration = Duration::from_secs(60);
 /// `/file/name` pattern files and `cidr:` tables (their keys), read with
 /// `read`. Anything else (a host name, another table type) cannot be told
 /// here: `Err` naming it.
-fn parse_networks(
+pub(crate) fn parse_networks(
     value: &str,
     read: &dyn Fn(&str) -> std::io::Result<String>,
     depth: u8,
@@ -144,7 +144,7 @@ fn network(t: &str) -> Option<Net> {
 
 /// Whether `ip` is in `nets` (the first matching pattern decides; an
 /// exclusion says no).
-fn in_networks(nets: &[Net], ip: IpAddr) -> bool {
+pub(crate) fn in_networks(nets: &[Net], ip: IpAddr) -> bool {
     let ip = ip.to_canonical();
     let hit = |n: &Net| match (n.ip, ip) {
         (IpAddr::V4(net), IpAddr::V4(a)) => {
@@ -164,7 +164,7 @@ fn in_networks(nets: &[Net], ip: IpAddr) -> bool {
 
 /// The domain of a RCPT address as the relay maps key it: lower case,
 /// without a trailing dot, a UTF-8 (SMTPUTF8) name as its A-label.
-fn recipient_domain(recipient: &str) -> Option<String> {
+pub(crate) fn recipient_domain(recipient: &str) -> Option<String> {
     let (_, domain) = recipient.rsplit_once('@')?;
     let domain = domain.trim_end_matches('.');
     if domain.is_ascii() {
@@ -173,6 +173,45 @@ fn recipient_domain(recipient: &str) -> Option<String> {
         mxfed_proto::domain::Domain::parse(domain)
             .ok()
             .map(|d| d.as_str().to_string())
+    }
+}
+
+/// Reads one policy request (`name=value` lines up to an empty line)
+/// within the bounds: [`MAX_REQUEST`] bytes, [`MAX_ATTRIBUTES`] attributes,
+/// [`IDLE`] between requests. `None`: the client closed or went idle.
+pub(crate) async fn read_request<R: AsyncBufRead + Unpin>(
+    lines: &mut tokio::io::Take<R>,
+) -> Result<Option<HashMap<String, String>>, String> {
+    let mut attrs: HashMap<String, String> = HashMap::new();
+    let mut size = 0usize;
+    loop {
+        let mut raw = Vec::new();
+        lines.set_limit((MAX_REQUEST - size + 1) as u64);
+        let n = match tokio::time::timeout(IDLE, lines.read_until(b'\n', &mut raw)).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Ok(None),
+        };
+        if n == 0 {
+            return Ok(None);
+        }
+        size += n;
+        // Attribute values are whatever clients sent (HELO names): not
+        // necessarily UTF-8.
+        let line = String::from_utf8_lossy(&raw);
+        if size > MAX_REQUEST || !line.ends_with('\n') {
+            return Err(format!("request over {MAX_REQUEST} bytes"));
+        }
+        let line = line.trim_end_matches(['\n', '\r']);
+        if line.is_empty() {
+            return Ok(Some(attrs));
+        }
+        if attrs.len() >= MAX_ATTRIBUTES {
+            return Err(format!("request with over {MAX_ATTRIBUTES} attributes"));
+        }
+        if let Some((k, v)) = line.split_once('=') {
+            attrs.insert(k.to_string(), v.to_string());
+        }
     }
 }
 
@@ -532,37 +571,9 @@ impl Policy {
         let (read, mut write) = tokio::io::split(stream);
         let mut lines = BufReader::new(read).take(u64::MAX);
         loop {
-            let mut attrs: HashMap<String, String> = HashMap::new();
-            let mut size = 0usize;
-            loop {
-                let mut raw = Vec::new();
-                lines.set_limit((MAX_REQUEST - size + 1) as u64);
-                let n = match tokio::time::timeout(IDLE, lines.read_until(b'\n', &mut raw)).await {
-                    Ok(Ok(n)) => n,
-                    Ok(Err(e)) => return Err(e.to_string()),
-                    Err(_) => return Ok(()), // idle: Postfix reconnects
-                };
-                if n == 0 {
-                    return Ok(()); // closed
-                }
-                size += n;
-                // Attribute values are whatever clients sent (HELO names):
-                // not necessarily UTF-8.
-                let line = String::from_utf8_lossy(&raw);
-                if size > MAX_REQUEST || !line.ends_with('\n') {
-                    return Err(format!("request over {MAX_REQUEST} bytes"));
-                }
-                let line = line.trim_end_matches(['\n', '\r']);
-                if line.is_empty() {
-                    break;
-                }
-                if attrs.len() >= MAX_ATTRIBUTES {
-                    return Err(format!("request with over {MAX_ATTRIBUTES} attributes"));
-                }
-                if let Some((k, v)) = line.split_once('=') {
-                    attrs.insert(k.to_string(), v.to_string());
-                }
-            }
+            let Some(attrs) = read_request(&mut lines).await? else {
+                return Ok(()); // closed, or idle: Postfix reconnects
+            };
             // My own users (SASL, mynetworks) send through me whatever a
             // friend's mode says.
             let mine = attrs.get("sasl_username").is_some_and(|u| !u.is_empty())

@@ -915,6 +915,60 @@ impl PostfixInstance {
         }
     }
 
+    /// Sends `n` messages to `rcpt` over one SMTP session, each with the
+    /// header `Message-ID: <PREFIX.I@test.example>` (I from 0).
+    pub fn send_many(&self, rcpt: &str, n: usize, prefix: &str) {
+        let mut smtp = Smtp::open(self.port);
+        assert_eq!(smtp.command("EHLO client.example"), 250);
+        for i in 0..n {
+            for (cmd, want) in [
+                ("MAIL FROM:<someone@sender.example>".to_string(), 250),
+                (format!("RCPT TO:<{rcpt}>"), 250),
+                ("DATA".to_string(), 354),
+                (
+                    format!(
+                        "Message-ID: <{prefix}.{i}@test.example>\r\nSubject: {i}\r\n\r\nhello\r\n."
+                    ),
+                    250,
+                ),
+            ] {
+                assert_eq!(smtp.command(&cmd), want, "message {i}: {cmd}");
+            }
+        }
+    }
+
+    /// The Message-IDs of the messages in the mailbox of
+    /// [`Self::start_mailbox`], one per message (repeats kept).
+    pub fn inbox_message_ids(&self) -> Vec<String> {
+        let dir = self.dir.path().join("mail/inbox/new");
+        let mut ids = Vec::new();
+        for f in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let text = std::fs::read_to_string(f.path()).unwrap_or_default();
+            let id = text
+                .lines()
+                .take_while(|l| !l.is_empty())
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("message-id")
+                        .then(|| v.trim().to_string())
+                })
+                .unwrap_or_default();
+            ids.push(id);
+        }
+        ids
+    }
+
+    /// Messages in this instance's queue (`postqueue -j`, one line each).
+    pub fn queued(&self) -> usize {
+        let out = Command::new("postqueue")
+            .arg("-c")
+            .arg(self.etc())
+            .arg("-j")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    }
+
     /// Opens an SMTP session from 127.0.0.1 (outside mynetworks) and returns
     /// the reply code to `RCPT TO:<rcpt>`.
     pub fn rcpt(&self, rcpt: &str) -> u16 {
