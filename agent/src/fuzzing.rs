@@ -8,10 +8,14 @@ use std::path::Path;
 /// socket) would send them on one connection: read within the bounds,
 /// and each recipient's domain keyed as the maps are.
 pub fn policy_requests(bytes: &[u8]) {
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-    else {
+    static RT: std::sync::OnceLock<Option<tokio::runtime::Runtime>> = std::sync::OnceLock::new();
+    let rt = RT.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .ok()
+    });
+    let Some(rt) = rt else {
         return;
     };
     rt.block_on(async {

@@ -602,7 +602,7 @@ fn alone_pair() -> (PostfixInstance, PostfixInstance) {
     let pf_b = PostfixInstance::start(
         "mail.bravo.example",
         &format!(
-            "relay_domains = a1.example\ntransport_maps = inline:{{ a1.example=relay:[127.0.0.1]:{} }}",
+            "in_flow_delay = 0\nrelay_domains = a1.example\ntransport_maps = inline:{{ a1.example=relay:[127.0.0.1]:{} }}",
             pf_a.port
         ),
     );

@@ -20,7 +20,9 @@ pub(crate) fn world() -> World {
 
 fn world_with(bravo_extra: &str) -> World {
     let pf_alpha = PostfixInstance::start_mailbox("mail.alpha.example", "a1.example");
-    let pf_bravo = PostfixInstance::start("mail.bravo.example", "");
+    // in_flow_delay: Postfix slows every sender down to its delivery rate
+    // (1 s a message while the friend is down); the tests queue thousands.
+    let pf_bravo = PostfixInstance::start("mail.bravo.example", "in_flow_delay = 0");
     // alpha's agent runs where its mail server listens (127.0.0.1), which
     // proves its claim to bravo.
     let mut alpha = Agent::init_at("alpha", free_udp_on_localhost());

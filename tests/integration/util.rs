@@ -1035,6 +1035,9 @@ impl Smtp {
         .unwrap()
         .unwrap();
         stream.set_nonblocking(false).unwrap();
+        // `write!` may send a command in two writes; without this, Nagle
+        // holds the second for the server's delayed ACK (40 ms a command).
+        stream.set_nodelay(true).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();

@@ -1,0 +1,12 @@
+#!/bin/bash
+# Runs fuzz targets for a number of executions each and prints libFuzzer's
+# final stats (BENCHMARKS.md records them). Usage: fuzz/run.sh RUNS TARGET...
+set -u
+cd "$(dirname "$0")"
+runs=$1; shift
+for t in "$@"; do
+  start=$(date +%s)
+  cargo +nightly fuzz run -O "$t" -- -runs="$runs" -max_len=4096 -print_final_stats=1 2>&1 |
+    grep -E '^(Done|stat::|==[0-9]+==ERROR|.*panicked)' | sed "s/^/$t: /"
+  echo "$t: exit ${PIPESTATUS[0]} after $(( $(date +%s) - start )) s"
+done
