@@ -958,6 +958,17 @@ impl PostfixInstance {
         ids
     }
 
+    /// `postqueue -s DOMAIN`, as an admin would type it.
+    pub fn flush_by_hand(&self, domain: &str) {
+        let out = Command::new("postqueue")
+            .arg("-c")
+            .arg(self.etc())
+            .args(["-s", domain])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+
     /// Messages in this instance's queue (`postqueue -j`, one line each).
     pub fn queued(&self) -> usize {
         let out = Command::new("postqueue")
