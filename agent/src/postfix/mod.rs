@@ -742,24 +742,28 @@ impl Postfix {
     /// The master binds the SMTP listeners as it starts, so this is also
     /// whether connections are taken.
     pub async fn master_running(&self) -> bool {
+        self.master().await.is_some()
+    }
+
+    /// [`Postfix::master_running`], naming the running master: its process
+    /// ID and start time, which differ after a restart.
+    pub async fn master(&self) -> Option<u64> {
         let pid_file = self.queue_dir.join("pid/master.pid");
-        let Ok(text) = tokio::fs::read_to_string(&pid_file).await else {
-            return false;
-        };
-        let Ok(pid) = text.trim().parse::<u32>() else {
-            return false;
-        };
+        let text = tokio::fs::read_to_string(&pid_file).await.ok()?;
+        let pid = text.trim().parse::<u32>().ok()?;
         // `PID (COMM) STATE ...`; a master that exited but was not reaped
         // yet (a zombie, where PID 1 reaps slowly) is not running.
-        let Ok(stat) = tokio::fs::read_to_string(format!("/proc/{pid}/stat")).await else {
-            return false;
-        };
-        let Some((head, tail)) = stat.rsplit_once(')') else {
-            return false;
-        };
+        let stat = tokio::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .await
+            .ok()?;
+        let (head, tail) = stat.rsplit_once(')')?;
         let comm = head.split_once('(').map_or("", |(_, c)| c);
-        let state = tail.split_whitespace().next().unwrap_or("");
-        comm == "master" && !matches!(state, "Z" | "X" | "x")
+        let fields: Vec<&str> = tail.split_whitespace().collect();
+        let state = fields.first().copied().unwrap_or("");
+        // Field 22 of stat, the 20th after the name: start time in ticks.
+        let started: u64 = fields.get(19).and_then(|f| f.parse().ok()).unwrap_or(0);
+        (comm == "master" && !matches!(state, "Z" | "X" | "x"))
+            .then_some((u64::from(pid) << 40) ^ started)
     }
 
     /// Where this Postfix takes mail by SMTP: every `inet` service of

@@ -58,6 +58,8 @@ pub const SCAN_EVERY: Duration = Duration::from_secs(10);
 pub const REPORT_EVERY: Duration = Duration::from_secs(30);
 /// How often the flusher looks at each friend's state.
 pub const FLUSH_TICK: Duration = Duration::from_millis(100);
+/// The longest wait for one flush (its scans and `postqueue -s` runs).
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often my own Postfix's state is looked at.
 pub const MTA_WATCH_EVERY: Duration = Duration::from_millis(250);
 /// A friend's own flush requests count at most this often.
@@ -81,6 +83,8 @@ struct Inner {
     reports: Mutex<HashMap<PeerId, (QueueReport, i64)>>,
     /// What I last reported to each friend, and when.
     sent: Mutex<HashMap<PeerId, (QueueReport, Instant)>>,
+    /// One report at a time per friend, so they arrive in order.
+    sending: Mutex<HashMap<PeerId, Arc<tokio::sync::Mutex<()>>>>,
     /// Paired friends by name, as of the last scan round or connect.
     names: Mutex<HashMap<PeerId, String>>,
     /// Each friend's flush and probe state.
@@ -102,6 +106,7 @@ impl Queue {
                 last: Mutex::default(),
                 reports: Mutex::default(),
                 sent: Mutex::default(),
+                sending: Mutex::default(),
                 names: Mutex::default(),
                 friends: Mutex::default(),
                 scanning: tokio::sync::Mutex::new(()),
@@ -151,26 +156,39 @@ impl Queue {
         let Some(p) = self.inner.postfix.clone() else {
             return;
         };
-        let mut last: Option<bool> = None;
+        let mut last: Option<Option<u64>> = None;
         loop {
-            let up = p.master_running().await;
+            let master = p.master().await;
+            let up = master.is_some();
             *lock(&self.inner.mta) = Some((up, Instant::now()));
-            if last.is_some_and(|was| was != up) {
+            // A different master since the last look (a restart quicker
+            // than the interval) is a stop and a start.
+            let restarted = matches!(last, Some(Some(was)) if master.is_some_and(|m| m != was));
+            if last.is_some_and(|was| was.is_some() != up) || restarted {
                 let peers: Vec<(PeerId, String)> = lock(&self.inner.names)
                     .iter()
                     .map(|(id, n)| (*id, n.clone()))
                     .collect();
                 tracing::info!(
                     "my Postfix {}; telling {} friend(s)",
-                    if up { "started" } else { "stopped" },
+                    match (up, restarted) {
+                        (true, true) => "restarted",
+                        (true, false) => "started",
+                        _ => "stopped",
+                    },
                     peers.len()
                 );
                 for (id, name) in peers {
                     let me = self.clone();
-                    tokio::spawn(async move { me.report_to(id, &name, true, Some(up)).await });
+                    tokio::spawn(async move {
+                        if restarted {
+                            me.report_to(id, &name, true, Some(false)).await;
+                        }
+                        me.report_to(id, &name, true, None).await;
+                    });
                 }
             }
-            last = Some(up);
+            last = Some(master);
             tokio::select! {
                 _ = tokio::time::sleep(MTA_WATCH_EVERY) => {}
                 _ = cancel.cancelled() => return,
@@ -204,15 +222,15 @@ impl Queue {
             return;
         };
         *lock(&self.inner.names) = peers.iter().map(|p| (p.id, p.name.clone())).collect();
-        // Once per round, not once per friend.
-        let mta_accepting = self.mta_accepting().await;
+        // Looked at once per round (reports reuse it).
+        self.mta_accepting().await;
         // Side by side, each bounded by its own timeouts: a friend that
         // never answers delays no one else's.
         let mut work = JoinSet::new();
         for p in &peers {
             let (me, id, name) = (self.clone(), p.id, p.name.clone());
             work.spawn(async move {
-                me.report_to(id, &name, false, Some(mta_accepting)).await;
+                me.report_to(id, &name, false, None).await;
             });
         }
         while work.join_next().await.is_some() {}
@@ -235,6 +253,11 @@ impl Queue {
                         // accepts: that is how it knows I am back and flushes
                         // what it holds for me.
                         lock(&self.inner.names).insert(peer, name.clone());
+                        // Its next "accepting" is a comeback: it may have
+                        // stopped while we were apart (an agent stops first).
+                        if let Some((r, _)) = lock(&self.inner.reports).get_mut(&peer) {
+                            r.mta_accepting = false;
+                        }
                         let me = self.clone();
                         tokio::spawn(async move { me.report_to(peer, &name, true, None).await });
                     }
@@ -248,19 +271,24 @@ impl Queue {
         let inner = &*self.inner;
         lock(&inner.reports).remove(peer);
         lock(&inner.sent).remove(peer);
+        lock(&inner.sending).remove(peer);
         lock(&inner.names).remove(peer);
         lock(&inner.friends).remove(peer);
     }
 
     // ----- reports ------------------------------------------------------
 
-    /// Sends `peer` my report if it changed, is due, or `force`.
-    /// `mta_accepting`: my Postfix's state if the caller just looked.
+    /// Sends `peer` my report if it changed, is due, or `force`; one at a
+    /// time per friend, built when its turn comes (so the last one sent
+    /// says my Postfix's latest state). `mta_accepting`: say this instead
+    /// of the state (a restart is told as a stop, then a start).
     async fn report_to(&self, peer: PeerId, name: &str, force: bool, mta_accepting: Option<bool>) {
         let inner = &*self.inner;
         if !inner.peers.is_connected(&peer) {
             return;
         }
+        let turn = Arc::clone(lock(&inner.sending).entry(peer).or_default());
+        let _turn = turn.lock().await;
         let scan = match self.last_scan() {
             Some(s) => s,
             None => self.scan().await,
@@ -299,8 +327,9 @@ impl Queue {
                 .is_some_and(|(r, _)| r.mta_accepting)
     }
 
-    /// A friend tells me what it holds for me. If its MTA is accepting and I
-    /// hold mail for it, flush that mail now.
+    /// A friend tells me what it holds for me, and whether its MTA accepts.
+    /// Accepting after not (or first heard of since I started, or since it
+    /// reconnected) is a comeback: what I hold for it is flushed at once.
     pub(crate) fn receive_report(&self, from: &Caller, report: QueueReport) -> Response {
         if report.domains.len() > MAX_REPORT_DOMAINS
             || report
@@ -373,6 +402,10 @@ impl Queue {
                 let mut friends = lock(&inner.friends);
                 let f = friends.entry(peer).or_default();
                 let messages = held.map_or(0, |h| h.messages);
+                if says {
+                    // Its word counts; a later probe starts afresh.
+                    f.idle();
+                }
                 if let Some(h) = held {
                     let accepting = says || f.probe_answers();
                     f.held(h, accepting, now);
@@ -392,71 +425,96 @@ impl Queue {
                 let me = self.clone();
                 work.spawn(async move {
                     let at = Instant::now();
+                    // Whatever happens to this task, the probe is over.
+                    let mut over = Over::new(&me, peer, move |f, now| f.probed(false, at, now));
                     let up = probe::any_answers(&targets).await;
-                    lock(&me.inner.friends)
-                        .entry(peer)
-                        .or_default()
-                        .probed(up, at, Instant::now());
+                    over.with(move |f, now| f.probed(up, at, now));
                 });
             }
             if let Some(due) = due {
                 let me = self.clone();
-                work.spawn(async move { me.flush(peer, &name, due).await });
+                work.spawn(async move {
+                    let mut over = Over::new(&me, peer, |f, now| f.flushed(None, now));
+                    let held = tokio::time::timeout(FLUSH_TIMEOUT, me.flush_with(&name, &due))
+                        .await
+                        .unwrap_or_else(|_| {
+                            tracing::warn!(peer = %name, "flush took over {}s; stopped waiting for it", FLUSH_TIMEOUT.as_secs());
+                            None
+                        });
+                    over.with(move |f, now| f.flushed(held, now));
+                });
             }
         }
-    }
-
-    /// Runs `postqueue -s` for each of `peer`'s domains I hold mail for.
-    async fn flush(&self, peer: PeerId, name: &str, due: flush::Due) {
-        let held = self.flush_with(name, &due).await;
-        lock(&self.inner.friends)
-            .entry(peer)
-            .or_default()
-            .flushed(held, Instant::now());
     }
 
     /// The flush itself; what the scan it used saw held (`None`: nothing,
-    /// or the queue is unreadable).
+    /// or the queue is unreadable). A comeback first flushes the domains
+    /// the last scan knew (Postfix starts on those at once, however big
+    /// the queue), then reads the queue afresh for mail deferred since.
     async fn flush_with(&self, name: &str, due: &flush::Due) -> Option<flush::Held> {
         let postfix = self.inner.postfix.as_ref()?;
-        // A comeback looks at the queue afresh (mail may have been deferred
-        // since the last scan); otherwise the periodic scan serves.
-        let fresh = if due.fresh_scan {
-            1
-        } else {
-            2 * SCAN_EVERY.as_secs() as i64
+        let mut flushed: Vec<String> = Vec::new();
+        let mut failed = 0;
+        let flush_all = |domains: Vec<String>, flushed: &mut Vec<String>| {
+            let todo: Vec<String> = domains
+                .into_iter()
+                .filter(|d| !flushed.contains(d))
+                .collect();
+            async move {
+                let mut done = Vec::new();
+                let mut failed = 0;
+                for d in todo {
+                    let Ok(domain) = Domain::parse_canonical(&d) else {
+                        continue;
+                    };
+                    match postfix.flush_domain(&domain).await {
+                        Ok(()) => done.push(d),
+                        Err(e) => {
+                            failed += 1;
+                            tracing::warn!(peer = %name, domain = %d, "flush failed: {e}")
+                        }
+                    }
+                }
+                (done, failed)
+            }
         };
-        let now = self.inner.clock.now_unix();
-        let scan = match self.last_scan().filter(|s| now - s.at < fresh) {
-            Some(s) => s,
-            None => self.scan().await,
+        let last = self.last_scan();
+        let scan = if due.fresh_scan {
+            if let Some(s) = last.as_ref().filter(|s| s.result.is_ok()) {
+                let (done, f) = flush_all(s.domains_with_mail(name), &mut flushed).await;
+                flushed.extend(done);
+                failed += f;
+            }
+            self.scan().await
+        } else {
+            match last.filter(|s| s.taken.elapsed() < 2 * SCAN_EVERY) {
+                Some(s) => s,
+                None => self.scan().await,
+            }
         };
         if let Err(e) = &scan.result {
-            tracing::debug!(peer = %name, "no flush: queue unreadable: {e}");
+            tracing::debug!(peer = %name, "queue unreadable after the flush: {e}");
             return None;
         }
-        let held = scan.held_mark(name).filter(|h| h.messages > 0)?;
-        let mut done = 0;
-        let mut failed = 0;
-        for d in scan.domains_with_mail(name) {
-            let Ok(domain) = Domain::parse_canonical(&d) else {
-                continue;
-            };
-            match postfix.flush_domain(&domain).await {
-                Ok(()) => done += 1,
-                Err(e) => {
-                    failed += 1;
-                    tracing::warn!(peer = %name, domain = %d, "flush failed: {e}")
-                }
-            }
+        let (done, f) = flush_all(scan.domains_with_mail(name), &mut flushed).await;
+        flushed.extend(done);
+        failed += f;
+        let held = scan.held_mark(name).filter(|h| h.messages > 0);
+        if !flushed.is_empty() || failed > 0 {
+            tracing::info!(peer = %name, domains = flushed.len(), failed, messages = held.map_or(0, |h| h.messages), "flushed held mail ({})", due.why);
         }
-        tracing::info!(peer = %name, domains = done, failed, messages = held.messages, "flushed held mail ({})", due.why);
-        Some(held)
+        held
     }
 
-    /// A friend asks me to deliver what I hold for it now: done within
-    /// [`FLUSH_TICK`], or, if it asked within [`FLUSH_EVERY`], then.
+    /// A friend asks me to deliver what I hold for it now: as soon as the
+    /// flush pace allows (see [`flush`]), or, if it asked within
+    /// [`FLUSH_EVERY`], then.
     pub(crate) async fn flush_requested(&self, from: &Caller) -> Response {
+        if self.inner.postfix.is_none() {
+            return Response::Refused {
+                message: "no Postfix here".into(),
+            };
+        }
         lock(&self.inner.names).insert(from.id, from.name.clone());
         let asked = lock(&self.inner.friends)
             .entry(from.id)
@@ -539,5 +597,46 @@ impl Queue {
             ),
         };
         (mine, theirs, accepting)
+    }
+}
+
+/// Ends a flush or probe in its friend's state however its task ends: with
+/// what [`Over::with`] gives, or (a panic, the task cancelled) with the
+/// failure given at [`Over::new`]. A friend unpaired meanwhile is not made
+/// anew.
+struct Over {
+    queue: Queue,
+    peer: PeerId,
+    end: Option<Ending>,
+}
+
+/// What ends a flush or probe in its friend's state.
+type Ending = Box<dyn FnOnce(&mut flush::Friend, Instant) + Send>;
+
+impl Over {
+    fn new(
+        queue: &Queue,
+        peer: PeerId,
+        failed: impl FnOnce(&mut flush::Friend, Instant) + Send + 'static,
+    ) -> Self {
+        Self {
+            queue: queue.clone(),
+            peer,
+            end: Some(Box::new(failed)),
+        }
+    }
+
+    fn with(&mut self, end: impl FnOnce(&mut flush::Friend, Instant) + Send + 'static) {
+        self.end = Some(Box::new(end));
+    }
+}
+
+impl Drop for Over {
+    fn drop(&mut self) {
+        if let Some(end) = self.end.take() {
+            if let Some(f) = lock(&self.queue.inner.friends).get_mut(&self.peer) {
+                end(f, Instant::now());
+            }
+        }
     }
 }

@@ -22,6 +22,8 @@ pub(crate) type Depths = HashMap<String, DomainDepth>;
 #[derive(Debug)]
 pub(crate) struct Scan {
     pub at: i64,
+    /// When it was read (monotonic).
+    pub taken: tokio::time::Instant,
     /// Per peer name, and per domain; or why the queue could not be read.
     pub result: Result<(Depths, Depths), String>,
     /// The routes the tally was made for.
@@ -40,12 +42,14 @@ impl Scan {
     /// What I hold for one friend, for the flusher (`None`: unreadable).
     pub(crate) fn held_mark(&self, name: &str) -> Option<super::flush::Held> {
         match &self.result {
+            // Deferred mail is what a flush moves; mail being delivered
+            // now counts once it is deferred.
             Ok((peers, _)) => {
                 Some(
                     peers
                         .get(name)
                         .map_or_else(Default::default, |d| super::flush::Held {
-                            messages: d.messages,
+                            messages: d.by_queue.get("deferred").copied().unwrap_or(0),
                             newest: d.newest_arrival.unwrap_or(0),
                         }),
                 )
@@ -91,7 +95,12 @@ pub(crate) async fn read(postfix: Option<&Postfix>, store: &Store, at: i64) -> S
             (result, routes)
         }
     };
-    Scan { at, result, routes }
+    Scan {
+        at,
+        taken: tokio::time::Instant::now(),
+        result,
+        routes,
+    }
 }
 
 fn held(d: &DomainDepth) -> Held {
