@@ -322,7 +322,14 @@ impl Relay {
         if !pinnable && !pins.is_empty() {
             tracing::warn!("smtp_tls_fingerprint_digest is not sha256: friends' server keys are not pinned (run `mxfed postfix setup`)");
         }
-        let tls = crate::postfix::render::tls_policy(&routes, &pins, pinnable);
+        // Friends without a pin get at least `may`, where this Postfix
+        // would otherwise send in plain text (its default level is empty);
+        // a stricter default of the admin's is left to apply.
+        let at_least_may = postfix
+            .param_expanded("smtp_tls_security_level")
+            .await
+            .is_ok_and(|l| l.is_empty() || l.eq_ignore_ascii_case("none"));
+        let tls = crate::postfix::render::tls_policy(&routes, &pins, pinnable, at_least_may);
         let maps = render_maps(&routes).with_friends(&friends).with_tls(tls);
         let desired = &maps
             .maps

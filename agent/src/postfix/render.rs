@@ -26,7 +26,8 @@ pub const RELAY_RECIPIENTS: &str = "relay_recipients";
 /// for `postscreen_access_list` and the admin's own whitelists.
 pub const FRIENDS: &str = "friends";
 /// Per next-hop address where the friend's agent was seen: pin the
-/// friend's server keys (`fingerprint`; `smtp_tls_policy_maps`).
+/// friend's server keys (`fingerprint`; `smtp_tls_policy_maps`); other
+/// friends' addresses get `may` where this Postfix's default is no TLS.
 pub const TLS_POLICY: &str = "tls_policy";
 
 const HEADER: &str = "# Written by mxfed from friends' accepted domain lists. Do not edit:\n# changes are overwritten. See `mxfed status` and `mxfed history`.\n";
@@ -116,13 +117,15 @@ pub fn address_key(ip: &IpAddr, next_hop: &NextHop) -> String {
 /// friend can pin only a server its own agent runs on, and cannot unpin
 /// another's. Where two friends seen at one address publish different
 /// keys, that address gets `encrypt` ([`CONFLICT`]). Addresses nobody pins
-/// get no entry (the admin's own policy applies, Debian's `may`).
-/// `pinnable` false (this Postfix does not compare SHA-256 fingerprints)
-/// writes no pins at all.
+/// get `may` where `at_least_may` (this Postfix's own
+/// `smtp_tls_security_level` is empty or `none`), else no entry (the
+/// admin's own, stricter policy applies). `pinnable` false (this Postfix
+/// does not compare SHA-256 fingerprints) writes no pins at all.
 pub fn tls_policy(
     routes: &[Route],
     pins: &std::collections::HashMap<String, Pins>,
     pinnable: bool,
+    at_least_may: bool,
 ) -> BTreeMap<String, String> {
     let mut wanted: BTreeMap<String, String> = BTreeMap::new();
     for r in routes {
@@ -160,8 +163,21 @@ pub fn tls_policy(
             }
         }
     }
+    if at_least_may {
+        for r in routes {
+            for ip in &r.addrs {
+                wanted
+                    .entry(address_key(ip, &r.next_hop))
+                    .or_insert_with(|| OPPORTUNISTIC.to_string());
+            }
+        }
+    }
     wanted
 }
+
+/// The TLS policy for a friend's next-hop address nobody pins, where this
+/// Postfix's own default is weaker (no TLS at all).
+pub const OPPORTUNISTIC: &str = "may";
 
 /// The TLS policy for an address two friends' pins disagree on.
 pub const CONFLICT: &str = "encrypt";
@@ -353,7 +369,7 @@ mod tests {
             // Another friend points at a's address with its own key.
             at("evil.example", "mail.a.example", "192.0.2.1"),
         ];
-        let map = tls_policy(&routes, &pins, true);
+        let map = tls_policy(&routes, &pins, true, false);
         assert_eq!(
             map,
             BTreeMap::from([
@@ -381,21 +397,28 @@ mod tests {
             at("nokey.example", "mail.a.example", "192.0.2.1"),
         ];
         assert_eq!(
-            tls_policy(&squat, &pins, true),
+            tls_policy(&squat, &pins, true, false),
             BTreeMap::from([(
                 "[192.0.2.1]".to_string(),
                 format!("fingerprint match={}", fp("AA"))
             )])
         );
-        let alone = tls_policy(&routes[..1], &pins, true);
+        let alone = tls_policy(&routes[..1], &pins, true, false);
         assert_eq!(
             alone["[192.0.2.1]"],
             format!("fingerprint match={}", fp("AA"))
         );
         assert!(
-            tls_policy(&routes[..1], &pins, false).is_empty(),
+            tls_policy(&routes[..1], &pins, false, false).is_empty(),
             "not pinnable"
         );
+        // Where this Postfix would send in plain text, unpinned friends
+        // get `may` at least; pins and conflicts stay.
+        let may = tls_policy(&routes, &pins, true, true);
+        assert_eq!(may["[192.0.2.3]"], OPPORTUNISTIC, "no key");
+        assert_eq!(may["[192.0.2.4]"], OPPORTUNISTIC, "agent not seen there");
+        assert_eq!(may["[192.0.2.1]"], CONFLICT);
+        assert!(may["[192.0.2.2]:2525"].starts_with("fingerprint "));
     }
 
     #[test]
