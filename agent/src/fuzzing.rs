@@ -22,7 +22,7 @@ pub fn policy_requests(bytes: &[u8]) {
         let mut lines = tokio::io::AsyncReadExt::take(bytes, u64::MAX);
         while let Ok(Some(attrs)) = crate::policy::read_request(&mut lines).await {
             if let Some(r) = attrs.get("recipient") {
-                let _ = crate::policy::recipient_domain(r);
+                let _ = crate::mailq::domain_of(r);
             }
         }
     });

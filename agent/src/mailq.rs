@@ -53,12 +53,22 @@ pub fn parse_line(line: &str) -> Result<QueueMessage<'_>, serde_json::Error> {
     serde_json::from_str(line)
 }
 
-/// The domain of an address: after the last `@`, lower-cased, without a
-/// trailing dot. `None` for an address without a domain.
+/// The domain of an address as mxfed's maps and lists key it: after the
+/// last `@`, lower-cased, without a trailing dot, a UTF-8 (SMTPUTF8) name
+/// as its A-label (one that is not a valid name stays as written, lower
+/// case). `None` for an address without a domain.
 pub fn domain_of(address: &str) -> Option<String> {
     let (_, d) = address.rsplit_once('@')?;
     let d = d.trim_end_matches('.');
-    (!d.is_empty()).then(|| d.to_ascii_lowercase())
+    if d.is_empty() {
+        return None;
+    }
+    if !d.is_ascii() {
+        if let Ok(name) = mxfed_proto::domain::Domain::parse(d) {
+            return Some(name.as_str().to_string());
+        }
+    }
+    Some(d.to_ascii_lowercase())
 }
 
 /// What is queued for one domain.
@@ -429,6 +439,10 @@ mod tests {
             Some("example.org")
         );
         assert_eq!(domain_of("postmaster"), None);
+        assert_eq!(
+            domain_of("bob@Bücher.example").as_deref(),
+            Some("xn--bcher-kva.example")
+        );
         assert_eq!(domain_of("a@"), None);
     }
 }

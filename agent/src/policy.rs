@@ -162,20 +162,6 @@ pub(crate) fn in_networks(nets: &[Net], ip: IpAddr) -> bool {
     nets.iter().find(|n| hit(n)).is_some_and(|n| !n.not)
 }
 
-/// The domain of a RCPT address as the relay maps key it: lower case,
-/// without a trailing dot, a UTF-8 (SMTPUTF8) name as its A-label.
-pub(crate) fn recipient_domain(recipient: &str) -> Option<String> {
-    let (_, domain) = recipient.rsplit_once('@')?;
-    let domain = domain.trim_end_matches('.');
-    if domain.is_ascii() {
-        Some(domain.to_ascii_lowercase())
-    } else {
-        mxfed_proto::domain::Domain::parse(domain)
-            .ok()
-            .map(|d| d.as_str().to_string())
-    }
-}
-
 /// Reads one policy request (`name=value` lines up to an empty line)
 /// within the bounds: [`MAX_REQUEST`] bytes, [`MAX_ATTRIBUTES`] attributes,
 /// [`IDLE`] between requests. `None`: the client closed or went idle.
@@ -504,7 +490,7 @@ impl Policy {
     /// What to answer for a recipient.
     fn decide(&self, recipient: &str) -> Verdict {
         let inner = &*self.inner;
-        let Some(domain) = recipient_domain(recipient) else {
+        let Some(domain) = crate::mailq::domain_of(recipient) else {
             return Verdict::Dunno;
         };
         let Some(gate) = lock(&inner.gates).get(&domain).cloned() else {
@@ -628,7 +614,7 @@ mod tests {
 
     #[test]
     fn the_recipient_domain_is_keyed_as_the_maps_are() {
-        use super::recipient_domain as d;
+        use crate::mailq::domain_of as d;
         assert_eq!(d("Bob@Friend.Example.").as_deref(), Some("friend.example"));
         assert_eq!(
             d("\"a@b\"@friend.example").as_deref(),

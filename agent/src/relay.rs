@@ -313,22 +313,24 @@ impl Relay {
                 return report;
             }
         };
+        // (Unreadable: neither pins nor `may`, as if both said no.)
+        let tls_params = postfix
+            .params_expanded(&["smtp_tls_fingerprint_digest", "smtp_tls_security_level"])
+            .await
+            .unwrap_or_default();
+        let param = |n: &str| tls_params.get(n).map(String::as_str);
         // Pins mean SHA-256 only where Postfix compares SHA-256 (its
         // default from compatibility_level 3.6; `postfix setup` sets it).
-        let pinnable = postfix
-            .param_expanded("smtp_tls_fingerprint_digest")
-            .await
-            .is_ok_and(|d| d.eq_ignore_ascii_case("sha256"));
+        let pinnable =
+            param("smtp_tls_fingerprint_digest").is_some_and(|d| d.eq_ignore_ascii_case("sha256"));
         if !pinnable && !pins.is_empty() {
             tracing::warn!("smtp_tls_fingerprint_digest is not sha256: friends' server keys are not pinned (run `mxfed postfix setup`)");
         }
         // Friends without a pin get at least `may`, where this Postfix
         // would otherwise send in plain text (its default level is empty);
         // a stricter default of the admin's is left to apply.
-        let at_least_may = postfix
-            .param_expanded("smtp_tls_security_level")
-            .await
-            .is_ok_and(|l| l.is_empty() || l.eq_ignore_ascii_case("none"));
+        let at_least_may = param("smtp_tls_security_level")
+            .is_some_and(|l| l.is_empty() || l.eq_ignore_ascii_case("none"));
         let tls = crate::postfix::render::tls_policy(&routes, &pins, pinnable, at_least_may);
         let maps = render_maps(&routes).with_friends(&friends).with_tls(tls);
         let desired = &maps

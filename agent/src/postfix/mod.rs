@@ -19,7 +19,7 @@ pub mod recipients;
 pub mod render;
 pub mod tls;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -269,6 +269,34 @@ impl Postfix {
             .await?
             .trim()
             .to_string())
+    }
+
+    /// `postconf -x NAME...`: several parameters with `$names` expanded,
+    /// by name, in one run.
+    pub async fn params_expanded(
+        &self,
+        names: &[&str],
+    ) -> Result<HashMap<String, String>, PostfixError> {
+        let mut args = vec!["-x"];
+        args.extend_from_slice(names);
+        let out = self
+            .run("read postfix config", "postconf", &args, None)
+            .await?;
+        let values: HashMap<String, String> = out
+            .lines()
+            .filter_map(|l| {
+                l.split_once(" = ")
+                    .or_else(|| l.strip_suffix(" =").map(|n| (n, "")))
+            })
+            .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+            .collect();
+        match names.iter().find(|n| !values.contains_key(**n)) {
+            Some(missing) => Err(err(
+                "read postfix config",
+                format!("postconf did not print {missing}"),
+            )),
+            None => Ok(values),
+        }
     }
 
     /// The transport map in force, as written (empty if none yet).
@@ -948,15 +976,23 @@ pub struct Listeners {
     pub any_port: Vec<IpAddr>,
 }
 
+/// The service name, type and command of a `postconf -M` line (`None` for
+/// a line with fewer than master.cf's 8 fields).
+fn master_entry(line: &str) -> Option<(&str, &str, &str)> {
+    let mut fields = line.split_whitespace();
+    let (name, kind) = (fields.next()?, fields.next()?);
+    let command = fields.nth(5)?;
+    Some((name, kind, command))
+}
+
 /// The host (if the service names one) and port (as written) of a
 /// `postconf -M` line for an SMTP server: an `inet` service run by `smtpd`
 /// or `postscreen`.
 fn smtp_service(line: &str) -> Option<(Option<&str>, &str)> {
-    let fields: Vec<&str> = line.split_whitespace().collect();
-    if fields.len() < 8 || fields[1] != "inet" || !matches!(fields[7], "smtpd" | "postscreen") {
+    let (service, kind, command) = master_entry(line)?;
+    if kind != "inet" || !matches!(command, "smtpd" | "postscreen") {
         return None;
     }
-    let service = fields[0];
     let (host, port) = match service.rsplit_once(':') {
         Some((host, port)) => (Some(host), port),
         None => (None, service),

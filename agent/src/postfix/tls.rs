@@ -2,7 +2,6 @@
 //! ([`Postfix::tls_fingerprints`]), which friends pin (`fingerprint` TLS
 //! level, `match=`) when they relay mail to this server.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
 use rustls_pki_types::pem::SectionKind;
@@ -132,22 +131,21 @@ impl Postfix {
         let services = self
             .run("read master.cf", "postconf", &["-M"], None)
             .await?;
+        // `-x`: an override such as `-o smtpd_tls_security_level=$name`
+        // comes expanded.
         let overrides = self
-            .run("read master.cf", "postconf", &["-P"], None)
+            .run("read master.cf", "postconf", &["-xP"], None)
             .await?;
-        let lines: Vec<Vec<&str>> = services
-            .lines()
-            .map(|l| l.split_whitespace().collect::<Vec<_>>())
-            .filter(|f| f.len() >= 8)
-            .collect();
-        let reachable = |f: &Vec<&str>, command: &str| {
-            f[1] == "inet" && f[7] == command && (loopback || !on_loopback(f[0]))
+        let entries: Vec<(&str, &str, &str)> =
+            services.lines().filter_map(super::master_entry).collect();
+        let reachable = |(name, kind, command): &(&str, &str, &str), wanted: &str| {
+            *kind == "inet" && *command == wanted && (loopback || !on_loopback(name))
         };
-        let postscreen = lines.iter().any(|f| reachable(f, "postscreen"));
-        let smtpds: Vec<(&str, &str)> = lines
+        let postscreen = entries.iter().any(|e| reachable(e, "postscreen"));
+        let smtpds: Vec<(&str, &str)> = entries
             .iter()
-            .filter(|f| reachable(f, "smtpd") || (postscreen && f[1] == "pass" && f[7] == "smtpd"))
-            .map(|f| (f[0], f[1]))
+            .filter(|e| reachable(e, "smtpd") || (postscreen && e.1 == "pass" && e.2 == "smtpd"))
+            .map(|e| (e.0, e.1))
             .collect();
         if smtpds.is_empty() {
             return Ok(Some(
@@ -160,30 +158,20 @@ impl Postfix {
             "smtpd_enforce_tls",
             "smtpd_tls_wrappermode",
         ];
-        let mut global = HashMap::new();
-        for p in PARAMS {
-            global.insert(p, self.param_expanded(p).await?);
-        }
+        let global = self.params_expanded(&PARAMS).await?;
         for (name, kind) in smtpds {
-            let mut v = HashMap::new();
-            for p in PARAMS {
-                let prefix = format!("{name}/{kind}/{p}");
-                let set = overrides.lines().find_map(|l| {
-                    let (k, val) = l.split_once('=')?;
-                    (k.trim() == prefix).then(|| val.trim().to_string())
-                });
-                let value = match set {
-                    None => global[p].clone(),
-                    // `-o smtpd_tls_security_level=$name`: main.cf's name.
-                    Some(val) => match indirect(&val) {
-                        Some(param) => self.param_expanded(param).await?,
-                        None => val,
-                    },
-                };
-                v.insert(p, value);
-            }
-            let yes = |p: &str| v[p].eq_ignore_ascii_case("yes");
-            let level = match v["smtpd_tls_security_level"].to_ascii_lowercase() {
+            let value = |p: &str| {
+                let key = format!("{name}/{kind}/{p}");
+                overrides
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once('=')?;
+                        (k.trim() == key).then(|| v.trim().to_string())
+                    })
+                    .unwrap_or_else(|| global[p].clone())
+            };
+            let yes = |p: &str| value(p).eq_ignore_ascii_case("yes");
+            let level = match value("smtpd_tls_security_level").to_ascii_lowercase() {
                 l if !l.is_empty() => l,
                 _ if yes("smtpd_enforce_tls") => "encrypt".into(),
                 _ if yes("smtpd_use_tls") => "may".into(),
@@ -210,18 +198,6 @@ fn on_loopback(service: &str) -> bool {
         || host
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
-}
-
-/// `$name` or `${name}`: the main.cf parameter a `-o` value stands for.
-fn indirect(value: &str) -> Option<&str> {
-    let name = value.strip_prefix('$')?;
-    let name = name
-        .strip_prefix('{')
-        .and_then(|n| n.strip_suffix('}'))
-        .unwrap_or(name);
-    name.chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '_')
-        .then_some(name)
 }
 
 /// The fingerprints of the keys in a `tls_next_keys` file: each
@@ -363,18 +339,21 @@ mod tests {
         std::fs::write(etc.join("next.pem"), next.pem()).unwrap();
         std::fs::write(etc.join("next.pub"), next_key.public_key_pem()).unwrap();
         let master = std::fs::read_to_string("/etc/postfix/master.cf").unwrap();
-        let setup = |level: &str, extra: &str| {
+        // main.cf: these lines; master.cf: Debian's, and `extra`.
+        let setup = |main: &str, extra: &str| {
             std::fs::write(
                 etc.join("main.cf"),
-                format!(
-                    "compatibility_level = 3.6\nsmtpd_tls_security_level = {level}\nsmtpd_tls_chain_files = {}\n",
-                    etc.join("chain.pem").display()
-                ),
+                format!("compatibility_level = 3.6\n{main}\n"),
             )
             .unwrap();
-            std::fs::write(etc.join("master.cf"), format!("{master}\n{extra}")).unwrap();
+            std::fs::write(etc.join("master.cf"), format!("{master}\n{extra}\n")).unwrap();
         };
-        setup("may", "");
+        let chain = format!(
+            "smtpd_tls_chain_files = {}",
+            etc.join("chain.pem").display()
+        );
+        let may = format!("smtpd_tls_security_level = may\n{chain}");
+        setup(&may, "");
         let pf = Postfix::open(etc, Some("hash")).await.unwrap();
         let want = spki_fingerprint(cert.der()).unwrap();
         let want_next = spki_fingerprint(next.der()).unwrap();
@@ -387,22 +366,21 @@ mod tests {
         // certbot's layout: the key in one file, its chain in the next.
         std::fs::write(etc.join("privkey.pem"), key.serialize_pem()).unwrap();
         std::fs::write(etc.join("fullchain.pem"), cert.pem()).unwrap();
-        std::fs::write(
-            etc.join("main.cf"),
-            format!(
-                "compatibility_level = 3.6\nsmtpd_tls_security_level = may\nsmtpd_tls_chain_files = {}, {}\n",
+        setup(
+            &format!(
+                "smtpd_tls_security_level = may\nsmtpd_tls_chain_files = {}, {}",
                 etc.join("privkey.pem").display(),
                 etc.join("fullchain.pem").display()
             ),
-        )
-        .unwrap();
+            "",
+        );
         let keys = pf.tls_fingerprints(&[], false).await.unwrap();
         assert_eq!(
             keys.fingerprints,
             std::slice::from_ref(&want),
             "two files, one sequence"
         );
-        setup("may", "");
+        setup(&may, "");
 
         let staged = [etc.join("next.pem"), etc.join("next.pub")];
         let keys = pf.tls_fingerprints(&staged, false).await.unwrap();
@@ -420,7 +398,7 @@ mod tests {
             "{e:?}"
         );
 
-        setup("", "");
+        setup(&chain, "");
         let keys = pf.tls_fingerprints(&[], false).await.unwrap();
         assert!(keys.fingerprints.is_empty(), "no STARTTLS, no pin");
         assert!(keys
@@ -431,7 +409,7 @@ mod tests {
         // A loopback re-injection port without TLS does not matter; a
         // second public port without it does, even set through $name.
         setup(
-            "may",
+            &may,
             "127.0.0.1:10025 inet n - n - - smtpd -o smtpd_tls_security_level=none",
         );
         assert_eq!(
@@ -446,21 +424,10 @@ mod tests {
                 .is_empty(),
             "in a lab (friends relay to loopback) loopback services count"
         );
-        std::fs::write(
-            etc.join("main.cf"),
-            format!(
-                "compatibility_level = 3.6\nsmtpd_tls_security_level = may\nplain_level = none\nsmtpd_tls_chain_files = {}\n",
-                etc.join("chain.pem").display()
-            ),
-        )
-        .unwrap();
-        std::fs::write(
-            etc.join("master.cf"),
-            format!(
-                "{master}\n2525 inet n - n - - smtpd -o smtpd_tls_security_level=$plain_level\n"
-            ),
-        )
-        .unwrap();
+        setup(
+            &format!("{may}\nplain_level = none"),
+            "2525 inet n - n - - smtpd -o smtpd_tls_security_level=$plain_level",
+        );
         let keys = pf.tls_fingerprints(&[], false).await.unwrap();
         assert!(keys.fingerprints.is_empty());
         assert!(keys.not_offered.unwrap().contains("2525"));

@@ -62,8 +62,6 @@ pub const FLUSH_TICK: Duration = Duration::from_millis(100);
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often my own Postfix's state is looked at.
 pub const MTA_WATCH_EVERY: Duration = Duration::from_millis(250);
-/// A friend's own flush requests count at most this often.
-pub const FLUSH_EVERY: Duration = flush::REQUEST_EVERY;
 
 /// The queue service's handle; cheap to clone.
 #[derive(Clone)]
@@ -455,35 +453,11 @@ impl Queue {
         let postfix = self.inner.postfix.as_ref()?;
         let mut flushed: Vec<String> = Vec::new();
         let mut failed = 0;
-        let flush_all = |domains: Vec<String>, flushed: &mut Vec<String>| {
-            let todo: Vec<String> = domains
-                .into_iter()
-                .filter(|d| !flushed.contains(d))
-                .collect();
-            async move {
-                let mut done = Vec::new();
-                let mut failed = 0;
-                for d in todo {
-                    let Ok(domain) = Domain::parse_canonical(&d) else {
-                        continue;
-                    };
-                    match postfix.flush_domain(&domain).await {
-                        Ok(()) => done.push(d),
-                        Err(e) => {
-                            failed += 1;
-                            tracing::warn!(peer = %name, domain = %d, "flush failed: {e}")
-                        }
-                    }
-                }
-                (done, failed)
-            }
-        };
         let last = self.last_scan();
         let scan = if due.fresh_scan {
             if let Some(s) = last.as_ref().filter(|s| s.result.is_ok()) {
-                let (done, f) = flush_all(s.domains_with_mail(name), &mut flushed).await;
-                flushed.extend(done);
-                failed += f;
+                let domains = s.domains_with_mail(name);
+                failed += flush_domains(postfix, name, domains, &mut flushed).await;
             }
             self.scan().await
         } else {
@@ -496,9 +470,8 @@ impl Queue {
             tracing::debug!(peer = %name, "queue unreadable after the flush: {e}");
             return None;
         }
-        let (done, f) = flush_all(scan.domains_with_mail(name), &mut flushed).await;
-        flushed.extend(done);
-        failed += f;
+        let domains = scan.domains_with_mail(name);
+        failed += flush_domains(postfix, name, domains, &mut flushed).await;
         let held = scan.held_mark(name).filter(|h| h.messages > 0);
         if !flushed.is_empty() || failed > 0 {
             tracing::info!(peer = %name, domains = flushed.len(), failed, messages = held.map_or(0, |h| h.messages), "flushed held mail ({})", due.why);
@@ -508,7 +481,7 @@ impl Queue {
 
     /// A friend asks me to deliver what I hold for it now: as soon as the
     /// flush pace allows (see [`flush`]), or, if it asked within
-    /// [`FLUSH_EVERY`], then.
+    /// [`flush::REQUEST_EVERY`], then.
     pub(crate) async fn flush_requested(&self, from: &Caller) -> Response {
         if self.inner.postfix.is_none() {
             return Response::Refused {
@@ -525,7 +498,7 @@ impl Queue {
             Err(wait) => Response::Refused {
                 message: format!(
                     "rate limited (at most once every {}s); flushing in {}s",
-                    FLUSH_EVERY.as_secs(),
+                    flush::REQUEST_EVERY.as_secs(),
                     wait.as_secs().max(1)
                 ),
             },
@@ -598,6 +571,33 @@ impl Queue {
         };
         (mine, theirs, accepting)
     }
+}
+
+/// `postqueue -s` for each of `domains` not in `flushed` yet, adding those
+/// done to it; how many failed (each logged).
+async fn flush_domains(
+    postfix: &Postfix,
+    peer: &str,
+    domains: Vec<String>,
+    flushed: &mut Vec<String>,
+) -> usize {
+    let mut failed = 0;
+    for d in domains {
+        if flushed.contains(&d) {
+            continue;
+        }
+        let Ok(domain) = Domain::parse_canonical(&d) else {
+            continue;
+        };
+        match postfix.flush_domain(&domain).await {
+            Ok(()) => flushed.push(d),
+            Err(e) => {
+                failed += 1;
+                tracing::warn!(peer = %peer, domain = %d, "flush failed: {e}")
+            }
+        }
+    }
+    failed
 }
 
 /// Ends a flush or probe in its friend's state however its task ends: with
