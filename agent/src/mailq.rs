@@ -7,7 +7,7 @@
 //! expiry flag, `forced_expire` and the older `force_expired`, are read.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Deserialize;
 
@@ -143,10 +143,58 @@ impl DomainDepth {
     }
 }
 
+/// Which friend each relayed domain belongs to, built once for a set of
+/// accepted routes and shared by every queue scan until that set changes
+/// (so a scan of an empty queue costs nothing per domain relayed).
+#[derive(Debug, Default)]
+pub struct Owners {
+    /// Domain (lower-case) to an index into `names`.
+    by_domain: HashMap<Box<str>, u32>,
+    names: Vec<String>,
+}
+
+impl Owners {
+    /// From `(peer, domain)` pairs; a domain named twice keeps the last.
+    pub fn new(routes: impl IntoIterator<Item = (String, String)>) -> Self {
+        let mut o = Owners::default();
+        let mut index: HashMap<String, u32> = HashMap::new();
+        for (peer, domain) in routes {
+            let i = *index.entry(peer).or_insert_with_key(|p| {
+                o.names.push(p.clone());
+                (o.names.len() - 1) as u32
+            });
+            o.by_domain.insert(domain.into_boxed_str(), i);
+        }
+        o.by_domain.shrink_to_fit();
+        o
+    }
+
+    /// The friend `domain` (lower-case) is relayed for.
+    pub fn owner(&self, domain: &str) -> Option<&str> {
+        self.by_domain
+            .get(domain)
+            .map(|i| self.names[*i as usize].as_str())
+    }
+
+    /// The friends with at least one domain, in the order first seen.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// How many domains are relayed.
+    pub fn len(&self) -> usize {
+        self.by_domain.len()
+    }
+
+    /// Whether no domain is relayed.
+    pub fn is_empty(&self) -> bool {
+        self.by_domain.is_empty()
+    }
+}
+
 /// Running totals for the watched domains.
 #[derive(Debug, Default)]
 pub struct QueueTally {
-    watched: HashSet<String>,
     /// Per watched domain that has mail.
     pub domains: HashMap<String, DomainDepth>,
     /// Lines that did not parse (counted, not fatal).
@@ -171,34 +219,10 @@ fn cut(reason: &str) -> String {
 }
 
 impl QueueTally {
-    /// A tally that counts mail for `watched` domains (lower-case).
-    pub fn new(watched: HashSet<String>) -> Self {
-        Self {
-            watched,
-            ..Self::default()
-        }
-    }
-
-    /// Adds one line of `postqueue -j`.
-    pub fn add_line(&mut self, line: &str) {
-        let line = line.trim();
-        if line.is_empty() {
-            return;
-        }
-        match parse_line(line) {
-            Ok(m) => self.add(&m),
-            Err(_) => self.bad_lines += 1,
-        }
-    }
-
-    /// Adds one message.
-    pub fn add(&mut self, m: &QueueMessage<'_>) {
+    /// Adds one message, counting it for the domains `watched` says yes to.
+    fn add(&mut self, m: &QueueMessage<'_>, watched: impl Fn(&str) -> bool) {
         self.messages_seen += 1;
-        if self.watched.is_empty() {
-            return;
-        }
-        let watched = &self.watched;
-        let here = one_message(m, |d| watched.contains(&d).then_some(d));
+        let here = one_message(m, |d| watched(&d).then_some(d));
         for (d, e) in here {
             self.domains.entry(d).or_default().merge(&e);
         }
@@ -215,8 +239,7 @@ impl QueueTally {
 /// peer's domains it has recipients in.
 #[derive(Debug, Default)]
 pub struct PeerTally {
-    /// Domain (lower-case) to peer name.
-    owner: HashMap<String, String>,
+    owners: std::sync::Arc<Owners>,
     /// Per peer.
     pub peers: HashMap<String, DomainDepth>,
     /// Per domain, as [`QueueTally`].
@@ -226,12 +249,15 @@ pub struct PeerTally {
 impl PeerTally {
     /// Watches each `(peer, domain)`.
     pub fn new(routes: impl IntoIterator<Item = (String, String)>) -> Self {
-        let owner: HashMap<String, String> = routes.into_iter().map(|(p, d)| (d, p)).collect();
-        let watched = owner.keys().cloned().collect();
+        Self::with_owners(std::sync::Arc::new(Owners::new(routes)))
+    }
+
+    /// Watches the domains of `owners`.
+    pub fn with_owners(owners: std::sync::Arc<Owners>) -> Self {
         Self {
-            owner,
+            owners,
             peers: HashMap::new(),
-            domains: QueueTally::new(watched),
+            domains: QueueTally::default(),
         }
     }
 
@@ -245,9 +271,9 @@ impl PeerTally {
             self.domains.bad_lines += 1;
             return;
         };
-        self.domains.add(&m);
-        let owner = &self.owner;
-        let here = one_message(&m, |d| owner.get(&d).map(String::as_str));
+        let owners = &*self.owners;
+        self.domains.add(&m, |d| owners.owner(d).is_some());
+        let here = one_message(&m, |d| owners.owner(&d));
         for (peer, e) in here {
             self.peers.entry(peer.to_string()).or_default().merge(&e);
         }

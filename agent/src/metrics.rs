@@ -85,33 +85,32 @@ async fn render(s: &Services) -> String {
     let peers = s.store.peers().await.unwrap_or_default();
     // The last queue scan, with the routes it was made for.
     let last = s.queue.last_scan();
-    let scan = last.as_ref().and_then(|s| s.result.as_ref().ok());
-    let routes = last.as_ref().map_or(&[][..], |s| &s.routes[..]);
+    let held = last
+        .as_ref()
+        .and_then(|s| s.result.as_ref().ok().map(|r| (s, r)));
     for p in &peers {
         let l = vec![("peer".to_string(), p.name.clone())];
         up.get_or_create(&l)
             .set(i64::from(s.peers.is_connected(&p.id)));
         let v = s.lists.held_version(&p.id).await;
         list.get_or_create(&l).set(v as i64);
-        if let Some((peer_depths, domain_depths)) = &scan {
+        if let Some((scan, (peer_depths, _))) = &held {
             let d = peer_depths.get(&p.name).cloned().unwrap_or_default();
             held_msgs.get_or_create(&l).set(d.messages as i64);
             held_bytes.get_or_create(&l).set(d.bytes as i64);
             held_age
                 .get_or_create(&l)
                 .set(d.oldest_arrival.map_or(0, |t| (now - t).max(0)));
-            for e in routes.iter().filter(|r| r.peer == p.name).map(|r| &r.entry) {
-                if let Some(dd) = domain_depths.get(e.domain.as_str()) {
-                    let dl = vec![
-                        ("peer".to_string(), p.name.clone()),
-                        ("domain".to_string(), e.domain.to_string()),
-                    ];
-                    dom_msgs.get_or_create(&dl).set(dd.messages as i64);
-                    dom_bytes.get_or_create(&dl).set(dd.bytes as i64);
-                    dom_age
-                        .get_or_create(&dl)
-                        .set(dd.oldest_arrival.map_or(0, |t| (now - t).max(0)));
-                }
+            for (domain, dd) in scan.domains_of(&p.name) {
+                let dl = vec![
+                    ("peer".to_string(), p.name.clone()),
+                    ("domain".to_string(), domain.to_string()),
+                ];
+                dom_msgs.get_or_create(&dl).set(dd.messages as i64);
+                dom_bytes.get_or_create(&dl).set(dd.bytes as i64);
+                dom_age
+                    .get_or_create(&dl)
+                    .set(dd.oldest_arrival.map_or(0, |t| (now - t).max(0)));
             }
         }
         if let Some(m) = s.queue.held_by_peer_messages(&p.id) {
@@ -122,7 +121,7 @@ async fn render(s: &Services) -> String {
         &mut r,
         "mxfed_queue_readable",
         "1 if the last postqueue -j scan worked (0: depths unknown)",
-        i64::from(scan.is_some()),
+        i64::from(held.is_some()),
     );
     gauge(
         &mut r,

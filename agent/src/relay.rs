@@ -31,7 +31,9 @@ use mxfed_proto::PeerId;
 use crate::clock::{rfc3339, Clock};
 use crate::config::Config;
 use crate::dns::Dns;
-use crate::postfix::render::{diff, render_maps, Route};
+use crate::postfix::render::{
+    diff_text, render_maps, MapDiff, Route, FRIENDS, RELAY_RECIPIENTS, TLS_POLICY, TRANSPORT,
+};
 use crate::postfix::Postfix;
 use crate::store::{ApplyRecord, Store};
 use crate::util::lock;
@@ -236,6 +238,7 @@ impl Relay {
             return report;
         };
         let closed = inner.running.lock().await;
+        let started = tokio::time::Instant::now();
         if *closed {
             report.step = Some("start".into());
             report.error = Some("the agent is shutting down".into());
@@ -289,6 +292,7 @@ impl Relay {
                     .filter(|d| same_delimiters(&d.delimiter, &my_delimiter))
                     .map(|d| d.items);
                 Route {
+                    peer: r.peer,
                     domain: r.entry.domain,
                     next_hop: r.entry.next_hop,
                     addrs,
@@ -333,36 +337,33 @@ impl Relay {
             .is_some_and(|l| l.is_empty() || l.eq_ignore_ascii_case("none"));
         let tls = crate::postfix::render::tls_policy(&routes, &pins, pinnable, at_least_may);
         let maps = render_maps(&routes).with_friends(&friends).with_tls(tls);
-        let desired = &maps
-            .maps
-            .iter()
-            .find(|(n, _)| *n == crate::postfix::render::TRANSPORT)
-            .map(|(_, m)| m.clone())
-            .unwrap_or_default();
-        let change = diff(&postfix.live_transport().await, desired);
+        let read_ms = started.elapsed().as_millis() as u64;
+        // What changes in each map, from the maps in force as written.
+        let mut changes: HashMap<&str, MapDiff> = HashMap::new();
+        for (name, wanted) in &maps.maps {
+            changes.insert(name, diff_text(&postfix.live_text(name).await, wanted));
+        }
+        let change = changes.get(TRANSPORT).cloned().unwrap_or_default();
         report.changes = change.lines();
         // Recipients are summed up, not listed: there may be a million.
         let mut others_changed = false;
-        for name in [
-            crate::postfix::render::RELAY_RECIPIENTS,
-            crate::postfix::render::FRIENDS,
-            crate::postfix::render::TLS_POLICY,
-        ] {
-            let wanted = maps.maps.iter().find(|(n, _)| *n == name).map(|(_, m)| m);
-            let d = diff(
-                &postfix.live_map(name).await,
-                wanted.unwrap_or(&Default::default()),
-            );
-            if !d.is_empty() {
-                others_changed = true;
-                report.changes.push(format!(
-                    "{name}: {} added, {} removed",
-                    d.added.len() + d.changed.len(),
-                    d.removed.len()
-                ));
-            }
+        for name in [RELAY_RECIPIENTS, FRIENDS, TLS_POLICY] {
+            let Some(d) = changes.get(name).filter(|d| !d.is_empty()) else {
+                continue;
+            };
+            others_changed = true;
+            report.changes.push(format!(
+                "{name}: {} added, {} removed",
+                d.counts.added + d.counts.changed,
+                d.counts.removed
+            ));
         }
-        report.total = desired.len() as u32;
+        // relay_domains says nothing the transport map does not.
+        report.total = maps
+            .maps
+            .iter()
+            .find(|(n, _)| *n == TRANSPORT)
+            .map_or(0, |(_, m)| m.len()) as u32;
         if dry_run {
             report.result = "planned".into();
             return report;
@@ -382,16 +383,23 @@ impl Relay {
             report.result = "unchanged".into();
             return report;
         }
-        let outcome = postfix.apply(&maps, true).await;
+        let planned_ms = started.elapsed().as_millis() as u64;
+        let outcome = postfix.apply_changes(&maps, &changes, true).await;
+        tracing::debug!(
+            read_ms,
+            planned_ms,
+            took_ms = started.elapsed().as_millis() as u64,
+            "apply: store read, maps rendered and compared, installed"
+        );
         let record = ApplyRecord {
             at: inner.clock.now_unix(),
             trigger: trigger.to_string(),
             ok: outcome.is_ok(),
             step: outcome.as_ref().err().map(|e| e.step.to_string()),
             message: outcome.as_ref().err().map(|e| e.message.clone()),
-            added: change.added.len() as u32,
-            removed: change.removed.len() as u32,
-            changed: change.changed.len() as u32,
+            added: change.counts.added as u32,
+            removed: change.counts.removed as u32,
+            changed: change.counts.changed as u32,
             total: report.total,
         };
         if let Err(e) = inner.store.record_apply(&record).await {

@@ -29,6 +29,10 @@ use crate::postfix::render::Pins;
 pub struct Store {
     pool: SqlitePool,
     path: PathBuf,
+    /// Bumped by every write that may change [`Store::relay_routes`], so
+    /// readers that keep something made from the routes know when to make
+    /// it again (see [`Store::routes_generation`]).
+    routes_gen: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A failed database operation.
@@ -233,6 +237,7 @@ impl Store {
         let store = Self {
             pool,
             path: path.into(),
+            routes_gen: Default::default(),
         };
         store.seed_seen().await?;
         Ok(store)
@@ -390,6 +395,7 @@ impl Store {
             .execute(&self.pool)
             .await
             .map_err(|e| self.query_err(e))?;
+        self.routes_changed();
         Ok(r.rows_affected() > 0)
     }
 
@@ -777,21 +783,22 @@ impl Store {
             .collect()
     }
 
-    /// For each friend's domain accepted here: the friend's server key
-    /// fingerprints to pin, with those it had before its last change if
-    /// that was less than `rollover` seconds ago, and the addresses where
-    /// the friend's agent was seen since `seen_since`. Domains of friends
-    /// that publish no recipient list are missing.
+    /// For each friend, by name: its server key fingerprints to pin, with
+    /// those it had before its last change if that was less than
+    /// `rollover` seconds ago, and the addresses where its agent was seen
+    /// since `seen_since`. Friends that publish no recipient list (which
+    /// carries the keys) are missing.
     pub async fn relay_tls(
         &self,
         now: i64,
         rollover: i64,
         seen_since: i64,
     ) -> Result<HashMap<String, Pins>, StoreError> {
+        // Per friend, not per domain: a friend's keys are the same for all
+        // its domains, and it may have 100,000.
         let rows: Vec<(String, String, String, String, i64)> = sqlx::query_as(
-            "SELECT e.domain, e.peer_id, rl.tls, rl.tls_previous, rl.tls_changed_at FROM peer_entries e
-             JOIN peer_recipient_lists rl ON rl.peer_id = e.peer_id
-             WHERE e.state = 'accepted'",
+            "SELECT p.name, rl.peer_id, rl.tls, rl.tls_previous, rl.tls_changed_at
+             FROM peer_recipient_lists rl JOIN peers p ON p.id = rl.peer_id",
         )
         .fetch_all(&self.pool)
         .await
@@ -809,7 +816,7 @@ impl Store {
         }
         Ok(rows
             .into_iter()
-            .map(|(domain, peer, tls, previous, changed_at)| {
+            .map(|(name, peer, tls, previous, changed_at)| {
                 let mut fps: Vec<String> = tls.split_whitespace().map(String::from).collect();
                 if now - changed_at < rollover {
                     fps.extend(previous.split_whitespace().map(String::from));
@@ -820,7 +827,7 @@ impl Store {
                     fingerprints: fps,
                     seen: seen.get(&peer).cloned().unwrap_or_default(),
                 };
-                (domain, pins)
+                (name, pins)
             })
             .collect())
     }
@@ -1006,7 +1013,9 @@ impl Store {
                 .await
                 .map_err(q)?;
         }
-        tx.commit().await.map_err(q)
+        tx.commit().await.map_err(q)?;
+        self.routes_changed();
+        Ok(())
     }
 
     /// Updates the states of some entries held for a peer, and of the
@@ -1030,7 +1039,9 @@ impl Store {
                 .await
                 .map_err(q)?;
         }
-        tx.commit().await.map_err(q)
+        tx.commit().await.map_err(q)?;
+        self.routes_changed();
+        Ok(())
     }
 
     /// Stores what a peer said of my list.
@@ -1198,10 +1209,25 @@ type EntryRow = (String, String, String, Option<String>, String);
 pub const ANY_EXPIRY: i64 = i64::MAX / 4;
 
 impl Store {
+    /// A number that changes after every write that may change what
+    /// [`Store::relay_routes`] returns (not its expiry, which depends on
+    /// the time asked for): a reader that made something from the routes
+    /// at one generation need not read them again while it stays.
+    pub fn routes_generation(&self) -> u64 {
+        self.routes_gen.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn routes_changed(&self) {
+        self.routes_gen
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
     /// Accepted entries of lists that have not been expired for longer than
     /// `grace` seconds, with the peer's name: what Postfix should relay.
     pub async fn relay_routes(&self, now: i64, grace: i64) -> Result<Vec<RelayRoute>, StoreError> {
-        let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+        use futures_util::TryStreamExt;
+        // Row by row: a list of 100,000 is never held twice.
+        let mut rows = sqlx::query_as::<_, (String, String, String, String)>(
             "SELECT p.name, e.domain, e.next_hop, e.addrs FROM peer_entries e
              JOIN peer_lists l ON l.peer_id = e.peer_id
              JOIN peers p ON p.id = e.peer_id
@@ -1210,18 +1236,17 @@ impl Store {
         )
         .bind(grace)
         .bind(now)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.query_err(e))?;
-        rows.iter()
-            .map(|(n, d, h, a)| {
-                Ok(RelayRoute {
-                    peer: n.clone(),
-                    entry: self.entry_from(d, h)?,
-                    addrs: self.ips_from("peer_entries.addrs", a)?,
-                })
-            })
-            .collect()
+        .fetch(&self.pool);
+        let mut routes = Vec::new();
+        while let Some((n, d, h, a)) = rows.try_next().await.map_err(|e| self.query_err(e))? {
+            routes.push(RelayRoute {
+                peer: n,
+                entry: self.entry_from(&d, &h)?,
+                addrs: self.ips_from("peer_entries.addrs", &a)?,
+            });
+        }
+        routes.shrink_to_fit();
+        Ok(routes)
     }
 
     /// Records an apply, keeping the last 1,000.

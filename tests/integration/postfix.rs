@@ -422,6 +422,109 @@ fn when_reload_fails_the_previous_maps_are_put_back() {
     wait_for("a2 relayed", || p.pf.rcpt("x@a2.example") == 250);
 }
 
+/// A small tmpfs mounted over a directory for a test's length (root only;
+/// the test command runs as root). Unmounted when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &std::path::Path, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount -t tmpfs on {} (needs root)", dir.display());
+        SmallDisk(dir.into())
+    }
+
+    fn grow(&self, size: &str) {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "remount {}", self.0.display());
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Issue 13: the disk fills up during an apply (ENOSPC, a real tmpfs of
+/// 256 KiB under the maps). The apply fails with the step and the cause
+/// named, the maps in force stay and answer, nothing half written is left
+/// to take the space, and once there is room again the next apply brings
+/// Postfix in line with the list held (nothing was lost).
+#[test]
+fn a_full_disk_during_an_apply_leaves_the_maps_in_force() {
+    let pf = PostfixInstance::start("mail.bravo.example", "");
+    let disk = SmallDisk::mount(&pf.etc().join("mxfed"), "256k");
+    let mut alpha = Agent::init("alpha");
+    let mut bravo = Agent::init("bravo");
+    let _dns = mail_dns(&[&alpha, &bravo]);
+    bravo.use_postfix(&pf);
+    bravo.configure("verify_mx = \"off\"");
+    assert_ok(&bravo.mxfed(&["postfix", "setup"]), "postfix setup");
+    start_and_pair(&mut alpha, &mut bravo);
+    alpha.domains(&["add", "a1.example"]);
+    wait_for("relayed", || pf.rcpt("x@a1.example") == 250);
+
+    // 20,000 domains: their transport map alone is about 900 KB.
+    let file = domain_file(alpha.dir.path(), 20_000);
+    alpha.domains(&["add", "--from-file", file.to_str().unwrap()]);
+    let failed = first_failed_apply(&bravo);
+    let message = failed["message"].as_str().unwrap();
+    assert!(
+        message.contains("No space left on device"),
+        "the cause is named: {failed:?}"
+    );
+    assert!(
+        ["write map source", "postmap"].contains(&failed["step"].as_str().unwrap()),
+        "the step is named: {failed:?}"
+    );
+    // The maps in force answer as before.
+    assert_eq!(pf.rcpt("x@a1.example"), 250);
+    assert_eq!(pf.rcpt("x@d000000.bulk.example"), 554);
+    let transport = pf.dump("hash", "transport").unwrap();
+    assert_eq!(transport.keys().collect::<Vec<_>>(), ["a1.example"]);
+    let leftovers: Vec<String> = std::fs::read_dir(pf.etc().join("mxfed"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".new"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "half-written maps left: {leftovers:?}"
+    );
+    assert!(
+        bravo.log_text().contains("previous maps stay in force"),
+        "{}",
+        bravo.log_text()
+    );
+
+    // Room again: the list held all along is applied.
+    disk.grow("64m");
+    assert_ok(&bravo.mxfed(&["apply"]), "apply with room again");
+    assert_eq!(pf.rcpt("x@d019999.bulk.example"), 250);
+    assert_eq!(pf.rcpt("x@a1.example"), 250);
+    drop(disk);
+}
+
 /// Regression: shutdown used to abort the apply worker wherever it was, so
 /// a SIGTERM in the middle of an apply left it half done (maps built but
 /// not installed, nothing in the history). Now the apply runs to its end.

@@ -148,7 +148,22 @@ impl Agent {
             .append(true)
             .open(self.log())
             .unwrap();
-        let child = Command::new(MXFED)
+        // For profiling a benchmark: MXFED_TEST_WRAP="bravo=heaptrack -o /tmp/h"
+        // runs that agent under the command given.
+        let wrap = std::env::var("MXFED_TEST_WRAP").ok().and_then(|w| {
+            let (name, cmd) = w.split_once('=')?;
+            (name == self.name)
+                .then(|| cmd.split_whitespace().map(String::from).collect::<Vec<_>>())
+        });
+        let mut cmd = match &wrap {
+            Some(w) => {
+                let mut c = Command::new(&w[0]);
+                c.args(&w[1..]).arg(MXFED);
+                c
+            }
+            None => Command::new(MXFED),
+        };
+        let child = cmd
             .arg("--config")
             .arg(self.config())
             .arg("agent")
@@ -192,6 +207,11 @@ impl Agent {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The agent's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn is_running(&mut self) -> bool {

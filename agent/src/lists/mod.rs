@@ -591,6 +591,7 @@ impl Lists {
             .session(&peer)
             .and_then(|s| s.agent_version)
             .is_some_and(|v| understand_changes(&v));
+        let started = tokio::time::Instant::now();
         let mut fetched = fetch::fetch(
             &inner.peers,
             &inner.store,
@@ -604,6 +605,7 @@ impl Lists {
             fetched =
                 fetch::fetch(&inner.peers, &inner.store, peer, &name, (held, false), now).await;
         }
+        tracing::debug!(peer = %name, took_ms = started.elapsed().as_millis() as u64, "list fetch over");
         match fetched {
             Fetched::List(list, signature) => {
                 if self.accept_list(peer, &name, list, signature).await {
@@ -636,6 +638,7 @@ impl Lists {
         signature: Vec<u8>,
     ) -> bool {
         let inner = &*self.inner;
+        let started = tokio::time::Instant::now();
         let held_before = match self.previous_states(&peer).await {
             Ok(p) => p,
             Err(e) => {
@@ -729,6 +732,7 @@ impl Lists {
             accepted = ack.accepted,
             refused = ack.refused_count,
             pending = ack.pending_count,
+            took_ms = started.elapsed().as_millis() as u64,
             "stored domain list"
         );
         for n in ack.refused.iter().take(20) {

@@ -32,7 +32,8 @@ use tokio::process::Command;
 use mxfed_proto::domain::Domain;
 
 use render::{
-    map_text, parse_map, RelayMaps, FRIENDS, RELAY_DOMAINS, RELAY_RECIPIENTS, TLS_POLICY, TRANSPORT,
+    map_text, parse_map, MapDiff, RelayMaps, FRIENDS, RELAY_DOMAINS, RELAY_RECIPIENTS, TLS_POLICY,
+    TRANSPORT,
 };
 
 /// Name of the directory inside the Postfix config dir that holds our maps.
@@ -306,9 +307,13 @@ impl Postfix {
 
     /// One of mxfed's maps in force, as written (empty if none yet).
     pub async fn live_map(&self, name: &str) -> BTreeMap<String, String> {
+        parse_map(&self.live_text(name).await)
+    }
+
+    /// The text of one of mxfed's maps in force (empty if none yet).
+    pub async fn live_text(&self, name: &str) -> String {
         tokio::fs::read_to_string(self.map_dir().join(name))
             .await
-            .map(|t| parse_map(&t))
             .unwrap_or_default()
     }
 
@@ -357,29 +362,36 @@ impl Postfix {
     /// Installs `maps` as described in the module docs. On error, the maps
     /// in force before are in force again, and the error names the step.
     pub async fn apply(&self, maps: &RelayMaps, reload: bool) -> Result<(), PostfixError> {
+        self.apply_changes(maps, &HashMap::new(), reload).await
+    }
+
+    /// [`Postfix::apply`], knowing what changed in each map since the maps
+    /// in force (`changes`, by map name, from [`render::diff_text`]): a map
+    /// without changes is left as it is, and a map with a few changes (all
+    /// listed) is built from a copy of the compiled map in force with
+    /// `postmap -i` and `postmap -d`, and only those keys are checked. So a
+    /// one-domain change costs the same for a list of 100,000 as for a
+    /// list of one. Every other map is built whole and every key checked.
+    pub async fn apply_changes(
+        &self,
+        maps: &RelayMaps,
+        changes: &HashMap<&str, MapDiff>,
+        reload: bool,
+    ) -> Result<(), PostfixError> {
         let dir = self.map_dir();
         ensure_dir(&dir).await?;
         cleanup_temp(&dir).await;
-        // 1. Build every new map beside the live one and check it.
-        for (name, entries) in &maps.maps {
-            let new = dir.join(format!("{name}.new"));
-            write_file(&new, map_text(entries).as_bytes()).await?;
-            let map = format!("{}:{}", self.map_kind(name), new.display());
-            if name != &FRIENDS {
-                self.run("postmap", "postmap", &[&map], None).await?;
+        // 1. Build every new map beside the live one and check it. On a
+        // failure (a full disk, say) nothing half built is left behind.
+        let touched = match self.build(maps, changes).await {
+            Ok(t) => t,
+            Err(e) => {
+                cleanup_temp(&dir).await;
+                return Err(e);
             }
-            let keys: Vec<String> = entries.keys().cloned().collect();
-            let found = self.query(&map, &keys).await?;
-            if &found != entries {
-                let missing = entries.keys().find(|k| found.get(*k) != entries.get(*k));
-                return Err(err(
-                    "verify (postmap -q)",
-                    format!("{map} does not answer as written (first difference: {missing:?})"),
-                ));
-            }
-        }
+        };
         // 2. Keep what is live now, then rename the new maps into place.
-        for (name, _) in &maps.maps {
+        for name in &touched {
             for s in [self.suffix_of(name), ""] {
                 let live = dir.join(format!("{name}{s}"));
                 let prev = dir.join(format!("{name}{s}.prev"));
@@ -391,19 +403,172 @@ impl Postfix {
                 }
             }
         }
-        let installed = self
-            .install(
-                &maps.maps.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
-                "new",
-            )
-            .await;
-        if let Err(e) = installed {
-            return Err(self.roll_back(maps, e).await);
+        if let Err(e) = self.install(&touched, "new").await {
+            return Err(self.roll_back(&touched, e).await);
         }
         // 3. Make Postfix use them now.
         if reload {
             if let Err(e) = self.reload().await {
-                return Err(self.roll_back(maps, e).await);
+                return Err(self.roll_back(&touched, e).await);
+            }
+        }
+        Ok(())
+    }
+
+    /// Step 1 of [`Postfix::apply_changes`]: builds `NAME.new` (and its
+    /// compiled file) for each map that changes, checks it, and returns
+    /// the names of those maps.
+    async fn build<'m>(
+        &self,
+        maps: &'m RelayMaps,
+        changes: &HashMap<&str, MapDiff>,
+    ) -> Result<Vec<&'m str>, PostfixError> {
+        let dir = self.map_dir();
+        let mut touched: Vec<&str> = Vec::new();
+        for (name, entries) in &maps.maps {
+            let live = dir.join(name);
+            let live_db = dir.join(format!("{name}{}", self.suffix_of(name)));
+            let in_force = live.exists() && live_db.exists();
+            let change = changes.get(name);
+            if in_force && change.is_some_and(MapDiff::is_empty) {
+                continue;
+            }
+            touched.push(name);
+            let new = dir.join(format!("{name}.new"));
+            write_file(&new, map_text(entries).as_bytes()).await?;
+            let map = format!("{}:{}", self.map_kind(name), new.display());
+            let small = change.filter(|c| {
+                in_force && c.is_complete() && name != &FRIENDS && self.map_type != "cdb"
+            });
+            if let Some(change) = small {
+                let new_db = dir.join(format!("{name}.new{}", self.suffix_of(name)));
+                match self.patch(&live_db, &new_db, &map, change).await {
+                    Ok(()) => continue,
+                    Err(e) => tracing::warn!(
+                        "{name}: patching a copy of the map in force failed ({e}); building it whole"
+                    ),
+                }
+                let _ = tokio::fs::remove_file(&new_db).await;
+            }
+            if name != &FRIENDS {
+                self.run("postmap", "postmap", &[&map], None).await?;
+            }
+            self.verify(&map, entries.iter()).await?;
+        }
+        Ok(touched)
+    }
+
+    /// Makes `new_db` a copy of `live_db` with `change` made to it
+    /// (`postmap -i`, `postmap -d`), and checks the keys it changed.
+    async fn patch(
+        &self,
+        live_db: &Path,
+        new_db: &Path,
+        map: &str,
+        change: &MapDiff,
+    ) -> Result<(), PostfixError> {
+        tokio::fs::copy(live_db, new_db).await.map_err(|e| {
+            err(
+                "postmap",
+                format!("copy {} to {}: {e}", live_db.display(), new_db.display()),
+            )
+        })?;
+        let mut put = String::new();
+        for (k, v) in &change.added {
+            put.push_str(&format!("{k} {v}\n"));
+        }
+        for (k, _, v) in &change.changed {
+            put.push_str(&format!("{k} {v}\n"));
+        }
+        if !put.is_empty() {
+            self.run("postmap", "postmap", &["-i", map], Some(put.as_bytes()))
+                .await?;
+        }
+        let gone: Vec<String> = change.removed.iter().map(|(k, _)| k.clone()).collect();
+        if !gone.is_empty() {
+            let mut keys = gone.join("\n");
+            keys.push('\n');
+            self.run(
+                "postmap",
+                "postmap",
+                &["-d", "-", map],
+                Some(keys.as_bytes()),
+            )
+            .await?;
+        }
+        let wanted = change
+            .added
+            .iter()
+            .map(|(k, v)| (k, v))
+            .chain(change.changed.iter().map(|(k, _, v)| (k, v)));
+        self.verify(map, wanted).await?;
+        let left = self.query(map, &gone).await?;
+        if let Some(k) = left.keys().next() {
+            return Err(err(
+                "verify (postmap -q)",
+                format!("{map} still answers for {k}, which was removed"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks that `map` answers each of `entries` (key, value) as given,
+    /// streaming `postmap -q -` output instead of holding it as a map.
+    async fn verify<'a>(
+        &self,
+        map: &str,
+        entries: impl Iterator<Item = (&'a String, &'a String)> + Clone,
+    ) -> Result<(), PostfixError> {
+        let mut input = String::new();
+        let mut wanted = 0usize;
+        for (k, _) in entries.clone() {
+            input.push_str(k);
+            input.push('\n');
+            wanted += 1;
+        }
+        if wanted == 0 {
+            return Ok(());
+        }
+        let out = match self
+            .run(
+                "verify (postmap -q)",
+                "postmap",
+                &["-q", "-", map],
+                Some(input.as_bytes()),
+            )
+            .await
+        {
+            Ok(o) => o,
+            // Exit 1 without a fatal error: no key found at all.
+            Err(e) if e.message.contains("(exit status: 1)") && !e.message.contains("fatal:") => {
+                String::new()
+            }
+            Err(e) => return Err(e),
+        };
+        drop(input);
+        // One line per key found, in the order asked.
+        let mut found = out.lines().filter_map(|l| {
+            let (k, v) = l.split_once(char::is_whitespace)?;
+            Some((k, v.trim()))
+        });
+        let mut next = found.next();
+        for (k, v) in entries {
+            match next {
+                Some((fk, fv)) if fk == k => {
+                    if fv != v {
+                        return Err(err(
+                            "verify (postmap -q)",
+                            format!("{map} does not answer as written (first difference: {k})"),
+                        ));
+                    }
+                    next = found.next();
+                }
+                _ => {
+                    return Err(err(
+                        "verify (postmap -q)",
+                        format!("{map} does not answer as written (first difference: {k} missing)"),
+                    ))
+                }
             }
         }
         Ok(())
@@ -435,10 +600,10 @@ impl Postfix {
     /// Puts the `*.prev` maps back (best effort) and reloads. Returns
     /// `failure`, with what went wrong in rolling back added to its message
     /// (so `mxfed history` shows it, not only the log).
-    async fn roll_back(&self, maps: &RelayMaps, mut failure: PostfixError) -> PostfixError {
+    async fn roll_back(&self, names: &[&str], mut failure: PostfixError) -> PostfixError {
         let dir = self.map_dir();
         let mut problems = Vec::new();
-        for (name, _) in &maps.maps {
+        for name in names {
             for s in [self.suffix_of(name), ""] {
                 let prev = dir.join(format!("{name}{s}.prev"));
                 let live = dir.join(format!("{name}{s}"));

@@ -35,6 +35,8 @@ const HEADER: &str = "# Written by mxfed from friends' accepted domain lists. Do
 /// One domain to relay, and where to.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Route {
+    /// The friend it is relayed for, by name (whose [`Pins`] apply).
+    pub peer: String,
     /// The backed-up domain.
     pub domain: Domain,
     /// The friend's declared next hop for it.
@@ -109,7 +111,7 @@ pub fn address_key(ip: &IpAddr, next_hop: &NextHop) -> String {
 
 /// The TLS policy map for `routes`: each next-hop address exactly as the
 /// transport map writes it (`[IP]` or `[IP]:port`), with `fingerprint` and
-/// a `match=` per fingerprint in `pins` (by domain), where the friend's
+/// a `match=` per fingerprint in `pins` (by friend), where the friend's
 /// agent was seen: the keys it publishes are those of the Postfix beside
 /// it, so a next hop elsewhere (a domain proven by its TXT record, say)
 /// would be held to keys it does not have. Routes without keys, and
@@ -130,7 +132,7 @@ pub fn tls_policy(
     let mut wanted: BTreeMap<String, String> = BTreeMap::new();
     for r in routes {
         let pin = pins
-            .get(r.domain.as_str())
+            .get(&r.peer)
             .filter(|p| pinnable && !p.fingerprints.is_empty());
         let Some(pin) = pin else {
             continue; // no keys: no opinion on any address
@@ -235,34 +237,78 @@ pub fn map_text(entries: &BTreeMap<String, String>) -> String {
 
 /// Parses a map file as written by [`map_text`] (comments and blank lines skipped).
 pub fn parse_map(text: &str) -> BTreeMap<String, String> {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .filter_map(|l| {
-            let (k, v) = l.split_once(char::is_whitespace)?;
-            Some((k.to_string(), v.trim().to_string()))
-        })
+    map_lines(text)
+        .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
 
-/// What changes between two transport maps.
+/// At most this many changes of each kind are listed in a [`MapDiff`];
+/// beyond that they are only counted (a first sync adds 100,000 domains,
+/// and the history and logs want the sum, not the list).
+pub const LISTED: usize = 1000;
+
+/// What changes between two versions of a map.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MapDiff {
-    /// Domains relayed afterwards but not before: (domain, new value).
+    /// Keys in the map afterwards but not before: (key, new value); the
+    /// first [`LISTED`].
     pub added: Vec<(String, String)>,
-    /// Domains relayed before but not afterwards: (domain, old value).
+    /// Keys in the map before but not afterwards: (key, old value).
     pub removed: Vec<(String, String)>,
-    /// Domains whose next hop changes: (domain, old, new).
+    /// Keys whose value changes: (key, old, new).
     pub changed: Vec<(String, String, String)>,
+    /// How many keys are added, removed and changed in all.
+    pub counts: DiffCounts,
+}
+
+/// The sizes of a [`MapDiff`], listed or not.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiffCounts {
+    /// See [`MapDiff::added`].
+    pub added: usize,
+    /// See [`MapDiff::removed`].
+    pub removed: usize,
+    /// See [`MapDiff::changed`].
+    pub changed: usize,
 }
 
 impl MapDiff {
     /// Whether nothing changes.
     pub fn is_empty(&self) -> bool {
-        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+        self.counts == DiffCounts::default()
     }
 
-    /// One line per change, `+`, `-` or `~` first.
+    /// Whether every change is listed (none beyond [`LISTED`]).
+    pub fn is_complete(&self) -> bool {
+        self.counts.added == self.added.len()
+            && self.counts.removed == self.removed.len()
+            && self.counts.changed == self.changed.len()
+    }
+
+    fn add(&mut self, k: &str, v: &str) {
+        self.counts.added += 1;
+        if self.added.len() < LISTED {
+            self.added.push((k.to_string(), v.to_string()));
+        }
+    }
+
+    fn remove(&mut self, k: &str, v: &str) {
+        self.counts.removed += 1;
+        if self.removed.len() < LISTED {
+            self.removed.push((k.to_string(), v.to_string()));
+        }
+    }
+
+    fn change(&mut self, k: &str, old: &str, new: &str) {
+        self.counts.changed += 1;
+        if self.changed.len() < LISTED {
+            self.changed
+                .push((k.to_string(), old.to_string(), new.to_string()));
+        }
+    }
+
+    /// One line per change listed, `+`, `-` or `~` first, and a last line
+    /// with the number of changes not listed, if any.
     pub fn lines(&self) -> Vec<String> {
         let mut out = Vec::new();
         for (d, v) in &self.added {
@@ -274,23 +320,59 @@ impl MapDiff {
         for (d, old, new) in &self.changed {
             out.push(format!("~ {d} {old} -> {new}"));
         }
+        let unlisted = self.counts.added + self.counts.removed + self.counts.changed
+            - self.added.len()
+            - self.removed.len()
+            - self.changed.len();
+        if unlisted > 0 {
+            out.push(format!("... and {unlisted} more changes"));
+        }
         out
     }
 }
 
 /// The difference from `before` to `after`.
 pub fn diff(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>) -> MapDiff {
+    diff_entries(before.iter().map(|(k, v)| (k.as_str(), v.as_str())), after)
+}
+
+/// The difference from a map file's text (as [`map_text`] writes it) to
+/// `after`, without holding the text's entries apart from it.
+pub fn diff_text(before: &str, after: &BTreeMap<String, String>) -> MapDiff {
+    diff_entries(map_lines(before), after)
+}
+
+/// The entries of a map file's text, in order (comments and blank lines skipped).
+fn map_lines(text: &str) -> impl Iterator<Item = (&str, &str)> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.split_once(char::is_whitespace)?;
+            Some((k, v.trim()))
+        })
+}
+
+fn diff_entries<'a>(
+    before: impl Iterator<Item = (&'a str, &'a str)>,
+    after: &BTreeMap<String, String>,
+) -> MapDiff {
     let mut d = MapDiff::default();
-    for (k, v) in after {
-        match before.get(k) {
-            None => d.added.push((k.clone(), v.clone())),
-            Some(old) if old != v => d.changed.push((k.clone(), old.clone(), v.clone())),
-            Some(_) => {}
+    let mut kept: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    for (k, old) in before {
+        match after.get_key_value(k) {
+            None => d.remove(k, old),
+            Some((key, new)) => {
+                // A key written twice counts once, as Postfix reads it.
+                if kept.insert(key.as_str()) && new != old {
+                    d.change(k, old, new);
+                }
+            }
         }
     }
-    for (k, v) in before {
-        if !after.contains_key(k) {
-            d.removed.push((k.clone(), v.clone()));
+    for (k, v) in after {
+        if !kept.contains(k.as_str()) {
+            d.add(k, v);
         }
     }
     d
@@ -311,6 +393,7 @@ mod tests {
             }
         };
         Route {
+            peer: d.to_string(),
             domain: Domain::parse(d).unwrap(),
             next_hop,
             addrs: vec![addr],
@@ -567,5 +650,29 @@ mod tests {
             )]
         );
         assert!(diff(&b, &b).is_empty());
+        assert!(d.is_complete());
+        assert_eq!(diff_text(&map_text(&before.maps[2].1), &after.maps[2].1), d);
+    }
+
+    #[test]
+    fn a_big_diff_is_counted_in_full_and_listed_in_part() {
+        let after: BTreeMap<String, String> = (0..LISTED + 5)
+            .map(|i| (format!("d{i:05}.example"), "OK".to_string()))
+            .collect();
+        let before = "# header\nold.example OK\nd00000.example OLD\n";
+        let d = diff_text(before, &after);
+        assert_eq!(
+            d.counts,
+            DiffCounts {
+                added: LISTED + 4,
+                removed: 1,
+                changed: 1
+            }
+        );
+        assert!(!d.is_complete());
+        assert_eq!(d.added.len(), LISTED);
+        let lines = d.lines();
+        assert_eq!(lines.len(), LISTED + 3);
+        assert_eq!(lines.last().unwrap(), "... and 4 more changes");
     }
 }

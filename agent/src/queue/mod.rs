@@ -120,7 +120,9 @@ impl Queue {
         let inner = &*self.inner;
         let _one = inner.scanning.lock().await;
         let at = inner.clock.now_unix();
-        let scan = Arc::new(scan::read(inner.postfix.as_ref(), &inner.store, at).await);
+        let previous = self.last_scan().map(|s| Arc::clone(&s.routing));
+        let scan =
+            Arc::new(scan::read(inner.postfix.as_ref(), &inner.store, at, previous.as_ref()).await);
         *lock(&inner.last) = Some(Arc::clone(&scan));
         scan
     }
@@ -414,12 +416,7 @@ impl Queue {
                 (f.probe_due(messages, says, now), f.due(now))
             };
             if probe {
-                let targets = probe::targets(
-                    scan.routes
-                        .iter()
-                        .filter(|r| r.peer == name)
-                        .map(|r| (&r.addrs[..], r.entry.next_hop.port())),
-                );
+                let targets = scan.routing.targets.get(&name).cloned().unwrap_or_default();
                 let me = self.clone();
                 work.spawn(async move {
                     let at = Instant::now();

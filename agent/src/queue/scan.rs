@@ -4,15 +4,16 @@
 //! runs `postqueue -j` through [`crate::postfix`], nothing here does I/O.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 use mxfed_proto::control::{HeldStatus, QueueDomain, QueuePeer, QueueView, ReasonCount};
-use mxfed_proto::list::Entry;
 use mxfed_proto::msg::{Held, QueueReport, MAX_REPORT_DOMAINS};
 
 use crate::clock::rfc3339;
-use crate::mailq::{DomainDepth, PeerTally, TOP_REASONS};
+use crate::mailq::{DomainDepth, Owners, PeerTally, TOP_REASONS};
 use crate::postfix::Postfix;
-use crate::store::{RelayRoute, Store, ANY_EXPIRY};
+use crate::store::{Store, ANY_EXPIRY};
 
 /// Queued mail by peer name or by domain.
 pub(crate) type Depths = HashMap<String, DomainDepth>;
@@ -27,16 +28,81 @@ pub(crate) struct Scan {
     /// Per peer name, and per domain; or why the queue could not be read.
     pub result: Result<(Depths, Depths), String>,
     /// The routes the tally was made for.
-    pub routes: Vec<RelayRoute>,
+    pub routing: Arc<Routing>,
+}
+
+/// What a scan needs of the accepted routes: each domain's friend, and
+/// each friend's next-hop addresses (for probes). Made from the store once
+/// per [`Store::routes_generation`] and shared by the scans after, so a
+/// scan costs what is in the queue, not the size of the lists.
+#[derive(Debug, Default)]
+pub(crate) struct Routing {
+    generation: u64,
+    pub owners: Arc<Owners>,
+    /// Per friend, the addresses its relayed mail goes to.
+    pub targets: HashMap<String, Vec<SocketAddr>>,
+}
+
+impl Routing {
+    /// The routing for the store's routes now: `previous` if they have not
+    /// changed since it was made.
+    pub(crate) async fn now(
+        store: &Store,
+        at: i64,
+        previous: Option<&Arc<Routing>>,
+    ) -> Result<Arc<Routing>, String> {
+        let generation = store.routes_generation();
+        if let Some(p) = previous.filter(|p| p.generation == generation) {
+            return Ok(Arc::clone(p));
+        }
+        // Mail held for a list past its grace period is still held: count it.
+        let routes = store
+            .relay_routes(at, ANY_EXPIRY)
+            .await
+            .map_err(|e| e.to_string())?;
+        /// A next hop: its checked addresses and its port.
+        type Hop<'a> = (&'a [std::net::IpAddr], Option<u16>);
+        let mut hops: HashMap<String, Vec<Hop>> = HashMap::new();
+        for r in &routes {
+            let peer = hops.entry(r.peer.clone()).or_default();
+            let hop = (&r.addrs[..], r.entry.next_hop.port());
+            if !peer.contains(&hop) {
+                peer.push(hop);
+            }
+        }
+        let targets = hops
+            .into_iter()
+            .map(|(peer, hops)| (peer, super::probe::targets(hops.into_iter())))
+            .collect();
+        let owners = Owners::new(
+            routes
+                .iter()
+                .map(|r| (r.peer.clone(), r.entry.domain.to_string())),
+        );
+        Ok(Arc::new(Routing {
+            generation,
+            owners: Arc::new(owners),
+            targets,
+        }))
+    }
 }
 
 impl Scan {
-    /// The entries relayed for one friend.
-    pub(crate) fn entries_of<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Entry> + 'a {
-        self.routes
-            .iter()
-            .filter(move |r| r.peer == name)
-            .map(|r| &r.entry)
+    /// The domains of one friend that I hold mail for, with their depths.
+    pub(crate) fn domains_of<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> impl Iterator<Item = (&'a str, &'a DomainDepth)> + 'a {
+        let domains = match &self.result {
+            Ok((_, domains)) => Some(domains),
+            Err(_) => None,
+        };
+        let owners = &self.routing.owners;
+        domains
+            .into_iter()
+            .flatten()
+            .filter(move |(d, _)| owners.owner(d) == Some(name))
+            .map(|(d, depth)| (d.as_str(), depth))
     }
 
     /// What I hold for one friend, for the flusher (`None`: unreadable).
@@ -60,46 +126,45 @@ impl Scan {
 
     /// The friend's domains I hold mail for.
     pub(crate) fn domains_with_mail(&self, name: &str) -> Vec<String> {
-        match &self.result {
-            Err(_) => Vec::new(),
-            Ok((_, domains)) => self
-                .entries_of(name)
-                .filter(|e| {
-                    domains
-                        .get(e.domain.as_str())
-                        .is_some_and(|d| d.messages > 0)
-                })
-                .map(|e| e.domain.to_string())
-                .collect(),
-        }
+        let mut v: Vec<String> = self
+            .domains_of(name)
+            .filter(|(_, d)| d.messages > 0)
+            .map(|(d, _)| d.to_string())
+            .collect();
+        v.sort();
+        v
     }
 }
 
-/// Reads the queue at `at`, tallied per friend and per domain.
-pub(crate) async fn read(postfix: Option<&Postfix>, store: &Store, at: i64) -> Scan {
-    // Mail held for a list past its grace period is still held: count it.
-    let routes = store.relay_routes(at, ANY_EXPIRY).await;
-    let (result, routes) = match (postfix, routes) {
-        (None, _) => (Err("Postfix integration is off".to_string()), Vec::new()),
-        (_, Err(e)) => (Err(e.to_string()), Vec::new()),
-        (Some(postfix), Ok(routes)) => {
-            let mut tally = PeerTally::new(
-                routes
-                    .iter()
-                    .map(|r| (r.peer.clone(), r.entry.domain.to_string())),
-            );
+/// Reads the queue at `at`, tallied per friend and per domain; `previous`
+/// is the routing of the scan before, kept if the routes did not change.
+pub(crate) async fn read(
+    postfix: Option<&Postfix>,
+    store: &Store,
+    at: i64,
+    previous: Option<&Arc<Routing>>,
+) -> Scan {
+    let routing = Routing::now(store, at, previous).await;
+    let (result, routing) = match (postfix, routing) {
+        (None, _) => (
+            Err("Postfix integration is off".to_string()),
+            Arc::default(),
+        ),
+        (_, Err(e)) => (Err(e), Arc::default()),
+        (Some(postfix), Ok(routing)) => {
+            let mut tally = PeerTally::with_owners(Arc::clone(&routing.owners));
             let result = match postfix.read_queue(|l| tally.add_line(l)).await {
                 Ok(()) => Ok((tally.peers, tally.domains.domains)),
                 Err(e) => Err(e.to_string()),
             };
-            (result, routes)
+            (result, routing)
         }
     };
     Scan {
         at,
         taken: tokio::time::Instant::now(),
         result,
-        routes,
+        routing,
     }
 }
 
@@ -116,15 +181,11 @@ fn held(d: &DomainDepth) -> Held {
 pub(crate) fn report_for(name: &str, scan: &Scan, mta_accepting: bool) -> QueueReport {
     let (held_total, domains) = match &scan.result {
         Err(_) => (None, Vec::new()),
-        Ok((peers, domains)) => {
+        Ok((peers, _)) => {
             let total = peers.get(name).map(held).unwrap_or_default();
             let mut mine: Vec<(String, Held)> = scan
-                .entries_of(name)
-                .filter_map(|e| {
-                    domains
-                        .get(e.domain.as_str())
-                        .map(|d| (e.domain.to_string(), held(d)))
-                })
+                .domains_of(name)
+                .map(|(d, depth)| (d.to_string(), held(depth)))
                 .collect();
             mine.sort_by(|a, b| a.0.cmp(&b.0));
             mine.truncate(MAX_REPORT_DOMAINS);
@@ -141,29 +202,27 @@ pub(crate) fn report_for(name: &str, scan: &Scan, mta_accepting: bool) -> QueueR
 /// `mxfed queue` from a scan, per peer.
 pub(crate) fn queue_view(scan: &Scan) -> QueueView {
     let empty = Depths::new();
-    let (known, error, peer_depths, domain_depths) = match &scan.result {
-        Ok((p, d)) => (true, None, p, d),
-        Err(e) => (false, Some(e.clone()), &empty, &empty),
+    let (known, error, peer_depths) = match &scan.result {
+        Ok((p, _)) => (true, None, p),
+        Err(e) => (false, Some(e.clone()), &empty),
     };
-    let mut names: Vec<String> = scan.routes.iter().map(|r| r.peer.clone()).collect();
+    let mut names: Vec<String> = scan.routing.owners.names().to_vec();
     names.sort();
-    names.dedup();
     let peers = names
         .into_iter()
         .map(|name| {
             let total = peer_depths.get(&name).cloned().unwrap_or_default();
-            let domains = scan
-                .entries_of(&name)
-                .filter_map(|e| {
-                    domain_depths.get(e.domain.as_str()).map(|d| QueueDomain {
-                        domain: e.domain.to_string(),
-                        messages: d.messages,
-                        recipients: d.recipients,
-                        bytes: d.bytes,
-                        oldest_arrival: d.oldest_arrival.map(rfc3339),
-                    })
+            let mut domains: Vec<QueueDomain> = scan
+                .domains_of(&name)
+                .map(|(domain, d)| QueueDomain {
+                    domain: domain.to_string(),
+                    messages: d.messages,
+                    recipients: d.recipients,
+                    bytes: d.bytes,
+                    oldest_arrival: d.oldest_arrival.map(rfc3339),
                 })
                 .collect();
+            domains.sort_by(|a, b| a.domain.cmp(&b.domain));
             QueuePeer {
                 messages: total.messages,
                 recipients: total.recipients,
