@@ -909,3 +909,181 @@ fn bench_sync_100000_domains_with_mx_checks() {
         big.1
     );
 }
+
+/// Issue 13, part 5: 1,000 `kill -9` of the backup's agent at random
+/// points (0 to 1.5 s after it answers) while its friend keeps changing its
+/// list: single domains every 300 ms, a batch of 1,000 in and out every
+/// few seconds, over a base of 5,000 (so some applies patch a map, others
+/// build it whole). After each kill, every map is whole (its compiled
+/// file answers exactly what its source says: one apply's version, old or
+/// new), a domain listed all along still gets RCPT 250, and `PRAGMA
+/// integrity_check` says ok. At the end the backup converges on the list.
+/// `MXFED_SOAK_ROUNDS` sets the number of rounds (default 1,000).
+#[test]
+#[ignore]
+fn bench_soak_kill_9_while_lists_change() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let rounds: usize = std::env::var("MXFED_SOAK_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let pf = PostfixInstance::start("mail.bravo.example", "");
+    let mut alpha = Agent::init("alpha");
+    let mut bravo = Agent::init("bravo");
+    let _dns = mail_dns(&[&alpha, &bravo]);
+    bravo.use_postfix(&pf);
+    bravo.configure("verify_mx = \"off\"");
+    assert_ok(&bravo.mxfed(&["postfix", "setup"]), "postfix setup");
+    start_and_pair(&mut alpha, &mut bravo);
+    let base = domain_file(alpha.dir.path(), 5_000);
+    alpha.domains(&[
+        "add",
+        "stable.example",
+        "--from-file",
+        base.to_str().unwrap(),
+    ]);
+    wait_for("the base list relayed", || {
+        pf.rcpt("x@stable.example") == 250
+    });
+    bravo.stop();
+    let batch = alpha.dir.path().join("batch.txt");
+    std::fs::write(
+        &batch,
+        (0..1000)
+            .map(|i| format!("b{i:04}.batch.example\n"))
+            .collect::<String>(),
+    )
+    .unwrap();
+
+    // The friend changes its list all along.
+    let stop = Arc::new(AtomicBool::new(false));
+    let changer = {
+        let stop = Arc::clone(&stop);
+        let (config, batch) = (alpha.config(), batch.clone());
+        std::thread::spawn(move || {
+            let domains = |args: &[&str]| {
+                let out = Command::new(env!("CARGO_BIN_EXE_mxfed"))
+                    .arg("--config")
+                    .arg(&config)
+                    .arg("domains")
+                    .args(args)
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "domains {}: {}",
+                    args[0],
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            };
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                domains(&["add", &format!("s{n}.soak.example")]);
+                if n > 5 {
+                    domains(&["remove", &format!("s{}.soak.example", n - 5)]);
+                }
+                match n % 20 {
+                    10 => domains(&["add", "--from-file", batch.to_str().unwrap()]),
+                    0 => {
+                        let names: Vec<String> = (0..1000)
+                            .map(|i| format!("b{i:04}.batch.example"))
+                            .collect();
+                        let mut args = vec!["remove"];
+                        args.extend(names.iter().map(String::as_str));
+                        domains(&args);
+                    }
+                    _ => {}
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        })
+    };
+
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    let mut random = move |below: u64| {
+        // xorshift64
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % below
+    };
+    let t0 = Instant::now();
+    let mut applied_between = 0usize;
+    for round in 1..=rounds {
+        let applies_before = bravo
+            .log_text()
+            .matches("postfix relay maps applied")
+            .count();
+        bravo.start();
+        std::thread::sleep(Duration::from_millis(random(1500)));
+        bravo.kill();
+        let applies_after = bravo
+            .log_text()
+            .matches("postfix relay maps applied")
+            .count();
+        applied_between += applies_after - applies_before;
+        for name in [
+            "transport",
+            "relay_domains",
+            "relay_recipients",
+            "tls_policy",
+        ] {
+            let db = pf
+                .dump("hash", name)
+                .unwrap_or_else(|e| panic!("round {round}: {name} unreadable: {e}"));
+            let source = std::fs::read_to_string(pf.etc().join("mxfed").join(name)).unwrap();
+            let written: std::collections::BTreeMap<String, String> = source
+                .lines()
+                .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+                .filter_map(|l| l.split_once(' '))
+                .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+                .collect();
+            assert_eq!(
+                db.len(),
+                written.len(),
+                "round {round}: {name} is not one version"
+            );
+            assert!(
+                db == written,
+                "round {round}: {name} differs from its source"
+            );
+        }
+        assert_eq!(
+            pf.rcpt("x@stable.example"),
+            250,
+            "round {round}: a domain listed all along is refused"
+        );
+        let check = bravo.integrity_check();
+        assert_eq!(check, "ok", "round {round}: integrity_check");
+        if round % 50 == 0 {
+            eprintln!(
+                "{round} kills in {:.0} s, every map whole and the database ok each time",
+                t0.elapsed().as_secs_f64()
+            );
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    changer.join().unwrap();
+    bravo.start();
+    let listed = || {
+        let out = alpha.mxfed(&["domains", "list", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["domains"].as_array().unwrap().len()
+    };
+    let want = listed();
+    let t1 = Instant::now();
+    wait_for("converged", || {
+        pf.dump("hash", "transport").map(|m| m.len()) == Ok(want)
+    });
+    eprintln!(
+        "{rounds} kill -9 in {:.0} s ({applied_between} applies finished between start and kill); converged on {want} domains {:.1} s after the last start",
+        t0.elapsed().as_secs_f64(),
+        t1.elapsed().as_secs_f64()
+    );
+}

@@ -125,6 +125,26 @@ impl Agent {
             });
     }
 
+    /// `PRAGMA integrity_check` on the agent's database: "ok" when whole.
+    pub fn integrity_check(&self) -> String {
+        let db = self.data_dir().join("mxfed.db");
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                use sqlx::Connection;
+                let url = format!("sqlite://{}", db.display());
+                let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                let rows: Vec<(String,)> = sqlx::query_as("PRAGMA integrity_check")
+                    .fetch_all(&mut conn)
+                    .await
+                    .unwrap();
+                conn.close().await.unwrap();
+                rows.into_iter().map(|r| r.0).collect::<Vec<_>>().join("; ")
+            })
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(self.log()).unwrap_or_default()
     }
