@@ -32,7 +32,8 @@ use crate::clock::{rfc3339, Clock};
 use crate::config::Config;
 use crate::dns::Dns;
 use crate::postfix::render::{
-    diff_text, render_maps, MapDiff, Route, FRIENDS, RELAY_RECIPIENTS, TLS_POLICY, TRANSPORT,
+    diff_text, render_maps, MapDiff, Route, FRIENDS, RELAY_DOMAINS, RELAY_RECIPIENTS, TLS_POLICY,
+    TRANSPORT,
 };
 use crate::postfix::Postfix;
 use crate::store::{ApplyRecord, Store};
@@ -69,8 +70,11 @@ struct Inner {
     failed: AtomicU64,
     /// Unix time of the last successful apply (0: none since start).
     last_ok: AtomicI64,
-    /// No apply has run since start (see the startup reload in `apply_now`).
+    /// No apply has run since start (see the startup rebuild in `apply_now`).
     first: AtomicBool,
+    /// The next apply builds every map whole: the last one failed, so the
+    /// compiled maps in force may not say what their sources say.
+    whole_next: AtomicBool,
     /// For friends' mail hosts' addresses (the friends map).
     dns: Dns,
     /// Each friend's mail host's addresses as last found, kept when a
@@ -176,6 +180,7 @@ impl Relay {
                 failed: AtomicU64::new(0),
                 last_ok: AtomicI64::new(0),
                 first: AtomicBool::new(true),
+                whole_next: AtomicBool::new(false),
                 dns,
                 friend_addrs: Mutex::new(HashMap::new()),
             }),
@@ -224,6 +229,9 @@ impl Relay {
             dry_run,
             result: "failed".into(),
             changes: Vec::new(),
+            added: 0,
+            removed: 0,
+            changed: 0,
             total: 0,
             step: None,
             error: None,
@@ -345,9 +353,12 @@ impl Relay {
         }
         let change = changes.get(TRANSPORT).cloned().unwrap_or_default();
         report.changes = change.lines();
+        report.added = change.counts.added as u32;
+        report.removed = change.counts.removed as u32;
+        report.changed = change.counts.changed as u32;
         // Recipients are summed up, not listed: there may be a million.
         let mut others_changed = false;
-        for name in [RELAY_RECIPIENTS, FRIENDS, TLS_POLICY] {
+        for name in [RELAY_DOMAINS, RELAY_RECIPIENTS, FRIENDS, TLS_POLICY] {
             let Some(d) = changes.get(name).filter(|d| !d.is_empty()) else {
                 continue;
             };
@@ -358,7 +369,7 @@ impl Relay {
                 d.counts.removed
             ));
         }
-        // relay_domains says nothing the transport map does not.
+        // The domains relayed: the transport map's keys.
         report.total = maps
             .maps
             .iter()
@@ -370,21 +381,41 @@ impl Relay {
         }
         let first = inner.first.swap(false, Ordering::Relaxed);
         if change.is_empty() && !others_changed && postfix.maps_exist() {
-            // A crash between renaming the maps and reloading leaves new maps
-            // that running daemons may not have picked up: reload at startup.
-            if first && postfix.is_running().await {
-                match postfix.reload().await {
+            // A crash between renaming one compiled map and its source, or
+            // between renaming the maps and reloading, leaves a compiled map
+            // that may not say what its source says, or that running
+            // daemons have not picked up: at startup, build every map whole
+            // from the sources that match the list held, and reload.
+            if first {
+                let running = postfix.is_running().await;
+                match postfix.apply(&maps, running).await {
                     Ok(()) => tracing::info!(
-                        "maps unchanged; reloaded Postfix once at startup in case an earlier run stopped between installing maps and reloading"
+                        "maps unchanged; built them whole once at startup (and reloaded Postfix) in case an earlier run stopped in the middle of an apply"
                     ),
-                    Err(e) => tracing::warn!("startup reload: {e}"),
+                    Err(e) => {
+                        inner.whole_next.store(true, Ordering::Relaxed);
+                        tracing::warn!("startup rebuild of the maps: {e}");
+                    }
                 }
             }
             report.result = "unchanged".into();
             return report;
         }
         let planned_ms = started.elapsed().as_millis() as u64;
-        let outcome = postfix.apply_changes(&maps, &changes, true).await;
+        // Patching a copy of a compiled map is only as good as the compiled
+        // map: after a start or a failure, every map is built whole.
+        let whole = inner.whole_next.load(Ordering::Relaxed) || first;
+        let outcome = match whole {
+            true => postfix.apply(&maps, true).await,
+            false => match postfix.apply_changes(&maps, &changes, true).await {
+                Ok(done) => {
+                    tracing::debug!(built = ?done.built, patched = ?done.patched, "maps installed");
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
+        };
+        inner.whole_next.store(outcome.is_err(), Ordering::Relaxed);
         tracing::debug!(
             read_ms,
             planned_ms,

@@ -268,6 +268,15 @@ pub fn status_table(r: &StatusReport) {
     }
 }
 
+/// The changes an apply report stands for: the transport map's in all, or
+/// (where only other maps change) the lines.
+fn counted(r: &ApplyReport) -> usize {
+    match (r.added + r.removed + r.changed) as usize {
+        0 => r.changes.len(),
+        n => n,
+    }
+}
+
 /// `mxfed apply`.
 pub fn apply_report(r: &ApplyReport) {
     for c in &r.changes {
@@ -280,13 +289,13 @@ pub fn apply_report(r: &ApplyReport) {
         ),
         "planned" => println!(
             "dry run: {} change(s) would be applied ({} domains afterwards)",
-            r.changes.len(),
+            counted(r),
             r.total
         ),
         "unchanged" => println!("the maps in force already match ({} domains)", r.total),
         "applied" => println!(
             "applied {} change(s); {} domains relayed",
-            r.changes.len(),
+            counted(r),
             r.total
         ),
         _ => println!(

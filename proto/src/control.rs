@@ -226,8 +226,19 @@ pub struct ApplyReport {
     /// `applied`, `unchanged`, `planned` (dry run) or `failed`.
     pub result: String,
     /// One line per change to the transport map: `+ domain relay:[host]`,
-    /// `- domain ...`, `~ domain old -> new`.
+    /// `- domain ...`, `~ domain old -> new` (at most 1,000 of each kind,
+    /// then `... and N more changes`), and a line per other map changed.
     pub changes: Vec<String>,
+    /// Domains added to, removed from and re-targeted in the transport
+    /// map, in all.
+    #[serde(default)]
+    pub added: u32,
+    /// See `added`.
+    #[serde(default)]
+    pub removed: u32,
+    /// See `added`.
+    #[serde(default)]
+    pub changed: u32,
     /// Domains relayed afterwards.
     pub total: u32,
     /// The step that failed.

@@ -111,38 +111,32 @@ impl Agent {
     /// Runs one SQL statement on the agent's database, as a disk fault or a
     /// careless admin would change it.
     pub fn sql(&self, statement: &str) {
+        self.sql_rows(statement);
+    }
+
+    /// Runs one SQL statement on the agent's database and returns the
+    /// first column of each row it returns, as text.
+    pub fn sql_rows(&self, statement: &str) -> Vec<String> {
         let db = self.data_dir().join("mxfed.db");
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap()
             .block_on(async {
-                use sqlx::Connection;
+                use sqlx::{Connection, Row};
                 let url = format!("sqlite://{}", db.display());
                 let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
-                sqlx::query(statement).execute(&mut conn).await.unwrap();
+                let rows = sqlx::query(statement).fetch_all(&mut conn).await.unwrap();
                 conn.close().await.unwrap();
-            });
+                rows.iter()
+                    .map(|r| r.try_get::<String, _>(0).unwrap_or_default())
+                    .collect()
+            })
     }
 
     /// `PRAGMA integrity_check` on the agent's database: "ok" when whole.
     pub fn integrity_check(&self) -> String {
-        let db = self.data_dir().join("mxfed.db");
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(async {
-                use sqlx::Connection;
-                let url = format!("sqlite://{}", db.display());
-                let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
-                let rows: Vec<(String,)> = sqlx::query_as("PRAGMA integrity_check")
-                    .fetch_all(&mut conn)
-                    .await
-                    .unwrap();
-                conn.close().await.unwrap();
-                rows.into_iter().map(|r| r.0).collect::<Vec<_>>().join("; ")
-            })
+        self.sql_rows("PRAGMA integrity_check").join("; ")
     }
 
     pub fn log_text(&self) -> String {
@@ -328,6 +322,27 @@ pub fn start_and_pair(a: &mut Agent, b: &mut Agent) {
     wait_for("both sides connected", || {
         a.connected_to(&bn) && b.connected_to(&an)
     });
+}
+
+/// alpha and bravo, paired, with bravo backing alpha up on `pf` (set up
+/// by `mxfed postfix setup`, with `bravo_extra` in its config); the DNS
+/// server serves their mail hosts and `records`, and must be kept.
+pub fn backup_pair(
+    pf: &PostfixInstance,
+    bravo_extra: &str,
+    records: &[Rec],
+) -> (Agent, Agent, DnsServer) {
+    let mut alpha = Agent::init("alpha");
+    let mut bravo = Agent::init("bravo");
+    let mut dns = mail_dns(&[&alpha, &bravo]);
+    if !records.is_empty() {
+        dns.restart(&["example"], records);
+    }
+    bravo.use_postfix(pf);
+    bravo.configure(bravo_extra);
+    assert_ok(&bravo.mxfed(&["postfix", "setup"]), "postfix setup");
+    start_and_pair(&mut alpha, &mut bravo);
+    (alpha, bravo, dns)
 }
 
 /// Starts two agents and pairs them: `b` joins `a`'s invite.

@@ -7,6 +7,10 @@
 //!   is atomic, `postmap` on a live `hash:` file is not), then `postfix
 //!   reload`. If a step fails, the previous maps are put back and the error
 //!   names the step. At no point is there no map in place.
+//!   [`Postfix::apply_changes`] does the same for the maps that change
+//!   only, and builds a map with few changes from a copy of its compiled
+//!   file in force (`postmap -i -r`, `postmap -d`), checking the keys that
+//!   changed.
 //! - [`Postfix::plan_setup`] / [`Postfix::setup`]: the one-time wiring of
 //!   `relay_domains`, `transport_maps` and `relay_recipient_maps` in
 //!   main.cf, refusing to make an open relay or to strand the recipients of
@@ -35,6 +39,15 @@ use render::{
     map_text, parse_map, MapDiff, RelayMaps, FRIENDS, RELAY_DOMAINS, RELAY_RECIPIENTS, TLS_POLICY,
     TRANSPORT,
 };
+
+/// What [`Postfix::apply_changes`] did to each map it changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Maps built whole.
+    pub built: Vec<String>,
+    /// Maps patched from a copy of their compiled file.
+    pub patched: Vec<String>,
+}
 
 /// Name of the directory inside the Postfix config dir that holds our maps.
 pub const MAP_DIR: &str = "mxfed";
@@ -362,7 +375,9 @@ impl Postfix {
     /// Installs `maps` as described in the module docs. On error, the maps
     /// in force before are in force again, and the error names the step.
     pub async fn apply(&self, maps: &RelayMaps, reload: bool) -> Result<(), PostfixError> {
-        self.apply_changes(maps, &HashMap::new(), reload).await
+        self.apply_changes(maps, &HashMap::new(), reload)
+            .await
+            .map(|_| ())
     }
 
     /// [`Postfix::apply`], knowing what changed in each map since the maps
@@ -377,13 +392,13 @@ impl Postfix {
         maps: &RelayMaps,
         changes: &HashMap<&str, MapDiff>,
         reload: bool,
-    ) -> Result<(), PostfixError> {
+    ) -> Result<Applied, PostfixError> {
         let dir = self.map_dir();
         ensure_dir(&dir).await?;
         cleanup_temp(&dir).await;
         // 1. Build every new map beside the live one and check it. On a
         // failure (a full disk, say) nothing half built is left behind.
-        let touched = match self.build(maps, changes).await {
+        let (touched, patched) = match self.build(maps, changes).await {
             Ok(t) => t,
             Err(e) => {
                 cleanup_temp(&dir).await;
@@ -397,9 +412,10 @@ impl Postfix {
                 let prev = dir.join(format!("{name}{s}.prev"));
                 let _ = tokio::fs::remove_file(&prev).await;
                 if live.exists() {
-                    tokio::fs::hard_link(&live, &prev).await.map_err(|e| {
-                        err("install maps", format!("keep {}: {e}", live.display()))
-                    })?;
+                    if let Err(e) = tokio::fs::hard_link(&live, &prev).await {
+                        cleanup_temp(&dir).await;
+                        return Err(err("install maps", format!("keep {}: {e}", live.display())));
+                    }
                 }
             }
         }
@@ -412,19 +428,27 @@ impl Postfix {
                 return Err(self.roll_back(&touched, e).await);
             }
         }
-        Ok(())
+        Ok(Applied {
+            built: touched
+                .iter()
+                .filter(|n| !patched.contains(n))
+                .map(|n| n.to_string())
+                .collect(),
+            patched: patched.iter().map(|n| n.to_string()).collect(),
+        })
     }
 
     /// Step 1 of [`Postfix::apply_changes`]: builds `NAME.new` (and its
     /// compiled file) for each map that changes, checks it, and returns
-    /// the names of those maps.
+    /// the names of those maps, and of those among them patched.
     async fn build<'m>(
         &self,
         maps: &'m RelayMaps,
         changes: &HashMap<&str, MapDiff>,
-    ) -> Result<Vec<&'m str>, PostfixError> {
+    ) -> Result<(Vec<&'m str>, Vec<&'m str>), PostfixError> {
         let dir = self.map_dir();
         let mut touched: Vec<&str> = Vec::new();
+        let mut patched: Vec<&str> = Vec::new();
         for (name, entries) in &maps.maps {
             let live = dir.join(name);
             let live_db = dir.join(format!("{name}{}", self.suffix_of(name)));
@@ -443,7 +467,10 @@ impl Postfix {
             if let Some(change) = small {
                 let new_db = dir.join(format!("{name}.new{}", self.suffix_of(name)));
                 match self.patch(&live_db, &new_db, &map, change).await {
-                    Ok(()) => continue,
+                    Ok(()) => {
+                        patched.push(name);
+                        continue;
+                    }
                     Err(e) => tracing::warn!(
                         "{name}: patching a copy of the map in force failed ({e}); building it whole"
                     ),
@@ -455,7 +482,7 @@ impl Postfix {
             }
             self.verify(&map, entries.iter()).await?;
         }
-        Ok(touched)
+        Ok((touched, patched))
     }
 
     /// Makes `new_db` a copy of `live_db` with `change` made to it
@@ -481,8 +508,15 @@ impl Postfix {
             put.push_str(&format!("{k} {v}\n"));
         }
         if !put.is_empty() {
-            self.run("postmap", "postmap", &["-i", map], Some(put.as_bytes()))
-                .await?;
+            // -r: a key already there takes the new value (without it,
+            // postmap keeps the old one and only warns).
+            self.run(
+                "postmap",
+                "postmap",
+                &["-i", "-r", map],
+                Some(put.as_bytes()),
+            )
+            .await?;
         }
         let gone: Vec<String> = change.removed.iter().map(|(k, _)| k.clone()).collect();
         if !gone.is_empty() {
@@ -513,7 +547,8 @@ impl Postfix {
     }
 
     /// Checks that `map` answers each of `entries` (key, value) as given,
-    /// streaming `postmap -q -` output instead of holding it as a map.
+    /// walking `postmap -q -` output beside them instead of making a map
+    /// of it.
     async fn verify<'a>(
         &self,
         map: &str,

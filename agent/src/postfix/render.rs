@@ -359,9 +359,14 @@ fn diff_entries<'a>(
 ) -> MapDiff {
     let mut d = MapDiff::default();
     let mut kept: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    let mut gone: std::collections::HashSet<&str> = std::collections::HashSet::new();
     for (k, old) in before {
         match after.get_key_value(k) {
-            None => d.remove(k, old),
+            None => {
+                if gone.insert(k) {
+                    d.remove(k, old);
+                }
+            }
             Some((key, new)) => {
                 // A key written twice counts once, as Postfix reads it.
                 if kept.insert(key.as_str()) && new != old {

@@ -37,7 +37,9 @@ pub(crate) struct Scan {
 /// scan costs what is in the queue, not the size of the lists.
 #[derive(Debug, Default)]
 pub(crate) struct Routing {
-    generation: u64,
+    /// The store's routes generation it was made at; `None`: not made
+    /// from the store (the store could not be read), never reused.
+    generation: Option<u64>,
     pub owners: Arc<Owners>,
     /// Per friend, the addresses its relayed mail goes to.
     pub targets: HashMap<String, Vec<SocketAddr>>,
@@ -52,7 +54,7 @@ impl Routing {
         previous: Option<&Arc<Routing>>,
     ) -> Result<Arc<Routing>, String> {
         let generation = store.routes_generation();
-        if let Some(p) = previous.filter(|p| p.generation == generation) {
+        if let Some(p) = previous.filter(|p| p.generation == Some(generation)) {
             return Ok(Arc::clone(p));
         }
         // Mail held for a list past its grace period is still held: count it.
@@ -62,13 +64,10 @@ impl Routing {
             .map_err(|e| e.to_string())?;
         /// A next hop: its checked addresses and its port.
         type Hop<'a> = (&'a [std::net::IpAddr], Option<u16>);
-        let mut hops: HashMap<String, Vec<Hop>> = HashMap::new();
+        let mut hops: HashMap<String, std::collections::HashSet<Hop>> = HashMap::new();
         for r in &routes {
-            let peer = hops.entry(r.peer.clone()).or_default();
             let hop = (&r.addrs[..], r.entry.next_hop.port());
-            if !peer.contains(&hop) {
-                peer.push(hop);
-            }
+            hops.entry(r.peer.clone()).or_default().insert(hop);
         }
         let targets = hops
             .into_iter()
@@ -80,7 +79,7 @@ impl Routing {
                 .map(|r| (r.peer.clone(), r.entry.domain.to_string())),
         );
         Ok(Arc::new(Routing {
-            generation,
+            generation: Some(generation),
             owners: Arc::new(owners),
             targets,
         }))
