@@ -1038,13 +1038,7 @@ fn bench_soak_kill_9_while_lists_change() {
             let db = pf
                 .dump("hash", name)
                 .unwrap_or_else(|e| panic!("round {round}: {name} unreadable: {e}"));
-            let source = std::fs::read_to_string(pf.etc().join("mxfed").join(name)).unwrap();
-            let written: std::collections::BTreeMap<String, String> = source
-                .lines()
-                .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-                .filter_map(|l| l.split_once(' '))
-                .map(|(k, v)| (k.to_string(), v.trim().to_string()))
-                .collect();
+            let written = pf.map_source(name);
             assert_eq!(
                 db.len(),
                 written.len(),

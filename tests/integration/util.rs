@@ -910,6 +910,17 @@ impl PostfixInstance {
         std::fs::read_to_string(self.etc().join("main.cf")).unwrap()
     }
 
+    /// The entries of mxfed's map source `<etc>/mxfed/NAME`, as written.
+    pub fn map_source(&self, name: &str) -> std::collections::BTreeMap<String, String> {
+        std::fs::read_to_string(self.etc().join("mxfed").join(name))
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .filter_map(|l| l.split_once(' '))
+            .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+            .collect()
+    }
+
     /// `postmap -s TYPE:<etc>/mxfed/NAME`: every key/value of a live map db,
     /// or an error if the db is missing or unreadable.
     pub fn dump(
