@@ -379,35 +379,27 @@ impl Relay {
             report.result = "planned".into();
             return report;
         }
+        // Patching a copy of a compiled map is only as good as the compiled
+        // map. A crash between renaming one compiled map and its source, or
+        // between renaming the maps and reloading, leaves a compiled map
+        // that may not say what its source says, or that running daemons
+        // have not picked up; so does a failed rollback. So the first apply
+        // after a start, and the one after a failure, build every map
+        // whole from the list held and reload, even if nothing changed.
         let first = inner.first.swap(false, Ordering::Relaxed);
-        if change.is_empty() && !others_changed && postfix.maps_exist() {
-            // A crash between renaming one compiled map and its source, or
-            // between renaming the maps and reloading, leaves a compiled map
-            // that may not say what its source says, or that running
-            // daemons have not picked up: at startup, build every map whole
-            // from the sources that match the list held, and reload.
-            if first {
-                let running = postfix.is_running().await;
-                match postfix.apply(&maps, running).await {
-                    Ok(()) => tracing::info!(
-                        "maps unchanged; built them whole once at startup (and reloaded Postfix) in case an earlier run stopped in the middle of an apply"
-                    ),
-                    Err(e) => {
-                        inner.whole_next.store(true, Ordering::Relaxed);
-                        tracing::warn!("startup rebuild of the maps: {e}");
-                    }
-                }
-            }
+        let whole = first || inner.whole_next.load(Ordering::Relaxed);
+        let unchanged = change.is_empty() && !others_changed && postfix.maps_exist();
+        if unchanged && !whole {
             report.result = "unchanged".into();
             return report;
         }
+        // A change needs Postfix running (it is retried until it is); a
+        // rebuild of unchanged maps reloads only a running Postfix.
+        let reload = !unchanged || postfix.is_running().await;
         let planned_ms = started.elapsed().as_millis() as u64;
-        // Patching a copy of a compiled map is only as good as the compiled
-        // map: after a start or a failure, every map is built whole.
-        let whole = inner.whole_next.load(Ordering::Relaxed) || first;
         let outcome = match whole {
-            true => postfix.apply(&maps, true).await,
-            false => match postfix.apply_changes(&maps, &changes, true).await {
+            true => postfix.apply(&maps, reload).await,
+            false => match postfix.apply_changes(&maps, &changes, reload).await {
                 Ok(done) => {
                     tracing::debug!(built = ?done.built, patched = ?done.patched, "maps installed");
                     Ok(())
@@ -416,6 +408,12 @@ impl Relay {
             },
         };
         inner.whole_next.store(outcome.is_err(), Ordering::Relaxed);
+        if whole && unchanged && outcome.is_ok() {
+            tracing::info!(
+                "maps unchanged; built them whole once {} in case the maps in force do not say what their sources say",
+                if first { "at startup" } else { "after a failed apply" }
+            );
+        }
         tracing::debug!(
             read_ms,
             planned_ms,

@@ -231,13 +231,10 @@ pub struct ApplyReport {
     pub changes: Vec<String>,
     /// Domains added to, removed from and re-targeted in the transport
     /// map, in all.
-    #[serde(default)]
     pub added: u32,
     /// See `added`.
-    #[serde(default)]
     pub removed: u32,
     /// See `added`.
-    #[serde(default)]
     pub changed: u32,
     /// Domains relayed afterwards.
     pub total: u32,

@@ -420,12 +420,12 @@ impl Postfix {
             }
         }
         if let Err(e) = self.install(&touched, "new").await {
-            return Err(self.roll_back(&touched, e).await);
+            return Err(self.roll_back(&touched, e, reload).await);
         }
         // 3. Make Postfix use them now.
         if reload {
             if let Err(e) = self.reload().await {
-                return Err(self.roll_back(&touched, e).await);
+                return Err(self.roll_back(&touched, e, reload).await);
             }
         }
         Ok(Applied {
@@ -635,7 +635,12 @@ impl Postfix {
     /// Puts the `*.prev` maps back (best effort) and reloads. Returns
     /// `failure`, with what went wrong in rolling back added to its message
     /// (so `mxfed history` shows it, not only the log).
-    async fn roll_back(&self, names: &[&str], mut failure: PostfixError) -> PostfixError {
+    async fn roll_back(
+        &self,
+        names: &[&str],
+        mut failure: PostfixError,
+        reload: bool,
+    ) -> PostfixError {
         let dir = self.map_dir();
         let mut problems = Vec::new();
         for name in names {
@@ -651,7 +656,11 @@ impl Postfix {
             }
         }
         cleanup_temp(&dir).await;
-        if let Err(e) = self.reload().await {
+        // (Not asked to reload, as for a stopped Postfix: nothing to undo.)
+        if let Err(e) = match reload {
+            true => self.reload().await,
+            false => Ok(()),
+        } {
             tracing::warn!("after rolling back the maps: {e}");
             // A reload that failed the first time is expected to fail again.
             if failure.step != "postfix reload" {

@@ -64,7 +64,8 @@ impl Routing {
             .map_err(|e| e.to_string())?;
         /// A next hop: its checked addresses and its port.
         type Hop<'a> = (&'a [std::net::IpAddr], Option<u16>);
-        let mut hops: HashMap<String, std::collections::HashSet<Hop>> = HashMap::new();
+        // Ordered, so the probes try the same addresses first each time.
+        let mut hops: HashMap<String, std::collections::BTreeSet<Hop>> = HashMap::new();
         for r in &routes {
             let hop = (&r.addrs[..], r.entry.next_hop.port());
             hops.entry(r.peer.clone()).or_default().insert(hop);
