@@ -180,16 +180,6 @@ impl Owners {
     pub fn names(&self) -> &[String] {
         &self.names
     }
-
-    /// How many domains are relayed.
-    pub fn len(&self) -> usize {
-        self.by_domain.len()
-    }
-
-    /// Whether no domain is relayed.
-    pub fn is_empty(&self) -> bool {
-        self.by_domain.is_empty()
-    }
 }
 
 /// Running totals for the watched domains.

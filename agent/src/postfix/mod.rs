@@ -313,11 +313,6 @@ impl Postfix {
         }
     }
 
-    /// The transport map in force, as written (empty if none yet).
-    pub async fn live_transport(&self) -> BTreeMap<String, String> {
-        self.live_map(TRANSPORT).await
-    }
-
     /// One of mxfed's maps in force, as written (empty if none yet).
     pub async fn live_map(&self, name: &str) -> BTreeMap<String, String> {
         parse_map(&self.live_text(name).await)
@@ -344,8 +339,17 @@ impl Postfix {
         map: &str,
         keys: &[String],
     ) -> Result<BTreeMap<String, String>, PostfixError> {
+        if keys.is_empty() {
+            return Ok(BTreeMap::new());
+        }
         let mut input = keys.join("\n");
         input.push('\n');
+        Ok(parse_map(&self.lookup(map, &input).await?))
+    }
+
+    /// `postmap -q - MAP` with `input` (one key a line) on stdin: a line
+    /// `key value` for each key found, in the order asked.
+    async fn lookup(&self, map: &str, input: &str) -> Result<String, PostfixError> {
         let out = self
             .run(
                 "verify (postmap -q)",
@@ -355,21 +359,16 @@ impl Postfix {
             )
             .await;
         // postmap -q exits 1 when no key is found at all.
-        let out = match out {
-            Ok(o) => o,
+        match out {
+            Ok(o) => Ok(o),
             // ... but also on a fatal error (a missing or unreadable table):
             // only a quiet exit 1 means "not found", or a local domain would
             // slip through as not local.
-            Err(e)
-                if keys.is_empty()
-                    || (e.message.contains("(exit status: 1)")
-                        && !e.message.contains("fatal:")) =>
-            {
-                String::new()
+            Err(e) if e.message.contains("(exit status: 1)") && !e.message.contains("fatal:") => {
+                Ok(String::new())
             }
-            Err(e) => return Err(e),
-        };
-        Ok(parse_map(&out))
+            Err(e) => Err(e),
+        }
     }
 
     /// Installs `maps` as described in the module docs. On error, the maps
@@ -564,28 +563,10 @@ impl Postfix {
         if wanted == 0 {
             return Ok(());
         }
-        let out = match self
-            .run(
-                "verify (postmap -q)",
-                "postmap",
-                &["-q", "-", map],
-                Some(input.as_bytes()),
-            )
-            .await
-        {
-            Ok(o) => o,
-            // Exit 1 without a fatal error: no key found at all.
-            Err(e) if e.message.contains("(exit status: 1)") && !e.message.contains("fatal:") => {
-                String::new()
-            }
-            Err(e) => return Err(e),
-        };
+        let out = self.lookup(map, &input).await?;
         drop(input);
         // One line per key found, in the order asked.
-        let mut found = out.lines().filter_map(|l| {
-            let (k, v) = l.split_once(char::is_whitespace)?;
-            Some((k, v.trim()))
-        });
+        let mut found = render::map_lines(&out);
         let mut next = found.next();
         for (k, v) in entries {
             match next {
