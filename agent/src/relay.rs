@@ -16,7 +16,7 @@
 //! only between applies, and [`Relay::close`] waits for one in progress and
 //! refuses new ones.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,14 +26,15 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use mxfed_proto::control::{ApplyReport, HistoryEntry};
+use mxfed_proto::domain::NextHop;
 use mxfed_proto::PeerId;
 
 use crate::clock::{rfc3339, Clock};
 use crate::config::Config;
 use crate::dns::Dns;
 use crate::postfix::render::{
-    diff_text, render_maps, MapDiff, Route, FRIENDS, RELAY_DOMAINS, RELAY_RECIPIENTS, TLS_POLICY,
-    TRANSPORT,
+    diff_text, map_text, patch_text, render_maps, tls_policy, Hop, MapDiff, Route, FRIENDS,
+    RELAY_DOMAINS, RELAY_RECIPIENTS, TLS_POLICY, TRANSPORT,
 };
 use crate::postfix::Postfix;
 use crate::store::{ApplyRecord, Store};
@@ -52,7 +53,7 @@ pub const MIN_APPLY_GAP: Duration = Duration::from_secs(5);
 /// The relay service's handle; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Relay {
-    triggers: mpsc::UnboundedSender<String>,
+    triggers: mpsc::UnboundedSender<Trigger>,
     inner: Arc<Inner>,
 }
 
@@ -82,9 +83,19 @@ struct Inner {
     friend_addrs: Mutex<HashMap<PeerId, Vec<IpAddr>>>,
 }
 
+/// Why an apply is asked for, and for which domains alone (`None`: any).
+struct Trigger {
+    text: String,
+    domains: Option<Vec<String>>,
+}
+
+/// Most domains an apply patches the relay maps for; more are rendered
+/// whole (a big change costs a whole render anyway).
+const MAX_PATCHED_DOMAINS: usize = 1_000;
+
 /// The apply worker: the task that serves [`Relay::request_apply`].
 pub(crate) struct ApplyWorker {
-    triggers: mpsc::UnboundedReceiver<String>,
+    triggers: mpsc::UnboundedReceiver<Trigger>,
     relay: Relay,
 }
 
@@ -194,11 +205,27 @@ impl Relay {
 
     /// Asks the worker to bring Postfix in line; `trigger` goes into the history.
     pub(crate) fn request_apply(&self, trigger: impl Into<String>) {
+        self.send(Trigger {
+            text: trigger.into(),
+            domains: None,
+        });
+    }
+
+    /// [`Relay::request_apply`] after the accepted set changed for
+    /// `domains` alone (and nothing else the maps are made of).
+    pub(crate) fn request_apply_of(&self, trigger: impl Into<String>, domains: Vec<String>) {
+        self.send(Trigger {
+            text: trigger.into(),
+            domains: Some(domains),
+        });
+    }
+
+    fn send(&self, trigger: Trigger) {
         if self.inner.postfix.is_none() {
             return;
         }
         // After shutdown the worker is gone; the next start converges anyway.
-        let _ = self.triggers.send(trigger.into());
+        let _ = self.triggers.send(trigger);
     }
 
     /// Applies since start, for the metrics.
@@ -225,6 +252,20 @@ impl Relay {
 
     /// Renders the maps from the store and, unless `dry_run`, installs them.
     pub(crate) async fn apply_now(&self, trigger: &str, dry_run: bool) -> ApplyReport {
+        self.apply(trigger, dry_run, None).await
+    }
+
+    /// [`Relay::apply_now`]; with `only`, the accepted set changed for
+    /// those domains alone (a list's changes, a re-check), so the relay
+    /// maps are patched from their text in force for those domains (see
+    /// [`render::patch_text`]) instead of rendered from every route:
+    /// a one-domain change to a list of 100,000 reads one route.
+    async fn apply(
+        &self,
+        trigger: &str,
+        dry_run: bool,
+        only: Option<&BTreeSet<String>>,
+    ) -> ApplyReport {
         let mut report = ApplyReport {
             dry_run,
             result: "failed".into(),
@@ -252,14 +293,24 @@ impl Relay {
             report.error = Some("the agent is shutting down".into());
             return report;
         }
-        let routes = match inner
-            .store
-            .relay_routes(
-                inner.clock.now_unix(),
-                inner.config.expired_list_grace.0.as_secs() as i64,
-            )
-            .await
-        {
+        // Only from maps in force that say what their sources say (see the
+        // whole rebuild below), and for a few domains.
+        let only: Option<Vec<&str>> = only
+            .filter(|o| {
+                !dry_run
+                    && o.len() <= MAX_PATCHED_DOMAINS
+                    && !inner.first.load(Ordering::Relaxed)
+                    && !inner.whole_next.load(Ordering::Relaxed)
+                    && postfix.maps_exist()
+            })
+            .map(|o| o.iter().map(String::as_str).collect());
+        let now = inner.clock.now_unix();
+        let grace = inner.config.expired_list_grace.0.as_secs() as i64;
+        let routes = match &only {
+            Some(domains) => inner.store.relay_routes_of(now, grace, domains).await,
+            None => inner.store.relay_routes(now, grace).await,
+        };
+        let routes = match routes {
             Ok(r) => r,
             Err(e) => {
                 report.step = Some("read accepted entries".into());
@@ -267,9 +318,11 @@ impl Relay {
                 return report;
             }
         };
-        let now = inner.clock.now_unix();
-        let grace = inner.config.expired_list_grace.0.as_secs() as i64;
-        let mut recipients = match inner.store.relay_recipients(now, grace).await {
+        let recipients = inner
+            .store
+            .relay_recipients(now, grace, only.as_deref())
+            .await;
+        let mut recipients = match recipients {
             Ok(r) => r,
             Err(e) => {
                 report.step = Some("read friends' recipients".into());
@@ -343,13 +396,69 @@ impl Relay {
         // a stricter default of the admin's is left to apply.
         let at_least_may = param("smtp_tls_security_level")
             .is_some_and(|l| l.is_empty() || l.eq_ignore_ascii_case("none"));
-        let tls = crate::postfix::render::tls_policy(&routes, &pins, pinnable, at_least_may);
+        let tls = match &only {
+            // Every next hop, not only those of the domains that changed.
+            Some(_) => match inner.store.relay_hops(now, grace).await {
+                Ok(hops) => {
+                    let hops: Vec<(String, NextHop, Vec<IpAddr>)> = hops
+                        .into_iter()
+                        .map(|(peer, hop, mut addrs)| {
+                            if !postfix.multiple_next_hops() {
+                                addrs.truncate(1);
+                            }
+                            (peer, hop, addrs)
+                        })
+                        .collect();
+                    let hops = hops.iter().map(|(peer, next_hop, addrs)| Hop {
+                        peer,
+                        next_hop,
+                        addrs,
+                    });
+                    tls_policy(hops, &pins, pinnable, at_least_may)
+                }
+                Err(e) => {
+                    report.step = Some("read accepted entries".into());
+                    report.error = Some(e.to_string());
+                    return report;
+                }
+            },
+            None => tls_policy(routes.iter().map(Route::hop), &pins, pinnable, at_least_may),
+        };
         let maps = render_maps(&routes).with_friends(&friends).with_tls(tls);
+        drop(routes);
         let read_ms = started.elapsed().as_millis() as u64;
-        // What changes in each map, from the maps in force as written.
+        // What changes in each map, from the maps in force as written; for
+        // a few domains, the new text of the maps keyed by them too.
         let mut changes: HashMap<&str, MapDiff> = HashMap::new();
+        let mut texts: Vec<(&'static str, String)> = Vec::new();
+        let mut total = None;
+        let only: Option<std::collections::HashSet<&str>> = only.map(|o| o.into_iter().collect());
         for (name, wanted) in &maps.maps {
-            changes.insert(name, diff_text(&postfix.live_text(name).await, wanted));
+            let live = postfix.live_text(name).await;
+            let Some(domains) = &only else {
+                changes.insert(name, diff_text(&live, wanted));
+                continue;
+            };
+            let owned = |key: &str| {
+                // relay_recipients is keyed by address or `@domain`.
+                let domain = match *name {
+                    RELAY_RECIPIENTS => key.rsplit_once('@').map_or(key, |(_, d)| d),
+                    _ => key,
+                };
+                domains.contains(&domain)
+            };
+            let (text, diff) = match *name {
+                RELAY_DOMAINS | RELAY_RECIPIENTS | TRANSPORT => {
+                    let (text, diff, count) = patch_text(&live, owned, wanted);
+                    if *name == TRANSPORT {
+                        total = Some(count);
+                    }
+                    (text, diff)
+                }
+                _ => (map_text(wanted), diff_text(&live, wanted)),
+            };
+            texts.push((name, text));
+            changes.insert(name, diff);
         }
         let change = changes.get(TRANSPORT).cloned().unwrap_or_default();
         report.changes = change.lines();
@@ -370,11 +479,12 @@ impl Relay {
             ));
         }
         // The domains relayed: the transport map's keys.
-        report.total = maps
-            .maps
-            .iter()
-            .find(|(n, _)| *n == TRANSPORT)
-            .map_or(0, |(_, m)| m.len()) as u32;
+        report.total = total.unwrap_or_else(|| {
+            maps.maps
+                .iter()
+                .find(|(n, _)| *n == TRANSPORT)
+                .map_or(0, |(_, m)| m.len())
+        }) as u32;
         if dry_run {
             report.result = "planned".into();
             return report;
@@ -397,9 +507,16 @@ impl Relay {
         // rebuild of unchanged maps reloads only a running Postfix.
         let reload = !unchanged || postfix.is_running().await;
         let planned_ms = started.elapsed().as_millis() as u64;
-        let outcome = match whole {
-            true => postfix.apply(&maps, reload).await,
-            false => match postfix.apply_changes(&maps, &changes, reload).await {
+        let outcome = match (whole, only.is_some()) {
+            (true, _) => postfix.apply(&maps, reload).await,
+            (false, true) => match postfix.apply_texts(&texts, &changes, reload).await {
+                Ok(done) => {
+                    tracing::debug!(built = ?done.built, patched = ?done.patched, domains = ?only, "maps installed for a few domains");
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
+            (false, false) => match postfix.apply_changes(&maps, &changes, reload).await {
                 Ok(done) => {
                     tracing::debug!(built = ?done.built, patched = ?done.patched, "maps installed");
                     Ok(())
@@ -512,9 +629,12 @@ impl ApplyWorker {
                     Some(t) => triggers.push(t),
                     None => return,
                 },
-                _ = tokio::time::sleep(wait) => triggers.push(match retry.take() {
-                    Some(t) => format!("retry after failure ({t})"),
-                    None => "expiry check".into(),
+                _ = tokio::time::sleep(wait) => triggers.push(Trigger {
+                    text: match retry.take() {
+                        Some(t) => format!("retry after failure ({t})"),
+                        None => "expiry check".into(),
+                    },
+                    domains: None,
                 }),
             }
             self.drain(&mut triggers);
@@ -531,10 +651,21 @@ impl ApplyWorker {
             if cancel.is_cancelled() {
                 return; // the next start's apply converges
             }
-            triggers.dedup();
-            let trigger = summarize(&triggers);
+            // For a few domains only if every trigger was.
+            let mut only: Option<BTreeSet<String>> = Some(BTreeSet::new());
+            for t in &mut triggers {
+                match (&mut only, t.domains.take()) {
+                    (Some(all), Some(domains)) if all.len() <= MAX_PATCHED_DOMAINS => {
+                        all.extend(domains)
+                    }
+                    _ => only = None,
+                }
+            }
+            let mut texts: Vec<String> = triggers.into_iter().map(|t| t.text).collect();
+            texts.dedup();
+            let trigger = summarize(&texts);
             // From here the apply runs to its end, whatever `cancel` says.
-            let report = self.relay.apply_now(&trigger, false).await;
+            let report = self.relay.apply(&trigger, false, only.as_ref()).await;
             if report.result != "unchanged" {
                 last_change = Some(tokio::time::Instant::now());
             }
@@ -543,7 +674,7 @@ impl ApplyWorker {
     }
 
     /// Takes every trigger sent so far.
-    fn drain(&mut self, into: &mut Vec<String>) {
+    fn drain(&mut self, into: &mut Vec<Trigger>) {
         while let Ok(t) = self.triggers.try_recv() {
             into.push(t);
         }

@@ -16,7 +16,7 @@ use sqlx::SqlitePool;
 
 use mxfed_proto::control::EntryState;
 use mxfed_proto::domain::{Domain, NextHop};
-use mxfed_proto::list::{DomainList, Entry};
+use mxfed_proto::list::{DomainList, EncodedEntries, Entry};
 use mxfed_proto::msg::{EntryNote, ListAck};
 use mxfed_proto::recipients::{Recipient, RecipientList};
 use mxfed_proto::token::{TokenId, TokenKey};
@@ -149,6 +149,46 @@ pub struct PeerListMeta {
     pub expires_at: u64,
     /// Unix seconds it was received.
     pub received_at: i64,
+}
+
+/// A verified list's header and entries as [`Store::store_peer_list`]
+/// keeps them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListHead {
+    /// Version.
+    pub version: u64,
+    /// Unix seconds.
+    pub issued_at: u64,
+    /// Unix seconds.
+    pub expires_at: u64,
+    /// The entries, as signed.
+    pub entries: EncodedEntries,
+}
+
+impl From<&DomainList> for ListHead {
+    fn from(list: &DomainList) -> Self {
+        Self {
+            version: list.version,
+            issued_at: list.issued_at,
+            expires_at: list.expires_at,
+            entries: list.encoded_entries(),
+        }
+    }
+}
+
+/// What a peer's list held here comes to (see [`Store::list_summary`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListSummary {
+    /// Entries accepted.
+    pub accepted: u32,
+    /// Entries refused.
+    pub refused: u32,
+    /// Entries pending.
+    pub pending: u32,
+    /// The first refused entries: domain and reason.
+    pub refused_notes: Vec<(String, String)>,
+    /// The first pending entries: domain and reason.
+    pub pending_notes: Vec<(String, String)>,
 }
 
 /// One entry of a peer's list as held, with its state.
@@ -713,30 +753,41 @@ impl Store {
         tx.commit().await.map_err(q)
     }
 
-    /// For each friend's domain accepted here whose friend publishes
-    /// recipients for it: the friend's delimiter and those recipients. The
+    /// For each friend's domain accepted here (among `only`, if given) whose
+    /// friend publishes recipients for it: the friend's delimiter and those
+    /// recipients. The
     /// friend's domain list and recipient list must not have been expired
     /// for longer than `grace` seconds (as for [`Self::relay_routes`]).
     pub async fn relay_recipients(
         &self,
         now: i64,
         grace: i64,
+        only: Option<&[&str]>,
     ) -> Result<HashMap<String, DomainRecipients>, StoreError> {
-        let rows: Vec<(String, String, String)> = sqlx::query_as(
+        let sql = format!(
             "SELECT r.domain, r.item, rl.delimiter FROM peer_recipients r
              JOIN peer_entries e ON e.peer_id = r.peer_id AND e.domain = r.domain AND e.state = 'accepted'
              JOIN peer_recipient_lists rl ON rl.peer_id = r.peer_id
              JOIN peer_lists l ON l.peer_id = r.peer_id
-             WHERE l.expires_at + ? > ? AND rl.expires_at + ? > ?
+             WHERE l.expires_at + ? > ? AND rl.expires_at + ? > ? {}
              ORDER BY r.domain, r.item",
-        )
-        .bind(grace)
-        .bind(now)
-        .bind(grace)
-        .bind(now)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.query_err(e))?;
+            match only {
+                Some(_) => "AND r.domain IN (SELECT value FROM json_each(?))",
+                None => "",
+            }
+        );
+        let mut query = sqlx::query_as(&sql)
+            .bind(grace)
+            .bind(now)
+            .bind(grace)
+            .bind(now);
+        if let Some(domains) = only {
+            query = query.bind(json_names(domains.iter().copied()));
+        }
+        let rows: Vec<(String, String, String)> = query
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.query_err(e))?;
         let mut out: HashMap<String, DomainRecipients> = HashMap::new();
         for (domain, item, delimiter) in rows {
             let d = out.entry(domain).or_default();
@@ -864,6 +915,91 @@ impl Store {
         }))
     }
 
+    /// The version of the list held for a peer and its entries, encoded
+    /// (`None` for a list stored before they were kept).
+    pub async fn peer_list_entries(
+        &self,
+        peer: &PeerId,
+    ) -> Result<Option<(u64, EncodedEntries)>, StoreError> {
+        let row: Option<(i64, Option<Vec<u8>>)> =
+            sqlx::query_as("SELECT version, entries FROM peer_lists WHERE peer_id = ?")
+                .bind(peer.to_string())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| self.query_err(e))?;
+        Ok(row.and_then(|(v, e)| Some((v as u64, EncodedEntries(e?)))))
+    }
+
+    /// The entries held for a peer among `domains` (any order), sorted by
+    /// domain: what a change to a few of 100,000 entries needs to read.
+    pub async fn peer_entries_of(
+        &self,
+        peer: &PeerId,
+        domains: &[&Domain],
+    ) -> Result<Vec<HeldEntry>, StoreError> {
+        let rows: Vec<EntryRow> = sqlx::query_as(
+            "SELECT domain, next_hop, state, reason, addrs FROM peer_entries
+             WHERE peer_id = ? AND domain IN (SELECT value FROM json_each(?)) ORDER BY domain",
+        )
+        .bind(peer.to_string())
+        .bind(json_names(domains.iter().map(|d| d.as_str())))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.query_err(e))?;
+        self.held_entries(rows)
+    }
+
+    /// What a peer's list held here comes to: the number of entries in each
+    /// state, and the first `notes` refused and pending ones (by domain),
+    /// with their reasons; for the acknowledgement, without reading every
+    /// entry.
+    pub async fn list_summary(
+        &self,
+        peer: &PeerId,
+        notes: usize,
+    ) -> Result<ListSummary, StoreError> {
+        let q = |e| self.query_err(e);
+        let id = peer.to_string();
+        let counts: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT state, COUNT(*) FROM peer_entries WHERE peer_id = ? GROUP BY state",
+        )
+        .bind(&id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q)?;
+        let mut summary = ListSummary::default();
+        for (state, n) in counts {
+            let n = n as u32;
+            match EntryState::parse(&state) {
+                Some(EntryState::Accepted) => summary.accepted = n,
+                Some(EntryState::Refused) => summary.refused = n,
+                Some(EntryState::Pending) => summary.pending = n,
+                None => return Err(self.bad("peer_entries.state", state)),
+            }
+        }
+        for state in [EntryState::Refused, EntryState::Pending] {
+            let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+                "SELECT domain, reason FROM peer_entries WHERE peer_id = ? AND state = ?
+                 ORDER BY domain LIMIT ?",
+            )
+            .bind(&id)
+            .bind(state.as_str())
+            .bind(notes as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q)?;
+            let rows = rows
+                .into_iter()
+                .map(|(d, r)| (d, r.unwrap_or_default()))
+                .collect();
+            match state {
+                EntryState::Refused => summary.refused_notes = rows,
+                _ => summary.pending_notes = rows,
+            }
+        }
+        Ok(summary)
+    }
+
     /// The entries held for a peer, sorted by domain.
     pub async fn peer_entries(&self, peer: &PeerId) -> Result<Vec<HeldEntry>, StoreError> {
         let rows: Vec<EntryRow> = sqlx::query_as(
@@ -915,17 +1051,21 @@ impl Store {
             .collect()
     }
 
-    /// Entries accepted for peers other than `except`: the entry, the peer
-    /// that holds it, and the checked addresses of its next hop.
+    /// Entries among `domains` accepted for peers other than `except`: the
+    /// entry, the peer that holds it, and the checked addresses of its next
+    /// hop.
     pub async fn accepted_elsewhere(
         &self,
         except: &PeerId,
+        domains: &[&Domain],
     ) -> Result<Vec<(Entry, PeerId, Vec<IpAddr>)>, StoreError> {
         let rows: Vec<(String, String, String, String)> = sqlx::query_as(
             "SELECT domain, next_hop, peer_id, addrs FROM peer_entries
-             WHERE state = 'accepted' AND peer_id != ?",
+             WHERE state = 'accepted' AND peer_id != ?
+               AND domain IN (SELECT value FROM json_each(?))",
         )
         .bind(except.to_string())
+        .bind(json_names(domains.iter().map(|d| d.as_str())))
         .fetch_all(&self.pool)
         .await
         .map_err(|e| self.query_err(e))?;
@@ -969,7 +1109,7 @@ impl Store {
     pub async fn store_peer_list(
         &self,
         peer: &PeerId,
-        list: &DomainList,
+        list: &ListHead,
         signature: &[u8],
         change: ListChange<'_>,
         now: i64,
@@ -983,10 +1123,11 @@ impl Store {
         let id = peer.to_string();
         let mut tx = self.pool.begin().await.map_err(q)?;
         sqlx::query(
-            "INSERT INTO peer_lists (peer_id, version, issued_at, expires_at, signature, received_at)
-             VALUES (?, ?, ?, ?, ?, ?)
+            "INSERT INTO peer_lists (peer_id, version, issued_at, expires_at, signature, received_at, entries)
+             VALUES (?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT (peer_id) DO UPDATE SET version = excluded.version, issued_at = excluded.issued_at,
-               expires_at = excluded.expires_at, signature = excluded.signature, received_at = excluded.received_at",
+               expires_at = excluded.expires_at, signature = excluded.signature, received_at = excluded.received_at,
+               entries = excluded.entries",
         )
         .bind(&id)
         .bind(list.version as i64)
@@ -994,6 +1135,7 @@ impl Store {
         .bind(list.expires_at as i64)
         .bind(signature)
         .bind(now)
+        .bind(&list.entries.0)
         .execute(&mut *tx)
         .await
         .map_err(q)?;
@@ -1225,18 +1367,46 @@ impl Store {
     /// Accepted entries of lists that have not been expired for longer than
     /// `grace` seconds, with the peer's name: what Postfix should relay.
     pub async fn relay_routes(&self, now: i64, grace: i64) -> Result<Vec<RelayRoute>, StoreError> {
+        self.routes(now, grace, None).await
+    }
+
+    /// [`Self::relay_routes`] for `domains` only: what an apply of a
+    /// change to a few domains reads.
+    pub async fn relay_routes_of(
+        &self,
+        now: i64,
+        grace: i64,
+        domains: &[&str],
+    ) -> Result<Vec<RelayRoute>, StoreError> {
+        self.routes(now, grace, Some(domains)).await
+    }
+
+    async fn routes(
+        &self,
+        now: i64,
+        grace: i64,
+        only: Option<&[&str]>,
+    ) -> Result<Vec<RelayRoute>, StoreError> {
         use futures_util::TryStreamExt;
-        // Row by row: a list of 100,000 is never held twice.
-        let mut rows = sqlx::query_as::<_, (String, String, String, String)>(
+        let sql = format!(
             "SELECT p.name, e.domain, e.next_hop, e.addrs FROM peer_entries e
              JOIN peer_lists l ON l.peer_id = e.peer_id
              JOIN peers p ON p.id = e.peer_id
-             WHERE e.state = 'accepted' AND l.expires_at + ? > ?
+             WHERE e.state = 'accepted' AND l.expires_at + ? > ? {}
              ORDER BY e.domain",
-        )
-        .bind(grace)
-        .bind(now)
-        .fetch(&self.pool);
+            match only {
+                Some(_) => "AND e.domain IN (SELECT value FROM json_each(?))",
+                None => "",
+            }
+        );
+        let mut query = sqlx::query_as::<_, (String, String, String, String)>(&sql)
+            .bind(grace)
+            .bind(now);
+        if let Some(domains) = only {
+            query = query.bind(json_names(domains.iter().copied()));
+        }
+        // Row by row: a list of 100,000 is never held twice.
+        let mut rows = query.fetch(&self.pool);
         let mut routes = Vec::new();
         while let Some((n, d, h, a)) = rows.try_next().await.map_err(|e| self.query_err(e))? {
             routes.push(RelayRoute {
@@ -1247,6 +1417,37 @@ impl Store {
         }
         routes.shrink_to_fit();
         Ok(routes)
+    }
+
+    /// Each distinct (friend, next hop, checked addresses) among the routes
+    /// [`Self::relay_routes`] returns: what the TLS policy map is made of,
+    /// read without reading every route.
+    pub async fn relay_hops(
+        &self,
+        now: i64,
+        grace: i64,
+    ) -> Result<Vec<(String, NextHop, Vec<IpAddr>)>, StoreError> {
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT DISTINCT p.name, e.next_hop, e.addrs FROM peer_entries e
+             JOIN peer_lists l ON l.peer_id = e.peer_id
+             JOIN peers p ON p.id = e.peer_id
+             WHERE e.state = 'accepted' AND l.expires_at + ? > ?
+             ORDER BY p.name, e.next_hop, e.addrs",
+        )
+        .bind(grace)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.query_err(e))?;
+        rows.into_iter()
+            .map(|(n, h, a)| {
+                Ok((
+                    n,
+                    NextHop::parse_canonical(&h).map_err(|_| self.bad("next_hop", &h))?,
+                    self.ips_from("peer_entries.addrs", &a)?,
+                ))
+            })
+            .collect()
     }
 
     /// Records an apply, keeping the last 1,000.
@@ -1388,6 +1589,12 @@ async fn insert_entry(
     Ok(())
 }
 
+/// Names as a JSON array, for `IN (SELECT value FROM json_each(?))`: one
+/// statement for any number of them.
+fn json_names<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
+    serde_json::to_string(&names.into_iter().collect::<Vec<&str>>()).unwrap_or_else(|_| "[]".into())
+}
+
 fn join_ips(addrs: &[IpAddr]) -> String {
     addrs
         .iter()
@@ -1507,7 +1714,7 @@ mod tests {
         let list = DomainList::new(friend.id, 1, 0, i64::MAX as u64 / 2, vec![entry]);
         s.store_peer_list(
             &friend.id,
-            &list,
+            &ListHead::from(&list),
             b"sig",
             ListChange {
                 changed: std::slice::from_ref(&held),
@@ -1525,7 +1732,10 @@ mod tests {
         assert_eq!(routes[0].addrs, addrs);
         let other = peer(2, "other");
         s.insert_peer(&other).await.unwrap();
-        let elsewhere = s.accepted_elsewhere(&other.id).await.unwrap();
+        let elsewhere = s
+            .accepted_elsewhere(&other.id, &[&held.entry.domain])
+            .await
+            .unwrap();
         assert_eq!(elsewhere, [(held.entry.clone(), friend.id, addrs)]);
     }
 
@@ -1560,7 +1770,7 @@ mod tests {
         };
         s.store_peer_list(
             &friend.id,
-            &list(1, &v1),
+            &ListHead::from(&list(1, &v1)),
             b"s",
             ListChange {
                 changed: &v1,
@@ -1576,7 +1786,7 @@ mod tests {
         let v2 = [v1[0].clone(), b2.clone(), d2.clone()];
         s.store_peer_list(
             &friend.id,
-            &list(2, &v2),
+            &ListHead::from(&list(2, &v2)),
             b"s",
             ListChange {
                 changed: &[b2.clone(), d2.clone()],
@@ -1601,6 +1811,108 @@ mod tests {
             .map(|h| h.entry.domain.to_string())
             .collect();
         assert_eq!(due, ["a.example"]);
+        // The list as signed is kept with it, for the next changes.
+        assert_eq!(
+            s.peer_list_entries(&friend.id).await.unwrap(),
+            Some((2, list(2, &v2).encoded_entries()))
+        );
+        // Reads of a few domains read those only.
+        let b = Domain::parse("b.example").unwrap();
+        let c = Domain::parse("c.example").unwrap();
+        assert_eq!(
+            s.peer_entries_of(&friend.id, &[&c, &b]).await.unwrap(),
+            std::slice::from_ref(&b2)
+        );
+        let routes = s
+            .relay_routes_of(10, ANY_EXPIRY, &["b.example", "c.example"])
+            .await
+            .unwrap();
+        assert_eq!(routes.len(), 1);
+        assert_eq!(routes[0].entry, b2.entry);
+        // Every next hop, once.
+        let hops = s.relay_hops(10, ANY_EXPIRY).await.unwrap();
+        let hops: Vec<String> = hops
+            .iter()
+            .map(|(p, h, a)| format!("{p} {h} {a:?}"))
+            .collect();
+        assert_eq!(
+            hops,
+            [
+                "friend mx.a.example [1.2.3.4]",
+                "friend mx.d.example [1.2.3.4]",
+                "friend mx2.b.example [1.2.3.4]"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_list_summary_counts_every_state_and_notes_the_first() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("mxfed.db")).await.unwrap();
+        let friend = peer(1, "friend");
+        s.insert_peer(&friend).await.unwrap();
+        let held: Vec<HeldEntry> = (0..30)
+            .map(|i| HeldEntry {
+                entry: Entry {
+                    domain: Domain::parse(&format!("d{i:02}.example")).unwrap(),
+                    next_hop: NextHop::parse("mail.friend.example").unwrap(),
+                },
+                state: match i % 3 {
+                    0 => EntryState::Accepted,
+                    1 => EntryState::Refused,
+                    _ => EntryState::Pending,
+                },
+                reason: (i % 3 != 0).then(|| format!("why {i}")),
+                addrs: Vec::new(),
+            })
+            .collect();
+        let list = DomainList::new(
+            friend.id,
+            1,
+            0,
+            i64::MAX as u64 / 2,
+            held.iter().map(|h| h.entry.clone()).collect(),
+        );
+        s.store_peer_list(
+            &friend.id,
+            &ListHead::from(&list),
+            b"s",
+            ListChange {
+                changed: &held,
+                ..ListChange::default()
+            },
+            5,
+        )
+        .await
+        .unwrap();
+        let summary = s.list_summary(&friend.id, 3).await.unwrap();
+        assert_eq!(
+            (summary.accepted, summary.refused, summary.pending),
+            (10, 10, 10)
+        );
+        let note = |d: &str, r: &str| (d.to_string(), r.to_string());
+        assert_eq!(
+            summary.refused_notes,
+            [
+                note("d01.example", "why 1"),
+                note("d04.example", "why 4"),
+                note("d07.example", "why 7")
+            ]
+        );
+        assert_eq!(summary.pending_notes[0], note("d02.example", "why 2"));
+        assert_eq!(summary.pending_notes.len(), 3);
+        // Only other peers' accepted entries among those asked for.
+        let other = peer(2, "other");
+        s.insert_peer(&other).await.unwrap();
+        let (d00, d01) = (&held[0].entry.domain, &held[1].entry.domain);
+        let elsewhere = s.accepted_elsewhere(&other.id, &[d00, d01]).await.unwrap();
+        assert_eq!(elsewhere.len(), 1);
+        assert_eq!(&elsewhere[0].0.domain, d00);
+        assert!(s
+            .accepted_elsewhere(&friend.id, &[d00])
+            .await
+            .unwrap()
+            .is_empty());
     }
 
     #[tokio::test]
@@ -1628,9 +1940,15 @@ mod tests {
                 ..ListChange::default()
             }
         }
-        s.store_peer_list(&squatter.id, &list(&squatter), b"s", only(&accepted), 1)
-            .await
-            .unwrap();
+        s.store_peer_list(
+            &squatter.id,
+            &ListHead::from(&list(&squatter)),
+            b"s",
+            only(&accepted),
+            1,
+        )
+        .await
+        .unwrap();
         let refused = HeldEntry {
             state: EntryState::Refused,
             reason: Some("no proof".into()),
@@ -1642,7 +1960,7 @@ mod tests {
             handed: &handed,
             ..only(&accepted)
         };
-        s.store_peer_list(&owner.id, &list(&owner), b"s", change, 2)
+        s.store_peer_list(&owner.id, &ListHead::from(&list(&owner)), b"s", change, 2)
             .await
             .unwrap();
         assert_eq!(s.peer_entries(&squatter.id).await.unwrap(), [refused]);
@@ -1680,7 +1998,7 @@ mod tests {
         );
         s.store_peer_list(
             &friend.id,
-            &list,
+            &ListHead::from(&list),
             &[0; 64],
             ListChange {
                 changed: &entries,

@@ -48,7 +48,7 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             if r.is_complete() {
-                let _ = r.finish(&[]);
+                let _ = r.finish_encoded(&Default::default());
             }
         }
         Some(Response::RecipientHeader(h)) => {

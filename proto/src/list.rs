@@ -192,15 +192,111 @@ pub enum ListError {
 
 fn entries_digest(entries: &[Entry]) -> [u8; 32] {
     let mut ctx = digest::Context::new(&digest::SHA256);
+    let mut record = Vec::new();
     for e in entries {
-        for s in [e.domain.as_str().to_string(), e.next_hop.to_string()] {
-            ctx.update(&(s.len() as u32).to_be_bytes());
-            ctx.update(s.as_bytes());
-        }
+        record.clear();
+        encode_entry(&mut record, e.domain.as_str(), &e.next_hop.to_string());
+        ctx.update(&record);
     }
+    finish_digest(ctx)
+}
+
+fn finish_digest(ctx: digest::Context) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(ctx.finish().as_ref());
     out
+}
+
+/// Appends one entry in the form the list's digest covers: the domain and
+/// the next hop (canonical text), each after its length (u32, big-endian).
+fn encode_entry(out: &mut Vec<u8>, domain: &str, next_hop: &str) {
+    for s in [domain, next_hop] {
+        out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+}
+
+/// The records of [`EncodedEntries`]: (domain, next hop) as text, in order;
+/// `Err` at the first that is cut short or not UTF-8.
+fn encoded_records(bytes: &[u8]) -> impl Iterator<Item = Result<(&str, &str), ListError>> {
+    fn field<'a>(rest: &mut &'a [u8]) -> Result<&'a str, ListError> {
+        let bad = || ListError::Malformed("the entries held are not well formed".into());
+        let (len, tail) = rest.split_first_chunk::<4>().ok_or_else(bad)?;
+        let len = u32::from_be_bytes(*len) as usize;
+        if tail.len() < len {
+            return Err(bad());
+        }
+        let (text, tail) = tail.split_at(len);
+        *rest = tail;
+        std::str::from_utf8(text).map_err(|_| bad())
+    }
+    let mut rest = bytes;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let record = field(&mut rest).and_then(|d| Ok((d, field(&mut rest)?)));
+        if record.is_err() {
+            rest = &[];
+        }
+        Some(record)
+    })
+}
+
+/// A list's entries in the compact form its digest covers (see
+/// [`DomainList::encoded_entries`]): what a receiver keeps to apply the
+/// next changes to, without holding or parsing 100,000 entries.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EncodedEntries(pub Vec<u8>);
+
+impl EncodedEntries {
+    /// The entries as (domain, next hop) text, in order; an `Err` for
+    /// bytes that are not entries stops the walk.
+    pub fn records(&self) -> impl Iterator<Item = Result<(&str, &str), ListError>> {
+        encoded_records(&self.0)
+    }
+}
+
+/// A list received as changes and verified ([`ChangesReceiver::finish_encoded`]):
+/// its header, the changes that made a difference to the list held, and
+/// the whole list's entries, encoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangedList {
+    /// Who signed it.
+    pub signer: PeerId,
+    /// Version.
+    pub version: u64,
+    /// Unix seconds.
+    pub issued_at: u64,
+    /// Unix seconds.
+    pub expires_at: u64,
+    /// The number of entries of the whole list.
+    pub count: u32,
+    /// Entries new or with a new next hop (`Some`), and domains removed
+    /// (`None`), sorted by domain; changes that changed nothing are left out.
+    pub changes: Vec<Change>,
+    /// The whole new list, encoded.
+    pub entries: EncodedEntries,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn signing_bytes(
+    signer: &PeerId,
+    version: u64,
+    issued_at: u64,
+    expires_at: u64,
+    count: u32,
+    digest: &[u8; 32],
+) -> Vec<u8> {
+    let mut m = Vec::with_capacity(SIGNING_PREFIX.len() + 32 + 8 * 3 + 4 + 32);
+    m.extend_from_slice(SIGNING_PREFIX);
+    m.extend_from_slice(signer.public_key());
+    m.extend_from_slice(&version.to_be_bytes());
+    m.extend_from_slice(&issued_at.to_be_bytes());
+    m.extend_from_slice(&expires_at.to_be_bytes());
+    m.extend_from_slice(&count.to_be_bytes());
+    m.extend_from_slice(digest);
+    m
 }
 
 impl DomainList {
@@ -231,15 +327,24 @@ impl DomainList {
 
     /// The bytes the signer signs.
     pub fn signing_bytes(&self) -> Vec<u8> {
-        let mut m = Vec::with_capacity(SIGNING_PREFIX.len() + 32 + 8 * 3 + 4 + 32);
-        m.extend_from_slice(SIGNING_PREFIX);
-        m.extend_from_slice(self.signer.public_key());
-        m.extend_from_slice(&self.version.to_be_bytes());
-        m.extend_from_slice(&self.issued_at.to_be_bytes());
-        m.extend_from_slice(&self.expires_at.to_be_bytes());
-        m.extend_from_slice(&(self.entries.len() as u32).to_be_bytes());
-        m.extend_from_slice(&entries_digest(&self.entries));
-        m
+        signing_bytes(
+            &self.signer,
+            self.version,
+            self.issued_at,
+            self.expires_at,
+            self.entries.len() as u32,
+            &entries_digest(&self.entries),
+        )
+    }
+
+    /// The entries in the form the digest covers, for
+    /// [`ChangesReceiver::finish_encoded`] to apply the next changes to.
+    pub fn encoded_entries(&self) -> EncodedEntries {
+        let mut out = Vec::new();
+        for e in &self.entries {
+            encode_entry(&mut out, e.domain.as_str(), &e.next_hop.to_string());
+        }
+        EncodedEntries(out)
     }
 
     /// The header to send, given the signature over [`Self::signing_bytes`].
@@ -516,12 +621,19 @@ impl ChangesReceiver {
         }
         Ok(())
     }
+}
 
-    /// Applies the changes to `held` (the entries of the version held,
-    /// sorted by domain), checks the count and the signature over the whole
-    /// result; the only way to a list received as changes. A removal of a
-    /// domain not held changes nothing (it was added and removed since).
-    pub fn finish(self, held: &[Entry]) -> Result<DomainList, ListError> {
+impl ChangesReceiver {
+    /// Applies the changes to `held` (the entries of the version held, as
+    /// [`DomainList::encoded_entries`] or an earlier [`ChangedList`] has
+    /// them), checks the count and the signature over the whole result; the
+    /// only way to a list received as changes. A removal of a domain not
+    /// held changes nothing (it was added and removed since). The held entries are
+    /// not parsed (they were checked when they arrived, and the signature
+    /// over the result covers them again), only merged with the changes and
+    /// hashed. So applying one change to a list of 100,000 costs a pass over
+    /// a few megabytes, not 100,000 parsed entries.
+    pub fn finish_encoded(self, held: &EncodedEntries) -> Result<ChangedList, ListError> {
         if !self.is_complete() {
             return Err(ListError::Malformed(format!(
                 "{} changes announced, {} received",
@@ -530,26 +642,85 @@ impl ChangesReceiver {
             )));
         }
         let want = self.header.list.count as usize;
-        let changes = self.changes.into_iter().map(|c| {
-            let entry = c.next_hop.map(|next_hop| Entry {
-                domain: c.domain.clone(),
-                next_hop,
-            });
-            (c.domain, entry)
-        });
-        let entries = apply_changes(held, changes, |e| &e.domain, want)?;
-        let header = self.header.list;
-        let list = DomainList {
-            signer: header.signer,
-            version: header.version,
-            issued_at: header.issued_at,
-            expires_at: header.expires_at,
-            entries,
-        };
-        if !list.signer.verify(&list.signing_bytes(), &header.signature) {
+        let mut out = Vec::with_capacity(held.0.len() + self.bytes + 8 * self.changes.len());
+        let mut count = 0usize;
+        let mut effective = Vec::new();
+        let mut records = encoded_records(&held.0).peekable();
+        let mut changes = self.changes.into_iter().peekable();
+        loop {
+            if count > want {
+                break;
+            }
+            let next_held = match records.peek() {
+                Some(Ok((d, _))) => Some(*d),
+                Some(Err(e)) => return Err(e.clone()),
+                None => None,
+            };
+            let take_change = match (next_held, changes.peek()) {
+                (None, None) => break,
+                (Some(_), None) => false,
+                (None, Some(_)) => true,
+                (Some(d), Some(c)) => c.domain.as_str() <= d,
+            };
+            if !take_change {
+                if let Some(Ok((d, h))) = records.next() {
+                    encode_entry(&mut out, d, h);
+                    count += 1;
+                }
+                continue;
+            }
+            let Some(c) = changes.next() else { break };
+            let held_hop = match records.peek() {
+                Some(Ok((d, h))) if *d == c.domain.as_str() => {
+                    let h = h.to_string();
+                    records.next();
+                    Some(h)
+                }
+                _ => None,
+            };
+            match &c.next_hop {
+                Some(hop) => {
+                    let hop_text = hop.to_string();
+                    encode_entry(&mut out, c.domain.as_str(), &hop_text);
+                    count += 1;
+                    if held_hop.as_deref() != Some(hop_text.as_str()) {
+                        effective.push(c);
+                    }
+                }
+                // A removal of a domain not held changes nothing.
+                None if held_hop.is_some() => effective.push(c),
+                None => {}
+            }
+        }
+        if count != want {
+            return Err(ListError::Malformed(format!(
+                "the changes make a list of {count}{} entries, {want} announced",
+                if count > want { " or more" } else { "" }
+            )));
+        }
+        let mut ctx = digest::Context::new(&digest::SHA256);
+        ctx.update(&out);
+        let l = &self.header.list;
+        let signed = signing_bytes(
+            &l.signer,
+            l.version,
+            l.issued_at,
+            l.expires_at,
+            l.count,
+            &finish_digest(ctx),
+        );
+        if !l.signer.verify(&signed, &l.signature) {
             return Err(ListError::BadSignature);
         }
-        Ok(list)
+        Ok(ChangedList {
+            signer: l.signer,
+            version: l.version,
+            issued_at: l.issued_at,
+            expires_at: l.expires_at,
+            count: l.count,
+            changes: effective,
+            entries: EncodedEntries(out),
+        })
     }
 }
 
@@ -885,12 +1056,29 @@ mod tests {
         chunks: Vec<Vec<WireChange>>,
         from: PeerId,
         held: &DomainList,
-    ) -> Result<DomainList, ListError> {
+    ) -> Result<ChangedList, ListError> {
         let mut r = ChangesReceiver::start(h, from, held.version, 1000)?;
         for c in chunks {
             r.push(c)?;
         }
-        r.finish(held.entries())
+        r.finish_encoded(&held.encoded_entries())
+    }
+
+    /// Whether `got` is `list`, received as changes.
+    fn is_list(got: &ChangedList, list: &DomainList) -> bool {
+        (
+            got.signer,
+            got.version,
+            got.issued_at,
+            got.expires_at,
+            got.count as usize,
+        ) == (
+            list.signer,
+            list.version,
+            list.issued_at,
+            list.expires_at,
+            list.entries().len(),
+        ) && got.entries == list.encoded_entries()
     }
 
     fn hop_entry(d: &str, hop: &str) -> Entry {
@@ -916,11 +1104,57 @@ mod tests {
         let changes = changes_between(held.entries(), list.entries());
         assert_eq!(changes.len(), 4, "{changes:?}");
         let (h, chunks) = changes_of(&list, &k, 3, &changes);
-        assert_eq!(receive_changes(h, chunks, id, &held).unwrap(), list);
+        let got = receive_changes(h, chunks, id, &held).unwrap();
+        assert!(is_list(&got, &list));
+        assert_eq!(got.changes, changes);
         // Nothing changed but the version (a re-signing): no changes at all.
         let resigned = DomainList::new(id, 5, 960, 5000, list.entries().to_vec());
         let (h, chunks) = changes_of(&resigned, &k, 4, &[]);
-        assert_eq!(receive_changes(h, chunks, id, &list).unwrap(), resigned);
+        let got = receive_changes(h, chunks, id, &list).unwrap();
+        assert!(is_list(&got, &resigned) && got.changes.is_empty());
+        // A change that restates an entry held, and the removal of a domain
+        // not held (added and removed since), make the list but are no
+        // changes to judge.
+        let mut restated = vec![
+            Change {
+                domain: list.entries()[5].domain.clone(),
+                next_hop: Some(list.entries()[5].next_hop.clone()),
+            },
+            Change {
+                domain: Domain::parse("zz-gone.example").unwrap(),
+                next_hop: None,
+            },
+        ];
+        restated.sort();
+        let again = DomainList::new(id, 6, 970, 5000, list.entries().to_vec());
+        let (h, chunks) = changes_of(&again, &k, 5, &restated);
+        let got = receive_changes(h, chunks, id, &resigned).unwrap();
+        assert!(is_list(&got, &again) && got.changes.is_empty());
+    }
+
+    #[test]
+    fn entries_held_that_are_cut_short_are_refused_not_trusted() {
+        let (k, id) = key(1);
+        let held = DomainList::new(id, 3, 900, 5000, vec![entry("a.example")]);
+        let list = DomainList::new(
+            id,
+            4,
+            900,
+            5000,
+            vec![entry("a.example"), entry("b.example")],
+        );
+        let changes = changes_between(held.entries(), list.entries());
+        let mut bytes = held.encoded_entries().0;
+        bytes.truncate(bytes.len() - 3);
+        let (h, chunks) = changes_of(&list, &k, 3, &changes);
+        let mut r = ChangesReceiver::start(h, id, 3, 1000).unwrap();
+        for c in chunks {
+            r.push(c).unwrap();
+        }
+        assert!(matches!(
+            r.finish_encoded(&EncodedEntries(bytes)),
+            Err(ListError::Malformed(_))
+        ));
     }
 
     #[test]

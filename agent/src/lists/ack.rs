@@ -2,44 +2,30 @@
 //! what I made of its entries, with capped notes; [`check_ack`] checks one
 //! from a friend about my list before it is stored. Pure.
 
-use mxfed_proto::control::EntryState;
 use mxfed_proto::domain::Domain;
 use mxfed_proto::msg::{EntryNote, ListAck, MAX_ACK_NOTES, MAX_REASON};
 
-use crate::store::HeldEntry;
+use crate::store::ListSummary;
 
-/// Counts and notes for the signer.
-pub(super) fn make_ack(version: u64, held: &[HeldEntry]) -> ListAck {
-    let mut ack = ListAck {
-        version,
-        accepted: 0,
-        refused_count: 0,
-        pending_count: 0,
-        refused: Vec::new(),
-        pending: Vec::new(),
+/// Counts and notes for the signer, from what the store says of its list.
+pub(super) fn make_ack(version: u64, held: &ListSummary) -> ListAck {
+    let notes = |n: &[(String, String)]| -> Vec<EntryNote> {
+        n.iter()
+            .take(MAX_ACK_NOTES)
+            .map(|(domain, reason)| EntryNote {
+                domain: domain.clone(),
+                reason: truncate(reason, MAX_REASON),
+            })
+            .collect()
     };
-    for h in held {
-        let note = || EntryNote {
-            domain: h.entry.domain.to_string(),
-            reason: truncate(h.reason.as_deref().unwrap_or(""), MAX_REASON),
-        };
-        match h.state {
-            EntryState::Accepted => ack.accepted += 1,
-            EntryState::Refused => {
-                ack.refused_count += 1;
-                if ack.refused.len() < MAX_ACK_NOTES {
-                    ack.refused.push(note());
-                }
-            }
-            EntryState::Pending => {
-                ack.pending_count += 1;
-                if ack.pending.len() < MAX_ACK_NOTES {
-                    ack.pending.push(note());
-                }
-            }
-        }
+    ListAck {
+        version,
+        accepted: held.accepted,
+        refused_count: held.refused,
+        pending_count: held.pending,
+        refused: notes(&held.refused_notes),
+        pending: notes(&held.pending_notes),
     }
-    ack
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -86,25 +72,18 @@ pub(super) fn check_ack(ack: &ListAck, my_version: u64) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lists::judge::tests::entry;
 
     #[test]
     fn acks_count_everything_and_cap_notes() {
-        let mut held = Vec::new();
-        for i in 0..1500 {
-            held.push(HeldEntry {
-                entry: entry(&format!("r{i}.example"), "mail.x.example"),
-                state: EntryState::Refused,
-                reason: Some("x".repeat(400)),
-                addrs: Vec::new(),
-            });
-        }
-        held.push(HeldEntry {
-            entry: entry("a.example", "mail.x.example"),
-            state: EntryState::Accepted,
-            reason: None,
-            addrs: Vec::new(),
-        });
+        let held = ListSummary {
+            accepted: 1,
+            refused: 1500,
+            pending: 0,
+            refused_notes: (0..1500)
+                .map(|i| (format!("r{i}.example"), "x".repeat(400)))
+                .collect(),
+            pending_notes: Vec::new(),
+        };
         let ack = make_ack(7, &held);
         assert_eq!(
             (ack.accepted, ack.refused_count, ack.pending_count),

@@ -9,7 +9,9 @@
 
 use std::time::Duration;
 
-use mxfed_proto::list::{ChangesReceiver, DomainList, Entry, ListError, ListReceiver};
+use mxfed_proto::list::{
+    ChangedList, ChangesReceiver, DomainList, EncodedEntries, ListError, ListReceiver,
+};
 use mxfed_proto::msg::{Request, Response};
 use mxfed_proto::PeerId;
 
@@ -29,10 +31,16 @@ pub(super) fn too_soon(version: u64) -> String {
     )
 }
 
+/// A verified list: whole, or as the changes from the one held.
+pub(super) enum Received {
+    Whole(DomainList),
+    Changes(ChangedList),
+}
+
 /// What a fetch came to.
 pub(super) enum Fetched {
     /// A verified list and its signature.
-    List(DomainList, Vec<u8>),
+    List(Received, Vec<u8>),
     /// The sender sent it moments ago and asks to wait: try again after this.
     Later(Duration),
     /// The changes sent did not make the signed list from the one held:
@@ -114,7 +122,8 @@ pub(super) async fn fetch(
                     // Not the list the changes apply to: the whole one will do.
                     Err(why) => return Err(FetchError::NotApplied(why)),
                 };
-                return Ok((list.finish(&held_entries)?, signature));
+                let list = list.finish_encoded(&held_entries)?;
+                return Ok((Received::Changes(list), signature));
             }
             Response::Refused { message } => return Err(FetchError::Nothing(message)),
             other => return Err(FetchError::Unexpected(format!("{other:?}"))),
@@ -128,7 +137,7 @@ pub(super) async fn fetch(
                 other => return Err(FetchError::Unexpected(format!("{other:?}"))),
             }
         }
-        Ok((list.finish()?, signature))
+        Ok((Received::Whole(list.finish()?), signature))
     };
     let result = match tokio::time::timeout(TRANSFER_TIMEOUT, transfer).await {
         Ok(r) => r,
@@ -177,30 +186,20 @@ pub(super) async fn fetch(
     Fetched::Nothing
 }
 
-/// The entries held for `peer`, sorted by domain, if they are version
-/// `held`. (Fetches of one peer's list run one at a time, and the result is
+/// The entries held for `peer`, as signed, if they are version `held`.
+/// (Fetches of one peer's list run one at a time, and the result is
 /// checked against the signature whatever happens in between.)
-async fn held_entries(store: &Store, peer: &PeerId, held: u64) -> Result<Vec<Entry>, String> {
-    let io = |e: crate::store::StoreError| e.to_string();
-    let version = store
-        .peer_list_meta(peer)
-        .await
-        .map_err(io)?
-        .map(|m| m.version);
-    if version != Some(held) {
-        return Err(format!(
-            "the list held changed during the fetch (version {version:?}, not {held})"
-        ));
+async fn held_entries(store: &Store, peer: &PeerId, held: u64) -> Result<EncodedEntries, String> {
+    match store.peer_list_entries(peer).await {
+        Err(e) => Err(e.to_string()),
+        Ok(Some((version, entries))) if version == held => Ok(entries),
+        Ok(Some((version, _))) => Err(format!(
+            "the list held changed during the fetch (version {version}, not {held})"
+        )),
+        Ok(None) => Err(format!(
+            "version {held} was stored by an older mxfed, without its entries as signed"
+        )),
     }
-    let mut entries: Vec<Entry> = store
-        .peer_entries(peer)
-        .await
-        .map_err(io)?
-        .into_iter()
-        .map(|h| h.entry)
-        .collect();
-    entries.sort_by(|a, b| a.domain.cmp(&b.domain));
-    Ok(entries)
 }
 
 async fn read_response(rx: &mut crate::peer::Responses) -> Result<Response, FetchError> {

@@ -61,12 +61,12 @@ use crate::identity::Identity;
 use crate::peer::{Caller, PeerEvent, Peers, Responder};
 use crate::postfix::Postfix;
 use crate::relay::Relay;
-use crate::store::{HeldEntry, ListChange, Store, StoreError};
+use crate::store::{HeldEntry, ListChange, ListHead, Store, StoreError};
 use crate::util::lock;
 
 use ack::{check_ack, make_ack};
 use facts::Gathered;
-use fetch::{Fetched, SERVE_GAP};
+use fetch::{Fetched, Received, SERVE_GAP};
 use judge::{conclusive, judge, Ownership};
 use mine::Mine;
 
@@ -629,46 +629,56 @@ impl Lists {
     /// Judges and stores a verified list, then tells the signer. Only what
     /// changed from the list held (new domains, new next hops) is looked up
     /// and judged; the other entries keep their verdicts until their
-    /// re-check is due.
+    /// re-check is due. A list received as changes is never compared entry
+    /// by entry: its changes are what changed.
     async fn accept_list(
         &self,
         peer: PeerId,
         name: &str,
-        list: DomainList,
+        received: Received,
         signature: Vec<u8>,
     ) -> bool {
         let inner = &*self.inner;
         let started = tokio::time::Instant::now();
-        let held_before = match self.previous_states(&peer).await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!("{e}");
-                return false;
+        // Entries not held as they are (new domains, new next hops), and
+        // domains no longer listed. Fetches of one peer's list run one at a
+        // time and re-checks change only states, so what is held cannot
+        // change until the list is stored.
+        let (head, fresh, removed) = match received {
+            Received::Whole(list) => match self.whole_list_changes(&peer, &list).await {
+                Ok((fresh, removed)) => (ListHead::from(&list), fresh, removed),
+                Err(e) => {
+                    tracing::error!("{e}");
+                    return false;
+                }
+            },
+            Received::Changes(list) => {
+                let mut fresh = Vec::new();
+                let mut removed = Vec::new();
+                for c in list.changes {
+                    match c.next_hop {
+                        Some(next_hop) => fresh.push(Entry {
+                            domain: c.domain,
+                            next_hop,
+                        }),
+                        None => removed.push(c.domain),
+                    }
+                }
+                let head = ListHead {
+                    version: list.version,
+                    issued_at: list.issued_at,
+                    expires_at: list.expires_at,
+                    entries: list.entries,
+                };
+                (head, fresh, removed)
             }
         };
-        // Entries not held as they are: new domains, and new next hops.
-        let not_held = |held: &HashMap<Entry, HeldEntry>| -> Vec<Entry> {
-            list.entries()
-                .iter()
-                .filter(|e| !held.contains_key(*e))
-                .cloned()
-                .collect()
-        };
-        let fresh = not_held(&held_before);
-        drop(held_before);
+        let version = head.version;
         let gathered = self.gather(&fresh).await;
         let judging = inner.judging.lock().await;
-        // Decide against what is held now (a re-check may have run meanwhile).
-        let previous = match self.previous_states(&peer).await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!("{e}");
-                return false;
-            }
-        };
-        let to_judge = not_held(&previous);
+        // (None of these is held as it is: no earlier verdict to keep.)
         let verdicts = match self
-            .judge_with(&peer, &to_judge, &previous, &gathered)
+            .judge_with(&peer, &fresh, &HashMap::new(), &gathered)
             .await
         {
             Ok(v) => v,
@@ -677,14 +687,8 @@ impl Lists {
                 return false;
             }
         };
+        drop(gathered);
         let changed: Vec<HeldEntry> = verdicts.judged.into_iter().map(|j| j.held).collect();
-        let listed: HashSet<&Domain> = list.entries().iter().map(|e| &e.domain).collect();
-        let removed: Vec<Domain> = previous
-            .keys()
-            .map(|e| &e.domain)
-            .filter(|d| !listed.contains(d))
-            .cloned()
-            .collect();
         let handed = match self.handed_over(&verdicts.taken_over).await {
             Ok(h) => h,
             Err(e) => {
@@ -696,7 +700,7 @@ impl Lists {
             .store
             .store_peer_list(
                 &peer,
-                &list,
+                &head,
                 &signature,
                 ListChange {
                     changed: &changed,
@@ -710,23 +714,24 @@ impl Lists {
             tracing::error!(peer = %name, "cannot store domain list: {e}");
             return false;
         }
+        drop(head);
         // What the peer's list now stands at, for the acknowledgement.
-        let mut all: HashMap<Domain, HeldEntry> = previous
-            .into_values()
-            .filter(|h| listed.contains(&h.entry.domain))
-            .map(|h| (h.entry.domain.clone(), h))
-            .collect();
-        for h in &changed {
-            all.insert(h.entry.domain.clone(), h.clone());
-        }
-        let mut held: Vec<HeldEntry> = all.into_values().collect();
-        held.sort_by(|a, b| a.entry.domain.cmp(&b.entry.domain));
+        let summary = inner
+            .store
+            .list_summary(&peer, mxfed_proto::msg::MAX_ACK_NOTES)
+            .await;
         drop(judging);
         self.after_hand_over(&handed).await;
-        let ack = make_ack(list.version, &held);
+        let ack = match summary {
+            Ok(s) => make_ack(version, &s),
+            Err(e) => {
+                tracing::error!("{e}");
+                return false;
+            }
+        };
         tracing::info!(
             peer = %name,
-            version = list.version,
+            version,
             judged = changed.len(),
             removed = removed.len(),
             accepted = ack.accepted,
@@ -739,24 +744,51 @@ impl Lists {
             tracing::info!(peer = %name, domain = %n.domain, "refused: {}", n.reason);
         }
         self.send_ack(peer, ack);
+        let touched = changed
+            .iter()
+            .map(|h| &h.entry.domain)
+            .chain(&removed)
+            .chain(handed.iter().map(|(_, h)| &h.entry.domain))
+            .map(|d| d.as_str().to_string())
+            .collect();
         inner
             .relay
-            .request_apply(format!("list v{} from {name}", list.version));
+            .request_apply_of(format!("list v{version} from {name}"), touched);
         true
     }
 
-    async fn previous_states(
+    /// For a list received whole: its entries not held as they are, and
+    /// the domains held that it no longer lists. Compared with the entries
+    /// as stored, not with the list held as signed: a whole list is what
+    /// settles a store whose two disagree.
+    async fn whole_list_changes(
         &self,
         peer: &PeerId,
-    ) -> Result<HashMap<Entry, HeldEntry>, StoreError> {
-        Ok(self
+        list: &DomainList,
+    ) -> Result<(Vec<Entry>, Vec<Domain>), StoreError> {
+        let held: HashMap<Domain, NextHop> = self
             .inner
             .store
             .peer_entries(peer)
             .await?
             .into_iter()
-            .map(|h| (h.entry.clone(), h))
-            .collect())
+            .map(|h| (h.entry.domain, h.entry.next_hop))
+            .collect();
+        let fresh = list
+            .entries()
+            .iter()
+            .filter(|e| held.get(&e.domain) != Some(&e.next_hop))
+            .cloned()
+            .collect();
+        let removed = held
+            .into_keys()
+            .filter(|d| {
+                list.entries()
+                    .binary_search_by(|e| e.domain.cmp(d))
+                    .is_err()
+            })
+            .collect();
+        Ok((fresh, removed))
     }
 
     /// Everything judging needs from DNS and Postfix, gathered without
@@ -793,7 +825,8 @@ impl Lists {
         let mut holders: HashMap<Domain, PeerId> = HashMap::new();
         let mut taken: HashMap<Domain, bool> = HashMap::new();
         let mut seen_of: HashMap<PeerId, Vec<std::net::IpAddr>> = HashMap::new();
-        for (held, holder, addrs) in inner.store.accepted_elsewhere(peer).await? {
+        let wanted_list: Vec<&Domain> = wanted.iter().copied().collect();
+        for (held, holder, addrs) in inner.store.accepted_elsewhere(peer, &wanted_list).await? {
             let d = held.domain;
             if !wanted.contains(&d) {
                 continue;
@@ -938,7 +971,8 @@ impl Lists {
         };
         for p in peers {
             let judging = inner.judging.lock().await;
-            let Ok(held) = inner.store.peer_entries(&p.id).await else {
+            let domains: Vec<&Domain> = added.iter().copied().collect();
+            let Ok(held) = inner.store.peer_entries_of(&p.id, &domains).await else {
                 continue;
             };
             let changed: Vec<HeldEntry> = held
@@ -967,10 +1001,13 @@ impl Lists {
                 tracing::info!(peer = %p.name, domain = %c.entry.domain, "refused now: it is one of my own domains");
             }
             self.refresh_ack(p.id).await;
-            inner.relay.request_apply(format!(
-                "{} became one of my domains",
-                changed[0].entry.domain
-            ));
+            inner.relay.request_apply_of(
+                format!("{} became one of my domains", changed[0].entry.domain),
+                changed
+                    .iter()
+                    .map(|c| c.entry.domain.as_str().to_string())
+                    .collect(),
+            );
         }
     }
 
@@ -1009,7 +1046,10 @@ impl Lists {
         let Ok(Some(meta)) = store.peer_list_meta(&peer).await else {
             return;
         };
-        match store.peer_entries(&peer).await {
+        match store
+            .list_summary(&peer, mxfed_proto::msg::MAX_ACK_NOTES)
+            .await
+        {
             Ok(held) => self.send_ack(peer, make_ack(meta.version, &held)),
             Err(e) => tracing::error!("{e}"),
         }
@@ -1084,12 +1124,14 @@ impl Lists {
         // it changed: a friend cannot put off its re-checks by republishing.
         let gathered = self.gather(&open).await;
         let judging = inner.judging.lock().await;
+        let domains: Vec<&Domain> = open.iter().map(|e| &e.domain).collect();
         let (Ok(Some(meta)), Ok(held)) = (
             inner.store.peer_list_meta(&peer).await,
-            inner.store.peer_entries(&peer).await,
+            inner.store.peer_entries_of(&peer, &domains).await,
         ) else {
             return;
         };
+        drop(domains);
         let previous: HashMap<Entry, HeldEntry> =
             held.iter().map(|h| (h.entry.clone(), h.clone())).collect();
         let still_held: Vec<Entry> = open
@@ -1135,23 +1177,26 @@ impl Lists {
             .map(|j| j.held)
             .filter(|j| previous.get(&j.entry) != Some(j))
             .collect();
+        let touched: Vec<String> = changed
+            .iter()
+            .chain(handed.iter().map(|(_, h)| h))
+            .map(|h| h.entry.domain.as_str().to_string())
+            .collect();
         if changed.is_empty() {
             drop(judging);
             if !handed.is_empty() {
                 inner
                     .relay
-                    .request_apply(format!("re-check of {name}'s list"));
+                    .request_apply_of(format!("re-check of {name}'s list"), touched);
             }
             self.after_hand_over(&handed).await;
             return;
         }
-        // What the peer's list now stands at: what was held, with the changes.
-        let now_states: HashMap<&Entry, &HeldEntry> =
-            changed.iter().map(|c| (&c.entry, c)).collect();
-        let all: Vec<HeldEntry> = held
-            .iter()
-            .map(|h| now_states.get(&h.entry).map_or(h, |c| *c).clone())
-            .collect();
+        // What the peer's list now stands at.
+        let summary = inner
+            .store
+            .list_summary(&peer, mxfed_proto::msg::MAX_ACK_NOTES)
+            .await;
         drop(judging);
         self.after_hand_over(&handed).await;
         for c in &changed {
@@ -1163,10 +1208,13 @@ impl Lists {
                 "re-checked entry changed state"
             );
         }
-        self.send_ack(peer, make_ack(meta.version, &all));
+        match summary {
+            Ok(summary) => self.send_ack(peer, make_ack(meta.version, &summary)),
+            Err(e) => tracing::error!("{e}"),
+        }
         inner
             .relay
-            .request_apply(format!("re-check of {name}'s list"));
+            .request_apply_of(format!("re-check of {name}'s list"), touched);
     }
 
     // ----- for status and metrics -------------------------------------------

@@ -40,6 +40,12 @@ use render::{
     TRANSPORT,
 };
 
+/// A map to install: its entries, or its whole text as written.
+enum MapSource<'a> {
+    Entries(&'a BTreeMap<String, String>),
+    Text(&'a str),
+}
+
 /// What [`Postfix::apply_changes`] did to each map it changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Applied {
@@ -392,6 +398,34 @@ impl Postfix {
         changes: &HashMap<&str, MapDiff>,
         reload: bool,
     ) -> Result<Applied, PostfixError> {
+        let sources: Vec<(&'static str, MapSource)> = maps
+            .maps
+            .iter()
+            .map(|(n, m)| (*n, MapSource::Entries(m)))
+            .collect();
+        self.install_maps(&sources, changes, reload).await
+    }
+
+    /// [`Postfix::apply_changes`] for maps given as their whole new text
+    /// (as [`render::patch_text`] makes it from the text in force), each
+    /// with what changes in it.
+    pub async fn apply_texts(
+        &self,
+        maps: &[(&'static str, String)],
+        changes: &HashMap<&str, MapDiff>,
+        reload: bool,
+    ) -> Result<Applied, PostfixError> {
+        let sources: Vec<(&'static str, MapSource)> =
+            maps.iter().map(|(n, t)| (*n, MapSource::Text(t))).collect();
+        self.install_maps(&sources, changes, reload).await
+    }
+
+    async fn install_maps(
+        &self,
+        maps: &[(&'static str, MapSource<'_>)],
+        changes: &HashMap<&str, MapDiff>,
+        reload: bool,
+    ) -> Result<Applied, PostfixError> {
         let dir = self.map_dir();
         ensure_dir(&dir).await?;
         cleanup_temp(&dir).await;
@@ -440,15 +474,15 @@ impl Postfix {
     /// Step 1 of [`Postfix::apply_changes`]: builds `NAME.new` (and its
     /// compiled file) for each map that changes, checks it, and returns
     /// the names of those maps, and of those among them patched.
-    async fn build<'m>(
+    async fn build(
         &self,
-        maps: &'m RelayMaps,
+        maps: &[(&'static str, MapSource<'_>)],
         changes: &HashMap<&str, MapDiff>,
-    ) -> Result<(Vec<&'m str>, Vec<&'m str>), PostfixError> {
+    ) -> Result<(Vec<&'static str>, Vec<&'static str>), PostfixError> {
         let dir = self.map_dir();
         let mut touched: Vec<&str> = Vec::new();
         let mut patched: Vec<&str> = Vec::new();
-        for (name, entries) in &maps.maps {
+        for (name, source) in maps {
             let live = dir.join(name);
             let live_db = dir.join(format!("{name}{}", self.suffix_of(name)));
             let in_force = live.exists() && live_db.exists();
@@ -458,7 +492,12 @@ impl Postfix {
             }
             touched.push(name);
             let new = dir.join(format!("{name}.new"));
-            write_file(&new, map_text(entries).as_bytes()).await?;
+            match source {
+                MapSource::Entries(entries) => {
+                    write_file(&new, map_text(entries).as_bytes()).await?
+                }
+                MapSource::Text(text) => write_file(&new, text.as_bytes()).await?,
+            }
             let map = format!("{}:{}", self.map_kind(name), new.display());
             let small = change.filter(|c| {
                 in_force && c.is_complete() && name != &FRIENDS && self.map_type != "cdb"
@@ -479,7 +518,13 @@ impl Postfix {
             if name != &FRIENDS {
                 self.run("postmap", "postmap", &[&map], None).await?;
             }
-            self.verify(&map, entries.iter()).await?;
+            match source {
+                MapSource::Entries(entries) => {
+                    self.verify(&map, entries.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                        .await?
+                }
+                MapSource::Text(text) => self.verify(&map, render::map_lines(text)).await?,
+            }
         }
         Ok((touched, patched))
     }
@@ -532,8 +577,13 @@ impl Postfix {
         let wanted = change
             .added
             .iter()
-            .map(|(k, v)| (k, v))
-            .chain(change.changed.iter().map(|(k, _, v)| (k, v)));
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .chain(
+                change
+                    .changed
+                    .iter()
+                    .map(|(k, _, v)| (k.as_str(), v.as_str())),
+            );
         self.verify(map, wanted).await?;
         let left = self.query(map, &gone).await?;
         if let Some(k) = left.keys().next() {
@@ -551,7 +601,7 @@ impl Postfix {
     async fn verify<'a>(
         &self,
         map: &str,
-        entries: impl Iterator<Item = (&'a String, &'a String)> + Clone,
+        entries: impl Iterator<Item = (&'a str, &'a str)> + Clone,
     ) -> Result<(), PostfixError> {
         let mut input = String::new();
         let mut wanted = 0usize;

@@ -90,6 +90,29 @@ pub fn render_maps(routes: &[Route]) -> RelayMaps {
     }
 }
 
+/// What the TLS policy map is made of: a friend's next hop and its
+/// checked addresses.
+#[derive(Debug, Clone, Copy)]
+pub struct Hop<'r> {
+    /// The friend's name.
+    pub peer: &'r str,
+    /// The next hop (for its port).
+    pub next_hop: &'r NextHop,
+    /// Its checked addresses.
+    pub addrs: &'r [IpAddr],
+}
+
+impl Route {
+    /// The route's next hop, for [`tls_policy`].
+    pub fn hop(&self) -> Hop<'_> {
+        Hop {
+            peer: &self.peer,
+            next_hop: &self.next_hop,
+            addrs: &self.addrs,
+        }
+    }
+}
+
 /// A friend's server keys, as its owner's agent read them from its own
 /// Postfix, and where that agent was seen (so where those keys are).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -123,16 +146,16 @@ pub fn address_key(ip: &IpAddr, next_hop: &NextHop) -> String {
 /// `smtp_tls_security_level` is empty or `none`), else no entry (the
 /// admin's own, stricter policy applies). `pinnable` false (this Postfix
 /// does not compare SHA-256 fingerprints) writes no pins at all.
-pub fn tls_policy(
-    routes: &[Route],
+pub fn tls_policy<'r>(
+    routes: impl Iterator<Item = Hop<'r>> + Clone,
     pins: &std::collections::HashMap<String, Pins>,
     pinnable: bool,
     at_least_may: bool,
 ) -> BTreeMap<String, String> {
     let mut wanted: BTreeMap<String, String> = BTreeMap::new();
-    for r in routes {
+    for r in routes.clone() {
         let pin = pins
-            .get(&r.peer)
+            .get(r.peer)
             .filter(|p| pinnable && !p.fingerprints.is_empty());
         let Some(pin) = pin else {
             continue; // no keys: no opinion on any address
@@ -143,7 +166,7 @@ pub fn tls_policy(
             .map(|f| format!("match={f}"))
             .collect();
         let value = format!("fingerprint {}", matches.join(" "));
-        for ip in &r.addrs {
+        for ip in r.addrs {
             let seen = pin
                 .seen
                 .iter()
@@ -151,7 +174,7 @@ pub fn tls_policy(
             if !seen {
                 continue; // its agent is not there: no opinion
             }
-            let key = address_key(ip, &r.next_hop);
+            let key = address_key(ip, r.next_hop);
             match wanted.get(&key) {
                 None => {
                     wanted.insert(key, value.clone());
@@ -167,9 +190,9 @@ pub fn tls_policy(
     }
     if at_least_may {
         for r in routes {
-            for ip in &r.addrs {
+            for ip in r.addrs {
                 wanted
-                    .entry(address_key(ip, &r.next_hop))
+                    .entry(address_key(ip, r.next_hop))
                     .or_insert_with(|| OPPORTUNISTIC.to_string());
             }
         }
@@ -333,7 +356,7 @@ impl MapDiff {
 
 /// The entries of a map file's text (or of `postmap -q -` output), in
 /// order (comments and blank lines skipped).
-pub(crate) fn map_lines(text: &str) -> impl Iterator<Item = (&str, &str)> {
+pub(crate) fn map_lines(text: &str) -> impl Iterator<Item = (&str, &str)> + Clone {
     text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
@@ -341,6 +364,60 @@ pub(crate) fn map_lines(text: &str) -> impl Iterator<Item = (&str, &str)> {
             let (k, v) = l.split_once(char::is_whitespace)?;
             Some((k, v.trim()))
         })
+}
+
+/// The new text of a map whose entries for some keys change: `before`'s
+/// entries whose key is not `owned` stay as they are, those that are give
+/// way to `wanted` (which holds every entry wanted for the owned keys, and
+/// no other). Returns the text, the difference, and the number of entries
+/// in the text. Entries stay in key order (as [`map_text`] writes them), so
+/// the text is the one a whole render would write; only the owned keys are
+/// compared, so a change to a few keys of 100,000 costs one pass over the
+/// text, not a render of every entry.
+pub fn patch_text(
+    before: &str,
+    owned: impl Fn(&str) -> bool,
+    wanted: &BTreeMap<String, String>,
+) -> (String, MapDiff, usize) {
+    let mut d = MapDiff::default();
+    let mut out = String::with_capacity(before.len() + wanted.len() * 48);
+    out.push_str(HEADER);
+    let mut count = 0usize;
+    let mut line = |out: &mut String, k: &str, v: &str| {
+        out.push_str(k);
+        out.push(' ');
+        out.push_str(v);
+        out.push('\n');
+        count += 1;
+    };
+    let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    let mut next = wanted.iter().peekable();
+    for (k, old) in map_lines(before) {
+        if owned(k) {
+            if !seen.insert(k) {
+                continue;
+            }
+            match wanted.get(k) {
+                None => d.remove(k, old),
+                Some(new) if new != old => d.change(k, old, new),
+                Some(_) => {}
+            }
+            continue;
+        }
+        while let Some((wk, wv)) = next.next_if(|(wk, _)| wk.as_str() < k) {
+            line(&mut out, wk, wv);
+        }
+        line(&mut out, k, old);
+    }
+    for (wk, wv) in next {
+        line(&mut out, wk, wv);
+    }
+    for (k, v) in wanted {
+        if !seen.contains(k.as_str()) {
+            d.add(k, v);
+        }
+    }
+    (out, d, count)
 }
 
 /// The difference from a map file's text (as [`map_text`] writes it) to
@@ -446,7 +523,7 @@ mod tests {
             // Another friend points at a's address with its own key.
             at("evil.example", "mail.a.example", "192.0.2.1"),
         ];
-        let map = tls_policy(&routes, &pins, true, false);
+        let map = tls_policy(routes.iter().map(Route::hop), &pins, true, false);
         assert_eq!(
             map,
             BTreeMap::from([
@@ -474,24 +551,24 @@ mod tests {
             at("nokey.example", "mail.a.example", "192.0.2.1"),
         ];
         assert_eq!(
-            tls_policy(&squat, &pins, true, false),
+            tls_policy(squat.iter().map(Route::hop), &pins, true, false),
             BTreeMap::from([(
                 "[192.0.2.1]".to_string(),
                 format!("fingerprint match={}", fp("AA"))
             )])
         );
-        let alone = tls_policy(&routes[..1], &pins, true, false);
+        let alone = tls_policy(routes[..1].iter().map(Route::hop), &pins, true, false);
         assert_eq!(
             alone["[192.0.2.1]"],
             format!("fingerprint match={}", fp("AA"))
         );
         assert!(
-            tls_policy(&routes[..1], &pins, false, false).is_empty(),
+            tls_policy(routes[..1].iter().map(Route::hop), &pins, false, false).is_empty(),
             "not pinnable"
         );
         // Where this Postfix would send in plain text, unpinned friends
         // get `may` at least; pins and conflicts stay.
-        let may = tls_policy(&routes, &pins, true, true);
+        let may = tls_policy(routes.iter().map(Route::hop), &pins, true, true);
         assert_eq!(may["[192.0.2.3]"], OPPORTUNISTIC, "no key");
         assert_eq!(may["[192.0.2.4]"], OPPORTUNISTIC, "agent not seen there");
         assert_eq!(may["[192.0.2.1]"], CONFLICT);
@@ -578,6 +655,57 @@ mod tests {
                 format!("{HEADER}@friend.example OK\n@ip.example OK\n@v6.example OK\n@xn--bcher-kva.example OK\n")
             )
         );
+    }
+
+    /// Patching the text in force for a few domains writes exactly what a
+    /// whole render of the new routes writes, and says what changed.
+    #[test]
+    fn patching_a_few_domains_writes_what_a_whole_render_writes() {
+        let mut routes: Vec<Route> = (0..200)
+            .map(|i| route(&format!("d{i:03}.example"), "mail.x.example"))
+            .collect();
+        routes[7].recipients = Some(vec!["a@d007.example".into(), "b@d007.example".into()]);
+        let before = render_maps(&routes);
+        // d005 gone, d050 re-targeted, d007 with other recipients, a new
+        // first and last domain.
+        let mut after = routes.clone();
+        after.retain(|r| r.domain.as_str() != "d005.example");
+        after[49] = route("d050.example", "mail.yy.example");
+        after[6].recipients = Some(vec!["b@d007.example".into(), "c@d007.example".into()]);
+        after.push(route("a-first.example", "mail.x.example"));
+        after.push(route("z-last.example", "mail.x.example"));
+        after.sort_by(|a, b| a.domain.cmp(&b.domain));
+        let whole = render_maps(&after);
+        let touched = [
+            "d005.example",
+            "d050.example",
+            "d007.example",
+            "a-first.example",
+            "z-last.example",
+        ];
+        let few: Vec<Route> = after
+            .iter()
+            .filter(|r| touched.contains(&r.domain.as_str()))
+            .cloned()
+            .collect();
+        let partial = render_maps(&few);
+        for (i, (name, wanted)) in partial.maps.iter().enumerate() {
+            let owned = |k: &str| touched.contains(&k.rsplit_once('@').map_or(k, |(_, d)| d));
+            let (text, diff, count) = patch_text(&map_text(&before.maps[i].1), owned, wanted);
+            assert_eq!(text, map_text(&whole.maps[i].1), "{name}");
+            assert_eq!(count, whole.maps[i].1.len(), "{name}");
+            assert_eq!(
+                diff,
+                diff_text(&map_text(&before.maps[i].1), &whole.maps[i].1),
+                "{name}"
+            );
+        }
+        // Nothing changed for the domains owned: the same text, no change.
+        let same = render_maps(&routes[..3]);
+        let owned = |k: &str| ["d000.example", "d001.example", "d002.example"].contains(&k);
+        let (text, diff, _) = patch_text(&map_text(&before.maps[2].1), owned, &same.maps[2].1);
+        assert_eq!(text, map_text(&before.maps[2].1));
+        assert!(diff.is_empty());
     }
 
     #[test]
