@@ -40,13 +40,13 @@ use crate::lists::Lists;
 use crate::peer::{Caller, PeerEvent, Peers, Responder};
 use crate::postfix::Postfix;
 use crate::relay::Relay;
-use crate::store::{Store, StoreError};
+use crate::store::{RecipientHead, Store, StoreError};
 use crate::util::lock;
 
 use crate::lists::ChangeLog;
 
 /// How often the files my recipients were read from are checked for a change.
-pub const POLL: Duration = Duration::from_secs(2);
+pub const POLL: Duration = Duration::from_millis(250);
 /// How often my recipients are read again even if no file changed.
 const REREAD: Duration = Duration::from_secs(600);
 /// How soon a failed read is tried again.
@@ -749,8 +749,7 @@ impl Recipients {
             .open(&peer, &Request::FetchRecipients { have })
             .await
             .map_err(|e| Failed::Refused(e.to_string()))?;
-        let held_items = || inner.store.peer_recipients(&peer);
-        let (list, signature, old) = match next_frame(&mut rx).await? {
+        let (list, signature, changes) = match next_frame(&mut rx).await? {
             Response::RecipientHeader(h) => {
                 let signature = h.list.signature.clone();
                 let mut r = RecipientReceiver::start(h, peer, (held > 0).then_some(held), now)
@@ -768,8 +767,13 @@ impl Recipients {
                     }
                 }
                 let list = r.finish().map_err(|e| e.to_string())?;
-                let old = held_items().await.map_err(|e: StoreError| e.to_string())?;
-                (list, signature, old)
+                let old = inner
+                    .store
+                    .peer_recipients(&peer)
+                    .await
+                    .map_err(|e: StoreError| e.to_string())?;
+                let changes = recipient_changes(&old, list.items());
+                (RecipientHead::from(&list), signature, changes)
             }
             Response::RecipientChangesHeader(h) if have > 0 => {
                 let signature = h.list.list.signature.clone();
@@ -787,11 +791,35 @@ impl Recipients {
                         }
                     }
                 }
-                let old = held_items().await.map_err(|e: StoreError| e.to_string())?;
+                // The list held as signed, if it is the version asked from.
+                let held_items = match inner.store.peer_recipient_items(&peer).await {
+                    Ok(Some((v, items))) if v == held => items,
+                    Ok(Some((v, _))) => {
+                        return Err(Failed::NotApplied(format!(
+                            "the list held changed during the fetch (version {v}, not {held})"
+                        )))
+                    }
+                    Ok(None) => {
+                        return Err(Failed::NotApplied(format!(
+                        "version {held} was stored by an older mxfed, without its items as signed"
+                    )))
+                    }
+                    Err(e) => return Err(Failed::Refused(e.to_string())),
+                };
                 let list = r
-                    .finish(&old)
+                    .finish_encoded(&held_items)
                     .map_err(|e| Failed::NotApplied(e.to_string()))?;
-                (list, signature, old)
+                let h = list.header;
+                let head = RecipientHead {
+                    version: h.list.version,
+                    issued_at: h.list.issued_at,
+                    expires_at: h.list.expires_at,
+                    delimiter: h.delimiter,
+                    when_down: h.when_down,
+                    tls_fingerprints: h.tls_fingerprints,
+                    items: list.items,
+                };
+                (head, signature, list.changes)
             }
             Response::Refused { message } if message.contains("was sent less than") => {
                 return Err(Failed::Later(SERVE_GAP))
@@ -802,19 +830,44 @@ impl Recipients {
                 return Err(Failed::Refused("protocol violation".into()));
             }
         };
-        let changes = recipient_changes(&old, list.items());
+        // What the maps were made of: if the delimiter, the keys to pin and
+        // the list's standing (not expired beyond the grace period) stay,
+        // only the domains of the items that changed change in the maps.
+        let grace = inner.config.expired_list_grace.0.as_secs() as i64;
+        let now = inner.clock.now_unix();
+        let terms = inner.store.peer_recipient_terms(&peer).await;
+        let tls = inner.store.peer_tls(&peer).await;
+        let same_terms = match (terms, tls) {
+            (Ok(Some((delimiter, expires_at))), Ok(tls)) => {
+                delimiter == list.delimiter
+                    && tls == list.tls_fingerprints
+                    && expires_at.saturating_add(grace) > now
+            }
+            _ => false,
+        };
         inner
             .store
-            .store_peer_recipients(&peer, &list, &signature, &changes, inner.clock.now_unix())
+            .store_peer_recipients(&peer, &list, &signature, &changes, now)
             .await
             .map_err(|e| Failed::Refused(e.to_string()))?;
-        tracing::info!(peer = %name, version = list.version, recipients = list.items().len(), changed = changes.len(), "recipient list stored");
-        // Always: besides addresses, a version may change the keys to pin,
-        // the delimiter or the expiry (an apply that changes nothing writes
+        let count = list.items.items().count();
+        tracing::info!(peer = %name, version = list.version, recipients = count, changed = changes.len(), "recipient list stored");
+        // Besides addresses, a version may change the keys to pin, the
+        // delimiter or the expiry (an apply that changes nothing writes
         // nothing).
-        inner
-            .relay
-            .request_apply(format!("{name}'s recipient list v{}", list.version));
+        let trigger = format!("{name}'s recipient list v{}", list.version);
+        match same_terms {
+            true => {
+                let mut domains: Vec<String> = changes
+                    .iter()
+                    .map(|(r, _)| r.domain().to_string())
+                    .collect();
+                domains.sort();
+                domains.dedup();
+                inner.relay.request_apply_of(trigger, domains);
+            }
+            false => inner.relay.request_apply(trigger),
+        }
         Ok(())
     }
 }

@@ -33,11 +33,11 @@ use crate::clock::{rfc3339, Clock};
 use crate::config::Config;
 use crate::dns::Dns;
 use crate::postfix::render::{
-    diff_text, map_text, patch_text, render_maps, tls_policy, Hop, MapDiff, Route, FRIENDS,
-    RELAY_DOMAINS, RELAY_RECIPIENTS, TLS_POLICY, TRANSPORT,
+    diff_text, diff_texts, map_text, patch_text, render_maps, tls_policy, Hop, MapDiff,
+    MapRenderer, RelayMaps, Route, FRIENDS, RELAY_DOMAINS, RELAY_RECIPIENTS, TLS_POLICY, TRANSPORT,
 };
 use crate::postfix::Postfix;
-use crate::store::{ApplyRecord, Store};
+use crate::store::{ApplyRecord, RelayRoute, Store};
 use crate::util::lock;
 
 /// Wait after a failed apply before trying again.
@@ -91,7 +91,7 @@ struct Trigger {
 
 /// Most domains an apply patches the relay maps for; more are rendered
 /// whole (a big change costs a whole render anyway).
-const MAX_PATCHED_DOMAINS: usize = 1_000;
+pub(crate) const MAX_PATCHED_DOMAINS: usize = 1_000;
 
 /// The apply worker: the task that serves [`Relay::request_apply`].
 pub(crate) struct ApplyWorker {
@@ -306,22 +306,24 @@ impl Relay {
             .map(|o| o.iter().map(String::as_str).collect());
         let now = inner.clock.now_unix();
         let grace = inner.config.expired_list_grace.0.as_secs() as i64;
-        let routes = match &only {
-            Some(domains) => inner.store.relay_routes_of(now, grace, domains).await,
-            None => inner.store.relay_routes(now, grace).await,
-        };
-        let routes = match routes {
-            Ok(r) => r,
-            Err(e) => {
-                report.step = Some("read accepted entries".into());
-                report.error = Some(e.to_string());
-                return report;
-            }
-        };
-        let recipients = inner
-            .store
-            .relay_recipients(now, grace, only.as_deref())
-            .await;
+        // What the maps are made of besides the routes, read side by side.
+        let (recipients, params, friends, pins, hops) = tokio::join!(
+            inner.store.relay_recipients(now, grace, only.as_deref()),
+            // One postconf for every parameter the maps depend on.
+            postfix.params_expanded(&[
+                "recipient_delimiter",
+                "smtp_tls_fingerprint_digest",
+                "smtp_tls_security_level",
+            ]),
+            self.friend_addrs(),
+            inner.store.relay_tls(
+                now,
+                TLS_ROLLOVER.as_secs() as i64,
+                now - crate::store::SEEN_LATELY.as_secs() as i64,
+            ),
+            // Every next hop, not only those of the domains that changed.
+            inner.store.relay_hops(now, grace),
+        );
         let mut recipients = match recipients {
             Ok(r) => r,
             Err(e) => {
@@ -330,47 +332,94 @@ impl Relay {
                 return report;
             }
         };
-        let my_delimiter = match postfix.param("recipient_delimiter").await {
-            Ok(d) => d,
+        let params = match params {
+            Ok(p) => p,
             Err(e) => {
                 report.step = Some(e.step.into());
                 report.error = Some(e.message);
                 return report;
             }
         };
-        let routes: Vec<Route> = routes
-            .into_iter()
-            .map(|r| {
-                let mut addrs = r.addrs;
-                if !postfix.multiple_next_hops() {
-                    addrs.truncate(1);
+        let param = |n: &str| params.get(n).map(String::as_str);
+        let my_delimiter = param("recipient_delimiter").unwrap_or_default();
+        let multiple = postfix.multiple_next_hops();
+        let mut to_route = |r: RelayRoute| {
+            let mut addrs = r.addrs;
+            if !multiple {
+                addrs.truncate(1);
+            }
+            // Exact recipients only where this Postfix splits address
+            // extensions as the owner's does; else every recipient, as
+            // an exact list would refuse `user+tag` or take too much.
+            let recipients = recipients
+                .remove(r.entry.domain.as_str())
+                .filter(|d| same_delimiters(&d.delimiter, my_delimiter))
+                .map(|d| d.items);
+            Route {
+                peer: r.peer,
+                domain: r.entry.domain,
+                next_hop: r.entry.next_hop,
+                addrs,
+                recipients,
+            }
+        };
+        // The relay maps' new text, and what changes in each from the text
+        // in force: for a few domains, patched from that text; else
+        // rendered route by route as the routes are read.
+        let mut changes: HashMap<&str, MapDiff> = HashMap::new();
+        let mut texts: Vec<(&'static str, String)> = Vec::new();
+        let total = match &only {
+            Some(domains) => {
+                let routes = match inner.store.relay_routes_of(now, grace, domains).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        report.step = Some("read accepted entries".into());
+                        report.error = Some(e.to_string());
+                        return report;
+                    }
+                };
+                let routes: Vec<Route> = routes.into_iter().map(&mut to_route).collect();
+                let domains: std::collections::HashSet<&str> = domains.iter().copied().collect();
+                let mut total = 0;
+                for (name, wanted) in render_maps(&routes).maps {
+                    let owned = |key: &str| {
+                        // relay_recipients is keyed by address or `@domain`.
+                        let domain = match name {
+                            RELAY_RECIPIENTS => key.rsplit_once('@').map_or(key, |(_, d)| d),
+                            _ => key,
+                        };
+                        domains.contains(domain)
+                    };
+                    let (text, diff, count) =
+                        patch_text(&postfix.live_text(name).await, owned, &wanted);
+                    if name == TRANSPORT {
+                        total = count;
+                    }
+                    texts.push((name, text));
+                    changes.insert(name, diff);
                 }
-                // Exact recipients only where this Postfix splits address
-                // extensions as the owner's does; else every recipient, as
-                // an exact list would refuse `user+tag` or take too much.
-                let recipients = recipients
-                    .remove(r.entry.domain.as_str())
-                    .filter(|d| same_delimiters(&d.delimiter, &my_delimiter))
-                    .map(|d| d.items);
-                Route {
-                    peer: r.peer,
-                    domain: r.entry.domain,
-                    next_hop: r.entry.next_hop,
-                    addrs,
-                    recipients,
+                total
+            }
+            None => {
+                let mut maps = MapRenderer::default();
+                let read = inner
+                    .store
+                    .each_route(now, grace, None, |r| maps.push(&to_route(r)))
+                    .await;
+                if let Err(e) = read {
+                    report.step = Some("read accepted entries".into());
+                    report.error = Some(e.to_string());
+                    return report;
                 }
-            })
-            .collect();
-        let friends = self.friend_addrs().await;
-        let pins = match inner
-            .store
-            .relay_tls(
-                now,
-                TLS_ROLLOVER.as_secs() as i64,
-                now - crate::store::SEEN_LATELY.as_secs() as i64,
-            )
-            .await
-        {
+                let total = maps.count();
+                for (name, text) in maps.finish() {
+                    changes.insert(name, diff_texts(&postfix.live_text(name).await, &text));
+                    texts.push((name, text));
+                }
+                total
+            }
+        };
+        let pins = match pins {
             Ok(p) => p,
             Err(e) => {
                 report.step = Some("read friends' server keys".into());
@@ -378,12 +427,6 @@ impl Relay {
                 return report;
             }
         };
-        // (Unreadable: neither pins nor `may`, as if both said no.)
-        let tls_params = postfix
-            .params_expanded(&["smtp_tls_fingerprint_digest", "smtp_tls_security_level"])
-            .await
-            .unwrap_or_default();
-        let param = |n: &str| tls_params.get(n).map(String::as_str);
         // Pins mean SHA-256 only where Postfix compares SHA-256 (its
         // default from compatibility_level 3.6; `postfix setup` sets it).
         let pinnable =
@@ -396,70 +439,37 @@ impl Relay {
         // a stricter default of the admin's is left to apply.
         let at_least_may = param("smtp_tls_security_level")
             .is_some_and(|l| l.is_empty() || l.eq_ignore_ascii_case("none"));
-        let tls = match &only {
-            // Every next hop, not only those of the domains that changed.
-            Some(_) => match inner.store.relay_hops(now, grace).await {
-                Ok(hops) => {
-                    let hops: Vec<(String, NextHop, Vec<IpAddr>)> = hops
-                        .into_iter()
-                        .map(|(peer, hop, mut addrs)| {
-                            if !postfix.multiple_next_hops() {
-                                addrs.truncate(1);
-                            }
-                            (peer, hop, addrs)
-                        })
-                        .collect();
-                    let hops = hops.iter().map(|(peer, next_hop, addrs)| Hop {
-                        peer,
-                        next_hop,
-                        addrs,
-                    });
-                    tls_policy(hops, &pins, pinnable, at_least_may)
-                }
-                Err(e) => {
-                    report.step = Some("read accepted entries".into());
-                    report.error = Some(e.to_string());
-                    return report;
-                }
-            },
-            None => tls_policy(routes.iter().map(Route::hop), &pins, pinnable, at_least_may),
+        let hops = match hops {
+            Ok(hops) => hops,
+            Err(e) => {
+                report.step = Some("read accepted entries".into());
+                report.error = Some(e.to_string());
+                return report;
+            }
         };
-        let maps = render_maps(&routes).with_friends(&friends).with_tls(tls);
-        drop(routes);
-        let read_ms = started.elapsed().as_millis() as u64;
-        // What changes in each map, from the maps in force as written; for
-        // a few domains, the new text of the maps keyed by them too.
-        let mut changes: HashMap<&str, MapDiff> = HashMap::new();
-        let mut texts: Vec<(&'static str, String)> = Vec::new();
-        let mut total = None;
-        let only: Option<std::collections::HashSet<&str>> = only.map(|o| o.into_iter().collect());
-        for (name, wanted) in &maps.maps {
-            let live = postfix.live_text(name).await;
-            let Some(domains) = &only else {
-                changes.insert(name, diff_text(&live, wanted));
-                continue;
-            };
-            let owned = |key: &str| {
-                // relay_recipients is keyed by address or `@domain`.
-                let domain = match *name {
-                    RELAY_RECIPIENTS => key.rsplit_once('@').map_or(key, |(_, d)| d),
-                    _ => key,
-                };
-                domains.contains(&domain)
-            };
-            let (text, diff) = match *name {
-                RELAY_DOMAINS | RELAY_RECIPIENTS | TRANSPORT => {
-                    let (text, diff, count) = patch_text(&live, owned, wanted);
-                    if *name == TRANSPORT {
-                        total = Some(count);
-                    }
-                    (text, diff)
+        let hops: Vec<(String, NextHop, Vec<IpAddr>)> = hops
+            .into_iter()
+            .map(|(peer, hop, mut addrs)| {
+                if !multiple {
+                    addrs.truncate(1);
                 }
-                _ => (map_text(wanted), diff_text(&live, wanted)),
-            };
-            texts.push((name, text));
-            changes.insert(name, diff);
+                (peer, hop, addrs)
+            })
+            .collect();
+        let hops = hops.iter().map(|(peer, next_hop, addrs)| Hop {
+            peer,
+            next_hop,
+            addrs,
+        });
+        let tls = tls_policy(hops, &pins, pinnable, at_least_may);
+        let small = RelayMaps { maps: Vec::new() }
+            .with_friends(&friends)
+            .with_tls(tls);
+        for (name, wanted) in &small.maps {
+            changes.insert(name, diff_text(&postfix.live_text(name).await, wanted));
+            texts.push((name, map_text(wanted)));
         }
+        let read_ms = started.elapsed().as_millis() as u64;
         let change = changes.get(TRANSPORT).cloned().unwrap_or_default();
         report.changes = change.lines();
         report.added = change.counts.added as u32;
@@ -479,12 +489,7 @@ impl Relay {
             ));
         }
         // The domains relayed: the transport map's keys.
-        report.total = total.unwrap_or_else(|| {
-            maps.maps
-                .iter()
-                .find(|(n, _)| *n == TRANSPORT)
-                .map_or(0, |(_, m)| m.len())
-        }) as u32;
+        report.total = total as u32;
         if dry_run {
             report.result = "planned".into();
             return report;
@@ -507,22 +512,17 @@ impl Relay {
         // rebuild of unchanged maps reloads only a running Postfix.
         let reload = !unchanged || postfix.is_running().await;
         let planned_ms = started.elapsed().as_millis() as u64;
-        let outcome = match (whole, only.is_some()) {
-            (true, _) => postfix.apply(&maps, reload).await,
-            (false, true) => match postfix.apply_texts(&texts, &changes, reload).await {
-                Ok(done) => {
-                    tracing::debug!(built = ?done.built, patched = ?done.patched, domains = ?only, "maps installed for a few domains");
-                    Ok(())
-                }
-                Err(e) => Err(e),
-            },
-            (false, false) => match postfix.apply_changes(&maps, &changes, reload).await {
-                Ok(done) => {
-                    tracing::debug!(built = ?done.built, patched = ?done.patched, "maps installed");
-                    Ok(())
-                }
-                Err(e) => Err(e),
-            },
+        // Built whole: as if nothing were known of what changes.
+        let none = HashMap::new();
+        let outcome = match postfix
+            .apply_texts(&texts, if whole { &none } else { &changes }, reload)
+            .await
+        {
+            Ok(done) => {
+                tracing::debug!(built = ?done.built, patched = ?done.patched, domains = ?only, "maps installed");
+                Ok(())
+            }
+            Err(e) => Err(e),
         };
         inner.whole_next.store(outcome.is_err(), Ordering::Relaxed);
         if whole && unchanged && outcome.is_ok() {

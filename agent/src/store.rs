@@ -18,7 +18,7 @@ use mxfed_proto::control::EntryState;
 use mxfed_proto::domain::{Domain, NextHop};
 use mxfed_proto::list::{DomainList, EncodedEntries, Entry};
 use mxfed_proto::msg::{EntryNote, ListAck};
-use mxfed_proto::recipients::{Recipient, RecipientList};
+use mxfed_proto::recipients::{EncodedItems, Recipient, RecipientList};
 use mxfed_proto::token::{TokenId, TokenKey};
 use mxfed_proto::PeerId;
 
@@ -172,6 +172,40 @@ impl From<&DomainList> for ListHead {
             issued_at: list.issued_at,
             expires_at: list.expires_at,
             entries: list.encoded_entries(),
+        }
+    }
+}
+
+/// A verified recipient list's header and items as
+/// [`Store::store_peer_recipients`] keeps them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipientHead {
+    /// Version.
+    pub version: u64,
+    /// Unix seconds.
+    pub issued_at: u64,
+    /// Unix seconds.
+    pub expires_at: u64,
+    /// The owner's `recipient_delimiter`.
+    pub delimiter: String,
+    /// The owner's backup mode is `when-down`.
+    pub when_down: bool,
+    /// The owner's server key fingerprints.
+    pub tls_fingerprints: Vec<String>,
+    /// The items, as signed.
+    pub items: EncodedItems,
+}
+
+impl From<&RecipientList> for RecipientHead {
+    fn from(list: &RecipientList) -> Self {
+        Self {
+            version: list.version,
+            issued_at: list.issued_at,
+            expires_at: list.expires_at,
+            delimiter: list.delimiter.clone(),
+            when_down: list.when_down,
+            tls_fingerprints: list.tls_fingerprints.clone(),
+            items: list.encoded_items(),
         }
     }
 }
@@ -684,6 +718,21 @@ impl Store {
         Ok(row.map_or(0, |(v,)| v as u64))
     }
 
+    /// The version of the recipient list held for a peer and its items,
+    /// encoded (`None` for a list stored before they were kept).
+    pub async fn peer_recipient_items(
+        &self,
+        peer: &PeerId,
+    ) -> Result<Option<(u64, EncodedItems)>, StoreError> {
+        let row: Option<(i64, Option<Vec<u8>>)> =
+            sqlx::query_as("SELECT version, items FROM peer_recipient_lists WHERE peer_id = ?")
+                .bind(peer.to_string())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| self.query_err(e))?;
+        Ok(row.and_then(|(v, i)| Some((v as u64, EncodedItems(i?)))))
+    }
+
     /// The recipients held for a peer, sorted.
     pub async fn peer_recipients(&self, peer: &PeerId) -> Result<Vec<Recipient>, StoreError> {
         let rows: Vec<(String,)> =
@@ -706,7 +755,7 @@ impl Store {
     pub async fn store_peer_recipients(
         &self,
         peer: &PeerId,
-        list: &RecipientList,
+        list: &RecipientHead,
         signature: &[u8],
         changes: &[(Recipient, bool)],
         now: i64,
@@ -715,14 +764,14 @@ impl Store {
         let id = peer.to_string();
         let mut tx = self.pool.begin().await.map_err(q)?;
         sqlx::query(
-            "INSERT INTO peer_recipient_lists (peer_id, version, issued_at, expires_at, delimiter, when_down, tls, signature, received_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+            "INSERT INTO peer_recipient_lists (peer_id, version, issued_at, expires_at, delimiter, when_down, tls, signature, received_at, items)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT (peer_id) DO UPDATE SET version = excluded.version, issued_at = excluded.issued_at,
                expires_at = excluded.expires_at, delimiter = excluded.delimiter, when_down = excluded.when_down,
                tls_previous = CASE WHEN tls != excluded.tls THEN tls ELSE tls_previous END,
                tls_changed_at = CASE WHEN tls != excluded.tls THEN excluded.received_at ELSE tls_changed_at END,
                tls = excluded.tls,
-               signature = excluded.signature, received_at = excluded.received_at",
+               signature = excluded.signature, received_at = excluded.received_at, items = excluded.items",
         )
         .bind(&id)
         .bind(list.version as i64)
@@ -733,6 +782,7 @@ impl Store {
         .bind(list.tls_fingerprints.join(" "))
         .bind(signature)
         .bind(now)
+        .bind(&list.items.0)
         .execute(&mut *tx)
         .await
         .map_err(q)?;
@@ -1160,6 +1210,32 @@ impl Store {
         Ok(())
     }
 
+    /// Stores judged entries of a peer's new list before its header (a big
+    /// list is judged in batches): `changed` and `handed` as
+    /// [`Self::store_peer_list`] writes them, in one transaction; the
+    /// header and `removed` wait for the last batch.
+    pub async fn store_peer_entries(
+        &self,
+        peer: &PeerId,
+        change: ListChange<'_>,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let q = |e| self.query_err(e);
+        let id = peer.to_string();
+        let mut tx = self.pool.begin().await.map_err(q)?;
+        for h in change.changed {
+            insert_entry(&mut tx, &id, h, now).await.map_err(q)?;
+        }
+        for (holder, h) in change.handed {
+            update_state(&mut tx, &holder.to_string(), h, now)
+                .await
+                .map_err(q)?;
+        }
+        tx.commit().await.map_err(q)?;
+        self.routes_changed();
+        Ok(())
+    }
+
     /// Updates the states of some entries held for a peer, and of the
     /// entries of other peers `handed` over to it, in one transaction. An
     /// entry whose next hop changed meanwhile is left alone.
@@ -1367,7 +1443,11 @@ impl Store {
     /// Accepted entries of lists that have not been expired for longer than
     /// `grace` seconds, with the peer's name: what Postfix should relay.
     pub async fn relay_routes(&self, now: i64, grace: i64) -> Result<Vec<RelayRoute>, StoreError> {
-        self.routes(now, grace, None).await
+        let mut routes = Vec::new();
+        self.each_route(now, grace, None, |r| routes.push(r))
+            .await?;
+        routes.shrink_to_fit();
+        Ok(routes)
     }
 
     /// [`Self::relay_routes`] for `domains` only: what an apply of a
@@ -1378,15 +1458,22 @@ impl Store {
         grace: i64,
         domains: &[&str],
     ) -> Result<Vec<RelayRoute>, StoreError> {
-        self.routes(now, grace, Some(domains)).await
+        let mut routes = Vec::new();
+        self.each_route(now, grace, Some(domains), |r| routes.push(r))
+            .await?;
+        Ok(routes)
     }
 
-    async fn routes(
+    /// The routes of [`Self::relay_routes`] (of `only`, if given), in
+    /// domain order, handed to `each` one at a time as they are read: a
+    /// list of 100,000 is never held whole.
+    pub async fn each_route(
         &self,
         now: i64,
         grace: i64,
         only: Option<&[&str]>,
-    ) -> Result<Vec<RelayRoute>, StoreError> {
+        mut each: impl FnMut(RelayRoute),
+    ) -> Result<(), StoreError> {
         use futures_util::TryStreamExt;
         let sql = format!(
             "SELECT p.name, e.domain, e.next_hop, e.addrs FROM peer_entries e
@@ -1405,18 +1492,15 @@ impl Store {
         if let Some(domains) = only {
             query = query.bind(json_names(domains.iter().copied()));
         }
-        // Row by row: a list of 100,000 is never held twice.
         let mut rows = query.fetch(&self.pool);
-        let mut routes = Vec::new();
         while let Some((n, d, h, a)) = rows.try_next().await.map_err(|e| self.query_err(e))? {
-            routes.push(RelayRoute {
+            each(RelayRoute {
                 peer: n,
                 entry: self.entry_from(&d, &h)?,
                 addrs: self.ips_from("peer_entries.addrs", &a)?,
             });
         }
-        routes.shrink_to_fit();
-        Ok(routes)
+        Ok(())
     }
 
     /// Each distinct (friend, next hop, checked addresses) among the routes
@@ -1428,11 +1512,14 @@ impl Store {
         grace: i64,
     ) -> Result<Vec<(String, NextHop, Vec<IpAddr>)>, StoreError> {
         let rows: Vec<(String, String, String)> = sqlx::query_as(
-            "SELECT DISTINCT p.name, e.next_hop, e.addrs FROM peer_entries e
-             JOIN peer_lists l ON l.peer_id = e.peer_id
-             JOIN peers p ON p.id = e.peer_id
-             WHERE e.state = 'accepted' AND l.expires_at + ? > ?
-             ORDER BY p.name, e.next_hop, e.addrs",
+            // Distinct first, joined after: one look-up per next hop, not
+            // two per entry.
+            "SELECT p.name, h.next_hop, h.addrs FROM
+               (SELECT DISTINCT peer_id, next_hop, addrs FROM peer_entries WHERE state = 'accepted') h
+             JOIN peer_lists l ON l.peer_id = h.peer_id
+             JOIN peers p ON p.id = h.peer_id
+             WHERE l.expires_at + ? > ?
+             ORDER BY p.name, h.next_hop, h.addrs",
         )
         .bind(grace)
         .bind(now)

@@ -14,11 +14,12 @@
 //! A friend that holds an older version may get only the changes since it:
 //! a [`ChangesHeader`] (the new list's header, and the version the changes
 //! apply to), then chunks of [`WireChange`]s. A [`ChangesReceiver`] checks
-//! them the same way, applies them to the entries held, and
-//! [`ChangesReceiver::finish`] verifies the signature over the whole
-//! resulting list: what is signed is always the whole list, so a change
-//! transfer proves the same as a full one. Nothing else yields a
-//! `DomainList`, so nothing unchecked can be stored.
+//! them the same way, applies them to the entries held (as signed:
+//! [`EncodedEntries`]), and [`ChangesReceiver::finish_encoded`] verifies the
+//! signature over the whole resulting list: what is signed is always the
+//! whole list, so a change transfer proves the same as a full one. Nothing
+//! else yields a `DomainList` or a [`ChangedList`], so nothing unchecked
+//! can be stored.
 
 use ring::digest;
 use serde::{Deserialize, Serialize};
@@ -722,52 +723,6 @@ impl ChangesReceiver {
             entries: EncodedEntries(out),
         })
     }
-}
-
-/// Applies `changes` (sorted by key, each the item now or `None` for
-/// removed) to `held` (sorted by key): the new items, sorted. `Err` unless
-/// there are exactly `want` of them (checked as it goes, so a hostile
-/// change set cannot make it build more). A removal of a key not held
-/// changes nothing (it was added and removed since). For every kind of
-/// signed list.
-pub(crate) fn apply_changes<T: Clone, K: Ord>(
-    held: &[T],
-    changes: impl Iterator<Item = (K, Option<T>)>,
-    key: impl Fn(&T) -> &K,
-    want: usize,
-) -> Result<Vec<T>, ListError> {
-    let mut out = Vec::with_capacity(want.min(held.len() + CHUNK_ENTRIES));
-    let mut changes = changes.peekable();
-    let mut held = held.iter().peekable();
-    loop {
-        let take_change = match (held.peek(), changes.peek()) {
-            (None, None) => break,
-            (Some(_), None) => false,
-            (None, Some(_)) => true,
-            (Some(h), Some((k, _))) => *k <= *key(h),
-        };
-        if take_change {
-            let Some((k, item)) = changes.next() else {
-                break;
-            };
-            held.next_if(|h| *key(h) == k);
-            out.extend(item);
-        } else {
-            let Some(h) = held.next() else { break };
-            out.push(h.clone());
-        }
-        if out.len() > want {
-            break;
-        }
-    }
-    if out.len() != want {
-        return Err(ListError::Malformed(format!(
-            "the changes make a list of {}{} entries, {want} announced",
-            out.len(),
-            if out.len() > want { " or more" } else { "" }
-        )));
-    }
-    Ok(out)
 }
 
 /// The changes that turn `old` into `new` (both sorted by domain, as

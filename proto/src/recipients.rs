@@ -15,8 +15,10 @@
 //! [`CHUNK_ENTRIES`] items, assembled by a [`RecipientReceiver`]; or, for a
 //! friend holding an older version, a [`RecipientChangesHeader`] and chunks
 //! of [`WireRecipientChange`]s, applied by a [`RecipientChangesReceiver`] to
-//! the items held. Either way only `finish`, which verifies the signature
-//! over the whole list, yields a `RecipientList`.
+//! the items held, encoded as signed ([`EncodedItems`]). Either way only
+//! `finish` (a [`RecipientList`]) or `finish_encoded` (a
+//! [`ChangedRecipients`]), which verify the signature over the whole list,
+//! yield a received list.
 
 use std::fmt;
 
@@ -25,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::Domain;
 use crate::id::PeerId;
-use crate::list::{apply_changes, check_header, ListError, ListHeader, CHUNK_ENTRIES};
+use crate::list::{check_header, ListError, ListHeader, CHUNK_ENTRIES};
 
 /// Most items a recipient list may have.
 pub const MAX_RECIPIENTS: u32 = 1_000_000;
@@ -206,6 +208,94 @@ pub struct WireRecipientChange {
     pub present: bool,
 }
 
+/// What a recipient list's signature covers besides its items.
+struct Terms<'a> {
+    signer: &'a PeerId,
+    version: u64,
+    issued_at: u64,
+    expires_at: u64,
+    delimiter: &'a str,
+    when_down: bool,
+    tls_fingerprints: &'a [String],
+}
+
+impl Terms<'_> {
+    fn signing_bytes(&self, count: u32, digest: &[u8; 32]) -> Vec<u8> {
+        let mut m = Vec::with_capacity(SIGNING_PREFIX.len() + 32 + 8 * 3 + 1 + 8 + 4 + 32);
+        m.extend_from_slice(SIGNING_PREFIX);
+        m.extend_from_slice(self.signer.public_key());
+        m.extend_from_slice(&self.version.to_be_bytes());
+        m.extend_from_slice(&self.issued_at.to_be_bytes());
+        m.extend_from_slice(&self.expires_at.to_be_bytes());
+        m.push(self.delimiter.len() as u8);
+        m.extend_from_slice(self.delimiter.as_bytes());
+        m.push(u8::from(self.when_down));
+        m.push(self.tls_fingerprints.len() as u8);
+        for f in self.tls_fingerprints {
+            m.push(f.len() as u8);
+            m.extend_from_slice(f.as_bytes());
+        }
+        m.extend_from_slice(&count.to_be_bytes());
+        m.extend_from_slice(digest);
+        m
+    }
+}
+
+/// Appends one item in the form the digest covers: its length (u32,
+/// big-endian), then the item.
+fn encode_item(out: &mut Vec<u8>, item: &str) {
+    out.extend_from_slice(&(item.len() as u32).to_be_bytes());
+    out.extend_from_slice(item.as_bytes());
+}
+
+/// A recipient list's items in the compact form its digest covers (see
+/// [`RecipientList::encoded_items`]): what a receiver keeps to apply the
+/// next changes to.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EncodedItems(pub Vec<u8>);
+
+impl EncodedItems {
+    /// The items as text, in order; an `Err` for bytes that are not items
+    /// stops the walk.
+    pub fn items(&self) -> impl Iterator<Item = Result<&str, ListError>> {
+        let mut rest = &self.0[..];
+        std::iter::from_fn(move || {
+            if rest.is_empty() {
+                return None;
+            }
+            let bad = || ListError::Malformed("the recipients held are not well formed".into());
+            let item = (|| {
+                let (len, tail) = rest.split_first_chunk::<4>().ok_or_else(bad)?;
+                let len = u32::from_be_bytes(*len) as usize;
+                if tail.len() < len {
+                    return Err(bad());
+                }
+                let (text, tail) = tail.split_at(len);
+                rest = tail;
+                std::str::from_utf8(text).map_err(|_| bad())
+            })();
+            if item.is_err() {
+                rest = &[];
+            }
+            Some(item)
+        })
+    }
+}
+
+/// A recipient list received as changes and verified
+/// ([`RecipientChangesReceiver::finish_encoded`]): its header, the changes
+/// that made a difference to the list held (item, whether it is in the
+/// list now), and the whole list's items, encoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangedRecipients {
+    /// The whole new list's header.
+    pub header: RecipientHeader,
+    /// Items added (`true`) and removed (`false`), sorted.
+    pub changes: Vec<(Recipient, bool)>,
+    /// The whole new list's items.
+    pub items: EncodedItems,
+}
+
 fn items_digest(items: &[Recipient]) -> [u8; 32] {
     let mut ctx = digest::Context::new(&digest::SHA256);
     for r in items {
@@ -247,23 +337,27 @@ impl RecipientList {
 
     /// The bytes the signer signs.
     pub fn signing_bytes(&self) -> Vec<u8> {
-        let mut m = Vec::with_capacity(SIGNING_PREFIX.len() + 32 + 8 * 3 + 1 + 8 + 4 + 32);
-        m.extend_from_slice(SIGNING_PREFIX);
-        m.extend_from_slice(self.signer.public_key());
-        m.extend_from_slice(&self.version.to_be_bytes());
-        m.extend_from_slice(&self.issued_at.to_be_bytes());
-        m.extend_from_slice(&self.expires_at.to_be_bytes());
-        m.push(self.delimiter.len() as u8);
-        m.extend_from_slice(self.delimiter.as_bytes());
-        m.push(u8::from(self.when_down));
-        m.push(self.tls_fingerprints.len() as u8);
-        for f in &self.tls_fingerprints {
-            m.push(f.len() as u8);
-            m.extend_from_slice(f.as_bytes());
+        let terms = Terms {
+            signer: &self.signer,
+            version: self.version,
+            issued_at: self.issued_at,
+            expires_at: self.expires_at,
+            delimiter: &self.delimiter,
+            when_down: self.when_down,
+            tls_fingerprints: &self.tls_fingerprints,
+        };
+        terms.signing_bytes(self.items.len() as u32, &items_digest(&self.items))
+    }
+
+    /// The items in the form the digest covers, for
+    /// [`RecipientChangesReceiver::finish_encoded`] to apply the next
+    /// changes to.
+    pub fn encoded_items(&self) -> EncodedItems {
+        let mut out = Vec::new();
+        for r in &self.items {
+            encode_item(&mut out, r.as_str());
         }
-        m.extend_from_slice(&(self.items.len() as u32).to_be_bytes());
-        m.extend_from_slice(&items_digest(&self.items));
-        m
+        EncodedItems(out)
     }
 
     /// The header to send, given the signature over [`Self::signing_bytes`].
@@ -525,9 +619,13 @@ impl RecipientChangesReceiver {
         Ok(())
     }
 
-    /// Applies the changes to `held` (the items of the version held,
-    /// sorted), checks the count and the signature over the whole result.
-    pub fn finish(self, held: &[Recipient]) -> Result<RecipientList, ListError> {
+    /// [`Self::finish`] for a list held encoded
+    /// ([`RecipientList::encoded_items`], or the `items` of an earlier
+    /// [`ChangedRecipients`]): the items held are not parsed, only merged
+    /// with the changes and hashed, and the signature checked over the
+    /// result. A removal of an item not held, or an addition of one held,
+    /// changes nothing and is left out of the changes returned.
+    pub fn finish_encoded(self, held: &EncodedItems) -> Result<ChangedRecipients, ListError> {
         if !self.is_complete() {
             return Err(ListError::Malformed(format!(
                 "{} changes announced, {} received",
@@ -536,14 +634,79 @@ impl RecipientChangesReceiver {
             )));
         }
         let want = self.header.list.list.count as usize;
-        let changes = self
-            .changes
-            .items
-            .into_iter()
-            .zip(self.present)
-            .map(|(r, present)| (r.clone(), present.then_some(r)));
-        let items = apply_changes(held, changes, |r| r, want)?;
-        RecipientList::verified(self.header.list, items)
+        let mut out = Vec::with_capacity(held.0.len() + 64 * self.changes.items.len());
+        let mut count = 0usize;
+        let mut effective = Vec::new();
+        let mut old = held.items().peekable();
+        let mut changes = self.changes.items.into_iter().zip(self.present).peekable();
+        loop {
+            if count > want {
+                break;
+            }
+            let next_held = match old.peek() {
+                Some(Ok(i)) => Some(*i),
+                Some(Err(e)) => return Err(e.clone()),
+                None => None,
+            };
+            let take_change = match (next_held, changes.peek()) {
+                (None, None) => break,
+                (Some(_), None) => false,
+                (None, Some(_)) => true,
+                (Some(h), Some((c, _))) => c.as_str() <= h,
+            };
+            if !take_change {
+                if let Some(Ok(i)) = old.next() {
+                    encode_item(&mut out, i);
+                    count += 1;
+                }
+                continue;
+            }
+            let Some((item, present)) = changes.next() else {
+                break;
+            };
+            let was = old
+                .next_if(|h| matches!(h, Ok(h) if *h == item.as_str()))
+                .is_some();
+            if present {
+                encode_item(&mut out, item.as_str());
+                count += 1;
+            }
+            if present != was {
+                effective.push((item, present));
+            }
+        }
+        if count != want {
+            return Err(ListError::Malformed(format!(
+                "the changes make a list of {count}{} items, {want} announced",
+                if count > want { " or more" } else { "" }
+            )));
+        }
+        let h = &self.header.list;
+        let terms = Terms {
+            signer: &h.list.signer,
+            version: h.list.version,
+            issued_at: h.list.issued_at,
+            expires_at: h.list.expires_at,
+            delimiter: &h.delimiter,
+            when_down: h.when_down,
+            tls_fingerprints: &h.tls_fingerprints,
+        };
+        let mut ctx = digest::Context::new(&digest::SHA256);
+        ctx.update(&out);
+        let mut d = [0u8; 32];
+        d.copy_from_slice(ctx.finish().as_ref());
+        if !h
+            .list
+            .signer
+            .verify(&terms.signing_bytes(h.list.count, &d), &h.list.signature)
+        {
+            return Err(ListError::BadSignature);
+        }
+        Ok(ChangedRecipients {
+            header: self.header.list,
+            changes: effective,
+            items: EncodedItems(out),
+        })
     }
 }
 
@@ -721,9 +884,54 @@ mod tests {
             for c in recipient_change_chunks(&cs) {
                 rx.push(c)?;
             }
-            rx.finish(old.items())
+            rx.finish_encoded(&old.encoded_items())
         };
-        assert_eq!(apply(header(2), changes.clone()).unwrap(), new);
+        let got = apply(header(2), changes.clone()).unwrap();
+        assert_eq!(got.items, new.encoded_items());
+        assert_eq!(got.header, new.header(sig.clone()));
+        assert_eq!(got.changes, recipient_changes(old.items(), new.items()));
+        // An addition of an item held, a removal of one not held: the same
+        // list, and no change to store.
+        let restated = vec![
+            WireRecipientChange {
+                item: "@catch.example".into(),
+                present: true,
+            },
+            WireRecipientChange {
+                item: "zz@example.org".into(),
+                present: false,
+            },
+        ];
+        let same = list(id, 4, &["a@example.org", "b@example.org", "@catch.example"]);
+        let same_sig = k.sign(&same.signing_bytes()).as_ref().to_vec();
+        let mut rx = RecipientChangesReceiver::start(
+            RecipientChangesHeader {
+                list: same.header(same_sig),
+                base: 3,
+                changes: 2,
+            },
+            id,
+            3,
+            1000,
+        )
+        .unwrap();
+        for c in recipient_change_chunks(&restated) {
+            rx.push(c).unwrap();
+        }
+        let got = rx.finish_encoded(&old.encoded_items()).unwrap();
+        assert!(got.changes.is_empty());
+        assert_eq!(got.items, same.encoded_items());
+        // Items held that are cut short are refused, not trusted.
+        let mut cut = old.encoded_items();
+        cut.0.pop();
+        let mut rx = RecipientChangesReceiver::start(header(2), id, 3, 1000).unwrap();
+        for c in recipient_change_chunks(&changes) {
+            rx.push(c).unwrap();
+        }
+        assert!(matches!(
+            rx.finish_encoded(&cut),
+            Err(ListError::Malformed(_))
+        ));
         // An extra address slipped in: the count or the signature fails.
         let mut more = changes.clone();
         more.push(WireRecipientChange {

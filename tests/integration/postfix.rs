@@ -760,7 +760,7 @@ fn an_expired_list_leaves_the_maps_only_after_the_grace_period() {
         next_hop: NextHop::parse("mail.bravo.example").unwrap(),
     };
     let expires_at = now + 3;
-    let list = DomainList::new(key.id, 1, now, expires_at, vec![entry]);
+    let list = DomainList::new(key.id, 1, now, expires_at, vec![entry.clone()]);
     let header = list.header(key.sign(&list.signing_bytes()));
     let chunks: Vec<_> = list.chunks().collect();
     let a_id: mxfed_proto::PeerId = alpha.id().parse().unwrap();
@@ -791,7 +791,7 @@ fn an_expired_list_leaves_the_maps_only_after_the_grace_period() {
             _ => vec![Response::Done],
         });
         raw.request(&Request::Hello(Hello {
-            info,
+            info: info.clone(),
             list_version: 1,
             now: 0,
         }))
@@ -827,6 +827,48 @@ fn an_expired_list_leaves_the_maps_only_after_the_grace_period() {
         String::from_utf8_lossy(&out.stdout)
     );
     assert_eq!(pf.rcpt("x@short.example"), 554);
+
+    // The friend comes back with a new version that adds one domain: the
+    // entry unchanged since the list ran out is back in the maps too, not
+    // only the one that changed.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let back = Entry {
+        domain: Domain::parse("back.example").unwrap(),
+        next_hop: NextHop::parse("mail.bravo.example").unwrap(),
+    };
+    let list = DomainList::new(key.id, 2, now, now + 3600, vec![entry, back]);
+    let header = list.header(key.sign(&list.signing_bytes()));
+    let chunks: Vec<_> = list.chunks().collect();
+    rt.block_on(async {
+        let raw = RawPeer::connect(&bravo.data_dir(), alpha.addr, a_id).await;
+        let serve_info = info.clone();
+        let _server = raw.serve(move |req| match req {
+            Request::FetchList { .. } => {
+                let mut out = vec![Response::ListHeader(header.clone())];
+                out.extend(chunks.iter().cloned().map(Response::ListChunk));
+                out
+            }
+            Request::Hello(_) => vec![Response::Hello(Hello {
+                info: serve_info.clone(),
+                list_version: 2,
+                now: 0,
+            })],
+            _ => vec![Response::Done],
+        });
+        raw.request(&Request::Hello(Hello {
+            info: info.clone(),
+            list_version: 2,
+            now: 0,
+        }))
+        .await;
+        wait_for("both relayed again", || {
+            pf.rcpt("x@back.example") == 250 && pf.rcpt("x@short.example") == 250
+        });
+        raw.conn.close(0u32.into(), b"");
+    });
 }
 
 #[test]

@@ -41,28 +41,50 @@ pub(super) async fn gather(
     my_domains: &HashSet<Domain>,
     entries: &[Entry],
 ) -> Gathered {
-    let local = match postfix {
-        Some(p) => {
-            let candidates: Vec<Domain> = entries.iter().map(|e| e.domain.clone()).collect();
-            p.local_domains(&candidates)
-                .await
-                .map_err(|e| e.to_string())
+    // Postfix's answers and DNS's, side by side: each is a few processes or
+    // look-ups, and a one-entry change waits for the slowest, not the sum.
+    let local = async {
+        match postfix {
+            Some(p) => {
+                let candidates: Vec<Domain> = entries.iter().map(|e| e.domain.clone()).collect();
+                p.local_domains(&candidates)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            None => Ok(HashSet::new()),
         }
-        None => Ok(HashSet::new()),
     };
-    let myself = match dns.addresses(&config.mail_host).await {
-        Err(why) => Err(format!("my own mail host's addresses: {why}")),
-        Ok(mut addrs) => match postfix {
-            None => Ok((addrs, Vec::new())),
-            Some(p) => match p.smtp_listeners().await {
-                Ok(l) => {
-                    addrs.extend(l.any_port);
-                    Ok((addrs, l.listen))
-                }
-                Err(e) => Err(format!("where this Postfix listens: {e}")),
+    let myself = async {
+        match dns.addresses(&config.mail_host).await {
+            Err(why) => Err(format!("my own mail host's addresses: {why}")),
+            Ok(mut addrs) => match postfix {
+                None => Ok((addrs, Vec::new())),
+                Some(p) => match p.smtp_listeners().await {
+                    Ok(l) => {
+                        addrs.extend(l.any_port);
+                        Ok((addrs, l.listen))
+                    }
+                    Err(e) => Err(format!("where this Postfix listens: {e}")),
+                },
             },
-        },
+        }
     };
+    let (local, myself, facts) =
+        tokio::join!(local, myself, look_up(dns, config, my_domains, entries));
+    Gathered {
+        facts,
+        local,
+        myself,
+    }
+}
+
+/// The DNS facts for each entry not one of mine.
+async fn look_up(
+    dns: &Dns,
+    config: &Config,
+    my_domains: &HashSet<Domain>,
+    entries: &[Entry],
+) -> HashMap<Domain, DnsFacts> {
     let todo: Vec<Entry> = entries
         .iter()
         .filter(|e| !my_domains.contains(&e.domain))
@@ -91,7 +113,7 @@ pub(super) async fn gather(
     .collect();
     let hops = Arc::new(hops);
     let (resolver, host, verify) = (dns.clone(), config.mail_host.clone(), config.verify_mx);
-    let facts = in_workers(todo, move |e| {
+    in_workers(todo, move |e| {
         let (dns, host, hops) = (resolver.clone(), host.clone(), Arc::clone(&hops));
         async move {
             let d = e.domain.clone();
@@ -100,12 +122,7 @@ pub(super) async fn gather(
     })
     .await
     .into_iter()
-    .collect();
-    Gathered {
-        facts,
-        local,
-        myself,
-    }
+    .collect()
 }
 
 /// Runs `work` on every item with [`DNS_CONCURRENCY`] workers taking items

@@ -5,7 +5,7 @@
 //! after a restore from backup ([`Mine::resign_as`]). The lists service
 //! offers each new version to peers; this module never talks to them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -171,15 +171,16 @@ impl Mine {
 
     /// `mxfed domains list`.
     pub(super) async fn view(&self) -> MyDomains {
-        view(self.current.lock().await.as_deref())
+        // Not under the lock: a view of 100,000 domains takes a while, and
+        // serving a friend's fetch waits for the lock.
+        let current = self.current.lock().await.clone();
+        view(current.as_deref())
     }
 
     /// My domains.
     pub(super) async fn domains(&self) -> HashSet<Domain> {
-        self.current
-            .lock()
-            .await
-            .as_ref()
+        let current = self.current.lock().await.clone();
+        current
             .map(|p| p.list.entries().iter().map(|e| e.domain.clone()).collect())
             .unwrap_or_default()
     }
@@ -192,19 +193,18 @@ impl Mine {
         remove: Vec<Domain>,
     ) -> Result<Changed, String> {
         let mut mine = self.current.lock().await;
-        let mut current: HashMap<Domain, NextHop> = mine
-            .as_ref()
-            .map(|p| {
-                p.list
-                    .entries()
-                    .iter()
-                    .map(|e| (e.domain.clone(), e.next_hop.clone()))
-                    .collect()
-            })
-            .unwrap_or_default();
+        // The list is sorted: look up and merge, no map of 100,000.
+        let held: &[Entry] = mine.as_ref().map_or(&[], |p| p.list.entries());
+        let held_hop = |d: &Domain| {
+            held.binary_search_by(|e| e.domain.cmp(d))
+                .ok()
+                .map(|i| &held[i].next_hop)
+        };
+        // Each domain that changes: its next hop now, or `None` if removed.
+        let mut changes: BTreeMap<Domain, Option<NextHop>> = BTreeMap::new();
         let unknown: Vec<String> = remove
             .iter()
-            .filter(|d| !current.contains_key(*d))
+            .filter(|d| held_hop(d).is_none())
             .map(|d| d.to_string())
             .collect();
         if !unknown.is_empty() {
@@ -212,14 +212,23 @@ impl Mine {
         }
         let mut upserted = Vec::new();
         for e in add {
-            if current.get(&e.domain) != Some(&e.next_hop) {
-                current.insert(e.domain.clone(), e.next_hop.clone());
+            let now = match changes.get(&e.domain) {
+                Some(hop) => hop.as_ref(),
+                None => held_hop(&e.domain),
+            };
+            if now != Some(&e.next_hop) {
+                changes.insert(e.domain.clone(), Some(e.next_hop.clone()));
                 upserted.push(e);
             }
         }
         let mut removed = Vec::new();
         for d in remove {
-            if current.remove(&d).is_some() {
+            let present = match changes.get(&d) {
+                Some(hop) => hop.is_some(),
+                None => held_hop(&d).is_some(),
+            };
+            if present {
+                changes.insert(d.clone(), None);
                 removed.push(d);
             }
         }
@@ -238,10 +247,21 @@ impl Mine {
                 added: Vec::new(),
             });
         }
-        let entries = current
-            .into_iter()
-            .map(|(domain, next_hop)| Entry { domain, next_hop })
-            .collect();
+        let mut entries = Vec::with_capacity(held.len() + changes.len());
+        let mut changes = changes.into_iter().peekable();
+        let new = |(domain, hop): (Domain, Option<NextHop>)| {
+            hop.map(|next_hop| Entry { domain, next_hop })
+        };
+        for e in held {
+            while let Some(c) = changes.next_if(|(d, _)| *d < e.domain) {
+                entries.extend(new(c));
+            }
+            match changes.next_if(|(d, _)| *d == e.domain) {
+                Some(c) => entries.extend(new(c)),
+                None => entries.push(e.clone()),
+            }
+        }
+        entries.extend(changes.filter_map(new));
         let version = mine.as_ref().map_or(0, |p| p.list.version) + 1;
         let published = self
             .sign_and_store(version, entries, &upserted, &removed)

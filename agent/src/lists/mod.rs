@@ -78,6 +78,8 @@ const MAX_VERSION_JUMP: u64 = 100_000;
 /// so that no friend can make me re-sign (and every other friend re-fetch
 /// my list) at its own pace.
 const RESIGN_GAP: Duration = Duration::from_secs(600);
+/// Entries of a new list judged and stored together (see `accept_list`).
+const JUDGE_BATCH: usize = 10_000;
 /// Least time between two fetches of one peer's list.
 const MIN_FETCH_GAP: Duration = Duration::from_secs(1);
 /// How often to look whether my list is due for re-signing.
@@ -674,54 +676,103 @@ impl Lists {
             }
         };
         let version = head.version;
-        let gathered = self.gather(&fresh).await;
-        let judging = inner.judging.lock().await;
-        // (None of these is held as it is: no earlier verdict to keep.)
-        let verdicts = match self
-            .judge_with(&peer, &fresh, &HashMap::new(), &gathered)
-            .await
-        {
-            Ok(v) => v,
+        // A list held that had expired beyond the grace period was out of
+        // the maps whole: this one brings every entry back, not only those
+        // that changed.
+        let grace = inner.config.expired_list_grace.0.as_secs();
+        let was_out = match inner.store.peer_list_meta(&peer).await {
+            Ok(meta) => {
+                meta.is_some_and(|m| m.expires_at.saturating_add(grace) <= inner.clock.now_u64())
+            }
             Err(e) => {
                 tracing::error!("{e}");
                 return false;
             }
         };
-        drop(gathered);
-        let changed: Vec<HeldEntry> = verdicts.judged.into_iter().map(|j| j.held).collect();
-        let handed = match self.handed_over(&verdicts.taken_over).await {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::error!("{e}");
-                return false;
+        // Judged and stored in batches, so a list of 100,000 never has all
+        // its DNS facts and verdicts in memory at once. Each batch is one
+        // transaction under the judging lock; the last one stores the
+        // list's header with it, so until then the version held is the old
+        // one (a crash in between only means the entries are judged again).
+        let mut judged = 0usize;
+        let mut touched: Option<Vec<String>> = (!was_out).then(Vec::new);
+        let mut note = |domain: &Domain| {
+            if let Some(t) = &mut touched {
+                match t.len() < crate::relay::MAX_PATCHED_DOMAINS {
+                    true => t.push(domain.as_str().to_string()),
+                    false => touched = None,
+                }
             }
         };
-        if let Err(e) = inner
-            .store
-            .store_peer_list(
-                &peer,
-                &head,
-                &signature,
-                ListChange {
-                    changed: &changed,
-                    removed: &removed,
-                    handed: &handed,
-                },
-                inner.clock.now_unix(),
-            )
-            .await
-        {
-            tracing::error!(peer = %name, "cannot store domain list: {e}");
-            return false;
-        }
+        removed.iter().for_each(&mut note);
+        let mut batches = fresh.chunks(JUDGE_BATCH).peekable();
+        let summary = loop {
+            let batch = batches.next().unwrap_or(&[]);
+            let last = batches.peek().is_none();
+            let gathered = self.gather(batch).await;
+            let judging = inner.judging.lock().await;
+            // (None of these is held as it is: no earlier verdict to keep.)
+            let verdicts = match self
+                .judge_with(&peer, batch, &HashMap::new(), &gathered)
+                .await
+            {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    return false;
+                }
+            };
+            drop(gathered);
+            let changed: Vec<HeldEntry> = verdicts.judged.into_iter().map(|j| j.held).collect();
+            let handed = match self.handed_over(&verdicts.taken_over).await {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    return false;
+                }
+            };
+            let change = ListChange {
+                changed: &changed,
+                removed: if last { &removed } else { &[] },
+                handed: &handed,
+            };
+            let now = inner.clock.now_unix();
+            let stored = match last {
+                true => {
+                    inner
+                        .store
+                        .store_peer_list(&peer, &head, &signature, change, now)
+                        .await
+                }
+                false => inner.store.store_peer_entries(&peer, change, now).await,
+            };
+            if let Err(e) = stored {
+                tracing::error!(peer = %name, "cannot store domain list: {e}");
+                return false;
+            }
+            // What the peer's list now stands at, for the acknowledgement.
+            let summary = match last {
+                true => Some(
+                    inner
+                        .store
+                        .list_summary(&peer, mxfed_proto::msg::MAX_ACK_NOTES)
+                        .await,
+                ),
+                false => None,
+            };
+            drop(judging);
+            self.after_hand_over(&handed).await;
+            judged += changed.len();
+            changed.iter().map(|h| &h.entry.domain).for_each(&mut note);
+            handed
+                .iter()
+                .map(|(_, h)| &h.entry.domain)
+                .for_each(&mut note);
+            if let Some(summary) = summary {
+                break summary;
+            }
+        };
         drop(head);
-        // What the peer's list now stands at, for the acknowledgement.
-        let summary = inner
-            .store
-            .list_summary(&peer, mxfed_proto::msg::MAX_ACK_NOTES)
-            .await;
-        drop(judging);
-        self.after_hand_over(&handed).await;
         let ack = match summary {
             Ok(s) => make_ack(version, &s),
             Err(e) => {
@@ -732,7 +783,7 @@ impl Lists {
         tracing::info!(
             peer = %name,
             version,
-            judged = changed.len(),
+            judged,
             removed = removed.len(),
             accepted = ack.accepted,
             refused = ack.refused_count,
@@ -744,16 +795,11 @@ impl Lists {
             tracing::info!(peer = %name, domain = %n.domain, "refused: {}", n.reason);
         }
         self.send_ack(peer, ack);
-        let touched = changed
-            .iter()
-            .map(|h| &h.entry.domain)
-            .chain(&removed)
-            .chain(handed.iter().map(|(_, h)| &h.entry.domain))
-            .map(|d| d.as_str().to_string())
-            .collect();
-        inner
-            .relay
-            .request_apply_of(format!("list v{version} from {name}"), touched);
+        let trigger = format!("list v{version} from {name}");
+        match touched {
+            None => inner.relay.request_apply(trigger),
+            Some(touched) => inner.relay.request_apply_of(trigger, touched),
+        }
         true
     }
 

@@ -481,7 +481,8 @@ impl Postfix {
     ) -> Result<(Vec<&'static str>, Vec<&'static str>), PostfixError> {
         let dir = self.map_dir();
         let mut touched: Vec<&str> = Vec::new();
-        let mut patched: Vec<&str> = Vec::new();
+        let mut small: Vec<(&'static str, &MapSource, &MapDiff)> = Vec::new();
+        let mut whole: Vec<(&'static str, &MapSource)> = Vec::new();
         for (name, source) in maps {
             let live = dir.join(name);
             let live_db = dir.join(format!("{name}{}", self.suffix_of(name)));
@@ -491,31 +492,55 @@ impl Postfix {
                 continue;
             }
             touched.push(name);
-            let new = dir.join(format!("{name}.new"));
-            match source {
-                MapSource::Entries(entries) => {
-                    write_file(&new, map_text(entries).as_bytes()).await?
-                }
-                MapSource::Text(text) => write_file(&new, text.as_bytes()).await?,
-            }
-            let map = format!("{}:{}", self.map_kind(name), new.display());
-            let small = change.filter(|c| {
-                in_force && c.is_complete() && name != &FRIENDS && self.map_type != "cdb"
+            let patchable = change.filter(|c| {
+                in_force && c.is_complete() && *name != FRIENDS && self.map_type != "cdb"
             });
-            if let Some(change) = small {
-                let new_db = dir.join(format!("{name}.new{}", self.suffix_of(name)));
-                match self.patch(&live_db, &new_db, &map, change).await {
-                    Ok(()) => {
-                        patched.push(name);
-                        continue;
-                    }
-                    Err(e) => tracing::warn!(
-                        "{name}: patching a copy of the map in force failed ({e}); building it whole"
-                    ),
-                }
+            match patchable {
+                Some(change) => small.push((name, source, change)),
+                None => whole.push((name, source)),
+            }
+        }
+        // The patches side by side: each is a copy of a compiled map and a
+        // few `postmap` runs, and a one-domain change waits for the slowest
+        // instead of their sum. A map whose patch fails is built whole.
+        let dir = &dir;
+        let patches = small.iter().map(|(name, source, change)| async move {
+            self.write_source(name, source).await?;
+            let map = format!(
+                "{}:{}",
+                self.map_kind(name),
+                dir.join(format!("{name}.new")).display()
+            );
+            let live_db = dir.join(format!("{name}{}", self.suffix_of(name)));
+            let new_db = dir.join(format!("{name}.new{}", self.suffix_of(name)));
+            let patched = self.patch(&live_db, &new_db, &map, change).await;
+            if let Err(e) = &patched {
+                tracing::warn!(
+                    "{name}: patching a copy of the map in force failed ({e}); building it whole"
+                );
                 let _ = tokio::fs::remove_file(&new_db).await;
             }
-            if name != &FRIENDS {
+            Ok::<bool, PostfixError>(patched.is_ok())
+        });
+        let mut patched: Vec<&str> = Vec::new();
+        for ((name, source, _), done) in small
+            .iter()
+            .zip(futures_util::future::join_all(patches).await)
+        {
+            match done? {
+                true => patched.push(name),
+                false => whole.push((name, source)),
+            }
+        }
+        // Whole builds one at a time: each holds a whole map.
+        for (name, source) in whole {
+            self.write_source(name, source).await?;
+            let map = format!(
+                "{}:{}",
+                self.map_kind(name),
+                dir.join(format!("{name}.new")).display()
+            );
+            if name != FRIENDS {
                 self.run("postmap", "postmap", &[&map], None).await?;
             }
             match source {
@@ -527,6 +552,15 @@ impl Postfix {
             }
         }
         Ok((touched, patched))
+    }
+
+    /// Writes `NAME.new`, the source of a map to build.
+    async fn write_source(&self, name: &str, source: &MapSource<'_>) -> Result<(), PostfixError> {
+        let new = self.map_dir().join(format!("{name}.new"));
+        match source {
+            MapSource::Entries(entries) => write_file(&new, map_text(entries).as_bytes()).await,
+            MapSource::Text(text) => write_file(&new, text.as_bytes()).await,
+        }
     }
 
     /// Makes `new_db` a copy of `live_db` with `change` made to it
@@ -1044,8 +1078,11 @@ impl Postfix {
         let services = self
             .run("read master.cf", "postconf", &["-M"], None)
             .await?;
-        let interfaces = self.param_expanded("inet_interfaces").await?;
-        let proxies = self.param_expanded("proxy_interfaces").await?;
+        let values = self
+            .params_expanded(&["inet_interfaces", "proxy_interfaces"])
+            .await?;
+        let interfaces = values.get("inet_interfaces").cloned().unwrap_or_default();
+        let proxies = values.get("proxy_interfaces").cloned().unwrap_or_default();
         let etc_services = tokio::fs::read_to_string("/etc/services")
             .await
             .unwrap_or_default();
@@ -1090,26 +1127,36 @@ impl Postfix {
         &self,
         candidates: &[Domain],
     ) -> Result<HashSet<Domain>, PostfixError> {
-        let parent_params = self.param("parent_domain_matches_subdomains").await?;
-        let mut local = HashSet::new();
-        for param in [
+        const LISTS: [&str; 4] = [
             "mydestination",
             "virtual_alias_domains",
             "virtual_mailbox_domains",
             "relay_domains",
-        ] {
-            let parent = has_word(&parent_params, param);
-            local.extend(self.domain_list_matches(param, parent, candidates).await?);
+        ];
+        // One postconf for all of them.
+        let mut names = vec!["parent_domain_matches_subdomains"];
+        names.extend(LISTS);
+        let values = self.params_expanded(&names).await?;
+        let value = |n: &str| values.get(n).map_or("", String::as_str);
+        let parent_params = value("parent_domain_matches_subdomains");
+        let mut local = HashSet::new();
+        for param in LISTS {
+            let parent = has_word(parent_params, param);
+            local.extend(
+                self.domain_list_matches(value(param), parent, candidates)
+                    .await?,
+            );
         }
         Ok(local)
     }
 
-    /// Which of `candidates` the domain list parameter `param` covers, read
-    /// as Postfix reads it (names, files, tables, `.parent` items, and
-    /// parent domains if `parent`); mxfed's own relay map is left out.
+    /// Which of `candidates` a domain list parameter's `value` (expanded)
+    /// covers, read as Postfix reads it (names, files, tables, `.parent`
+    /// items, and parent domains if `parent`); mxfed's own relay map is
+    /// left out.
     async fn domain_list_matches(
         &self,
-        param: &str,
+        value: &str,
         parent: bool,
         candidates: &[Domain],
     ) -> Result<HashSet<Domain>, PostfixError> {
@@ -1129,8 +1176,7 @@ impl Postfix {
                 }
             }
         };
-        let value = self.param_expanded(param).await?;
-        for token in list_tokens(&value) {
+        for token in list_tokens(value) {
             if token.starts_with('/') {
                 // A file of list items.
                 if let Ok(text) = tokio::fs::read_to_string(token).await {

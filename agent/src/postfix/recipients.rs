@@ -125,11 +125,13 @@ impl Postfix {
         param: &str,
         candidates: &[Domain],
     ) -> Result<HashSet<Domain>, PostfixError> {
-        let parent = super::has_word(
-            &self.param("parent_domain_matches_subdomains").await?,
-            param,
-        );
-        self.domain_list_matches(param, parent, candidates).await
+        let values = self
+            .params_expanded(&["parent_domain_matches_subdomains", param])
+            .await?;
+        let value = |n: &str| values.get(n).map_or("", String::as_str);
+        let parent = super::has_word(value("parent_domain_matches_subdomains"), param);
+        self.domain_list_matches(value(param), parent, candidates)
+            .await
     }
 
     /// Whether the parameter `param` names any table (mxfed's own maps left

@@ -113,6 +113,83 @@ impl Route {
     }
 }
 
+/// The relay maps' texts rendered route by route, as [`render_maps`] and
+/// [`map_text`] would write them, without holding a map of every route:
+/// routes must come in domain order (duplicates: the first wins), and only
+/// the recipients map is sorted at the end.
+#[derive(Debug)]
+pub struct MapRenderer {
+    relay: String,
+    transport: String,
+    recipients: Vec<String>,
+    last: Option<Domain>,
+    count: usize,
+}
+
+impl Default for MapRenderer {
+    fn default() -> Self {
+        Self {
+            relay: HEADER.to_string(),
+            transport: HEADER.to_string(),
+            recipients: Vec::new(),
+            last: None,
+            count: 0,
+        }
+    }
+}
+
+impl MapRenderer {
+    /// Adds one route; routes come in domain order.
+    pub fn push(&mut self, r: &Route) {
+        if self.last.as_ref() == Some(&r.domain) {
+            return;
+        }
+        let d = r.domain.as_str();
+        for (text, value) in [
+            (&mut self.relay, "OK".to_string()),
+            (&mut self.transport, transport_value(r)),
+        ] {
+            text.push_str(d);
+            text.push(' ');
+            text.push_str(&value);
+            text.push('\n');
+        }
+        match &r.recipients {
+            Some(items) if !items.is_empty() => self
+                .recipients
+                .extend(items.iter().map(|i| format!("{i} OK\n"))),
+            _ => self.recipients.push(format!("@{d} OK\n")),
+        }
+        self.last = Some(r.domain.clone());
+        self.count += 1;
+    }
+
+    /// The number of domains pushed (the transport map's entries).
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// The texts of [`RELAY_DOMAINS`], [`RELAY_RECIPIENTS`] and [`TRANSPORT`].
+    pub fn finish(mut self) -> Vec<(&'static str, String)> {
+        // Sorted by key, as a map would be: each line is `key OK`, and no
+        // key has a space.
+        self.recipients.sort_unstable();
+        self.recipients.dedup();
+        let mut recipients = String::with_capacity(
+            HEADER.len() + self.recipients.iter().map(String::len).sum::<usize>(),
+        );
+        recipients.push_str(HEADER);
+        for line in self.recipients.drain(..) {
+            recipients.push_str(&line);
+        }
+        vec![
+            (RELAY_DOMAINS, self.relay),
+            (RELAY_RECIPIENTS, recipients),
+            (TRANSPORT, self.transport),
+        ]
+    }
+}
+
 /// A friend's server keys, as its owner's agent read them from its own
 /// Postfix, and where that agent was seen (so where those keys are).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -420,6 +497,35 @@ pub fn patch_text(
     (out, d, count)
 }
 
+/// [`diff_text`] to a map given as its text.
+pub fn diff_texts(before: &str, after: &str) -> MapDiff {
+    let wanted: std::collections::HashMap<&str, &str> = map_lines(after).collect();
+    let mut d = MapDiff::default();
+    let mut kept: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    let mut gone: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    for (k, old) in map_lines(before) {
+        match wanted.get(k) {
+            None => {
+                if gone.insert(k) {
+                    d.remove(k, old);
+                }
+            }
+            Some(new) => {
+                // A key written twice counts once, as Postfix reads it.
+                if kept.insert(k) && new != &old {
+                    d.change(k, old, new);
+                }
+            }
+        }
+    }
+    for (k, v) in map_lines(after) {
+        if !kept.contains(k) {
+            d.add(k, v);
+        }
+    }
+    d
+}
+
 /// The difference from a map file's text (as [`map_text`] writes it) to
 /// `after`, without holding the text's entries apart from it.
 pub fn diff_text(before: &str, after: &BTreeMap<String, String>) -> MapDiff {
@@ -706,6 +812,41 @@ mod tests {
         let (text, diff, _) = patch_text(&map_text(&before.maps[2].1), owned, &same.maps[2].1);
         assert_eq!(text, map_text(&before.maps[2].1));
         assert!(diff.is_empty());
+    }
+
+    /// Rendered route by route, the texts are those of the maps rendered
+    /// whole; and a diff of texts says what a diff against the map says.
+    #[test]
+    fn maps_rendered_route_by_route_are_the_maps_rendered_whole() {
+        let mut routes: Vec<Route> = (0..300)
+            .map(|i| {
+                route(
+                    &format!("d{i:03}.example"),
+                    &format!("mx{}.x.example", i % 7),
+                )
+            })
+            .collect();
+        routes[3].recipients = Some(vec!["0zed@d003.example".into(), "b@d003.example".into()]);
+        routes[9].recipients = Some(vec!["a@d009.example".into()]);
+        routes.push(routes[5].clone());
+        routes.sort_by(|a, b| a.domain.cmp(&b.domain));
+        let whole = render_maps(&routes);
+        let mut r = MapRenderer::default();
+        routes.iter().for_each(|x| r.push(x));
+        assert_eq!(r.count(), 300);
+        let texts = r.finish();
+        for ((name, text), (wname, wmap)) in texts.iter().zip(&whole.maps) {
+            assert_eq!(name, wname);
+            assert_eq!(text, &map_text(wmap), "{name}");
+        }
+        let before = render_maps(&routes[50..250]);
+        for ((_, text), (_, old)) in texts.iter().zip(&before.maps) {
+            let new = parse_map(text);
+            assert_eq!(
+                diff_texts(&map_text(old), text),
+                diff_text(&map_text(old), &new)
+            );
+        }
     }
 
     #[test]
