@@ -307,14 +307,11 @@ impl Relay {
         let now = inner.clock.now_unix();
         let grace = inner.config.expired_list_grace.0.as_secs() as i64;
         // What the maps are made of besides the routes, read side by side.
-        let (recipients, params, friends, pins, hops) = tokio::join!(
+        let (recipients, delimiter, tls_params, friends, pins, hops) = tokio::join!(
             inner.store.relay_recipients(now, grace, only.as_deref()),
-            // One postconf for every parameter the maps depend on.
-            postfix.params_expanded(&[
-                "recipient_delimiter",
-                "smtp_tls_fingerprint_digest",
-                "smtp_tls_security_level",
-            ]),
+            // As the owner publishes it: not expanded.
+            postfix.param("recipient_delimiter"),
+            postfix.params_expanded(&["smtp_tls_fingerprint_digest", "smtp_tls_security_level"]),
             self.friend_addrs(),
             inner.store.relay_tls(
                 now,
@@ -332,16 +329,18 @@ impl Relay {
                 return report;
             }
         };
-        let params = match params {
-            Ok(p) => p,
+        let my_delimiter = match delimiter {
+            Ok(d) => d,
             Err(e) => {
                 report.step = Some(e.step.into());
                 report.error = Some(e.message);
                 return report;
             }
         };
-        let param = |n: &str| params.get(n).map(String::as_str);
-        let my_delimiter = param("recipient_delimiter").unwrap_or_default();
+        let my_delimiter = my_delimiter.as_str();
+        // (Unreadable: neither pins nor `may`, as if both said no.)
+        let tls_params = tls_params.unwrap_or_default();
+        let param = |n: &str| tls_params.get(n).map(String::as_str);
         let multiple = postfix.multiple_next_hops();
         let mut to_route = |r: RelayRoute| {
             let mut addrs = r.addrs;
@@ -390,8 +389,20 @@ impl Relay {
                         };
                         domains.contains(domain)
                     };
-                    let (text, diff, count) =
-                        patch_text(&postfix.live_text(name).await, owned, &wanted);
+                    // Patched from the text in force, which must be read
+                    // whole: patched from nothing, it would lose every
+                    // other domain.
+                    let live = match postfix.live_text_whole(name).await {
+                        Ok(t) => t,
+                        Err(e) => {
+                            // The retry builds every map whole.
+                            inner.whole_next.store(true, Ordering::Relaxed);
+                            report.step = Some(e.step.into());
+                            report.error = Some(e.message);
+                            return report;
+                        }
+                    };
+                    let (text, diff, count) = patch_text(&live, owned, &wanted);
                     if name == TRANSPORT {
                         total = count;
                     }
@@ -615,11 +626,15 @@ impl ApplyWorker {
         }
         let mut retry: Option<String> = None;
         let mut last_change: Option<tokio::time::Instant> = None;
+        // The hourly whole apply (lists expired beyond the grace period
+        // leave the maps) is a deadline, not a wait that each trigger
+        // starts again: applies for a few domains do not drop expired
+        // lists, and friends' changes may come more often than hourly.
+        let mut whole_by = tokio::time::Instant::now() + EXPIRY_CHECK;
         loop {
-            let wait = if retry.is_some() {
-                RETRY_AFTER
-            } else {
-                EXPIRY_CHECK
+            let wake = match retry {
+                Some(_) => (tokio::time::Instant::now() + RETRY_AFTER).min(whole_by),
+                None => whole_by,
             };
             let mut triggers = Vec::new();
             tokio::select! {
@@ -629,7 +644,7 @@ impl ApplyWorker {
                     Some(t) => triggers.push(t),
                     None => return,
                 },
-                _ = tokio::time::sleep(wait) => triggers.push(Trigger {
+                _ = tokio::time::sleep_until(wake) => triggers.push(Trigger {
                     text: match retry.take() {
                         Some(t) => format!("retry after failure ({t})"),
                         None => "expiry check".into(),
@@ -660,6 +675,12 @@ impl ApplyWorker {
                     }
                     _ => only = None,
                 }
+            }
+            if tokio::time::Instant::now() >= whole_by {
+                only = None;
+            }
+            if only.is_none() {
+                whole_by = tokio::time::Instant::now() + EXPIRY_CHECK;
             }
             let mut texts: Vec<String> = triggers.into_iter().map(|t| t.text).collect();
             texts.dedup();

@@ -694,7 +694,6 @@ impl Store {
             .map_err(|e| self.query_err(e))
     }
 
-    /// The version of the recipient list held for a peer (0: none).
     /// The server key fingerprints `peer` publishes, as held.
     pub async fn peer_tls(&self, peer: &PeerId) -> Result<Vec<String>, StoreError> {
         let row: Option<(String,)> =
@@ -708,6 +707,7 @@ impl Store {
             .unwrap_or_default())
     }
 
+    /// The version of the recipient list held for a peer (0: none).
     pub async fn peer_recipient_version(&self, peer: &PeerId) -> Result<u64, StoreError> {
         let row: Option<(i64,)> =
             sqlx::query_as("SELECT version FROM peer_recipient_lists WHERE peer_id = ?")
@@ -1213,7 +1213,10 @@ impl Store {
     /// Stores judged entries of a peer's new list before its header (a big
     /// list is judged in batches): `changed` and `handed` as
     /// [`Self::store_peer_list`] writes them, in one transaction; the
-    /// header and `removed` wait for the last batch.
+    /// header and `removed` wait for the last batch. Until then the rows
+    /// are not the list held as signed, so that is forgotten: if the last
+    /// batch never comes (a crash, an error), the next fetch is of the
+    /// whole list, which is compared with the rows.
     pub async fn store_peer_entries(
         &self,
         peer: &PeerId,
@@ -1223,6 +1226,11 @@ impl Store {
         let q = |e| self.query_err(e);
         let id = peer.to_string();
         let mut tx = self.pool.begin().await.map_err(q)?;
+        sqlx::query("UPDATE peer_lists SET entries = NULL WHERE peer_id = ?")
+            .bind(&id)
+            .execute(&mut *tx)
+            .await
+            .map_err(q)?;
         for h in change.changed {
             insert_entry(&mut tx, &id, h, now).await.map_err(q)?;
         }
@@ -1916,6 +1924,26 @@ mod tests {
             .unwrap();
         assert_eq!(routes.len(), 1);
         assert_eq!(routes[0].entry, b2.entry);
+        // A batch stored ahead of its list's header: the list held as
+        // signed no longer says what the rows say, so it is forgotten.
+        let e2 = held("e.example", "mx.e.example");
+        s.store_peer_entries(
+            &friend.id,
+            ListChange {
+                changed: std::slice::from_ref(&e2),
+                ..ListChange::default()
+            },
+            6000,
+        )
+        .await
+        .unwrap();
+        assert_eq!(s.peer_list_entries(&friend.id).await.unwrap(), None);
+        assert_eq!(
+            s.peer_entries_of(&friend.id, &[&e2.entry.domain])
+                .await
+                .unwrap(),
+            std::slice::from_ref(&e2)
+        );
         // Every next hop, once.
         let hops = s.relay_hops(10, ANY_EXPIRY).await.unwrap();
         let hops: Vec<String> = hops
@@ -1927,6 +1955,7 @@ mod tests {
             [
                 "friend mx.a.example [1.2.3.4]",
                 "friend mx.d.example [1.2.3.4]",
+                "friend mx.e.example [1.2.3.4]",
                 "friend mx2.b.example [1.2.3.4]"
             ]
         );

@@ -693,7 +693,8 @@ impl Lists {
         // its DNS facts and verdicts in memory at once. Each batch is one
         // transaction under the judging lock; the last one stores the
         // list's header with it, so until then the version held is the old
-        // one (a crash in between only means the entries are judged again).
+        // one, and the list held as signed is forgotten (a crash in between
+        // means the next fetch is of the whole list).
         let mut judged = 0usize;
         let mut touched: Option<Vec<String>> = (!was_out).then(Vec::new);
         let mut note = |domain: &Domain| {

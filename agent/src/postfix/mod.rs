@@ -331,6 +331,15 @@ impl Postfix {
             .unwrap_or_default()
     }
 
+    /// The text of one of mxfed's maps in force, which must be there and
+    /// readable: what a patch starts from.
+    pub async fn live_text_whole(&self, name: &str) -> Result<String, PostfixError> {
+        let path = self.map_dir().join(name);
+        tokio::fs::read_to_string(&path)
+            .await
+            .map_err(|e| err("read maps in force", format!("{}: {e}", path.display())))
+    }
+
     /// Whether the map files exist.
     pub fn maps_exist(&self) -> bool {
         MAPS.iter().all(|n| {
