@@ -209,39 +209,121 @@ fn finish_digest(ctx: digest::Context) -> [u8; 32] {
 }
 
 /// Appends one entry in the form the list's digest covers: the domain and
-/// the next hop (canonical text), each after its length (u32, big-endian).
+/// the next hop (canonical text), each an [`encode_field`].
 fn encode_entry(out: &mut Vec<u8>, domain: &str, next_hop: &str) {
-    for s in [domain, next_hop] {
-        out.extend_from_slice(&(s.len() as u32).to_be_bytes());
-        out.extend_from_slice(s.as_bytes());
+    encode_field(out, domain);
+    encode_field(out, next_hop);
+}
+
+/// Appends `text` as every signed list's digest covers it: its length
+/// (u32, big-endian), then the text.
+pub(crate) fn encode_field(out: &mut Vec<u8>, text: &str) {
+    out.extend_from_slice(&(text.len() as u32).to_be_bytes());
+    out.extend_from_slice(text.as_bytes());
+}
+
+/// Takes one [`encode_field`] off the front of `rest`; an error (naming
+/// `what` is held) if it is cut short or not UTF-8.
+pub(crate) fn take_field<'a>(rest: &mut &'a [u8], what: &str) -> Result<&'a str, ListError> {
+    let bad = || ListError::Malformed(format!("the {what} held are not well formed"));
+    let (len, tail) = rest.split_first_chunk::<4>().ok_or_else(bad)?;
+    let len = u32::from_be_bytes(*len) as usize;
+    if tail.len() < len {
+        return Err(bad());
     }
+    let (text, tail) = tail.split_at(len);
+    *rest = tail;
+    std::str::from_utf8(text).map_err(|_| bad())
 }
 
 /// The records of [`EncodedEntries`]: (domain, next hop) as text, in order;
 /// `Err` at the first that is cut short or not UTF-8.
 fn encoded_records(bytes: &[u8]) -> impl Iterator<Item = Result<(&str, &str), ListError>> {
-    fn field<'a>(rest: &mut &'a [u8]) -> Result<&'a str, ListError> {
-        let bad = || ListError::Malformed("the entries held are not well formed".into());
-        let (len, tail) = rest.split_first_chunk::<4>().ok_or_else(bad)?;
-        let len = u32::from_be_bytes(*len) as usize;
-        if tail.len() < len {
-            return Err(bad());
-        }
-        let (text, tail) = tail.split_at(len);
-        *rest = tail;
-        std::str::from_utf8(text).map_err(|_| bad())
-    }
     let mut rest = bytes;
     std::iter::from_fn(move || {
         if rest.is_empty() {
             return None;
         }
-        let record = field(&mut rest).and_then(|d| Ok((d, field(&mut rest)?)));
+        let record = take_field(&mut rest, "entries")
+            .and_then(|d| Ok((d, take_field(&mut rest, "entries")?)));
         if record.is_err() {
             rest = &[];
         }
         Some(record)
     })
+}
+
+/// SHA-256 of `bytes`.
+pub(crate) fn digest_of(bytes: &[u8]) -> [u8; 32] {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(bytes);
+    finish_digest(ctx)
+}
+
+/// Merges `changes` (sorted by key) into the records `held` (encoded as a
+/// list's digest covers them, sorted by key), for every kind of signed
+/// list: a held record is copied as it is; a change gets `apply` with the
+/// held record of its key, if any, which writes what the change leaves in
+/// the list and says whether it leaves a record and whether it changed
+/// anything. Returns the new records and the changes that changed
+/// something; `Err` unless there are exactly `want` records (checked as it
+/// goes, so a hostile change set cannot make it build more), naming them
+/// as `what`, or if `held` is not well formed.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn merge_encoded<'h, R: Copy + 'h, C>(
+    held: impl Iterator<Item = Result<R, ListError>>,
+    held_key: impl Fn(R) -> &'h str,
+    write_held: impl Fn(&mut Vec<u8>, R),
+    changes: Vec<C>,
+    change_key: impl Fn(&C) -> &str,
+    apply: impl Fn(&mut Vec<u8>, &C, Option<R>) -> (bool, bool),
+    (capacity, want, what): (usize, usize, &str),
+) -> Result<(Vec<u8>, Vec<C>), ListError> {
+    let mut out = Vec::with_capacity(capacity);
+    let mut count = 0usize;
+    let mut effective = Vec::new();
+    let mut held = held.peekable();
+    let mut changes = changes.into_iter().peekable();
+    while count <= want {
+        let next_held = match held.peek() {
+            Some(Ok(r)) => Some(*r),
+            Some(Err(e)) => return Err(e.clone()),
+            None => None,
+        };
+        let take_change = match (next_held, changes.peek()) {
+            (None, None) => break,
+            (Some(_), None) => false,
+            (None, Some(_)) => true,
+            (Some(r), Some(c)) => change_key(c) <= held_key(r),
+        };
+        if !take_change {
+            if let Some(r) = next_held {
+                held.next();
+                write_held(&mut out, r);
+                count += 1;
+            }
+            continue;
+        }
+        let Some(c) = changes.next() else { break };
+        let was = next_held.filter(|r| held_key(*r) == change_key(&c));
+        if was.is_some() {
+            held.next();
+        }
+        let (kept, changed) = apply(&mut out, &c, was);
+        if kept {
+            count += 1;
+        }
+        if changed {
+            effective.push(c);
+        }
+    }
+    if count != want {
+        return Err(ListError::Malformed(format!(
+            "the changes make a list of {count}{} {what}, {want} announced",
+            if count > want { " or more" } else { "" }
+        )));
+    }
+    Ok((out, effective))
 }
 
 /// A list's entries in the compact form its digest covers (see
@@ -643,64 +725,24 @@ impl ChangesReceiver {
             )));
         }
         let want = self.header.list.count as usize;
-        let mut out = Vec::with_capacity(held.0.len() + self.bytes + 8 * self.changes.len());
-        let mut count = 0usize;
-        let mut effective = Vec::new();
-        let mut records = encoded_records(&held.0).peekable();
-        let mut changes = self.changes.into_iter().peekable();
-        loop {
-            if count > want {
-                break;
-            }
-            let next_held = match records.peek() {
-                Some(Ok((d, _))) => Some(*d),
-                Some(Err(e)) => return Err(e.clone()),
-                None => None,
-            };
-            let take_change = match (next_held, changes.peek()) {
-                (None, None) => break,
-                (Some(_), None) => false,
-                (None, Some(_)) => true,
-                (Some(d), Some(c)) => c.domain.as_str() <= d,
-            };
-            if !take_change {
-                if let Some(Ok((d, h))) = records.next() {
-                    encode_entry(&mut out, d, h);
-                    count += 1;
-                }
-                continue;
-            }
-            let Some(c) = changes.next() else { break };
-            let held_hop = match records.peek() {
-                Some(Ok((d, h))) if *d == c.domain.as_str() => {
-                    let h = h.to_string();
-                    records.next();
-                    Some(h)
-                }
-                _ => None,
-            };
-            match &c.next_hop {
+        let capacity = held.0.len() + self.bytes + 8 * self.changes.len();
+        let (out, effective) = merge_encoded(
+            held.records(),
+            |(d, _)| d,
+            |out, (d, h)| encode_entry(out, d, h),
+            self.changes,
+            |c: &Change| c.domain.as_str(),
+            |out, c, was| match &c.next_hop {
                 Some(hop) => {
-                    let hop_text = hop.to_string();
-                    encode_entry(&mut out, c.domain.as_str(), &hop_text);
-                    count += 1;
-                    if held_hop.as_deref() != Some(hop_text.as_str()) {
-                        effective.push(c);
-                    }
+                    let hop = hop.to_string();
+                    encode_entry(out, c.domain.as_str(), &hop);
+                    (true, was.map(|(_, h)| h) != Some(hop.as_str()))
                 }
                 // A removal of a domain not held changes nothing.
-                None if held_hop.is_some() => effective.push(c),
-                None => {}
-            }
-        }
-        if count != want {
-            return Err(ListError::Malformed(format!(
-                "the changes make a list of {count}{} entries, {want} announced",
-                if count > want { " or more" } else { "" }
-            )));
-        }
-        let mut ctx = digest::Context::new(&digest::SHA256);
-        ctx.update(&out);
+                None => (false, was.is_some()),
+            },
+            (capacity, want, "entries"),
+        )?;
         let l = &self.header.list;
         let signed = signing_bytes(
             &l.signer,
@@ -708,7 +750,7 @@ impl ChangesReceiver {
             l.issued_at,
             l.expires_at,
             l.count,
-            &finish_digest(ctx),
+            &digest_of(&out),
         );
         if !l.signer.verify(&signed, &l.signature) {
             return Err(ListError::BadSignature);

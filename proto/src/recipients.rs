@@ -27,7 +27,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::Domain;
 use crate::id::PeerId;
-use crate::list::{check_header, ListError, ListHeader, CHUNK_ENTRIES};
+use crate::list::{
+    check_header, digest_of, encode_field, merge_encoded, take_field, ListError, ListHeader,
+    CHUNK_ENTRIES,
+};
 
 /// Most items a recipient list may have.
 pub const MAX_RECIPIENTS: u32 = 1_000_000;
@@ -241,13 +244,6 @@ impl Terms<'_> {
     }
 }
 
-/// Appends one item in the form the digest covers: its length (u32,
-/// big-endian), then the item.
-fn encode_item(out: &mut Vec<u8>, item: &str) {
-    out.extend_from_slice(&(item.len() as u32).to_be_bytes());
-    out.extend_from_slice(item.as_bytes());
-}
-
 /// A recipient list's items in the compact form its digest covers (see
 /// [`RecipientList::encoded_items`]): what a receiver keeps to apply the
 /// next changes to.
@@ -263,17 +259,7 @@ impl EncodedItems {
             if rest.is_empty() {
                 return None;
             }
-            let bad = || ListError::Malformed("the recipients held are not well formed".into());
-            let item = (|| {
-                let (len, tail) = rest.split_first_chunk::<4>().ok_or_else(bad)?;
-                let len = u32::from_be_bytes(*len) as usize;
-                if tail.len() < len {
-                    return Err(bad());
-                }
-                let (text, tail) = tail.split_at(len);
-                rest = tail;
-                std::str::from_utf8(text).map_err(|_| bad())
-            })();
+            let item = take_field(&mut rest, "recipients");
             if item.is_err() {
                 rest = &[];
             }
@@ -355,7 +341,7 @@ impl RecipientList {
     pub fn encoded_items(&self) -> EncodedItems {
         let mut out = Vec::new();
         for r in &self.items {
-            encode_item(&mut out, r.as_str());
+            encode_field(&mut out, r.as_str());
         }
         EncodedItems(out)
     }
@@ -634,53 +620,23 @@ impl RecipientChangesReceiver {
             )));
         }
         let want = self.header.list.list.count as usize;
-        let mut out = Vec::with_capacity(held.0.len() + 64 * self.changes.items.len());
-        let mut count = 0usize;
-        let mut effective = Vec::new();
-        let mut old = held.items().peekable();
-        let mut changes = self.changes.items.into_iter().zip(self.present).peekable();
-        loop {
-            if count > want {
-                break;
-            }
-            let next_held = match old.peek() {
-                Some(Ok(i)) => Some(*i),
-                Some(Err(e)) => return Err(e.clone()),
-                None => None,
-            };
-            let take_change = match (next_held, changes.peek()) {
-                (None, None) => break,
-                (Some(_), None) => false,
-                (None, Some(_)) => true,
-                (Some(h), Some((c, _))) => c.as_str() <= h,
-            };
-            if !take_change {
-                if let Some(Ok(i)) = old.next() {
-                    encode_item(&mut out, i);
-                    count += 1;
+        let capacity = held.0.len() + 64 * self.changes.items.len();
+        let changes: Vec<(Recipient, bool)> =
+            self.changes.items.into_iter().zip(self.present).collect();
+        let (out, effective) = merge_encoded(
+            held.items(),
+            |i| i,
+            encode_field,
+            changes,
+            |(item, _): &(Recipient, bool)| item.as_str(),
+            |out, (item, present), was| {
+                if *present {
+                    encode_field(out, item.as_str());
                 }
-                continue;
-            }
-            let Some((item, present)) = changes.next() else {
-                break;
-            };
-            let was = old
-                .next_if(|h| matches!(h, Ok(h) if *h == item.as_str()))
-                .is_some();
-            if present {
-                encode_item(&mut out, item.as_str());
-                count += 1;
-            }
-            if present != was {
-                effective.push((item, present));
-            }
-        }
-        if count != want {
-            return Err(ListError::Malformed(format!(
-                "the changes make a list of {count}{} items, {want} announced",
-                if count > want { " or more" } else { "" }
-            )));
-        }
+                (*present, *present != was.is_some())
+            },
+            (capacity, want, "items"),
+        )?;
         let h = &self.header.list;
         let terms = Terms {
             signer: &h.list.signer,
@@ -691,15 +647,10 @@ impl RecipientChangesReceiver {
             when_down: h.when_down,
             tls_fingerprints: &h.tls_fingerprints,
         };
-        let mut ctx = digest::Context::new(&digest::SHA256);
-        ctx.update(&out);
-        let mut d = [0u8; 32];
-        d.copy_from_slice(ctx.finish().as_ref());
-        if !h
-            .list
-            .signer
-            .verify(&terms.signing_bytes(h.list.count, &d), &h.list.signature)
-        {
+        if !h.list.signer.verify(
+            &terms.signing_bytes(h.list.count, &digest_of(&out)),
+            &h.list.signature,
+        ) {
             return Err(ListError::BadSignature);
         }
         Ok(ChangedRecipients {
