@@ -4,7 +4,7 @@
 //! startup, an expiry check) calls [`Relay::request_apply`], which sends the
 //! trigger to one worker task ([`ApplyWorker::run`]) over a channel. The
 //! worker coalesces triggers, renders the maps from the store and hands them
-//! to [`crate::postfix::Postfix::apply`], at most one rewrite every
+//! to [`crate::postfix::Postfix::apply_texts`], at most one rewrite every
 //! [`MIN_APPLY_GAP`]. `mxfed apply` runs [`Relay::apply_now`] directly; one
 //! apply runs at a time either way. Each real change or failure is
 //! recorded for `mxfed history`; a failure is retried a minute later. Only

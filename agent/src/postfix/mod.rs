@@ -1,16 +1,15 @@
 //! Postfix: the only module that runs Postfix commands or writes Postfix files.
 //!
 //! - [`render`] (pure): accepted entries to map text, and diffs.
-//! - [`Postfix::apply`]: writes each map under a temporary name, runs
-//!   `postmap`, checks every key with `postmap -q`, keeps the previous maps
-//!   as `*.prev`, renames the new ones into place (the `.db` first; a rename
-//!   is atomic, `postmap` on a live `hash:` file is not), then `postfix
-//!   reload`. If a step fails, the previous maps are put back and the error
-//!   names the step. At no point is there no map in place.
-//!   [`Postfix::apply_changes`] does the same for the maps that change
-//!   only, and builds a map with few changes from a copy of its compiled
-//!   file in force (`postmap -i -r`, `postmap -d`), checking the keys that
-//!   changed.
+//! - [`Postfix::apply_texts`] (and [`Postfix::apply_changes`], the same for
+//!   maps given as entries): writes each map that changes under a temporary
+//!   name, runs `postmap`, checks every key with `postmap -q`, keeps the
+//!   previous maps as `*.prev`, renames the new ones into place (the `.db`
+//!   first; a rename is atomic, `postmap` on a live `hash:` file is not),
+//!   then `postfix reload`. If a step fails, the previous maps are put back
+//!   and the error names the step. At no point is there no map in place. A
+//!   map with few changes is built from a copy of its compiled file in
+//!   force (`postmap -i -r`, `postmap -d`), checking the keys that changed.
 //! - [`Postfix::plan_setup`] / [`Postfix::setup`]: the one-time wiring of
 //!   `relay_domains`, `transport_maps` and `relay_recipient_maps` in
 //!   main.cf, refusing to make an open relay or to strand the recipients of
@@ -386,16 +385,11 @@ impl Postfix {
         }
     }
 
-    /// Installs `maps` as described in the module docs. On error, the maps
-    /// in force before are in force again, and the error names the step.
-    pub async fn apply(&self, maps: &RelayMaps, reload: bool) -> Result<(), PostfixError> {
-        self.apply_changes(maps, &HashMap::new(), reload)
-            .await
-            .map(|_| ())
-    }
-
-    /// [`Postfix::apply`], knowing what changed in each map since the maps
-    /// in force (`changes`, by map name, from [`render::diff_text`]): a map
+    /// Installs `maps` as described in the module docs, knowing what
+    /// changed in each map since the maps in force (`changes`, by map
+    /// name, from [`render::diff_text`]; none: every map built whole). On
+    /// error, the maps in force before are in force again, and the error
+    /// names the step. A map
     /// without changes is left as it is, and a map with a few changes (all
     /// listed) is built from a copy of the compiled map in force with
     /// `postmap -i` and `postmap -d`, and only those keys are checked. So a
