@@ -8,24 +8,31 @@ use std::path::Path;
 /// socket) would send them on one connection: read within the bounds,
 /// and each recipient's domain keyed as the maps are.
 pub fn policy_requests(bytes: &[u8]) {
-    static RT: std::sync::OnceLock<Option<tokio::runtime::Runtime>> = std::sync::OnceLock::new();
-    let rt = RT.get_or_init(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .ok()
-    });
-    let Some(rt) = rt else {
-        return;
-    };
-    rt.block_on(async {
-        let mut lines = tokio::io::AsyncReadExt::take(bytes, u64::MAX);
-        while let Ok(Some(attrs)) = crate::policy::read_request(&mut lines).await {
-            if let Some(r) = attrs.get("recipient") {
-                let _ = crate::mailq::domain_of(r);
+    // As `read_request` reads a connection: up to a `\n`, or up to the
+    // room left in the request; a new request after each one ends; the
+    // connection closed at the first error.
+    let mut request = crate::policy::Request::default();
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let room = usize::try_from(request.room()).unwrap_or(usize::MAX);
+        let window = &rest[..rest.len().min(room)];
+        let end = window
+            .iter()
+            .position(|b| *b == b'\n')
+            .map_or(window.len(), |i| i + 1);
+        let (line, tail) = rest.split_at(end);
+        rest = tail;
+        match request.line(line) {
+            Ok(Some(attrs)) => {
+                if let Some(r) = attrs.get("recipient") {
+                    let _ = crate::mailq::domain_of(r);
+                }
+                request = crate::policy::Request::default();
             }
+            Ok(None) => {}
+            Err(_) => break,
         }
-    });
+    }
 }
 
 /// `postqueue -j` output, line by line, tallied for two friends.

@@ -168,11 +168,11 @@ pub(crate) fn in_networks(nets: &[Net], ip: IpAddr) -> bool {
 pub(crate) async fn read_request<R: AsyncBufRead + Unpin>(
     lines: &mut tokio::io::Take<R>,
 ) -> Result<Option<HashMap<String, String>>, String> {
-    let mut attrs: HashMap<String, String> = HashMap::new();
-    let mut size = 0usize;
+    let mut request = Request::default();
+    let mut raw = Vec::new();
     loop {
-        let mut raw = Vec::new();
-        lines.set_limit((MAX_REQUEST - size + 1) as u64);
+        raw.clear();
+        lines.set_limit(request.room());
         let n = match tokio::time::timeout(IDLE, lines.read_until(b'\n', &mut raw)).await {
             Ok(Ok(n)) => n,
             Ok(Err(e)) => return Err(e.to_string()),
@@ -181,23 +181,48 @@ pub(crate) async fn read_request<R: AsyncBufRead + Unpin>(
         if n == 0 {
             return Ok(None);
         }
-        size += n;
+        if let Some(attrs) = request.line(&raw)? {
+            return Ok(Some(attrs));
+        }
+    }
+}
+
+/// One policy request being decoded, line by line (no I/O: what
+/// [`read_request`] reads goes here, and so do the fuzzer's bytes).
+#[derive(Default)]
+pub(crate) struct Request {
+    attrs: HashMap<String, String>,
+    size: usize,
+}
+
+impl Request {
+    /// Most bytes the next line may have: one over what is left, so that
+    /// a line too long is read far enough to be refused.
+    pub(crate) fn room(&self) -> u64 {
+        (MAX_REQUEST - self.size + 1) as u64
+    }
+
+    /// One line as read (with its `\n`, unless the reader stopped at
+    /// [`Self::room`]). `Some`: the empty line that ends the request.
+    pub(crate) fn line(&mut self, raw: &[u8]) -> Result<Option<HashMap<String, String>>, String> {
+        self.size += raw.len();
         // Attribute values are whatever clients sent (HELO names): not
         // necessarily UTF-8.
-        let line = String::from_utf8_lossy(&raw);
-        if size > MAX_REQUEST || !line.ends_with('\n') {
+        let line = String::from_utf8_lossy(raw);
+        if self.size > MAX_REQUEST || !line.ends_with('\n') {
             return Err(format!("request over {MAX_REQUEST} bytes"));
         }
         let line = line.trim_end_matches(['\n', '\r']);
         if line.is_empty() {
-            return Ok(Some(attrs));
+            return Ok(Some(std::mem::take(&mut self.attrs)));
         }
-        if attrs.len() >= MAX_ATTRIBUTES {
+        if self.attrs.len() >= MAX_ATTRIBUTES {
             return Err(format!("request with over {MAX_ATTRIBUTES} attributes"));
         }
         if let Some((k, v)) = line.split_once('=') {
-            attrs.insert(k.to_string(), v.to_string());
+            self.attrs.insert(k.to_string(), v.to_string());
         }
+        Ok(None)
     }
 }
 

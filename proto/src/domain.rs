@@ -78,6 +78,13 @@ fn is_invisible(c: char) -> bool {
 impl Domain {
     /// Checks and normalises user input: `Exämple.ORG` becomes `xn--exmple-cua.org`.
     pub fn parse(input: &str) -> Result<Self, DomainError> {
+        // Every character that is not refused below as invisible (those
+        // are what IDNA would drop) maps to at least one byte of the ASCII
+        // name and takes at most four in UTF-8: a longer input cannot fit,
+        // and is refused before the (costly) IDNA mapping.
+        if input.len() > 4 * MAX_DOMAIN {
+            return Err(DomainError::TooLong(input.into()));
+        }
         if input
             .chars()
             .any(|c| c.is_whitespace() || c.is_control() || is_invisible(c))
@@ -329,6 +336,22 @@ impl<'de> Deserialize<'de> for NextHop {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overlong_input_is_refused_before_idna_and_long_idns_still_parse() {
+        // Four-byte characters: 14 per label make 56 bytes of UTF-8 and a
+        // punycode label within 63; four such labels and a TLD are near
+        // the bound in both forms.
+        let label = "\u{1F600}".repeat(14);
+        let long = format!("{label}.{label}.{label}.{label}.example");
+        let parsed = Domain::parse(&long).unwrap();
+        assert!(parsed.as_str().len() <= MAX_DOMAIN);
+        let overlong = format!("{}.example", "ä".repeat(600));
+        assert!(matches!(
+            Domain::parse(&overlong),
+            Err(DomainError::TooLong(_))
+        ));
+    }
 
     #[test]
     fn normalises_case_and_idn() {

@@ -5,7 +5,8 @@
 //!   maps given as entries): writes each map that changes under a temporary
 //!   name, runs `postmap`, checks every key with `postmap -q`, keeps the
 //!   previous maps as `*.prev`, renames the new ones into place (the `.db`
-//!   first; a rename is atomic, `postmap` on a live `hash:` file is not),
+//!   first, and `relay_domains` last; a rename is atomic, `postmap` on a
+//!   live `hash:` file is not),
 //!   then `postfix reload`. If a step fails, the previous maps are put back
 //!   and the error names the step. At no point is there no map in place. A
 //!   map with few changes is built from a copy of its compiled file in
@@ -678,8 +679,18 @@ impl Postfix {
     }
 
     /// Renames `NAME.<from>{suffix}` and `NAME.<from>` over the live files, db first.
+    ///
+    /// `relay_domains` goes last. It is the map that makes Postfix accept a
+    /// domain at all, and a daemon that starts between two renames opens
+    /// some new maps and some old: with the new relay_domains and the old
+    /// transport it would relay a new domain by its MX (back to us), and
+    /// with the old relay_recipients it would answer 550 for its
+    /// recipients. Last, a new domain is refused (relay access denied) until
+    /// every map it needs is in place.
     async fn install(&self, names: &[&str], from: &str) -> Result<(), PostfixError> {
         let dir = self.map_dir();
+        let mut names = names.to_vec();
+        names.sort_by_key(|n| *n == RELAY_DOMAINS);
         for name in names {
             let suffix = self.suffix_of(name);
             for (src, dst) in [
