@@ -157,16 +157,29 @@ impl Owners {
     /// From `(peer, domain)` pairs; a domain named twice keeps the last.
     pub fn new(routes: impl IntoIterator<Item = (String, String)>) -> Self {
         let mut o = Owners::default();
-        let mut index: HashMap<String, u32> = HashMap::new();
         for (peer, domain) in routes {
-            let i = *index.entry(peer).or_insert_with_key(|p| {
-                o.names.push(p.clone());
-                (o.names.len() - 1) as u32
-            });
-            o.by_domain.insert(domain.into_boxed_str(), i);
+            o.add(&peer, domain);
         }
-        o.by_domain.shrink_to_fit();
+        o.shrink_to_fit();
         o
+    }
+
+    /// Adds one `(peer, domain)`; a domain named twice keeps the last.
+    pub fn add(&mut self, peer: &str, domain: String) {
+        // A federation has a few friends: a look-up among them beats a map.
+        let i = match self.names.iter().position(|n| n == peer) {
+            Some(i) => i,
+            None => {
+                self.names.push(peer.to_string());
+                self.names.len() - 1
+            }
+        };
+        self.by_domain.insert(domain.into_boxed_str(), i as u32);
+    }
+
+    /// Gives back what the adds left spare.
+    pub fn shrink_to_fit(&mut self) {
+        self.by_domain.shrink_to_fit();
     }
 
     /// The friend `domain` (lower-case) is relayed for.

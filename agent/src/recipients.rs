@@ -70,8 +70,10 @@ struct Published {
     signature: Vec<u8>,
 }
 
-/// Why each of my domains has no recipient list, as last read.
-pub(crate) type Unlisted = BTreeMap<Domain, String>;
+/// Why each of my domains has no recipient list, as last read. A reason
+/// is shared by the domains it is given for: with recipients off, it is the
+/// same for each of 100,000 domains.
+pub(crate) type Unlisted = BTreeMap<Domain, Arc<str>>;
 
 /// The recipient lists service (a cheap handle).
 #[derive(Clone)]
@@ -249,16 +251,8 @@ impl Recipients {
     /// could not be read).
     async fn publish_now(&self) -> Option<Fingerprint> {
         let inner = &*self.inner;
-        let domains: Vec<Domain> = {
-            let mine = inner.lists.my_domains().await;
-            let mut d: Vec<Domain> = mine
-                .domains
-                .iter()
-                .filter_map(|d| Domain::parse_canonical(&d.domain).ok())
-                .collect();
-            d.sort();
-            d
-        };
+        // Sorted and canonical already: no view to build, nothing to parse.
+        let domains: Vec<Domain> = inner.lists.my_domain_names().await;
         let (items, unlisted, delimiter, mut files) = match self.read(&domains).await {
             Ok(read) => read,
             Err(why) => {
@@ -308,8 +302,9 @@ impl Recipients {
         *lock(&inner.tls) = tls.clone();
         let files = fingerprint(&files);
         if !unlisted.is_empty() {
-            let names: Vec<String> = unlisted.keys().map(|d| d.to_string()).collect();
-            tracing::debug!(domains = %names.join(", "), "domains without a recipient list (friends accept every recipient)");
+            // The first few: with recipients off, this is every domain.
+            let names: Vec<&str> = unlisted.keys().take(20).map(Domain::as_str).collect();
+            tracing::debug!(count = unlisted.len(), first = %names.join(", "), "domains without a recipient list (friends accept every recipient)");
         }
         let (items, unlisted, delimiter) = if valid_delimiter(&delimiter) {
             (items, unlisted, delimiter)
@@ -317,7 +312,11 @@ impl Recipients {
             // Backups could not split extensions as I do: no exact lists.
             let why = format!("recipient_delimiter {delimiter:?} cannot be published (at most 8 punctuation characters)");
             tracing::warn!("{why}; friends accept every recipient of my domains");
-            let all = domains.iter().map(|d| (d.clone(), why.clone())).collect();
+            let why: Arc<str> = why.into();
+            let all = domains
+                .iter()
+                .map(|d| (d.clone(), Arc::clone(&why)))
+                .collect();
             (Vec::new(), all, String::new())
         };
         *lock(&inner.unlisted) = unlisted;
@@ -333,9 +332,10 @@ impl Recipients {
     ) -> Result<(Vec<Recipient>, Unlisted, String, Vec<PathBuf>), String> {
         let inner = &*self.inner;
         let all_unlisted = |why: &str| -> Unlisted {
+            let why: Arc<str> = why.into();
             domains
                 .iter()
-                .map(|d| (d.clone(), why.to_string()))
+                .map(|d| (d.clone(), Arc::clone(&why)))
                 .collect()
         };
         match &inner.config.recipients {
@@ -356,7 +356,10 @@ impl Recipients {
                     let read = pf.recipients(domains).await.map_err(|e| e.to_string())?;
                     Ok((
                         read.items.into_iter().collect(),
-                        read.unlisted,
+                        read.unlisted
+                            .into_iter()
+                            .map(|(d, why)| (d, why.into()))
+                            .collect(),
                         read.delimiter,
                         read.files,
                     ))
@@ -932,10 +935,8 @@ fn from_file(
         .iter()
         .filter(|d| !listed.contains(d.as_str()))
         .map(|d| {
-            (
-                d.clone(),
-                format!("{} lists no recipient of {d}", path.display()),
-            )
+            let why = format!("{} lists no recipient of {d}", path.display());
+            (d.clone(), why.into())
         })
         .collect();
     Ok((items, unlisted))

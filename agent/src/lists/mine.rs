@@ -177,6 +177,14 @@ impl Mine {
         view(current.as_deref())
     }
 
+    /// My domains, sorted.
+    pub(super) async fn domain_names(&self) -> Vec<Domain> {
+        let current = self.current.lock().await.clone();
+        current
+            .map(|p| p.list.entries().iter().map(|e| e.domain.clone()).collect())
+            .unwrap_or_default()
+    }
+
     /// My domains.
     pub(super) async fn domains(&self) -> HashSet<Domain> {
         let current = self.current.lock().await.clone();

@@ -50,7 +50,7 @@ use mxfed_proto::control::{
     DomainReason, DomainsChanged, EntryState, MyDomains, MyListAtPeer, PeerDomain,
 };
 use mxfed_proto::domain::{Domain, Host, NextHop};
-use mxfed_proto::list::{change_chunks, ChangesHeader, DomainList, Entry};
+use mxfed_proto::list::{change_chunks, ChangesHeader, Entry};
 use mxfed_proto::msg::{understand_changes, EntryNote, ListAck, Request, Response};
 use mxfed_proto::PeerId;
 
@@ -209,6 +209,11 @@ impl Lists {
     /// `mxfed domains list`.
     pub(crate) async fn my_domains(&self) -> MyDomains {
         self.inner.mine.view().await
+    }
+
+    /// My domains, sorted.
+    pub(crate) async fn my_domain_names(&self) -> Vec<Domain> {
+        self.inner.mine.domain_names().await
     }
 
     /// Adds (or re-targets) and removes my domains; re-signs and offers the
@@ -647,13 +652,16 @@ impl Lists {
         // time and re-checks change only states, so what is held cannot
         // change until the list is stored.
         let (head, fresh, removed) = match received {
-            Received::Whole(list) => match self.whole_list_changes(&peer, &list).await {
-                Ok((fresh, removed)) => (ListHead::from(&list), fresh, removed),
-                Err(e) => {
-                    tracing::error!("{e}");
-                    return false;
+            Received::Whole(list) => {
+                let head = ListHead::from(&list);
+                match self.whole_list_changes(&peer, list.into_entries()).await {
+                    Ok((fresh, removed)) => (head, fresh, removed),
+                    Err(e) => {
+                        tracing::error!("{e}");
+                        return false;
+                    }
                 }
-            },
+            }
             Received::Changes(list) => {
                 let mut fresh = Vec::new();
                 let mut removed = Vec::new();
@@ -804,14 +812,16 @@ impl Lists {
         true
     }
 
-    /// For a list received whole: its entries not held as they are, and
-    /// the domains held that it no longer lists. Compared with the entries
-    /// as stored, not with the list held as signed: a whole list is what
-    /// settles a store whose two disagree.
+    /// For a list received whole (its entries, sorted): those not held as
+    /// they are, and the domains held that it no longer lists. Compared
+    /// with the entries as stored, not with the list held as signed: a
+    /// whole list is what settles a store whose two disagree. The entries
+    /// are filtered where they are, not copied: a first list of 100,000
+    /// is all fresh.
     async fn whole_list_changes(
         &self,
         peer: &PeerId,
-        list: &DomainList,
+        entries: Vec<Entry>,
     ) -> Result<(Vec<Entry>, Vec<Domain>), StoreError> {
         let held: HashMap<Domain, NextHop> = self
             .inner
@@ -821,19 +831,14 @@ impl Lists {
             .into_iter()
             .map(|h| (h.entry.domain, h.entry.next_hop))
             .collect();
-        let fresh = list
-            .entries()
-            .iter()
-            .filter(|e| held.get(&e.domain) != Some(&e.next_hop))
+        let removed = held
+            .keys()
+            .filter(|d| entries.binary_search_by(|e| e.domain.cmp(d)).is_err())
             .cloned()
             .collect();
-        let removed = held
-            .into_keys()
-            .filter(|d| {
-                list.entries()
-                    .binary_search_by(|e| e.domain.cmp(d))
-                    .is_err()
-            })
+        let fresh = entries
+            .into_iter()
+            .filter(|e| held.get(&e.domain) != Some(&e.next_hop))
             .collect();
         Ok((fresh, removed))
     }

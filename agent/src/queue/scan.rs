@@ -57,28 +57,34 @@ impl Routing {
         if let Some(p) = previous.filter(|p| p.generation == Some(generation)) {
             return Ok(Arc::clone(p));
         }
-        // Mail held for a list past its grace period is still held: count it.
-        let routes = store
-            .relay_routes(at, ANY_EXPIRY)
+        // Mail held for a list past its grace period is still held: count
+        // it. The routes are streamed into the owners, never held as a
+        // list (100,000 routes as structs were most of a big sync's peak),
+        // and the next hops are read distinct.
+        let mut owners = Owners::default();
+        store
+            .each_route(at, ANY_EXPIRY, None, |r| {
+                owners.add(&r.peer, r.entry.domain.to_string())
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        owners.shrink_to_fit();
+        let hops = store
+            .relay_hops(at, ANY_EXPIRY)
             .await
             .map_err(|e| e.to_string())?;
         /// A next hop: its checked addresses and its port.
         type Hop<'a> = (&'a [std::net::IpAddr], Option<u16>);
         // Ordered, so the probes try the same addresses first each time.
-        let mut hops: HashMap<String, std::collections::BTreeSet<Hop>> = HashMap::new();
-        for r in &routes {
-            let hop = (&r.addrs[..], r.entry.next_hop.port());
-            hops.entry(r.peer.clone()).or_default().insert(hop);
+        let mut by_peer: HashMap<&str, std::collections::BTreeSet<Hop>> = HashMap::new();
+        for (peer, next_hop, addrs) in &hops {
+            let hop = (&addrs[..], next_hop.port());
+            by_peer.entry(peer).or_default().insert(hop);
         }
-        let targets = hops
+        let targets = by_peer
             .into_iter()
-            .map(|(peer, hops)| (peer, super::probe::targets(hops.into_iter())))
+            .map(|(peer, hops)| (peer.to_string(), super::probe::targets(hops.into_iter())))
             .collect();
-        let owners = Owners::new(
-            routes
-                .iter()
-                .map(|r| (r.peer.clone(), r.entry.domain.to_string())),
-        );
         Ok(Arc::new(Routing {
             generation: Some(generation),
             owners: Arc::new(owners),
