@@ -64,7 +64,7 @@ impl Routing {
         let mut owners = Owners::default();
         store
             .each_route(at, ANY_EXPIRY, None, |r| {
-                owners.add(&r.peer, r.entry.domain.to_string())
+                owners.add(&r.peer, r.entry.domain.as_str())
             })
             .await
             .map_err(|e| e.to_string())?;
