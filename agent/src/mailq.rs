@@ -180,6 +180,14 @@ impl Owners {
     /// Adds one `(peer, domain)`, best in domain order (as the store reads
     /// routes); call [`Self::shrink_to_fit`] after the last.
     pub fn add(&mut self, peer: &str, domain: &str) {
+        let (Ok(start), Ok(len), Ok(_)) = (
+            u32::try_from(self.text.len()),
+            u32::try_from(domain.len()),
+            u32::try_from(self.text.len() + domain.len()),
+        ) else {
+            // Over 4 GB of names: not a list anyone relays for.
+            return;
+        };
         // A federation has a few friends: a look-up among them beats a map.
         let owner = match self.names.iter().position(|n| n == peer) {
             Some(i) => i,
@@ -193,11 +201,6 @@ impl Owners {
                 self.unsorted = true;
             }
         }
-        let (Ok(start), Ok(len)) = (u32::try_from(self.text.len()), u32::try_from(domain.len()))
-        else {
-            // Over 4 GB of names: not a list anyone relays for.
-            return;
-        };
         self.text.push_str(domain);
         self.index.push((start, len, owner));
     }

@@ -72,17 +72,20 @@ fn is_invisible(c: char) -> bool {
         '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
         | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
         | '\u{2060}'..='\u{206F}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}'
-        | '\u{FFF0}'..='\u{FFF8}' | '\u{E0000}'..='\u{E0FFF}')
+        | '\u{FFF0}'..='\u{FFF8}' | '\u{1BCA0}'..='\u{1BCA3}' | '\u{1D173}'..='\u{1D17A}'
+        | '\u{E0000}'..='\u{E0FFF}')
 }
 
 impl Domain {
     /// Checks and normalises user input: `Exämple.ORG` becomes `xn--exmple-cua.org`.
     pub fn parse(input: &str) -> Result<Self, DomainError> {
-        // Every character that is not refused below as invisible (those
-        // are what IDNA would drop) maps to at least one byte of the ASCII
-        // name and takes at most four in UTF-8: a longer input cannot fit,
-        // and is refused before the (costly) IDNA mapping.
-        if input.len() > 4 * MAX_DOMAIN {
+        // Refused before the (costly) IDNA mapping: an input too long to
+        // make a name of 253 bytes. Every character that is not refused
+        // below as invisible (what IDNA would drop) ends up as at least one
+        // byte of the ASCII name, and the most UTF-8 that composes into
+        // one character is about 9 bytes (a Hangul syllable written as
+        // three jamo); 16 bytes a character leaves room to spare.
+        if input.len() > 16 * MAX_DOMAIN {
             return Err(DomainError::TooLong(input.into()));
         }
         if input
@@ -346,7 +349,18 @@ mod tests {
         let long = format!("{label}.{label}.{label}.{label}.example");
         let parsed = Domain::parse(&long).unwrap();
         assert!(parsed.as_str().len() <= MAX_DOMAIN);
-        let overlong = format!("{}.example", "ä".repeat(600));
+        // Decomposed Hangul: 9 bytes of jamo make one syllable, so this
+        // input of 1,355 bytes is a name of 176.
+        let jamo = "\u{1100}\u{1161}\u{11A8}".repeat(50);
+        let hangul = format!("{jamo}.{jamo}.{jamo}.kr");
+        assert!(hangul.len() > 4 * MAX_DOMAIN);
+        assert!(Domain::parse(&hangul).unwrap().as_str().len() <= MAX_DOMAIN);
+        // Characters IDNA ignores are refused, not dropped.
+        assert!(matches!(
+            Domain::parse("exa\u{1BCA0}mple.com"),
+            Err(DomainError::Whitespace(_))
+        ));
+        let overlong = format!("{}.example", "ä".repeat(3000));
         assert!(matches!(
             Domain::parse(&overlong),
             Err(DomainError::TooLong(_))

@@ -836,10 +836,12 @@ impl Lists {
             .filter(|d| entries.binary_search_by(|e| e.domain.cmp(d)).is_err())
             .cloned()
             .collect();
-        let fresh = entries
+        let mut fresh: Vec<Entry> = entries
             .into_iter()
             .filter(|e| held.get(&e.domain) != Some(&e.next_hop))
             .collect();
+        // (Filtered in the list's own allocation: give back what it spares.)
+        fresh.shrink_to_fit();
         Ok((fresh, removed))
     }
 

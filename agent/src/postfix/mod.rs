@@ -5,8 +5,8 @@
 //!   maps given as entries): writes each map that changes under a temporary
 //!   name, runs `postmap`, checks every key with `postmap -q`, keeps the
 //!   previous maps as `*.prev`, renames the new ones into place (the `.db`
-//!   first, and `relay_domains` last; a rename is atomic, `postmap` on a
-//!   live `hash:` file is not),
+//!   first, and `relay_domains` last, or first when domains only go; a
+//!   rename is atomic, `postmap` on a live `hash:` file is not),
 //!   then `postfix reload`. If a step fails, the previous maps are put back
 //!   and the error names the step. At no point is there no map in place. A
 //!   map with few changes is built from a copy of its compiled file in
@@ -67,6 +67,22 @@ const MAPS: [&str; 5] = [
     FRIENDS,
     TLS_POLICY,
 ];
+
+/// The order to rename `names` into place. A daemon that starts between
+/// two renames opens some new maps and some old, and `relay_domains` is
+/// the map that makes Postfix accept a domain at all. With a new domain in
+/// the new relay_domains and the old transport, it would relay the domain
+/// by its MX (back to us), and with the old relay_recipients answer 550 for
+/// its recipients: so relay_domains goes last, and a new domain is refused
+/// (relay access denied, as before) until every map it needs is in place.
+/// When domains only go, relay_domains goes first, for the same reason.
+/// (A change that adds some and removes others protects the added.)
+fn install_order<'a>(names: &[&'a str], relay_domains: Option<&MapDiff>) -> Vec<&'a str> {
+    let first = relay_domains.is_some_and(|c| c.counts.added == 0 && c.counts.removed > 0);
+    let mut order = names.to_vec();
+    order.sort_by_key(|n| (*n == RELAY_DOMAINS) != first);
+    order
+}
 
 /// Map types mxfed writes: single-file databases it can rename atomically.
 pub const SUPPORTED_MAP_TYPES: &[&str] = &["hash", "btree", "lmdb", "cdb"];
@@ -456,13 +472,18 @@ impl Postfix {
                 }
             }
         }
-        if let Err(e) = self.install(&touched, "new").await {
-            return Err(self.roll_back(&touched, e, reload).await);
+        // relay_domains is the gate: renamed last when domains come in,
+        // first when they only go (and the other way round to roll back).
+        let order = install_order(&touched, changes.get(RELAY_DOMAINS));
+        let mut undo = order.clone();
+        undo.reverse();
+        if let Err(e) = self.install(&order, "new").await {
+            return Err(self.roll_back(&undo, e, reload).await);
         }
         // 3. Make Postfix use them now.
         if reload {
             if let Err(e) = self.reload().await {
-                return Err(self.roll_back(&touched, e, reload).await);
+                return Err(self.roll_back(&undo, e, reload).await);
             }
         }
         Ok(Applied {
@@ -678,19 +699,10 @@ impl Postfix {
         Ok(())
     }
 
-    /// Renames `NAME.<from>{suffix}` and `NAME.<from>` over the live files, db first.
-    ///
-    /// `relay_domains` goes last. It is the map that makes Postfix accept a
-    /// domain at all, and a daemon that starts between two renames opens
-    /// some new maps and some old: with the new relay_domains and the old
-    /// transport it would relay a new domain by its MX (back to us), and
-    /// with the old relay_recipients it would answer 550 for its
-    /// recipients. Last, a new domain is refused (relay access denied) until
-    /// every map it needs is in place.
+    /// Renames `NAME.<from>{suffix}` and `NAME.<from>` over the live files,
+    /// db first, in the order given ([`install_order`]).
     async fn install(&self, names: &[&str], from: &str) -> Result<(), PostfixError> {
         let dir = self.map_dir();
-        let mut names = names.to_vec();
-        names.sort_by_key(|n| *n == RELAY_DOMAINS);
         for name in names {
             let suffix = self.suffix_of(name);
             for (src, dst) in [
@@ -1526,10 +1538,35 @@ async fn cleanup_temp(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::{
-        has_word, interface_addrs, list_matches, list_tokens, lookup_keys, service_port,
-        smtp_service, version_at_least, wire_policy,
+        has_word, install_order, interface_addrs, list_matches, list_tokens, lookup_keys,
+        service_port, smtp_service, version_at_least, wire_policy, MapDiff, RELAY_DOMAINS,
+        RELAY_RECIPIENTS, TRANSPORT,
     };
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    #[test]
+    fn relay_domains_is_renamed_last_when_domains_come_and_first_when_they_only_go() {
+        let names = [RELAY_DOMAINS, TRANSPORT, RELAY_RECIPIENTS];
+        let diff = |added, removed| {
+            let mut d = MapDiff::default();
+            d.counts.added = added;
+            d.counts.removed = removed;
+            d
+        };
+        let last = [TRANSPORT, RELAY_RECIPIENTS, RELAY_DOMAINS];
+        assert_eq!(
+            install_order(&names, None),
+            last,
+            "built whole: as if adding"
+        );
+        assert_eq!(install_order(&names, Some(&diff(1, 0))), last);
+        assert_eq!(install_order(&names, Some(&diff(1, 1))), last);
+        assert_eq!(
+            install_order(&names, Some(&diff(0, 1))),
+            [RELAY_DOMAINS, TRANSPORT, RELAY_RECIPIENTS]
+        );
+        assert_eq!(install_order(&[TRANSPORT], Some(&diff(0, 1))), [TRANSPORT]);
+    }
 
     #[test]
     fn policy_addresses_are_a_plain_absolute_socket_or_loopback_tcp() {
