@@ -266,6 +266,48 @@ impl Relay {
         dry_run: bool,
         only: Option<&BTreeSet<String>>,
     ) -> ApplyReport {
+        let (report, recorded) = self.apply_once(trigger, dry_run, only).await;
+        // A failure before anything was installed (the store, Postfix's
+        // parameters or the maps in force could not be read) goes into
+        // the history and the failure count as any other; not one with
+        // Postfix integration off or the agent stopping, which are no
+        // apply at all.
+        let early = matches!(report.step.as_deref(), Some("find postfix" | "start"));
+        if !recorded && !dry_run && !early && report.result == "failed" {
+            let inner = &*self.inner;
+            inner.failed.fetch_add(1, Ordering::Relaxed);
+            let record = ApplyRecord {
+                at: inner.clock.now_unix(),
+                trigger: trigger.to_string(),
+                ok: false,
+                step: report.step.clone(),
+                message: report.error.clone(),
+                added: 0,
+                removed: 0,
+                changed: 0,
+                total: report.total,
+            };
+            if let Err(e) = inner.store.record_apply(&record).await {
+                tracing::error!("cannot record apply: {e}");
+            }
+            tracing::error!(
+                trigger,
+                step = report.step.as_deref().unwrap_or(""),
+                "postfix relay maps not applied; the previous maps stay in force: {}",
+                report.error.as_deref().unwrap_or("")
+            );
+        }
+        report
+    }
+
+    /// One apply; also whether it was recorded in the history (every
+    /// apply that got as far as installing is).
+    async fn apply_once(
+        &self,
+        trigger: &str,
+        dry_run: bool,
+        only: Option<&BTreeSet<String>>,
+    ) -> (ApplyReport, bool) {
         let mut report = ApplyReport {
             dry_run,
             result: "failed".into(),
@@ -284,14 +326,14 @@ impl Relay {
                 "Postfix integration is off: no main.cf in {}",
                 inner.config.postfix_config_dir.display()
             ));
-            return report;
+            return (report, false);
         };
         let closed = inner.running.lock().await;
         let started = tokio::time::Instant::now();
         if *closed {
             report.step = Some("start".into());
             report.error = Some("the agent is shutting down".into());
-            return report;
+            return (report, false);
         }
         // Only from maps in force that say what their sources say (see the
         // whole rebuild below), and for a few domains.
@@ -326,7 +368,7 @@ impl Relay {
             Err(e) => {
                 report.step = Some("read friends' recipients".into());
                 report.error = Some(e.to_string());
-                return report;
+                return (report, false);
             }
         };
         let my_delimiter = match delimiter {
@@ -334,7 +376,7 @@ impl Relay {
             Err(e) => {
                 report.step = Some(e.step.into());
                 report.error = Some(e.message);
-                return report;
+                return (report, false);
             }
         };
         let my_delimiter = my_delimiter.as_str();
@@ -374,7 +416,7 @@ impl Relay {
                     Err(e) => {
                         report.step = Some("read accepted entries".into());
                         report.error = Some(e.to_string());
-                        return report;
+                        return (report, false);
                     }
                 };
                 let routes: Vec<Route> = routes.into_iter().map(&mut to_route).collect();
@@ -399,7 +441,7 @@ impl Relay {
                             inner.whole_next.store(true, Ordering::Relaxed);
                             report.step = Some(e.step.into());
                             report.error = Some(e.message);
-                            return report;
+                            return (report, false);
                         }
                     };
                     let (text, diff, count) = patch_text(&live, owned, &wanted);
@@ -420,7 +462,7 @@ impl Relay {
                 if let Err(e) = read {
                     report.step = Some("read accepted entries".into());
                     report.error = Some(e.to_string());
-                    return report;
+                    return (report, false);
                 }
                 let total = maps.count();
                 for (name, text) in maps.finish() {
@@ -435,7 +477,7 @@ impl Relay {
             Err(e) => {
                 report.step = Some("read friends' server keys".into());
                 report.error = Some(e.to_string());
-                return report;
+                return (report, false);
             }
         };
         // Pins mean SHA-256 only where Postfix compares SHA-256 (its
@@ -455,7 +497,7 @@ impl Relay {
             Err(e) => {
                 report.step = Some("read accepted entries".into());
                 report.error = Some(e.to_string());
-                return report;
+                return (report, false);
             }
         };
         let hops: Vec<(String, NextHop, Vec<IpAddr>)> = hops
@@ -503,7 +545,7 @@ impl Relay {
         report.total = total as u32;
         if dry_run {
             report.result = "planned".into();
-            return report;
+            return (report, false);
         }
         // Patching a copy of a compiled map is only as good as the compiled
         // map. A crash between renaming one compiled map and its source, or
@@ -517,7 +559,7 @@ impl Relay {
         let unchanged = change.is_empty() && !others_changed && postfix.maps_exist();
         if unchanged && !whole {
             report.result = "unchanged".into();
-            return report;
+            return (report, false);
         }
         // A change needs Postfix running (it is retried until it is); a
         // rebuild of unchanged maps reloads only a running Postfix.
@@ -590,7 +632,7 @@ impl Relay {
                 report.error = Some(e.to_string());
             }
         }
-        report
+        (report, true)
     }
 
     /// The last applies.

@@ -464,6 +464,31 @@ fn when_postmap_fails_the_old_maps_stay_and_the_step_is_named() {
     assert!(stderr(&out).contains("postmap"), "{}", stderr(&out));
 }
 
+/// An apply that fails before it installs anything (here the map text in
+/// force cannot be read, so a patch has nothing to start from) is in the
+/// history with its step, as every other failure is. It used to be only
+/// in the log.
+#[test]
+fn an_apply_that_cannot_read_the_maps_in_force_is_in_the_history() {
+    let p = pair("verify_mx = \"off\"", "");
+    p.alpha.domains(&["add", "a1.example"]);
+    wait_for("relayed", || p.pf.rcpt("x@a1.example") == 250);
+    // Not UTF-8: the transport source in force cannot be read as text.
+    let source = p.pf.etc().join("mxfed/transport");
+    let mut bytes = std::fs::read(&source).unwrap();
+    bytes.extend_from_slice(b"\xff\xfe\n");
+    std::fs::write(&source, bytes).unwrap();
+    p.alpha.domains(&["add", "a2.example"]);
+    let failed = first_failed_apply(&p.bravo);
+    assert_eq!(failed["step"], "read maps in force", "{failed:?}");
+    assert!(
+        failed["message"].as_str().unwrap().contains("transport"),
+        "the file is named: {failed:?}"
+    );
+    // The maps in force still answer.
+    assert_eq!(p.pf.rcpt("x@a1.example"), 250);
+}
+
 #[test]
 fn when_reload_fails_the_previous_maps_are_put_back() {
     let p = pair("verify_mx = \"off\"", "");
