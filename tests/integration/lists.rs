@@ -769,3 +769,25 @@ fn an_accepted_domain_is_verified_again_while_its_friend_is_offline() {
         "a domain whose MX still names both stays"
     );
 }
+
+/// The agents in these tests run with the environment of
+/// `deploy/mxfed.service` (glibc's malloc tuning), as deployed: the
+/// benchmarks' memory figures are those of the unit.
+#[test]
+fn agents_here_run_with_the_units_environment() {
+    let env = unit_environment();
+    assert!(
+        env.iter().any(|(k, v)| k == "MALLOC_ARENA_MAX" && v == "2"),
+        "{env:?}"
+    );
+    let mut a = Agent::init("alpha");
+    a.start();
+    let environ = std::fs::read(format!("/proc/{}/environ", a.pid().unwrap())).unwrap();
+    for (k, v) in &env {
+        let kv = format!("{k}={v}");
+        assert!(
+            environ.split(|b| *b == 0).any(|e| e == kv.as_bytes()),
+            "{kv} not in the agent's environment"
+        );
+    }
+}

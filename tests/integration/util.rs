@@ -181,6 +181,7 @@ impl Agent {
             .arg("--config")
             .arg(self.config())
             .arg("agent")
+            .envs(unit_environment())
             .env("MXFED_LOG", "info,mxfed_agent=debug")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -1076,6 +1077,19 @@ impl PostfixInstance {
             }
         }
     }
+}
+
+/// The `Environment=` of `deploy/mxfed.service` (glibc's malloc tuning):
+/// agents run here as the unit runs them, so the benchmarks measure what
+/// is deployed.
+pub fn unit_environment() -> Vec<(String, String)> {
+    include_str!("../../deploy/mxfed.service")
+        .lines()
+        .filter_map(|l| l.strip_prefix("Environment="))
+        .flat_map(str::split_whitespace)
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 /// A minimal SMTP client session; says QUIT when dropped.
