@@ -48,6 +48,13 @@ impl<K: Ord + Clone, V: Clone> ChangeLog<K, V> {
         }
     }
 
+    /// Forgets every step: a step too big to keep was taken, so no
+    /// version before it can be brought up to date by changes.
+    pub(crate) fn forget(&mut self) {
+        self.steps.clear();
+        self.changes = 0;
+    }
+
     /// The changes from version `have` to version `to`, sorted by key (the
     /// last value of each key), if this log has every step between them.
     pub(crate) fn since(&self, have: u64, to: u64) -> Option<Vec<(K, V)>> {
@@ -70,6 +77,18 @@ impl<K: Ord + Clone, V: Clone> ChangeLog<K, V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_forgotten_log_knows_no_changes_until_the_next_step() {
+        let mut log: ChangeLog<&str, Option<&str>> = ChangeLog::default();
+        log.record(1, 2, vec![("a.example", None)]);
+        log.forget();
+        assert_eq!(log.since(1, 3), None, "the step to 3 is unknown");
+        assert_eq!(log.since(2, 3), None);
+        log.record(3, 4, vec![("b.example", None)]);
+        assert_eq!(log.since(3, 4), Some(vec![("b.example", None)]));
+        assert_eq!(log.since(1, 4), None);
+    }
 
     #[test]
     fn the_change_log_composes_the_steps_since_a_version_it_has_seen() {

@@ -20,7 +20,7 @@ use crate::identity::Identity;
 use crate::store::{Store, StoreError};
 use crate::util::lock;
 
-use super::changelog::ChangeLog;
+use super::changelog::{ChangeLog, LOG_CHANGES};
 
 /// How long a signed list of mine is valid.
 pub const LIST_LIFETIME: Duration = Duration::from_secs(14 * 86_400);
@@ -287,18 +287,24 @@ impl Mine {
             removed: removed.len() as u32,
             total: published.list.entries().len() as u32,
         };
-        let mut changes: Vec<Change> = upserted
-            .iter()
-            .map(|e| Change {
-                domain: e.domain.clone(),
-                next_hop: Some(e.next_hop.clone()),
-            })
-            .chain(removed.iter().map(|d| Change {
-                domain: d.clone(),
-                next_hop: None,
-            }))
-            .collect();
-        changes.sort();
+        // More changes than the log keeps: a friend gets the whole list
+        // anyway, so they are not copied only to be dropped (100,000 of
+        // them were 11 MB of a `domains add --from-file`'s peak).
+        let changes = (upserted.len() + removed.len() <= LOG_CHANGES).then(|| {
+            let mut changes: Vec<Change> = upserted
+                .iter()
+                .map(|e| Change {
+                    domain: e.domain.clone(),
+                    next_hop: Some(e.next_hop.clone()),
+                })
+                .chain(removed.iter().map(|d| Change {
+                    domain: d.clone(),
+                    next_hop: None,
+                }))
+                .collect();
+            changes.sort();
+            changes
+        });
         self.install(&mut mine, published, changes);
         Ok(Changed {
             summary,
@@ -321,7 +327,7 @@ impl Mine {
         let new = self
             .sign_and_store(version, p.list.entries().to_vec(), &[], &[])
             .await?;
-        self.install(&mut mine, new, Vec::new());
+        self.install(&mut mine, new, Some(Vec::new()));
         Ok(Some(version))
     }
 
@@ -338,24 +344,30 @@ impl Mine {
             .map(|p| p.list.entries().to_vec())
             .unwrap_or_default();
         let published = self.sign_and_store(version, entries, &[], &[]).await?;
-        self.install(&mut mine, published, Vec::new());
+        self.install(&mut mine, published, Some(Vec::new()));
         Ok((version, true))
     }
 
     /// Makes `published` current; `changes` are what changed since the
-    /// list in `slot` (sorted by domain).
+    /// list in `slot` (sorted by domain), `None` if too many to log.
     fn install(
         &self,
         slot: &mut Option<Arc<Published>>,
         published: Arc<Published>,
-        changes: Vec<Change>,
+        changes: Option<Vec<Change>>,
     ) {
         let from = slot.as_ref().map_or(0, |p| p.list.version);
-        let changes = changes
-            .into_iter()
-            .map(|c| (c.domain, c.next_hop))
-            .collect();
-        lock(&self.log).record(from, published.list.version, changes);
+        match changes {
+            Some(changes) => {
+                let changes = changes
+                    .into_iter()
+                    .map(|c| (c.domain, c.next_hop))
+                    .collect();
+                lock(&self.log).record(from, published.list.version, changes);
+            }
+            // No version before this one can be brought up to it by changes.
+            None => lock(&self.log).forget(),
+        }
         self.version.send_replace(published.list.version);
         *slot = Some(published);
     }
