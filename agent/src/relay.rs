@@ -266,48 +266,6 @@ impl Relay {
         dry_run: bool,
         only: Option<&BTreeSet<String>>,
     ) -> ApplyReport {
-        let (report, recorded) = self.apply_once(trigger, dry_run, only).await;
-        // A failure before anything was installed (the store, Postfix's
-        // parameters or the maps in force could not be read) goes into
-        // the history and the failure count as any other; not one with
-        // Postfix integration off or the agent stopping, which are no
-        // apply at all.
-        let early = matches!(report.step.as_deref(), Some("find postfix" | "start"));
-        if !recorded && !dry_run && !early && report.result == "failed" {
-            let inner = &*self.inner;
-            inner.failed.fetch_add(1, Ordering::Relaxed);
-            let record = ApplyRecord {
-                at: inner.clock.now_unix(),
-                trigger: trigger.to_string(),
-                ok: false,
-                step: report.step.clone(),
-                message: report.error.clone(),
-                added: 0,
-                removed: 0,
-                changed: 0,
-                total: report.total,
-            };
-            if let Err(e) = inner.store.record_apply(&record).await {
-                tracing::error!("cannot record apply: {e}");
-            }
-            tracing::error!(
-                trigger,
-                step = report.step.as_deref().unwrap_or(""),
-                "postfix relay maps not applied; the previous maps stay in force: {}",
-                report.error.as_deref().unwrap_or("")
-            );
-        }
-        report
-    }
-
-    /// One apply; also whether it was recorded in the history (every
-    /// apply that got as far as installing is).
-    async fn apply_once(
-        &self,
-        trigger: &str,
-        dry_run: bool,
-        only: Option<&BTreeSet<String>>,
-    ) -> (ApplyReport, bool) {
         let mut report = ApplyReport {
             dry_run,
             result: "failed".into(),
@@ -326,14 +284,14 @@ impl Relay {
                 "Postfix integration is off: no main.cf in {}",
                 inner.config.postfix_config_dir.display()
             ));
-            return (report, false);
+            return report;
         };
         let closed = inner.running.lock().await;
         let started = tokio::time::Instant::now();
         if *closed {
             report.step = Some("start".into());
             report.error = Some("the agent is shutting down".into());
-            return (report, false);
+            return report;
         }
         // Only from maps in force that say what their sources say (see the
         // whole rebuild below), and for a few domains.
@@ -368,7 +326,7 @@ impl Relay {
             Err(e) => {
                 report.step = Some("read friends' recipients".into());
                 report.error = Some(e.to_string());
-                return (report, false);
+                return self.failed_early(trigger, report).await;
             }
         };
         let my_delimiter = match delimiter {
@@ -376,7 +334,7 @@ impl Relay {
             Err(e) => {
                 report.step = Some(e.step.into());
                 report.error = Some(e.message);
-                return (report, false);
+                return self.failed_early(trigger, report).await;
             }
         };
         let my_delimiter = my_delimiter.as_str();
@@ -416,7 +374,7 @@ impl Relay {
                     Err(e) => {
                         report.step = Some("read accepted entries".into());
                         report.error = Some(e.to_string());
-                        return (report, false);
+                        return self.failed_early(trigger, report).await;
                     }
                 };
                 let routes: Vec<Route> = routes.into_iter().map(&mut to_route).collect();
@@ -441,7 +399,7 @@ impl Relay {
                             inner.whole_next.store(true, Ordering::Relaxed);
                             report.step = Some(e.step.into());
                             report.error = Some(e.message);
-                            return (report, false);
+                            return self.failed_early(trigger, report).await;
                         }
                     };
                     let (text, diff, count) = patch_text(&live, owned, &wanted);
@@ -462,7 +420,7 @@ impl Relay {
                 if let Err(e) = read {
                     report.step = Some("read accepted entries".into());
                     report.error = Some(e.to_string());
-                    return (report, false);
+                    return self.failed_early(trigger, report).await;
                 }
                 let total = maps.count();
                 for (name, text) in maps.finish() {
@@ -477,7 +435,7 @@ impl Relay {
             Err(e) => {
                 report.step = Some("read friends' server keys".into());
                 report.error = Some(e.to_string());
-                return (report, false);
+                return self.failed_early(trigger, report).await;
             }
         };
         // Pins mean SHA-256 only where Postfix compares SHA-256 (its
@@ -497,7 +455,7 @@ impl Relay {
             Err(e) => {
                 report.step = Some("read accepted entries".into());
                 report.error = Some(e.to_string());
-                return (report, false);
+                return self.failed_early(trigger, report).await;
             }
         };
         let hops: Vec<(String, NextHop, Vec<IpAddr>)> = hops
@@ -545,7 +503,7 @@ impl Relay {
         report.total = total as u32;
         if dry_run {
             report.result = "planned".into();
-            return (report, false);
+            return report;
         }
         // Patching a copy of a compiled map is only as good as the compiled
         // map. A crash between renaming one compiled map and its source, or
@@ -559,18 +517,15 @@ impl Relay {
         let unchanged = change.is_empty() && !others_changed && postfix.maps_exist();
         if unchanged && !whole {
             report.result = "unchanged".into();
-            return (report, false);
+            return report;
         }
         // A change needs Postfix running (it is retried until it is); a
         // rebuild of unchanged maps reloads only a running Postfix.
         let reload = !unchanged || postfix.is_running().await;
         let planned_ms = started.elapsed().as_millis() as u64;
-        // Built whole: as if nothing were known of what changes.
-        let none = HashMap::new();
-        let outcome = match postfix
-            .apply_texts(&texts, if whole { &none } else { &changes }, reload)
-            .await
-        {
+        // Built whole (`whole`): every map, the changes only ordering the
+        // renames.
+        let outcome = match postfix.apply_texts(&texts, &changes, whole, reload).await {
             Ok(done) => {
                 tracing::debug!(built = ?done.built, patched = ?done.patched, domains = ?only, "maps installed");
                 Ok(())
@@ -632,7 +587,40 @@ impl Relay {
                 report.error = Some(e.to_string());
             }
         }
-        (report, true)
+        report
+    }
+
+    /// An apply that failed before it installed anything (the store,
+    /// Postfix's parameters or the maps in force could not be read): in
+    /// the history and the failure count as any other failure, recorded
+    /// while the apply still holds the lock. `report` says the step.
+    async fn failed_early(&self, trigger: &str, report: ApplyReport) -> ApplyReport {
+        if report.dry_run {
+            return report;
+        }
+        let inner = &*self.inner;
+        inner.failed.fetch_add(1, Ordering::Relaxed);
+        let record = ApplyRecord {
+            at: inner.clock.now_unix(),
+            trigger: trigger.to_string(),
+            ok: false,
+            step: report.step.clone(),
+            message: report.error.clone(),
+            added: 0,
+            removed: 0,
+            changed: 0,
+            total: report.total,
+        };
+        if let Err(e) = inner.store.record_apply(&record).await {
+            tracing::error!("cannot record apply: {e}");
+        }
+        tracing::error!(
+            trigger,
+            step = report.step.as_deref().unwrap_or(""),
+            "postfix relay maps not applied; the previous maps stay in force: {}",
+            report.error.as_deref().unwrap_or("")
+        );
+        report
     }
 
     /// The last applies.

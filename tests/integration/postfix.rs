@@ -485,8 +485,9 @@ fn an_apply_that_cannot_read_the_maps_in_force_is_in_the_history() {
         failed["message"].as_str().unwrap().contains("transport"),
         "the file is named: {failed:?}"
     );
-    // The maps in force still answer.
+    // The maps in force still answer, and nothing of the change is in them.
     assert_eq!(p.pf.rcpt("x@a1.example"), 250);
+    assert_eq!(p.pf.rcpt("x@a2.example"), 554);
 }
 
 #[test]

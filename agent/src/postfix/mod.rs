@@ -423,27 +423,31 @@ impl Postfix {
             .iter()
             .map(|(n, m)| (*n, MapSource::Entries(m)))
             .collect();
-        self.install_maps(&sources, changes, reload).await
+        self.install_maps(&sources, changes, false, reload).await
     }
 
     /// [`Postfix::apply_changes`] for maps given as their whole new text
     /// (as [`render::patch_text`] makes it from the text in force), each
-    /// with what changes in it.
+    /// with what changes in it. With `whole`, every map is built whole
+    /// even if unchanged, and the changes only set the order the maps are
+    /// renamed in ([`install_order`]).
     pub async fn apply_texts(
         &self,
         maps: &[(&'static str, String)],
         changes: &HashMap<&str, MapDiff>,
+        whole: bool,
         reload: bool,
     ) -> Result<Applied, PostfixError> {
         let sources: Vec<(&'static str, MapSource)> =
             maps.iter().map(|(n, t)| (*n, MapSource::Text(t))).collect();
-        self.install_maps(&sources, changes, reload).await
+        self.install_maps(&sources, changes, whole, reload).await
     }
 
     async fn install_maps(
         &self,
         maps: &[(&'static str, MapSource<'_>)],
         changes: &HashMap<&str, MapDiff>,
+        whole: bool,
         reload: bool,
     ) -> Result<Applied, PostfixError> {
         let dir = self.map_dir();
@@ -451,7 +455,8 @@ impl Postfix {
         cleanup_temp(&dir).await;
         // 1. Build every new map beside the live one and check it. On a
         // failure (a full disk, say) nothing half built is left behind.
-        let (touched, patched) = match self.build(maps, changes).await {
+        let none = HashMap::new();
+        let (touched, patched) = match self.build(maps, if whole { &none } else { changes }).await {
             Ok(t) => t,
             Err(e) => {
                 cleanup_temp(&dir).await;
