@@ -154,7 +154,7 @@ async fn handle(s: &Services, mut stream: UnixStream) {
                     d.recipients_reason = Some(
                         Domain::parse_canonical(&d.domain)
                             .ok()
-                            .and_then(|dom| unlisted.get(&dom).map(|why| why.to_string()))
+                            .and_then(|dom| unlisted.get(&dom).map(str::to_string))
                             .unwrap_or_else(|| match read {
                                 true => "no recipients read for it yet".into(),
                                 false => "my recipients have not been read yet".into(),

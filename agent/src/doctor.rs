@@ -190,7 +190,18 @@ async fn check_recipients(s: &Services, checks: &mut Vec<Check>) {
             "see the agent's log",
         ));
     }
-    for (d, why) in &unlisted {
+    // One warning for each domain, also where one reason is for all.
+    let every: Vec<(Domain, String)> = match unlisted.for_every() {
+        Some(why) => {
+            let names = s.lists.my_domain_names().await;
+            names.into_iter().map(|d| (d, why.to_string())).collect()
+        }
+        None => Vec::new(),
+    };
+    let each = unlisted
+        .each_domain()
+        .map(|(d, why)| (d.clone(), why.to_string()));
+    for (d, why) in every.into_iter().chain(each) {
         checks.push(check(
             "recipients",
             "warn",

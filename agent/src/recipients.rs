@@ -70,10 +70,59 @@ struct Published {
     signature: Vec<u8>,
 }
 
-/// Why each of my domains has no recipient list, as last read. A reason
-/// is shared by the domains it is given for: with recipients off, it is the
-/// same for each of 100,000 domains.
-pub(crate) type Unlisted = BTreeMap<Domain, Arc<str>>;
+/// Why each of my domains has no recipient list, as last read.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Unlisted {
+    /// Every one of my domains, for one reason (recipients off, no
+    /// Postfix, a delimiter friends cannot use), and how many they are:
+    /// not a copy of 100,000 names.
+    every: Option<(Arc<str>, usize)>,
+    /// Else each domain without a list, and why.
+    each: BTreeMap<Domain, Arc<str>>,
+}
+
+impl Unlisted {
+    /// All of `domains`, for `why`.
+    pub(crate) fn every(why: &str, domains: usize) -> Self {
+        Self {
+            every: (domains > 0).then(|| (Arc::from(why), domains)),
+            each: BTreeMap::new(),
+        }
+    }
+
+    /// These domains, each for its reason.
+    pub(crate) fn each(each: BTreeMap<Domain, Arc<str>>) -> Self {
+        Self { every: None, each }
+    }
+
+    /// Why `domain` (one of mine) has no recipient list, if it has none.
+    pub(crate) fn get(&self, domain: &Domain) -> Option<&str> {
+        match &self.every {
+            Some((why, _)) => Some(why),
+            None => self.each.get(domain).map(|w| &**w),
+        }
+    }
+
+    /// How many of my domains have no list.
+    pub(crate) fn len(&self) -> usize {
+        self.every.as_ref().map_or(self.each.len(), |(_, n)| *n)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The reason every domain shares, if it is one for all.
+    pub(crate) fn for_every(&self) -> Option<&str> {
+        self.every.as_ref().map(|(why, _)| &**why)
+    }
+
+    /// Each domain listed one by one, and why (none if one reason is
+    /// for all: see [`Self::for_every`]).
+    pub(crate) fn each_domain(&self) -> impl Iterator<Item = (&Domain, &str)> {
+        self.each.iter().map(|(d, w)| (d, &**w))
+    }
+}
 
 /// The recipient lists service (a cheap handle).
 #[derive(Clone)]
@@ -151,7 +200,7 @@ impl Recipients {
                 current: tokio::sync::Mutex::new(None),
                 version: watch::Sender::new(0),
                 log: Mutex::new(ChangeLog::default()),
-                unlisted: Mutex::new(Unlisted::new()),
+                unlisted: Mutex::new(Unlisted::default()),
                 offered: Mutex::new(HashMap::new()),
                 fetching: Mutex::new(HashSet::new()),
                 served: Mutex::new(HashMap::new()),
@@ -301,9 +350,17 @@ impl Recipients {
         };
         *lock(&inner.tls) = tls.clone();
         let files = fingerprint(&files);
-        if !unlisted.is_empty() {
-            // The first few: with recipients off, this is every domain.
-            let names: Vec<&str> = unlisted.keys().take(20).map(Domain::as_str).collect();
+        if let Some(why) = unlisted.for_every() {
+            tracing::debug!(
+                count = unlisted.len(),
+                "none of my domains has a recipient list (friends accept every recipient): {why}"
+            );
+        } else if !unlisted.is_empty() {
+            let names: Vec<&str> = unlisted
+                .each_domain()
+                .take(20)
+                .map(|(d, _)| d.as_str())
+                .collect();
             tracing::debug!(count = unlisted.len(), first = %names.join(", "), "domains without a recipient list (friends accept every recipient)");
         }
         let (items, unlisted, delimiter) = if valid_delimiter(&delimiter) {
@@ -312,11 +369,7 @@ impl Recipients {
             // Backups could not split extensions as I do: no exact lists.
             let why = format!("recipient_delimiter {delimiter:?} cannot be published (at most 8 punctuation characters)");
             tracing::warn!("{why}; friends accept every recipient of my domains");
-            let why: Arc<str> = why.into();
-            let all = domains
-                .iter()
-                .map(|d| (d.clone(), Arc::clone(&why)))
-                .collect();
+            let all = Unlisted::every(&why, domains.len());
             (Vec::new(), all, String::new())
         };
         *lock(&inner.unlisted) = unlisted;
@@ -331,13 +384,7 @@ impl Recipients {
         domains: &[Domain],
     ) -> Result<(Vec<Recipient>, Unlisted, String, Vec<PathBuf>), String> {
         let inner = &*self.inner;
-        let all_unlisted = |why: &str| -> Unlisted {
-            let why: Arc<str> = why.into();
-            domains
-                .iter()
-                .map(|d| (d.clone(), Arc::clone(&why)))
-                .collect()
-        };
+        let all_unlisted = |why: &str| Unlisted::every(why, domains.len());
         match &inner.config.recipients {
             RecipientsSource::Off => Ok((
                 Vec::new(),
@@ -356,10 +403,12 @@ impl Recipients {
                     let read = pf.recipients(domains).await.map_err(|e| e.to_string())?;
                     Ok((
                         read.items.into_iter().collect(),
-                        read.unlisted
-                            .into_iter()
-                            .map(|(d, why)| (d, why.into()))
-                            .collect(),
+                        Unlisted::each(
+                            read.unlisted
+                                .into_iter()
+                                .map(|(d, why)| (d, why.into()))
+                                .collect(),
+                        ),
                         read.delimiter,
                         read.files,
                     ))
@@ -931,14 +980,16 @@ fn from_file(
         }
     }
     let listed: HashSet<&str> = items.iter().map(Recipient::domain).collect();
-    let unlisted = domains
-        .iter()
-        .filter(|d| !listed.contains(d.as_str()))
-        .map(|d| {
-            let why = format!("{} lists no recipient of {d}", path.display());
-            (d.clone(), why.into())
-        })
-        .collect();
+    let unlisted = Unlisted::each(
+        domains
+            .iter()
+            .filter(|d| !listed.contains(d.as_str()))
+            .map(|d| {
+                let why = format!("{} lists no recipient of {d}", path.display());
+                (d.clone(), why.into())
+            })
+            .collect(),
+    );
     Ok((items, unlisted))
 }
 
@@ -962,7 +1013,10 @@ mod tests {
         let items: Vec<String> = items.iter().map(|r| r.to_string()).collect();
         assert_eq!(items, ["bob@me.example", "@me.example", "a#b@me.example"]);
         assert_eq!(unlisted.len(), 1);
-        assert!(unlisted[&mine[1]].contains("lists no recipient of quiet.example"));
+        assert!(unlisted
+            .get(&mine[1])
+            .unwrap()
+            .contains("lists no recipient of quiet.example"));
         let err = from_file("ok@me.example\nnot an address\n", &mine, path).unwrap_err();
         assert!(err.contains("/etc/mxfed/recipients line 2"), "{err}");
     }
