@@ -396,15 +396,19 @@ fn a_list_of_100000_domains_propagates() {
     };
     let file = domain_file(a.dir.path(), 100_000);
     a.domains(&["add", "--from-file", file.to_str().unwrap()]);
-    wait_for("all 100,000 accepted", || {
-        let p = b.peer("alpha").unwrap();
-        p["domains"].as_array().unwrap().len() == 100_000
-            && p["domains"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|d| d["state"] == "accepted")
-    });
+    wait_for_within(
+        "all 100,000 accepted",
+        std::time::Duration::from_secs(300),
+        || {
+            let p = b.peer("alpha").unwrap();
+            p["domains"].as_array().unwrap().len() == 100_000
+                && p["domains"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|d| d["state"] == "accepted")
+        },
+    );
     wait_for("acknowledged", || {
         a.peer("bravo").unwrap()["my_list"]["accepted"] == 100_000
     });

@@ -305,8 +305,16 @@ pub fn stderr(out: &Output) -> String {
 }
 
 /// Polls `cond` every 100 ms for up to 30 s.
-pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
+pub fn wait_for(what: &str, cond: impl FnMut() -> bool) {
+    wait_for_within(what, Duration::from_secs(30), cond)
+}
+
+/// [`wait_for`] with a deadline of its own, for work that scales with a
+/// big list: the deadline only stops a test that would hang, it is not a
+/// timing (a debug build syncing 100,000 domains beside other test runs
+/// took over 30 s once).
+pub fn wait_for_within(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
     while !cond() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(100));
