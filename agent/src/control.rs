@@ -135,12 +135,12 @@ async fn handle(s: &Services, mut stream: UnixStream) {
             .map(|notified| ControlResponse::Unpaired { notified }),
         ControlRequest::DomainsAdd { domains, next_hop } => s
             .lists
-            .change_my_domains(&domains, next_hop.as_deref(), &[])
+            .change_my_domains(domains, next_hop.as_deref(), Vec::new())
             .await
             .map(ControlResponse::DomainsChanged),
         ControlRequest::DomainsRemove { domains } => s
             .lists
-            .change_my_domains(&[], None, &domains)
+            .change_my_domains(Vec::new(), None, domains)
             .await
             .map(ControlResponse::DomainsChanged),
         ControlRequest::DomainsList => {

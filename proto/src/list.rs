@@ -577,8 +577,13 @@ impl ListReceiver {
             }
             let domain = Domain::parse_canonical(&w.domain)
                 .map_err(|error| ListError::BadEntry { index, error })?;
-            let next_hop = NextHop::parse_canonical(&w.next_hop)
-                .map_err(|error| ListError::BadEntry { index, error })?;
+            // Most entries of a list share their next hop: the one parsed
+            // for the entry before is shared, not parsed and stored again.
+            let next_hop = match self.entries.last() {
+                Some(prev) if prev.next_hop.is_written_as(&w.next_hop) => prev.next_hop.clone(),
+                _ => NextHop::parse_canonical(&w.next_hop)
+                    .map_err(|error| ListError::BadEntry { index, error })?,
+            };
             if let Some(prev) = self.entries.last() {
                 if prev.domain >= domain {
                     return Err(ListError::Malformed(format!(

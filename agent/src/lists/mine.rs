@@ -5,7 +5,7 @@
 //! after a restore from backup ([`Mine::resign_as`]). The lists service
 //! offers each new version to peers; this module never talks to them.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -208,8 +208,6 @@ impl Mine {
                 .ok()
                 .map(|i| &held[i].next_hop)
         };
-        // Each domain that changes: its next hop now, or `None` if removed.
-        let mut changes: BTreeMap<Domain, Option<NextHop>> = BTreeMap::new();
         let unknown: Vec<String> = remove
             .iter()
             .filter(|d| held_hop(d).is_none())
@@ -218,26 +216,26 @@ impl Mine {
         if !unknown.is_empty() {
             return Err(format!("not in my list: {}", unknown.join(", ")));
         }
+        // Each domain named: its next hop now, or `None` if removed; the
+        // last word on a domain stands. Sorted, not a map of 100,000.
+        let mut changes: Vec<(Domain, Option<NextHop>)> = add
+            .into_iter()
+            .map(|e| (e.domain, Some(e.next_hop)))
+            .chain(remove.into_iter().map(|d| (d, None)))
+            .collect();
+        changes.reverse();
+        changes.sort_by(|a, b| a.0.cmp(&b.0)); // stable: the last word first
+        changes.dedup_by(|later, first| later.0 == first.0);
+        changes.retain(|(d, hop)| held_hop(d) != hop.as_ref());
         let mut upserted = Vec::new();
-        for e in add {
-            let now = match changes.get(&e.domain) {
-                Some(hop) => hop.as_ref(),
-                None => held_hop(&e.domain),
-            };
-            if now != Some(&e.next_hop) {
-                changes.insert(e.domain.clone(), Some(e.next_hop.clone()));
-                upserted.push(e);
-            }
-        }
         let mut removed = Vec::new();
-        for d in remove {
-            let present = match changes.get(&d) {
-                Some(hop) => hop.is_some(),
-                None => held_hop(&d).is_some(),
-            };
-            if present {
-                changes.insert(d.clone(), None);
-                removed.push(d);
+        for (domain, hop) in &changes {
+            match hop {
+                Some(next_hop) => upserted.push(Entry {
+                    domain: domain.clone(),
+                    next_hop: next_hop.clone(),
+                }),
+                None => removed.push(domain.clone()),
             }
         }
         if upserted.is_empty() && removed.is_empty() {
@@ -255,7 +253,7 @@ impl Mine {
                 added: Vec::new(),
             });
         }
-        let mut entries = Vec::with_capacity(held.len() + changes.len());
+        let mut entries = Vec::with_capacity(held.len() + upserted.len());
         let mut changes = changes.into_iter().peekable();
         let new = |(domain, hop): (Domain, Option<NextHop>)| {
             hop.map(|next_hop| Entry { domain, next_hop })

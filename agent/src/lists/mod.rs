@@ -218,11 +218,12 @@ impl Lists {
 
     /// Adds (or re-targets) and removes my domains; re-signs and offers the
     /// list if anything changed. All input is checked before anything changes.
+    /// The names are taken, and each freed as it is parsed.
     pub(crate) async fn change_my_domains(
         &self,
-        add: &[String],
+        add: Vec<String>,
         next_hop: Option<&str>,
-        remove: &[String],
+        remove: Vec<String>,
     ) -> Result<DomainsChanged, String> {
         let hop = match next_hop {
             Some(h) => NextHop::parse(h).map_err(|e| format!("invalid next hop: {e}"))?,
@@ -232,9 +233,9 @@ impl Lists {
             ),
         };
         let add: Vec<Entry> = add
-            .iter()
+            .into_iter()
             .map(|d| {
-                Domain::parse(d)
+                Domain::parse(&d)
                     .map(|domain| Entry {
                         domain,
                         next_hop: hop.clone(),
@@ -243,8 +244,8 @@ impl Lists {
             })
             .collect::<Result<_, _>>()?;
         let remove: Vec<Domain> = remove
-            .iter()
-            .map(|d| Domain::parse(d).map_err(|e| format!("invalid domain: {e}")))
+            .into_iter()
+            .map(|d| Domain::parse(&d).map_err(|e| format!("invalid domain: {e}")))
             .collect::<Result<_, _>>()?;
         let changed = self.inner.mine.change(add, remove).await?;
         if let Some(version) = changed.signed {
@@ -1019,26 +1020,33 @@ impl Lists {
             return;
         }
         let inner = &*self.inner;
-        let added: HashSet<&Domain> = added.iter().collect();
         let Ok(peers) = inner.store.peers().await else {
             return;
         };
-        for p in peers {
+        'peers: for p in peers {
             let judging = inner.judging.lock().await;
-            let domains: Vec<&Domain> = added.iter().copied().collect();
-            let Ok(held) = inner.store.peer_entries_of(&p.id, &domains).await else {
-                continue;
-            };
-            let changed: Vec<HeldEntry> = held
-                .into_iter()
-                .filter(|h| added.contains(&h.entry.domain) && h.state != EntryState::Refused)
-                .map(|h| HeldEntry {
-                    reason: Some(format!("{} is one of my own domains", h.entry.domain)),
-                    state: EntryState::Refused,
-                    addrs: Vec::new(),
-                    entry: h.entry,
-                })
-                .collect();
+            // A thousand names a look-up: the names of a `domains add` of
+            // 100,000 are not copied into one statement.
+            let mut changed: Vec<HeldEntry> = Vec::new();
+            for chunk in added.chunks(1000) {
+                let domains: Vec<&Domain> = chunk.iter().collect();
+                let asked: HashSet<&Domain> = chunk.iter().collect();
+                let Ok(held) = inner.store.peer_entries_of(&p.id, &domains).await else {
+                    continue 'peers;
+                };
+                changed.extend(
+                    held.into_iter()
+                        .filter(|h| {
+                            asked.contains(&h.entry.domain) && h.state != EntryState::Refused
+                        })
+                        .map(|h| HeldEntry {
+                            reason: Some(format!("{} is one of my own domains", h.entry.domain)),
+                            state: EntryState::Refused,
+                            addrs: Vec::new(),
+                            entry: h.entry,
+                        }),
+                );
+            }
             if changed.is_empty() {
                 continue;
             }
