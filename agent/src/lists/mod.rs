@@ -50,7 +50,7 @@ use mxfed_proto::control::{
     DomainReason, DomainsChanged, EntryState, MyDomains, MyListAtPeer, PeerDomain,
 };
 use mxfed_proto::domain::{Domain, Host, NextHop};
-use mxfed_proto::list::{change_chunks, ChangesHeader, Entry};
+use mxfed_proto::list::{change_chunks, ChangesHeader, DomainList, Entry};
 use mxfed_proto::msg::{understand_changes, EntryNote, ListAck, Request, Response};
 use mxfed_proto::PeerId;
 
@@ -78,8 +78,55 @@ const MAX_VERSION_JUMP: u64 = 100_000;
 /// so that no friend can make me re-sign (and every other friend re-fetch
 /// my list) at its own pace.
 const RESIGN_GAP: Duration = Duration::from_secs(600);
-/// Entries of a new list judged and stored together (see `accept_list`).
-const JUDGE_BATCH: usize = 10_000;
+/// Entries of a new list judged and stored together (see `accept_list`):
+/// a batch's DNS facts and verdicts are about 700 bytes an entry.
+const JUDGE_BATCH: usize = 5_000;
+
+/// A verified list being judged: its fresh entries (those not held as
+/// they are) and what is stored as signed with its last batch.
+enum Judging {
+    /// Received whole; `fresh` indexes its entries. Encoded as signed only
+    /// when it is stored, not kept beside it while all are judged.
+    Whole { list: DomainList, fresh: Vec<u32> },
+    /// Received as changes: already encoded, as the changes were applied;
+    /// `fresh` are the entries they put in.
+    Changes { head: ListHead, fresh: Vec<Entry> },
+}
+
+impl Judging {
+    fn version(&self) -> u64 {
+        match self {
+            Self::Whole { list, .. } => list.version,
+            Self::Changes { head, .. } => head.version,
+        }
+    }
+
+    fn fresh_len(&self) -> usize {
+        match self {
+            Self::Whole { fresh, .. } => fresh.len(),
+            Self::Changes { fresh, .. } => fresh.len(),
+        }
+    }
+
+    /// The fresh entries in `range` (names shared, not copied).
+    fn batch(&self, range: std::ops::Range<usize>) -> Vec<Entry> {
+        match self {
+            Self::Whole { list, fresh } => fresh[range]
+                .iter()
+                .map(|&i| list.entries()[i as usize].clone())
+                .collect(),
+            Self::Changes { fresh, .. } => fresh[range].to_vec(),
+        }
+    }
+
+    /// The list as signed, as the store keeps it.
+    fn head(&self) -> std::borrow::Cow<'_, ListHead> {
+        match self {
+            Self::Whole { list, .. } => std::borrow::Cow::Owned(ListHead::from(list)),
+            Self::Changes { head, .. } => std::borrow::Cow::Borrowed(head),
+        }
+    }
+}
 /// Least time between two fetches of one peer's list.
 const MIN_FETCH_GAP: Duration = Duration::from_secs(1);
 /// How often to look whether my list is due for re-signing.
@@ -652,17 +699,17 @@ impl Lists {
         // domains no longer listed. Fetches of one peer's list run one at a
         // time and re-checks change only states, so what is held cannot
         // change until the list is stored.
-        let (head, fresh, removed) = match received {
-            Received::Whole(list) => {
-                let head = ListHead::from(&list);
-                match self.whole_list_changes(&peer, list.into_entries()).await {
-                    Ok((fresh, removed)) => (head, fresh, removed),
-                    Err(e) => {
-                        tracing::error!("{e}");
-                        return false;
-                    }
+        let (judging_list, removed) = match received {
+            Received::Whole(list) => match self.whole_list_changes(&peer, list.entries()).await {
+                // The list as signed is encoded for the store with the last
+                // batch, not kept beside the fresh entries while all are
+                // judged.
+                Ok((fresh, removed)) => (Judging::Whole { list, fresh }, removed),
+                Err(e) => {
+                    tracing::error!("{e}");
+                    return false;
                 }
-            }
+            },
             Received::Changes(list) => {
                 let mut fresh = Vec::new();
                 let mut removed = Vec::new();
@@ -681,10 +728,10 @@ impl Lists {
                     expires_at: list.expires_at,
                     entries: list.entries,
                 };
-                (head, fresh, removed)
+                (Judging::Changes { head, fresh }, removed)
             }
         };
-        let version = head.version;
+        let version = judging_list.version();
         // A list held that had expired beyond the grace period was out of
         // the maps whole: this one brings every entry back, not only those
         // that changed.
@@ -715,10 +762,15 @@ impl Lists {
             }
         };
         removed.iter().for_each(&mut note);
-        let mut batches = fresh.chunks(JUDGE_BATCH).peekable();
+        let fresh = judging_list.fresh_len();
+        let batches = fresh.div_ceil(JUDGE_BATCH).max(1);
+        let mut batch_no = 0;
         let summary = loop {
-            let batch = batches.next().unwrap_or(&[]);
-            let last = batches.peek().is_none();
+            let from = batch_no * JUDGE_BATCH;
+            let batch = judging_list.batch(from..fresh.min(from + JUDGE_BATCH));
+            let batch = &batch[..];
+            batch_no += 1;
+            let last = batch_no == batches;
             let gathered = self.gather(batch).await;
             let judging = inner.judging.lock().await;
             // (None of these is held as it is: no earlier verdict to keep.)
@@ -749,6 +801,7 @@ impl Lists {
             let now = inner.clock.now_unix();
             let stored = match last {
                 true => {
+                    let head = judging_list.head();
                     inner
                         .store
                         .store_peer_list(&peer, &head, &signature, change, now)
@@ -782,7 +835,6 @@ impl Lists {
                 break summary;
             }
         };
-        drop(head);
         let ack = match summary {
             Ok(s) => make_ack(version, &s),
             Err(e) => {
@@ -813,17 +865,16 @@ impl Lists {
         true
     }
 
-    /// For a list received whole (its entries, sorted): those not held as
-    /// they are, and the domains held that it no longer lists. Compared
-    /// with the entries as stored, not with the list held as signed: a
-    /// whole list is what settles a store whose two disagree. The entries
-    /// are filtered where they are, not copied: a first list of 100,000
-    /// is all fresh.
+    /// For a list received whole (its entries, sorted): the indices of
+    /// those not held as they are, and the domains held that it no longer
+    /// lists. Compared with the entries as stored, not with the list held as
+    /// signed: a whole list is what settles a store whose two disagree.
+    /// Indices, not copies: a first list of 100,000 is all fresh.
     async fn whole_list_changes(
         &self,
         peer: &PeerId,
-        entries: Vec<Entry>,
-    ) -> Result<(Vec<Entry>, Vec<Domain>), StoreError> {
+        entries: &[Entry],
+    ) -> Result<(Vec<u32>, Vec<Domain>), StoreError> {
         let held: HashMap<Domain, NextHop> = self
             .inner
             .store
@@ -837,12 +888,12 @@ impl Lists {
             .filter(|d| entries.binary_search_by(|e| e.domain.cmp(d)).is_err())
             .cloned()
             .collect();
-        let mut fresh: Vec<Entry> = entries
-            .into_iter()
-            .filter(|e| held.get(&e.domain) != Some(&e.next_hop))
+        let fresh = (0..entries.len() as u32)
+            .filter(|&i| {
+                let e = &entries[i as usize];
+                held.get(&e.domain) != Some(&e.next_hop)
+            })
             .collect();
-        // (Filtered in the list's own allocation: give back what it spares.)
-        fresh.shrink_to_fit();
         Ok((fresh, removed))
     }
 
