@@ -853,7 +853,7 @@ impl Recipients {
                     }
                     Ok(None) => {
                         return Err(Failed::NotApplied(format!(
-                        "version {held} was stored by an older mxfed, without its items as signed"
+                        "version {held} is held without its items as signed (stored by an older mxfed, or not whole)"
                     )))
                     }
                     Err(e) => return Err(Failed::Refused(e.to_string())),

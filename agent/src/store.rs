@@ -1006,7 +1006,12 @@ impl Store {
             .fetch(&mut *tx);
             while let Some(chunk) = rows.try_next().await? {
                 if read == 0 {
-                    bytes.reserve_exact(chunk.len() * usize::try_from(chunks).unwrap_or(0));
+                    // (Bounded: the count is ours, but a damaged one must not
+                    // ask for more than a list can be.)
+                    let whole = chunk
+                        .len()
+                        .saturating_mul(usize::try_from(chunks).unwrap_or(0));
+                    bytes.reserve_exact(whole.min(MAX_SIGNED_BYTES));
                 }
                 bytes.extend_from_slice(&chunk);
                 read += 1;
@@ -1748,6 +1753,9 @@ impl Signed {
 /// what they bind, a chunk at a time, not the whole list (and above glibc's
 /// mmap threshold in the unit, so each copy is given back when freed).
 const SIGNED_CHUNK: usize = 256 * 1024;
+/// The most room reserved for a list as signed read back (a list is at
+/// most 16 MiB of names, 64 MiB of recipients, and 8 bytes an entry more).
+const MAX_SIGNED_BYTES: usize = 96 << 20;
 
 fn chunk_count(bytes: &[u8]) -> i64 {
     bytes.len().div_ceil(SIGNED_CHUNK) as i64

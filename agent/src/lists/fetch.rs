@@ -197,7 +197,7 @@ async fn held_entries(store: &Store, peer: &PeerId, held: u64) -> Result<Encoded
             "the list held changed during the fetch (version {version}, not {held})"
         )),
         Ok(None) => Err(format!(
-            "version {held} was stored by an older mxfed, without its entries as signed"
+            "version {held} is held without its entries as signed (stored by an older mxfed, or not whole)"
         )),
     }
 }

@@ -194,7 +194,8 @@ impl Mine {
     }
 
     /// Adds (or re-targets) and removes domains; signs a new version if
-    /// anything changed. Removing a domain not in the list changes nothing.
+    /// anything changed. Removing a domain not in the list is an error, and
+    /// changes nothing.
     pub(super) async fn change(
         &self,
         add: Vec<Entry>,

@@ -772,6 +772,8 @@ impl Lists {
             batch_no += 1;
             let last = batch_no == batches;
             let gathered = self.gather(batch).await;
+            // Encoded before the lock: 100,000 entries take a while.
+            let head = last.then(|| judging_list.head());
             let judging = inner.judging.lock().await;
             // (None of these is held as it is: no earlier verdict to keep.)
             let verdicts = match self
@@ -799,16 +801,16 @@ impl Lists {
                 handed: &handed,
             };
             let now = inner.clock.now_unix();
-            let stored = match last {
-                true => {
-                    let head = judging_list.head();
+            let stored = match &head {
+                Some(head) => {
                     inner
                         .store
-                        .store_peer_list(&peer, &head, &signature, change, now)
+                        .store_peer_list(&peer, head, &signature, change, now)
                         .await
                 }
-                false => inner.store.store_peer_entries(&peer, change, now).await,
+                None => inner.store.store_peer_entries(&peer, change, now).await,
             };
+            drop(head);
             if let Err(e) = stored {
                 tracing::error!(peer = %name, "cannot store domain list: {e}");
                 return false;
