@@ -766,14 +766,14 @@ impl Store {
         let id = peer.to_string();
         let mut tx = self.pool.begin().await.map_err(q)?;
         sqlx::query(
-            "INSERT INTO peer_recipient_lists (peer_id, version, issued_at, expires_at, delimiter, when_down, tls, signature, received_at, items_chunks)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            "INSERT INTO peer_recipient_lists (peer_id, version, issued_at, expires_at, delimiter, when_down, tls, signature, received_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT (peer_id) DO UPDATE SET version = excluded.version, issued_at = excluded.issued_at,
                expires_at = excluded.expires_at, delimiter = excluded.delimiter, when_down = excluded.when_down,
                tls_previous = CASE WHEN tls != excluded.tls THEN tls ELSE tls_previous END,
                tls_changed_at = CASE WHEN tls != excluded.tls THEN excluded.received_at ELSE tls_changed_at END,
                tls = excluded.tls,
-               signature = excluded.signature, received_at = excluded.received_at, items_chunks = excluded.items_chunks",
+               signature = excluded.signature, received_at = excluded.received_at",
         )
         .bind(&id)
         .bind(list.version as i64)
@@ -784,7 +784,6 @@ impl Store {
         .bind(list.tls_fingerprints.join(" "))
         .bind(signature)
         .bind(now)
-        .bind(chunk_count(&list.items.0))
         .execute(&mut *tx)
         .await
         .map_err(q)?;
@@ -1237,11 +1236,10 @@ impl Store {
         let id = peer.to_string();
         let mut tx = self.pool.begin().await.map_err(q)?;
         sqlx::query(
-            "INSERT INTO peer_lists (peer_id, version, issued_at, expires_at, signature, received_at, entries_chunks)
-             VALUES (?, ?, ?, ?, ?, ?, ?)
+            "INSERT INTO peer_lists (peer_id, version, issued_at, expires_at, signature, received_at)
+             VALUES (?, ?, ?, ?, ?, ?)
              ON CONFLICT (peer_id) DO UPDATE SET version = excluded.version, issued_at = excluded.issued_at,
-               expires_at = excluded.expires_at, signature = excluded.signature, received_at = excluded.received_at,
-               entries_chunks = excluded.entries_chunks",
+               expires_at = excluded.expires_at, signature = excluded.signature, received_at = excluded.received_at",
         )
         .bind(&id)
         .bind(list.version as i64)
@@ -1249,7 +1247,6 @@ impl Store {
         .bind(list.expires_at as i64)
         .bind(signature)
         .bind(now)
-        .bind(chunk_count(&list.entries.0))
         .execute(&mut *tx)
         .await
         .map_err(q)?;
@@ -1293,11 +1290,6 @@ impl Store {
         let q = |e| self.query_err(e);
         let id = peer.to_string();
         let mut tx = self.pool.begin().await.map_err(q)?;
-        sqlx::query("UPDATE peer_lists SET entries_chunks = NULL WHERE peer_id = ?")
-            .bind(&id)
-            .execute(&mut *tx)
-            .await
-            .map_err(q)?;
         write_signed(&mut tx, &id, Signed::Domains, None)
             .await
             .map_err(q)?;
@@ -1747,6 +1739,16 @@ impl Signed {
             Self::Recipients => "recipients",
         }
     }
+
+    /// Sets the header's chunk count (the header row is written first).
+    fn set_count(self) -> &'static str {
+        match self {
+            Self::Domains => "UPDATE peer_lists SET entries_chunks = ? WHERE peer_id = ?",
+            Self::Recipients => {
+                "UPDATE peer_recipient_lists SET items_chunks = ? WHERE peer_id = ?"
+            }
+        }
+    }
 }
 
 /// A list as signed is stored in chunks of this size: sqlx and SQLite copy
@@ -1757,19 +1759,21 @@ const SIGNED_CHUNK: usize = 256 * 1024;
 /// most 16 MiB of names, 64 MiB of recipients, and 8 bytes an entry more).
 const MAX_SIGNED_BYTES: usize = 96 << 20;
 
-fn chunk_count(bytes: &[u8]) -> i64 {
-    bytes.len().div_ceil(SIGNED_CHUNK) as i64
-}
-
 /// Replaces a peer's list kept as signed with `bytes` (`None`: no list
-/// kept); the header's chunk count is written by the caller, in the same
-/// transaction.
+/// kept), and the chunk count in its header, which must be written before
+/// in the same transaction.
 async fn write_signed(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     peer_id: &str,
     kind: Signed,
     bytes: Option<&[u8]>,
 ) -> Result<(), sqlx::Error> {
+    let count = bytes.map(|b| b.len().div_ceil(SIGNED_CHUNK) as i64);
+    sqlx::query(kind.set_count())
+        .bind(count)
+        .bind(peer_id)
+        .execute(&mut **tx)
+        .await?;
     sqlx::query("DELETE FROM peer_list_chunks WHERE peer_id = ? AND list = ?")
         .bind(peer_id)
         .bind(kind.name())

@@ -422,11 +422,6 @@ impl DomainList {
         &self.entries
     }
 
-    /// The entries, sorted by domain, without a copy.
-    pub fn into_entries(self) -> Vec<Entry> {
-        self.entries
-    }
-
     /// The bytes the signer signs.
     pub fn signing_bytes(&self) -> Vec<u8> {
         signing_bytes(

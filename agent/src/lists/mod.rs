@@ -109,13 +109,13 @@ impl Judging {
     }
 
     /// The fresh entries in `range` (names shared, not copied).
-    fn batch(&self, range: std::ops::Range<usize>) -> Vec<Entry> {
+    fn batch(&self, range: std::ops::Range<usize>) -> std::borrow::Cow<'_, [Entry]> {
         match self {
             Self::Whole { list, fresh } => fresh[range]
                 .iter()
                 .map(|&i| list.entries()[i as usize].clone())
                 .collect(),
-            Self::Changes { fresh, .. } => fresh[range].to_vec(),
+            Self::Changes { fresh, .. } => std::borrow::Cow::Borrowed(&fresh[range]),
         }
     }
 
