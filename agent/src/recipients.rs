@@ -16,7 +16,7 @@
 //! relay maps are rewritten: each of the friend's accepted domains with
 //! recipients gets exactly those in `relay_recipient_maps`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -910,13 +910,43 @@ impl Recipients {
         let trigger = format!("{name}'s recipient list v{}", list.version);
         match same_terms {
             true => {
-                let mut domains: Vec<String> = changes
-                    .iter()
-                    .map(|(r, _)| r.domain().to_string())
-                    .collect();
-                domains.sort();
-                domains.dedup();
-                inner.relay.request_apply_of(trigger, domains);
+                // By domain, the addresses that changed in it; `@domain`
+                // changes the domain's standing.
+                let mut by_domain: BTreeMap<String, Vec<String>> = BTreeMap::new();
+                let mut whole_domains = BTreeSet::new();
+                for (r, _) in &changes {
+                    match r.is_catch_all() {
+                        true => {
+                            whole_domains.insert(r.domain().to_string());
+                        }
+                        false => by_domain
+                            .entry(r.domain().to_string())
+                            .or_default()
+                            .push(r.as_str().to_string()),
+                    }
+                }
+                by_domain.retain(|d, _| !whole_domains.contains(d));
+                // A domain that keeps an exact list through the change (it
+                // has an address besides those) changes in the maps by
+                // those addresses alone; one whose list starts or ends
+                // (every address of it, or none, is relayed) by its domain.
+                let domains: Vec<(String, Vec<String>)> = by_domain.into_iter().collect();
+                let keeping = match domains.len() <= crate::relay::MAX_PATCHED_DOMAINS {
+                    true => inner
+                        .store
+                        .recipient_domains_keeping_items(&peer, &domains)
+                        .await
+                        .unwrap_or_default(),
+                    false => Default::default(),
+                };
+                let mut scope: Vec<String> = whole_domains.into_iter().collect();
+                for (domain, items) in domains {
+                    match keeping.contains(&domain) {
+                        true => scope.extend(items),
+                        false => scope.push(domain),
+                    }
+                }
+                inner.relay.request_apply_of(trigger, scope);
             }
             false => inner.relay.request_apply(trigger),
         }

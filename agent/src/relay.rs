@@ -33,8 +33,8 @@ use crate::clock::{rfc3339, Clock};
 use crate::config::Config;
 use crate::dns::Dns;
 use crate::postfix::render::{
-    diff_text, diff_texts, map_text, patch_text, render_maps, tls_policy, Hop, MapDiff,
-    MapRenderer, RelayMaps, Route, FRIENDS, RELAY_DOMAINS, RELAY_RECIPIENTS, TLS_POLICY, TRANSPORT,
+    diff_text, diff_texts, map_text, render_maps, tls_policy, Hop, MapDiff, MapRenderer, RelayMaps,
+    Route, FRIENDS, RELAY_DOMAINS, RELAY_RECIPIENTS, TLS_POLICY, TRANSPORT,
 };
 use crate::postfix::Postfix;
 use crate::store::{ApplyRecord, RelayRoute, Store};
@@ -212,7 +212,9 @@ impl Relay {
     }
 
     /// [`Relay::request_apply`] after the accepted set changed for
-    /// `domains` alone (and nothing else the maps are made of).
+    /// `domains` alone (and nothing else the maps are made of). A name
+    /// with `@` is an address of a friend's recipient list whose domain
+    /// keeps an exact list: only its key in the recipients map changes.
     pub(crate) fn request_apply_of(&self, trigger: impl Into<String>, domains: Vec<String>) {
         self.send(Trigger {
             text: trigger.into(),
@@ -304,11 +306,25 @@ impl Relay {
                     && postfix.maps_exist()
             })
             .map(|o| o.iter().map(String::as_str).collect());
+        // Of those, single addresses (see [`Relay::request_apply_of`]).
+        let (items, only): (Vec<&str>, Option<Vec<&str>>) = match only {
+            Some(names) => {
+                let (items, domains) = names.into_iter().partition(|n| n.contains('@'));
+                (items, Some(domains))
+            }
+            None => (Vec::new(), None),
+        };
         let now = inner.clock.now_unix();
         let grace = inner.config.expired_list_grace.0.as_secs() as i64;
         // What the maps are made of besides the routes, read side by side.
         let (recipients, delimiter, tls_params, friends, pins, hops) = tokio::join!(
-            inner.store.relay_recipients(now, grace, only.as_deref()),
+            async {
+                match only.as_deref() {
+                    // Only addresses changed: no domain's recipients.
+                    Some([]) => Ok(HashMap::new()),
+                    only => inner.store.relay_recipients(now, grace, only).await,
+                }
+            },
             // As the owner publishes it: not expanded.
             postfix.param("recipient_delimiter"),
             postfix.params_expanded(&["smtp_tls_fingerprint_digest", "smtp_tls_security_level"]),
@@ -321,6 +337,7 @@ impl Relay {
             // Every next hop, not only those of the domains that changed.
             inner.store.relay_hops(now, grace),
         );
+        let joined_ms = started.elapsed().as_millis() as u64;
         let mut recipients = match recipients {
             Ok(r) => r,
             Err(e) => {
@@ -378,22 +395,57 @@ impl Relay {
                     }
                 };
                 let routes: Vec<Route> = routes.into_iter().map(&mut to_route).collect();
-                let domains: std::collections::HashSet<&str> = domains.iter().copied().collect();
-                let mut total = 0;
-                for (name, wanted) in render_maps(&routes).maps {
-                    let owned = |key: &str| {
+                // Addresses changed alone: each as the maps relay for it now.
+                let item_rows = match items.is_empty() {
+                    true => Ok(Vec::new()),
+                    false => inner.store.relay_recipient_items(now, grace, &items).await,
+                };
+                let item_rows = match item_rows {
+                    Ok(r) => r,
+                    Err(e) => {
+                        report.step = Some("read friends' recipients".into());
+                        report.error = Some(e.to_string());
+                        return self.failed_early(trigger, report).await;
+                    }
+                };
+                let domains: Arc<std::collections::HashSet<String>> =
+                    Arc::new(domains.iter().map(|d| d.to_string()).collect());
+                let items: Arc<std::collections::HashSet<String>> =
+                    Arc::new(items.iter().map(|i| i.to_string()).collect());
+                let mut maps = render_maps(&routes).maps;
+                for (name, wanted) in &mut maps {
+                    if *name == RELAY_RECIPIENTS {
+                        wanted.extend(
+                            item_rows
+                                .iter()
+                                .filter(|(_, delimiter)| same_delimiters(delimiter, my_delimiter))
+                                .map(|(item, _)| (item.clone(), "OK".to_string())),
+                        );
+                    }
+                }
+                // Only addresses changed: the domain maps stay as they are.
+                if domains.is_empty() {
+                    maps.retain(|(name, _)| *name == RELAY_RECIPIENTS);
+                }
+                // Each map patched from its text in force, side by side.
+                let patches = maps.into_iter().map(|(name, wanted)| {
+                    let domains = domains.clone();
+                    let items = items.clone();
+                    let owned = move |key: &str| {
                         // relay_recipients is keyed by address or `@domain`.
                         let domain = match name {
                             RELAY_RECIPIENTS => key.rsplit_once('@').map_or(key, |(_, d)| d),
                             _ => key,
                         };
                         domains.contains(domain)
+                            || (name == RELAY_RECIPIENTS && items.contains(key))
                     };
-                    // Patched from the text in force, which must be read
-                    // whole: patched from nothing, it would lose every
-                    // other domain.
-                    let live = match postfix.live_text_whole(name).await {
-                        Ok(t) => t,
+                    async move { (name, postfix.patched_text(name, owned, wanted).await) }
+                });
+                let mut total = None;
+                for (name, patched) in futures_util::future::join_all(patches).await {
+                    let (text, diff, count) = match patched {
+                        Ok(p) => p,
                         Err(e) => {
                             // The retry builds every map whole.
                             inner.whole_next.store(true, Ordering::Relaxed);
@@ -402,14 +454,16 @@ impl Relay {
                             return self.failed_early(trigger, report).await;
                         }
                     };
-                    let (text, diff, count) = patch_text(&live, owned, &wanted);
                     if name == TRANSPORT {
-                        total = count;
+                        total = Some(count);
                     }
                     texts.push((name, text));
                     changes.insert(name, diff);
                 }
-                total
+                match total {
+                    Some(total) => total,
+                    None => postfix.map_entry_count(TRANSPORT).await,
+                }
             }
             None => {
                 let mut maps = MapRenderer::default();
@@ -430,6 +484,7 @@ impl Relay {
                 total
             }
         };
+        let patched_ms = started.elapsed().as_millis() as u64;
         let pins = match pins {
             Ok(p) => p,
             Err(e) => {
@@ -527,7 +582,7 @@ impl Relay {
         // renames.
         let outcome = match postfix.apply_texts(&texts, &changes, whole, reload).await {
             Ok(done) => {
-                tracing::debug!(built = ?done.built, patched = ?done.patched, domains = ?only, "maps installed");
+                tracing::debug!(built = ?done.built, patched = ?done.patched, domains = ?only, addresses = ?items, built_ms = done.built_ms, installed_ms = done.installed_ms, "maps installed");
                 Ok(())
             }
             Err(e) => Err(e),
@@ -540,6 +595,8 @@ impl Relay {
             );
         }
         tracing::debug!(
+            joined_ms,
+            patched_ms,
             read_ms,
             planned_ms,
             took_ms = started.elapsed().as_millis() as u64,

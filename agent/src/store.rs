@@ -807,6 +807,67 @@ impl Store {
         tx.commit().await.map_err(q)
     }
 
+    /// Which of `items` (addresses, of friends' recipient lists) the maps
+    /// relay for as they are: held in a list whose friend's entry for the
+    /// domain is accepted here, both lists not expired for longer than
+    /// `grace` seconds, with the friend's delimiter. For an apply that
+    /// changes a few addresses of a domain with an exact list: each is
+    /// looked up by its key, not by reading the domain's 100,000.
+    pub async fn relay_recipient_items(
+        &self,
+        now: i64,
+        grace: i64,
+        items: &[&str],
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        sqlx::query_as(
+            "SELECT r.item, rl.delimiter FROM peer_recipients r
+             JOIN peer_entries e ON e.peer_id = r.peer_id AND e.domain = r.domain AND e.state = 'accepted'
+             JOIN peer_recipient_lists rl ON rl.peer_id = r.peer_id
+             JOIN peer_lists l ON l.peer_id = r.peer_id
+             WHERE l.expires_at + ? > ? AND rl.expires_at + ? > ?
+               AND r.peer_id IN (SELECT id FROM peers)
+               AND r.item IN (SELECT value FROM json_each(?))
+             ORDER BY r.item",
+        )
+        .bind(grace)
+        .bind(now)
+        .bind(grace)
+        .bind(now)
+        .bind(json_names(items.iter().copied()))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.query_err(e))
+    }
+
+    /// Which of `domains` have, in `peer`'s recipient list, an item other
+    /// than `but` (each domain with the items to leave out): a domain that
+    /// does had an exact list before a change of those items and has one
+    /// after, so the maps change by those addresses alone.
+    pub async fn recipient_domains_keeping_items(
+        &self,
+        peer: &PeerId,
+        domains: &[(String, Vec<String>)],
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        let id = peer.to_string();
+        let mut keeping = std::collections::HashSet::new();
+        for (domain, but) in domains {
+            let other: Option<i64> = sqlx::query_scalar(
+                "SELECT 1 FROM peer_recipients WHERE peer_id = ? AND domain = ?
+                 AND item NOT IN (SELECT value FROM json_each(?)) LIMIT 1",
+            )
+            .bind(&id)
+            .bind(domain)
+            .bind(json_names(but.iter().map(String::as_str)))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.query_err(e))?;
+            if other.is_some() {
+                keeping.insert(domain.clone());
+            }
+        }
+        Ok(keeping)
+    }
+
     /// For each friend's domain accepted here (among `only`, if given) whose
     /// friend publishes recipients for it: the friend's delimiter and those
     /// recipients. The
@@ -994,7 +1055,17 @@ impl Store {
         let Some((version, Some(chunks))) = row else {
             return Ok(None);
         };
-        let mut bytes = Vec::new();
+        // The whole size, from the records (SQLite reads a blob's length
+        // without its bytes), so the list is read into one allocation.
+        let size: Option<i64> = sqlx::query_scalar(
+            "SELECT SUM(length(bytes)) FROM peer_list_chunks WHERE peer_id = ? AND list = ?",
+        )
+        .bind(&id)
+        .bind(kind.name())
+        .fetch_one(&mut *tx)
+        .await?;
+        let size = usize::try_from(size.unwrap_or(0)).unwrap_or(0);
+        let mut bytes = Vec::with_capacity(size.min(MAX_SIGNED_BYTES));
         let mut read = 0i64;
         {
             let mut rows = sqlx::query_scalar::<_, Vec<u8>>(
@@ -1004,14 +1075,6 @@ impl Store {
             .bind(kind.name())
             .fetch(&mut *tx);
             while let Some(chunk) = rows.try_next().await? {
-                if read == 0 {
-                    // (Bounded: the count is ours, but a damaged one must not
-                    // ask for more than a list can be.)
-                    let whole = chunk
-                        .len()
-                        .saturating_mul(usize::try_from(chunks).unwrap_or(0));
-                    bytes.reserve_exact(whole.min(MAX_SIGNED_BYTES));
-                }
                 bytes.extend_from_slice(&chunk);
                 read += 1;
             }
@@ -1581,30 +1644,86 @@ impl Store {
         now: i64,
         grace: i64,
     ) -> Result<Vec<(String, NextHop, Vec<IpAddr>)>, StoreError> {
-        let rows: Vec<(String, String, String)> = sqlx::query_as(
-            // Distinct first, joined after: one look-up per next hop, not
-            // two per entry.
-            "SELECT p.name, h.next_hop, h.addrs FROM
-               (SELECT DISTINCT peer_id, next_hop, addrs FROM peer_entries WHERE state = 'accepted') h
-             JOIN peer_lists l ON l.peer_id = h.peer_id
-             JOIN peers p ON p.id = h.peer_id
-             WHERE l.expires_at + ? > ?
-             ORDER BY p.name, h.next_hop, h.addrs",
+        let q = |e| self.query_err(e);
+        let mut tx = self.pool.begin().await.map_err(q)?;
+        // Friends whose lists count, by id.
+        let friends: HashMap<String, String> = sqlx::query_as(
+            "SELECT p.id, p.name FROM peers p JOIN peer_lists l ON l.peer_id = p.id
+             WHERE l.expires_at + ? > ?",
         )
         .bind(grace)
         .bind(now)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await
-        .map_err(|e| self.query_err(e))?;
-        rows.into_iter()
+        .map_err(q)?
+        .into_iter()
+        .collect();
+        // The distinct (friend, next hop, addresses) of the accepted
+        // entries, each found by a seek in `peer_entries_hops` past the one
+        // before: a few look-ups for the few next hops friends have, however
+        // many domains name them. Past HOPS_BY_SEEK of them, one scan of
+        // the index reads the rest.
+        const HOPS_BY_SEEK: usize = 64;
+        const NEXT: [&str; 3] = [
+            "SELECT peer_id, next_hop, addrs FROM peer_entries
+             WHERE state = 'accepted' AND peer_id = ?1 AND next_hop = ?2 AND addrs > ?3
+             ORDER BY addrs LIMIT 1",
+            "SELECT peer_id, next_hop, addrs FROM peer_entries
+             WHERE state = 'accepted' AND peer_id = ?1 AND next_hop > ?2
+             ORDER BY next_hop, addrs LIMIT 1",
+            "SELECT peer_id, next_hop, addrs FROM peer_entries
+             WHERE state = 'accepted' AND peer_id > ?1
+             ORDER BY peer_id, next_hop, addrs LIMIT 1",
+        ];
+        let mut hops: Vec<(String, String, String)> = Vec::new();
+        let mut at = (String::new(), String::new(), String::new());
+        let mut whole = true;
+        'seek: loop {
+            if hops.len() == HOPS_BY_SEEK {
+                whole = false;
+                break;
+            }
+            for next in NEXT {
+                let row: Option<(String, String, String)> = sqlx::query_as(next)
+                    .bind(&at.0)
+                    .bind(&at.1)
+                    .bind(&at.2)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(q)?;
+                if let Some(row) = row {
+                    hops.push(row.clone());
+                    at = row;
+                    continue 'seek;
+                }
+            }
+            break;
+        }
+        if !whole {
+            hops = sqlx::query_as(
+                "SELECT DISTINCT peer_id, next_hop, addrs FROM peer_entries WHERE state = 'accepted'",
+            )
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(q)?;
+        }
+        tx.commit().await.map_err(q)?;
+        let mut out = hops
+            .into_iter()
+            .filter_map(|(peer, h, a)| Some((friends.get(&peer)?.clone(), h, a)))
             .map(|(n, h, a)| {
                 Ok((
                     n,
                     NextHop::parse_canonical(&h).map_err(|_| self.bad("next_hop", &h))?,
                     self.ips_from("peer_entries.addrs", &a)?,
+                    a,
+                    h,
                 ))
             })
-            .collect()
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        // As before: by friend, next hop and addresses as written.
+        out.sort_by(|a, b| (&a.0, &a.4, &a.3).cmp(&(&b.0, &b.4, &b.3)));
+        Ok(out.into_iter().map(|(n, h, a, _, _)| (n, h, a)).collect())
     }
 
     /// Records an apply, keeping the last 1,000.
@@ -1751,43 +1870,96 @@ impl Signed {
     }
 }
 
-/// A list as signed is stored in chunks of this size: sqlx and SQLite copy
-/// what they bind, a chunk at a time, not the whole list (and above glibc's
-/// mmap threshold in the unit, so each copy is given back when freed).
-const SIGNED_CHUNK: usize = 256 * 1024;
+/// A list as signed is stored in chunks of about this size, cut where its
+/// content says ([`signed_chunks`]): sqlx and SQLite copy what they bind, a
+/// chunk at a time, not the whole list (and above glibc's mmap threshold in
+/// the unit, so each copy is given back when freed).
+const SIGNED_CHUNK: u32 = 256 * 1024;
 /// The most room reserved for a list as signed read back (a list is at
 /// most 16 MiB of names, 64 MiB of recipients, and 8 bytes an entry more).
 const MAX_SIGNED_BYTES: usize = 96 << 20;
 
+/// `bytes` cut into chunks where their content says (FastCDC: 64 KiB to
+/// 1 MiB, about [`SIGNED_CHUNK`]), each with the SHA-256 of its bytes. A
+/// change to a few entries changes the chunks they fall in and leaves the
+/// others as they were, at the same place in the sequence unless a cut
+/// point itself came or went.
+fn signed_chunks(bytes: &[u8]) -> impl Iterator<Item = (&[u8], ring::digest::Digest)> {
+    fastcdc::v2020::FastCDC::new(bytes, SIGNED_CHUNK / 4, SIGNED_CHUNK, SIGNED_CHUNK * 4).map(
+        move |c| {
+            let chunk = &bytes[c.offset..c.offset + c.length];
+            (chunk, ring::digest::digest(&ring::digest::SHA256, chunk))
+        },
+    )
+}
+
 /// Replaces a peer's list kept as signed with `bytes` (`None`: no list
 /// kept), and the chunk count in its header, which must be written before
-/// in the same transaction.
+/// in the same transaction. Only chunks whose digest differs from the one
+/// stored at their place are written: a one-entry change to a list of
+/// 100,000 writes one chunk of about 256 KiB.
 async fn write_signed(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     peer_id: &str,
     kind: Signed,
     bytes: Option<&[u8]>,
 ) -> Result<(), sqlx::Error> {
-    let count = bytes.map(|b| b.len().div_ceil(SIGNED_CHUNK) as i64);
+    let Some(bytes) = bytes else {
+        sqlx::query(kind.set_count())
+            .bind(None::<i64>)
+            .bind(peer_id)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("DELETE FROM peer_list_chunks WHERE peer_id = ? AND list = ?")
+            .bind(peer_id)
+            .bind(kind.name())
+            .execute(&mut **tx)
+            .await?;
+        return Ok(());
+    };
+    // The digest stored at each place (none for a chunk stored before
+    // digests were kept: it is rewritten).
+    let stored: Vec<(i64, Option<Vec<u8>>)> = sqlx::query_as(
+        "SELECT seq, digest FROM peer_list_chunks WHERE peer_id = ? AND list = ? ORDER BY seq",
+    )
+    .bind(peer_id)
+    .bind(kind.name())
+    .fetch_all(&mut **tx)
+    .await?;
+    let stored: HashMap<i64, Vec<u8>> = stored
+        .into_iter()
+        .filter_map(|(seq, d)| Some((seq, d?)))
+        .collect();
+    let mut count = 0i64;
+    for (seq, (chunk, digest)) in signed_chunks(bytes).enumerate() {
+        let seq = seq as i64;
+        count = seq + 1;
+        if stored.get(&seq).is_some_and(|d| d == digest.as_ref()) {
+            continue;
+        }
+        sqlx::query(
+            "INSERT INTO peer_list_chunks (peer_id, list, seq, bytes, digest) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (peer_id, list, seq) DO UPDATE SET bytes = excluded.bytes, digest = excluded.digest",
+        )
+        .bind(peer_id)
+        .bind(kind.name())
+        .bind(seq)
+        .bind(chunk)
+        .bind(digest.as_ref())
+        .execute(&mut **tx)
+        .await?;
+    }
+    sqlx::query("DELETE FROM peer_list_chunks WHERE peer_id = ? AND list = ? AND seq >= ?")
+        .bind(peer_id)
+        .bind(kind.name())
+        .bind(count)
+        .execute(&mut **tx)
+        .await?;
     sqlx::query(kind.set_count())
         .bind(count)
         .bind(peer_id)
         .execute(&mut **tx)
         .await?;
-    sqlx::query("DELETE FROM peer_list_chunks WHERE peer_id = ? AND list = ?")
-        .bind(peer_id)
-        .bind(kind.name())
-        .execute(&mut **tx)
-        .await?;
-    for (seq, chunk) in bytes.unwrap_or_default().chunks(SIGNED_CHUNK).enumerate() {
-        sqlx::query("INSERT INTO peer_list_chunks (peer_id, list, seq, bytes) VALUES (?, ?, ?, ?)")
-            .bind(peer_id)
-            .bind(kind.name())
-            .bind(seq as i64)
-            .bind(chunk)
-            .execute(&mut **tx)
-            .await?;
-    }
     Ok(())
 }
 
@@ -2114,10 +2286,10 @@ mod tests {
                 head.entries
             }
         };
-        // Several chunks, the last one short.
+        // Several chunks.
         let big = store(1, 30_000).await;
-        assert!(big.0.len() > 3 * SIGNED_CHUNK, "{}", big.0.len());
-        assert_ne!(big.0.len() % SIGNED_CHUNK, 0);
+        assert!(big.0.len() > 3 * SIGNED_CHUNK as usize, "{}", big.0.len());
+        assert!(chunk_digests(&s).await.len() >= 2);
         assert_eq!(
             s.peer_list_entries(&friend.id).await.unwrap(),
             Some((1, big))
@@ -2153,6 +2325,208 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(left, 0);
+    }
+
+    #[tokio::test]
+    async fn next_hops_are_read_distinct_by_seeks_and_past_many_by_one_scan() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("mxfed.db")).await.unwrap();
+        let (alpha, bravo, gone) = (peer(1, "alpha"), peer(2, "bravo"), peer(3, "gone"));
+        let entry = |domain: String, hop: &str, state: EntryState, ip: &str| HeldEntry {
+            entry: Entry {
+                domain: Domain::parse(&domain).unwrap(),
+                next_hop: NextHop::parse(hop).unwrap(),
+            },
+            state,
+            reason: None,
+            addrs: vec![ip.parse().unwrap()],
+        };
+        let put = |p: &PeerRecord, expires: u64, entries: Vec<HeldEntry>| {
+            let s = &s;
+            let p = p.clone();
+            async move {
+                s.insert_peer(&p).await.unwrap();
+                let list = DomainList::new(
+                    p.id,
+                    1,
+                    0,
+                    expires,
+                    entries.iter().map(|h| h.entry.clone()).collect(),
+                );
+                s.store_peer_list(
+                    &p.id,
+                    &ListHead::from(&list),
+                    b"s",
+                    ListChange {
+                        changed: &entries,
+                        ..ListChange::default()
+                    },
+                    1000,
+                )
+                .await
+                .unwrap();
+            }
+        };
+        // alpha: 300 domains over two next hops, one of them at two sets of
+        // addresses; a refused entry's next hop is not one.
+        let mut a: Vec<HeldEntry> = (0..300)
+            .map(|i| {
+                let (hop, ip) = match i % 3 {
+                    0 => ("mx1.alpha.example", "192.0.2.1"),
+                    1 => ("mx1.alpha.example", "192.0.2.9"),
+                    _ => ("mx2.alpha.example", "192.0.2.2"),
+                };
+                entry(
+                    format!("d{i:03}.alpha.example"),
+                    hop,
+                    EntryState::Accepted,
+                    ip,
+                )
+            })
+            .collect();
+        a.push(entry(
+            "refused.alpha.example".into(),
+            "mx9.alpha.example",
+            EntryState::Refused,
+            "192.0.2.99",
+        ));
+        put(&alpha, 1_000_000, a).await;
+        put(
+            &bravo,
+            1_000_000,
+            vec![entry(
+                "b.example".into(),
+                "mx.bravo.example",
+                EntryState::Accepted,
+                "192.0.2.3",
+            )],
+        )
+        .await;
+        // gone: its list expired long ago.
+        put(
+            &gone,
+            5,
+            vec![entry(
+                "g.example".into(),
+                "mx.gone.example",
+                EntryState::Accepted,
+                "192.0.2.4",
+            )],
+        )
+        .await;
+        let hops = |s: &Store| {
+            let s = s.clone();
+            async move {
+                s.relay_hops(100, 0)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|(p, h, a)| format!("{p} {h} {a:?}"))
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(
+            hops(&s).await,
+            [
+                "alpha mx1.alpha.example [192.0.2.1]",
+                "alpha mx1.alpha.example [192.0.2.9]",
+                "alpha mx2.alpha.example [192.0.2.2]",
+                "bravo mx.bravo.example [192.0.2.3]",
+            ]
+        );
+        // More next hops than are sought one by one: the same answer, by
+        // one scan.
+        let many: Vec<HeldEntry> = (0..100)
+            .map(|i| {
+                entry(
+                    format!("m{i:03}.bravo.example"),
+                    &format!("mx{i:03}.bravo.example"),
+                    EntryState::Accepted,
+                    "192.0.2.5",
+                )
+            })
+            .collect();
+        s.store_peer_entries(
+            &bravo.id,
+            ListChange {
+                changed: &many,
+                ..ListChange::default()
+            },
+            2000,
+        )
+        .await
+        .unwrap();
+        let all = hops(&s).await;
+        assert_eq!(all.len(), 104, "{all:?}");
+        assert_eq!(all[3], "bravo mx.bravo.example [192.0.2.3]");
+        assert_eq!(all[4], "bravo mx000.bravo.example [192.0.2.5]");
+        assert!(all.windows(2).all(|w| w[0] < w[1]), "{all:?}");
+    }
+
+    /// The chunks kept as signed, in order: (seq, digest).
+    async fn chunk_digests(s: &Store) -> Vec<(i64, Option<Vec<u8>>)> {
+        sqlx::query_as("SELECT seq, digest FROM peer_list_chunks ORDER BY peer_id, list, seq")
+            .fetch_all(&s.pool)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_one_entry_change_to_a_big_list_rewrites_only_the_chunk_it_falls_in() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("mxfed.db")).await.unwrap();
+        let friend = peer(1, "friend");
+        s.insert_peer(&friend).await.unwrap();
+        let names =
+            |n: usize| -> Vec<String> { (0..n).map(|i| format!("d{i:06}.example")).collect() };
+        let store = |v: u64, names: Vec<String>| {
+            let entries: Vec<Entry> = names
+                .iter()
+                .map(|n| Entry {
+                    domain: Domain::parse(n).unwrap(),
+                    next_hop: NextHop::parse("mx.friend.example").unwrap(),
+                })
+                .collect();
+            let list = DomainList::new(friend.id, v, 0, i64::MAX as u64 / 2, entries);
+            let head = ListHead::from(&list);
+            let s = &s;
+            async move {
+                s.store_peer_list(&friend.id, &head, b"s", ListChange::default(), 1000)
+                    .await
+                    .unwrap();
+                head.entries
+            }
+        };
+        let mut list = names(100_000);
+        store(1, list.clone()).await;
+        let before = chunk_digests(&s).await;
+        assert!(before.len() >= 8, "{}", before.len());
+        // One more domain in the middle of the list.
+        list.push("d050000x.example".into());
+        list.sort();
+        let after_bytes = store(2, list.clone()).await;
+        let after = chunk_digests(&s).await;
+        let rewritten = after.iter().filter(|c| !before.contains(c)).count();
+        assert_eq!(rewritten, 1, "{before:?}\n{after:?}");
+        assert_eq!(after.len(), before.len());
+        assert_eq!(
+            s.peer_list_entries(&friend.id).await.unwrap(),
+            Some((2, after_bytes))
+        );
+        // A chunk kept without a digest (by an older mxfed) is rewritten,
+        // with one; and a changed chunk whose digest is kept is not
+        // trusted for its bytes: the read gives what was written.
+        sqlx::query("UPDATE peer_list_chunks SET digest = NULL WHERE seq = 0")
+            .execute(&s.pool)
+            .await
+            .unwrap();
+        let same = store(3, list).await;
+        assert!(chunk_digests(&s).await.iter().all(|(_, d)| d.is_some()));
+        assert_eq!(chunk_digests(&s).await, after);
+        assert_eq!(
+            s.peer_list_entries(&friend.id).await.unwrap(),
+            Some((3, same))
+        );
     }
 
     #[tokio::test]

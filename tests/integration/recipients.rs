@@ -141,6 +141,48 @@ fn the_backup_accepts_exactly_the_owners_recipients() {
         "{}",
         alpha.log_text()
     );
+    // alpha.example keeps an exact list through that change (bob stays), so
+    // only carol's key in the recipients map changed: no domain map was
+    // touched, and a whole render finds nothing to change.
+    let patched_alone =
+        r#"patched=["relay_recipients"] domains=Some([]) addresses=["carol@alpha.example"]"#;
+    let installed = |bravo: &Agent| {
+        bravo
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("maps installed"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    for _ in 0..100 {
+        if bravo.log_text().contains(patched_alone) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        bravo.log_text().contains(patched_alone),
+        "{}",
+        installed(&bravo)
+    );
+    let whole_render_agrees = |bravo: &Agent| {
+        let out = bravo.mxfed(&["apply", "--dry-run", "--json"]);
+        assert_ok(&out, "apply --dry-run");
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(r["changes"].as_array().unwrap().len(), 0, "{r}");
+    };
+    whole_render_agrees(&bravo);
+    // The same for an address that goes.
+    std::fs::write(&vmailbox, "carol@alpha.example alpha/carol/\n").unwrap();
+    postmap(&vmailbox);
+    wait_for("bob refused at the backup", || {
+        pf.rcpt("bob@alpha.example") == 550
+    });
+    assert_eq!(pf.rcpt("carol@alpha.example"), 250);
+    assert!(bravo.log_text().contains(
+        r#"patched=["relay_recipients"] domains=Some([]) addresses=["bob@alpha.example"]"#
+    ));
+    whole_render_agrees(&bravo);
 }
 
 /// A friend that turns its recipient list off (or whose list cannot be

@@ -1058,7 +1058,13 @@ impl PostfixInstance {
     /// Opens an SMTP session from 127.0.0.1 (outside mynetworks) and returns
     /// the reply code to `RCPT TO:<rcpt>`.
     pub fn rcpt(&self, rcpt: &str) -> u16 {
-        let mut smtp = Smtp::open(self.port);
+        Self::rcpt_at(self.port, rcpt)
+    }
+
+    /// [`Self::rcpt`] to the instance listening on `port` (from a thread
+    /// that does not hold the instance).
+    pub fn rcpt_at(port: u16, rcpt: &str) -> u16 {
+        let mut smtp = Smtp::open(port);
         assert_eq!(smtp.command("EHLO client.example"), 250);
         assert_eq!(smtp.command("MAIL FROM:<someone@sender.example>"), 250);
         smtp.command(&format!("RCPT TO:<{rcpt}>"))

@@ -765,16 +765,24 @@ impl Lists {
         let fresh = judging_list.fresh_len();
         let batches = fresh.div_ceil(JUDGE_BATCH).max(1);
         let mut batch_no = 0;
+        // Milliseconds gathering facts, encoding and waiting for the lock,
+        // judging, and storing: the debug log's account of a slow list.
+        let mut times = [0u64; 4];
         let summary = loop {
             let from = batch_no * JUDGE_BATCH;
             let batch = judging_list.batch(from..fresh.min(from + JUDGE_BATCH));
             let batch = &batch[..];
             batch_no += 1;
             let last = batch_no == batches;
+            let step = tokio::time::Instant::now();
             let gathered = self.gather(batch).await;
+            times[0] += step.elapsed().as_millis() as u64;
             // Encoded before the lock: 100,000 entries take a while.
+            let step = tokio::time::Instant::now();
             let head = last.then(|| judging_list.head());
             let judging = inner.judging.lock().await;
+            times[1] += step.elapsed().as_millis() as u64;
+            let step = tokio::time::Instant::now();
             // (None of these is held as it is: no earlier verdict to keep.)
             let verdicts = match self
                 .judge_with(&peer, batch, &HashMap::new(), &gathered)
@@ -800,6 +808,8 @@ impl Lists {
                 removed: if last { &removed } else { &[] },
                 handed: &handed,
             };
+            times[2] += step.elapsed().as_millis() as u64;
+            let step = tokio::time::Instant::now();
             let now = inner.clock.now_unix();
             let stored = match &head {
                 Some(head) => {
@@ -825,6 +835,7 @@ impl Lists {
                 ),
                 false => None,
             };
+            times[3] += step.elapsed().as_millis() as u64;
             drop(judging);
             self.after_hand_over(&handed).await;
             judged += changed.len();
@@ -854,6 +865,14 @@ impl Lists {
             pending = ack.pending_count,
             took_ms = started.elapsed().as_millis() as u64,
             "stored domain list"
+        );
+        tracing::debug!(
+            peer = %name,
+            gather_ms = times[0],
+            lock_ms = times[1],
+            judge_ms = times[2],
+            store_ms = times[3],
+            "stored domain list: where the time went"
         );
         for n in ack.refused.iter().take(20) {
             tracing::info!(peer = %name, domain = %n.domain, "refused: {}", n.reason);

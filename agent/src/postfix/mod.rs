@@ -53,6 +53,10 @@ pub struct Applied {
     pub built: Vec<String>,
     /// Maps patched from a copy of their compiled file.
     pub patched: Vec<String>,
+    /// Milliseconds to build and check the new maps.
+    pub built_ms: u64,
+    /// Milliseconds to rename them into place.
+    pub installed_ms: u64,
 }
 
 /// Name of the directory inside the Postfix config dir that holds our maps.
@@ -116,6 +120,58 @@ pub struct Postfix {
     map_type: String,
     /// Postfix 3.5 and later take several next hops in one transport entry.
     multiple_next_hops: bool,
+    /// What `postconf` printed for each read, while the files it reads are
+    /// as they were ([`ConfigStamp`]): a one-domain change needs half a
+    /// dozen parameters, and each `postconf` costs a few milliseconds.
+    postconf_cache: std::sync::Arc<std::sync::Mutex<PostconfCache>>,
+}
+
+/// `postconf` output by its arguments, with the [`ConfigStamp`] it was read at.
+type PostconfCache = HashMap<Vec<String>, (ConfigStamp, String)>;
+
+/// A file as [`ConfigStamp`] tells it: device, inode, size, modification
+/// and change times (seconds, nanoseconds).
+type FileStamp = (u64, u64, u64, i64, i64, i64, i64);
+
+/// What `postconf`'s answers depend on, besides the Postfix build: main.cf
+/// and master.cf (device, inode, size, modification and change times; an
+/// edit in place or by rename changes one of them), and the host name
+/// (`myhostname` and what derives from it default to it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ConfigStamp {
+    files: [Option<FileStamp>; 2],
+    hostname: Vec<u8>,
+}
+
+impl ConfigStamp {
+    async fn of(config_dir: &Path) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let stat = |name: &str| {
+            let path = config_dir.join(name);
+            async move {
+                tokio::fs::metadata(path).await.ok().map(|m| {
+                    (
+                        m.dev(),
+                        m.ino(),
+                        m.size(),
+                        m.mtime(),
+                        m.mtime_nsec(),
+                        m.ctime(),
+                        m.ctime_nsec(),
+                    )
+                })
+            }
+        };
+        let (main, master, hostname) = tokio::join!(
+            stat("main.cf"),
+            stat("master.cf"),
+            tokio::fs::read("/proc/sys/kernel/hostname")
+        );
+        ConfigStamp {
+            files: [main, master],
+            hostname: hostname.unwrap_or_default(),
+        }
+    }
 }
 
 /// A planned change to one main.cf parameter.
@@ -152,6 +208,7 @@ impl Postfix {
             queue_dir: PathBuf::new(),
             map_type: String::new(),
             multiple_next_hops: false,
+            postconf_cache: Default::default(),
         };
         let version = p.param("mail_version").await?;
         p.queue_dir = PathBuf::from(p.param_expanded("queue_directory").await?);
@@ -289,10 +346,27 @@ impl Postfix {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// `postconf ARGS` that only reads: its output, from the last run with
+    /// the same arguments if main.cf, master.cf and the host name are as
+    /// they were then.
+    async fn postconf(&self, step: &'static str, args: &[&str]) -> Result<String, PostfixError> {
+        let key: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let stamp = ConfigStamp::of(&self.config_dir).await;
+        if let Some((at, out)) = crate::util::lock(&self.postconf_cache).get(&key) {
+            if *at == stamp {
+                return Ok(out.clone());
+            }
+        }
+        let out = self.run(step, "postconf", args, None).await?;
+        // (Stamped before the run: an edit during it is seen next time.)
+        crate::util::lock(&self.postconf_cache).insert(key, (stamp, out.clone()));
+        Ok(out)
+    }
+
     /// `postconf -h NAME`: a parameter as written (or its default).
     pub async fn param(&self, name: &str) -> Result<String, PostfixError> {
         Ok(self
-            .run("read postfix config", "postconf", &["-h", name], None)
+            .postconf("read postfix config", &["-h", name])
             .await?
             .trim()
             .to_string())
@@ -301,7 +375,7 @@ impl Postfix {
     /// `postconf -xh NAME`: a parameter with `$names` expanded.
     pub async fn param_expanded(&self, name: &str) -> Result<String, PostfixError> {
         Ok(self
-            .run("read postfix config", "postconf", &["-xh", name], None)
+            .postconf("read postfix config", &["-xh", name])
             .await?
             .trim()
             .to_string())
@@ -315,9 +389,7 @@ impl Postfix {
     ) -> Result<HashMap<String, String>, PostfixError> {
         let mut args = vec!["-x"];
         args.extend_from_slice(names);
-        let out = self
-            .run("read postfix config", "postconf", &args, None)
-            .await?;
+        let out = self.postconf("read postfix config", &args).await?;
         let values: HashMap<String, String> = out
             .lines()
             .filter_map(|l| {
@@ -347,13 +419,36 @@ impl Postfix {
             .unwrap_or_default()
     }
 
-    /// The text of one of mxfed's maps in force, which must be there and
-    /// readable: what a patch starts from.
-    pub async fn live_text_whole(&self, name: &str) -> Result<String, PostfixError> {
+    /// How many entries one of mxfed's maps in force has (0 if none yet).
+    pub async fn map_entry_count(&self, name: &str) -> usize {
         let path = self.map_dir().join(name);
-        tokio::fs::read_to_string(&path)
-            .await
-            .map_err(|e| err("read maps in force", format!("{}: {e}", path.display())))
+        tokio::task::spawn_blocking(move || {
+            std::fs::read_to_string(path).map_or(0, |t| render::map_lines(&t).count())
+        })
+        .await
+        .unwrap_or(0)
+    }
+
+    /// One of mxfed's maps in force patched for a few keys
+    /// ([`render::patch_text`]: the keys `owned` says are changing take
+    /// their values from `wanted`), read and patched on a blocking thread so
+    /// that the maps of one apply are patched side by side. The text must
+    /// be there and readable: patched from nothing, a map would lose every
+    /// other key.
+    pub async fn patched_text(
+        &self,
+        name: &'static str,
+        owned: impl Fn(&str) -> bool + Send + 'static,
+        wanted: BTreeMap<String, String>,
+    ) -> Result<(String, MapDiff, usize), PostfixError> {
+        let path = self.map_dir().join(name);
+        tokio::task::spawn_blocking(move || {
+            let live = std::fs::read_to_string(&path)
+                .map_err(|e| err("read maps in force", format!("{}: {e}", path.display())))?;
+            Ok(render::patch_text(&live, owned, &wanted))
+        })
+        .await
+        .map_err(|e| err("read maps in force", e.to_string()))?
     }
 
     /// Whether the map files exist.
@@ -450,6 +545,7 @@ impl Postfix {
         whole: bool,
         reload: bool,
     ) -> Result<Applied, PostfixError> {
+        let started = std::time::Instant::now();
         let dir = self.map_dir();
         ensure_dir(&dir).await?;
         cleanup_temp(&dir).await;
@@ -463,6 +559,7 @@ impl Postfix {
                 return Err(e);
             }
         };
+        let built_ms = started.elapsed().as_millis() as u64;
         // 2. Keep what is live now, then rename the new maps into place.
         for name in &touched {
             for s in [self.suffix_of(name), ""] {
@@ -477,6 +574,12 @@ impl Postfix {
                 }
             }
         }
+        // smtpd alone reads relay_recipient_maps, and each smtpd process
+        // checks its tables before it takes a connection and makes way
+        // for a new one when one changed: a change to that map alone needs
+        // no reload (which makes every daemon start again, and sessions
+        // that begin meanwhile may wait).
+        let reload = reload && (whole || touched.iter().any(|n| *n != RELAY_RECIPIENTS));
         // relay_domains is the gate: renamed last when domains come in,
         // first when they only go (and the other way round to roll back).
         let order = install_order(&touched, changes.get(RELAY_DOMAINS));
@@ -485,6 +588,7 @@ impl Postfix {
         if let Err(e) = self.install(&order, "new").await {
             return Err(self.roll_back(&undo, e, reload).await);
         }
+        let installed_ms = started.elapsed().as_millis() as u64 - built_ms;
         // 3. Make Postfix use them now.
         if reload {
             if let Err(e) = self.reload().await {
@@ -498,6 +602,8 @@ impl Postfix {
                 .map(|n| n.to_string())
                 .collect(),
             patched: patched.iter().map(|n| n.to_string()).collect(),
+            built_ms,
+            installed_ms,
         })
     }
 
@@ -1106,9 +1212,7 @@ impl Postfix {
     /// forwards here), which count at every port. A next hop at any of these
     /// would send a friend's mail back to me.
     pub async fn smtp_listeners(&self) -> Result<Listeners, PostfixError> {
-        let services = self
-            .run("read master.cf", "postconf", &["-M"], None)
-            .await?;
+        let services = self.postconf("read master.cf", &["-M"]).await?;
         let values = self
             .params_expanded(&["inet_interfaces", "proxy_interfaces"])
             .await?;
@@ -1681,6 +1785,46 @@ mod tests {
             "known without the file"
         );
         assert_eq!(service_port("imaginary", services), None);
+    }
+
+    /// `postconf` answers are kept while main.cf is as it was, and read
+    /// again once it is edited (in place, the same size, or by rename).
+    #[tokio::test]
+    async fn postconf_answers_are_read_again_once_main_cf_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("main.cf");
+        std::fs::write(
+            &main,
+            "compatibility_level = 3.6\nrecipient_delimiter = +\n",
+        )
+        .unwrap();
+        std::fs::copy("/etc/postfix/master.cf", dir.path().join("master.cf")).unwrap();
+        let p = super::Postfix::open(dir.path(), Some("hash"))
+            .await
+            .unwrap();
+        assert_eq!(p.param("recipient_delimiter").await.unwrap(), "+");
+        // Kept: the same answer, with main.cf unchanged.
+        assert_eq!(p.param("recipient_delimiter").await.unwrap(), "+");
+        assert!(crate::util::lock(&p.postconf_cache)
+            .contains_key(&vec!["-h".to_string(), "recipient_delimiter".to_string()]));
+        // Edited in place to a value of the same length.
+        std::fs::write(
+            &main,
+            "compatibility_level = 3.6\nrecipient_delimiter = -\n",
+        )
+        .unwrap();
+        assert_eq!(p.param("recipient_delimiter").await.unwrap(), "-");
+        // Replaced by rename.
+        let new = dir.path().join("main.cf.new");
+        std::fs::write(&new, "compatibility_level = 3.6\nrecipient_delimiter = .\n").unwrap();
+        std::fs::rename(&new, &main).unwrap();
+        assert_eq!(p.param("recipient_delimiter").await.unwrap(), ".");
+        // A clone shares what was read.
+        let q = p.clone();
+        assert_eq!(
+            q.params_expanded(&["recipient_delimiter"]).await.unwrap()["recipient_delimiter"],
+            "."
+        );
     }
 
     #[tokio::test]

@@ -128,14 +128,10 @@ impl Postfix {
     /// obsolete `smtpd_use_tls`/`smtpd_enforce_tls` where that is empty),
     /// or runs in `smtpd_tls_wrappermode`.
     pub async fn tls_not_offered(&self, loopback: bool) -> Result<Option<String>, PostfixError> {
-        let services = self
-            .run("read master.cf", "postconf", &["-M"], None)
-            .await?;
+        let services = self.postconf("read master.cf", &["-M"]).await?;
         // `-x`: an override such as `-o smtpd_tls_security_level=$name`
         // comes expanded.
-        let overrides = self
-            .run("read master.cf", "postconf", &["-xP"], None)
-            .await?;
+        let overrides = self.postconf("read master.cf", &["-xP"]).await?;
         let entries: Vec<(&str, &str, &str)> =
             services.lines().filter_map(super::master_entry).collect();
         let reachable = |(name, kind, command): &(&str, &str, &str), wanted: &str| {
