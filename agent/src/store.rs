@@ -2269,23 +2269,7 @@ mod tests {
         let s = Store::open(&d.path().join("mxfed.db")).await.unwrap();
         let friend = peer(1, "friend");
         s.insert_peer(&friend).await.unwrap();
-        let store = |v: u64, n: usize| {
-            let entries: Vec<Entry> = (0..n)
-                .map(|i| Entry {
-                    domain: Domain::parse(&format!("d{i:06}.example")).unwrap(),
-                    next_hop: NextHop::parse("mx.friend.example").unwrap(),
-                })
-                .collect();
-            let list = DomainList::new(friend.id, v, 0, i64::MAX as u64 / 2, entries);
-            let head = ListHead::from(&list);
-            let s = &s;
-            async move {
-                s.store_peer_list(&friend.id, &head, b"s", ListChange::default(), 1000)
-                    .await
-                    .unwrap();
-                head.entries
-            }
-        };
+        let store = |v: u64, n: usize| store_list(&s, friend.id, v, names(n));
         // Several chunks.
         let big = store(1, 30_000).await;
         assert!(big.0.len() > 3 * SIGNED_CHUNK as usize, "{}", big.0.len());
@@ -2463,6 +2447,29 @@ mod tests {
         assert!(all.windows(2).all(|w| w[0] < w[1]), "{all:?}");
     }
 
+    /// `d000000.example`, `d000001.example`, ...: `n` names in order.
+    fn names(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("d{i:06}.example")).collect()
+    }
+
+    /// Stores version `v` of `friend`'s list of `names` (one next hop), as
+    /// a fetch would, and returns it as signed.
+    async fn store_list(s: &Store, friend: PeerId, v: u64, names: Vec<String>) -> EncodedEntries {
+        let entries: Vec<Entry> = names
+            .iter()
+            .map(|n| Entry {
+                domain: Domain::parse(n).unwrap(),
+                next_hop: NextHop::parse("mx.friend.example").unwrap(),
+            })
+            .collect();
+        let list = DomainList::new(friend, v, 0, i64::MAX as u64 / 2, entries);
+        let head = ListHead::from(&list);
+        s.store_peer_list(&friend, &head, b"s", ListChange::default(), 1000)
+            .await
+            .unwrap();
+        head.entries
+    }
+
     /// The chunks kept as signed, in order: (seq, digest).
     async fn chunk_digests(s: &Store) -> Vec<(i64, Option<Vec<u8>>)> {
         sqlx::query_as("SELECT seq, digest FROM peer_list_chunks ORDER BY peer_id, list, seq")
@@ -2477,26 +2484,7 @@ mod tests {
         let s = Store::open(&d.path().join("mxfed.db")).await.unwrap();
         let friend = peer(1, "friend");
         s.insert_peer(&friend).await.unwrap();
-        let names =
-            |n: usize| -> Vec<String> { (0..n).map(|i| format!("d{i:06}.example")).collect() };
-        let store = |v: u64, names: Vec<String>| {
-            let entries: Vec<Entry> = names
-                .iter()
-                .map(|n| Entry {
-                    domain: Domain::parse(n).unwrap(),
-                    next_hop: NextHop::parse("mx.friend.example").unwrap(),
-                })
-                .collect();
-            let list = DomainList::new(friend.id, v, 0, i64::MAX as u64 / 2, entries);
-            let head = ListHead::from(&list);
-            let s = &s;
-            async move {
-                s.store_peer_list(&friend.id, &head, b"s", ListChange::default(), 1000)
-                    .await
-                    .unwrap();
-                head.entries
-            }
-        };
+        let store = |v: u64, names: Vec<String>| store_list(&s, friend.id, v, names);
         let mut list = names(100_000);
         store(1, list.clone()).await;
         let before = chunk_digests(&s).await;

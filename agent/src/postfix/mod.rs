@@ -574,12 +574,6 @@ impl Postfix {
                 }
             }
         }
-        // smtpd alone reads relay_recipient_maps, and each smtpd process
-        // checks its tables before it takes a connection and makes way
-        // for a new one when one changed: a change to that map alone needs
-        // no reload (which makes every daemon start again, and sessions
-        // that begin meanwhile may wait).
-        let reload = reload && (whole || touched.iter().any(|n| *n != RELAY_RECIPIENTS));
         // relay_domains is the gate: renamed last when domains come in,
         // first when they only go (and the other way round to roll back).
         let order = install_order(&touched, changes.get(RELAY_DOMAINS));
