@@ -436,7 +436,8 @@ impl Policy {
             .1
             .is_none_or(|at| at.elapsed() >= MYNETWORKS_EVERY);
         if let (true, Some(pf)) = (stale, &inner.postfix) {
-            if let Ok(value) = pf.param_expanded("mynetworks").await {
+            // Afresh: its default follows this machine's addresses.
+            if let Ok(value) = pf.param_expanded_now("mynetworks").await {
                 let nets = tokio::task::spawn_blocking(move || {
                     parse_networks(&value, &|p| std::fs::read_to_string(p), 0)
                 })

@@ -386,15 +386,6 @@ impl Relay {
         let mut texts: Vec<(&'static str, String)> = Vec::new();
         let total = match &only {
             Some(domains) => {
-                let routes = match inner.store.relay_routes_of(now, grace, domains).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        report.step = Some("read accepted entries".into());
-                        report.error = Some(e.to_string());
-                        return self.failed_early(trigger, report).await;
-                    }
-                };
-                let routes: Vec<Route> = routes.into_iter().map(&mut to_route).collect();
                 // Addresses changed alone: each as the maps relay for it now.
                 let item_rows = match items.is_empty() {
                     true => Ok(Vec::new()),
@@ -408,6 +399,31 @@ impl Relay {
                         return self.failed_early(trigger, report).await;
                     }
                 };
+                // An address whose friend splits extensions unlike this
+                // Postfix is not listed alone: its domain is relayed for
+                // every recipient, so its domain is applied whole.
+                let mut other_delimiter: Vec<String> = item_rows
+                    .iter()
+                    .filter(|(_, delimiter)| !same_delimiters(delimiter, my_delimiter))
+                    .filter_map(|(item, _)| Some(item.rsplit_once('@')?.1.to_string()))
+                    .collect();
+                other_delimiter.sort();
+                other_delimiter.dedup();
+                let domains: Vec<&str> = domains
+                    .iter()
+                    .copied()
+                    .chain(other_delimiter.iter().map(String::as_str))
+                    .collect();
+                let domains = &domains;
+                let routes = match inner.store.relay_routes_of(now, grace, domains).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        report.step = Some("read accepted entries".into());
+                        report.error = Some(e.to_string());
+                        return self.failed_early(trigger, report).await;
+                    }
+                };
+                let routes: Vec<Route> = routes.into_iter().map(&mut to_route).collect();
                 let domains: Arc<std::collections::HashSet<String>> =
                     Arc::new(domains.iter().map(|d| d.to_string()).collect());
                 let items: Arc<std::collections::HashSet<String>> =
@@ -447,8 +463,6 @@ impl Relay {
                     let (text, diff, count) = match patched {
                         Ok(p) => p,
                         Err(e) => {
-                            // The retry builds every map whole.
-                            inner.whole_next.store(true, Ordering::Relaxed);
                             report.step = Some(e.step.into());
                             report.error = Some(e.message);
                             return self.failed_early(trigger, report).await;
@@ -657,6 +671,10 @@ impl Relay {
         }
         let inner = &*self.inner;
         inner.failed.fetch_add(1, Ordering::Relaxed);
+        // Whatever this apply was for, the next one (the retry, or any
+        // other trigger that comes first) renders every map whole, so a
+        // change for a few domains or addresses is not lost with it.
+        inner.whole_next.store(true, Ordering::Relaxed);
         let record = ApplyRecord {
             at: inner.clock.now_unix(),
             trigger: trigger.to_string(),

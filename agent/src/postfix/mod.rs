@@ -136,7 +136,10 @@ type FileStamp = (u64, u64, u64, i64, i64, i64, i64);
 /// What `postconf`'s answers depend on, besides the Postfix build: main.cf
 /// and master.cf (device, inode, size, modification and change times; an
 /// edit in place or by rename changes one of them), and the host name
-/// (`myhostname` and what derives from it default to it).
+/// (`myhostname` and what derives from it default to it). A Postfix
+/// upgrade that leaves main.cf alone is seen at the agent's next start;
+/// `mynetworks`, whose default follows this machine's addresses, is read
+/// afresh ([`Postfix::param_expanded_now`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct ConfigStamp {
     files: [Option<FileStamp>; 2],
@@ -361,6 +364,17 @@ impl Postfix {
         // (Stamped before the run: an edit during it is seen next time.)
         crate::util::lock(&self.postconf_cache).insert(key, (stamp, out.clone()));
         Ok(out)
+    }
+
+    /// [`Postfix::param_expanded`] read afresh, never from the answers
+    /// kept: for a parameter whose default follows something besides the
+    /// config files (`mynetworks` follows this machine's addresses).
+    pub async fn param_expanded_now(&self, name: &str) -> Result<String, PostfixError> {
+        Ok(self
+            .run("read postfix config", "postconf", &["-xh", name], None)
+            .await?
+            .trim()
+            .to_string())
     }
 
     /// `postconf -h NAME`: a parameter as written (or its default).
