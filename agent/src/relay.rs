@@ -402,9 +402,11 @@ impl Relay {
                 // An address whose friend splits extensions unlike this
                 // Postfix is not listed alone: its domain is relayed for
                 // every recipient, so its domain is applied whole.
-                let mut other_delimiter: Vec<String> = item_rows
-                    .iter()
-                    .filter(|(_, delimiter)| !same_delimiters(delimiter, my_delimiter))
+                let (item_rows, other_delimiter): (Vec<_>, Vec<_>) = item_rows
+                    .into_iter()
+                    .partition(|(_, delimiter)| same_delimiters(delimiter, my_delimiter));
+                let mut other_delimiter: Vec<String> = other_delimiter
+                    .into_iter()
                     .filter_map(|(item, _)| Some(item.rsplit_once('@')?.1.to_string()))
                     .collect();
                 other_delimiter.sort();
@@ -434,7 +436,6 @@ impl Relay {
                         wanted.extend(
                             item_rows
                                 .iter()
-                                .filter(|(_, delimiter)| same_delimiters(delimiter, my_delimiter))
                                 .map(|(item, _)| (item.clone(), "OK".to_string())),
                         );
                     }

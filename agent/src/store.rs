@@ -2502,8 +2502,7 @@ mod tests {
             Some((2, after_bytes))
         );
         // A chunk kept without a digest (by an older mxfed) is rewritten,
-        // with one; and a changed chunk whose digest is kept is not
-        // trusted for its bytes: the read gives what was written.
+        // with its digest, and the list read back is the list written.
         sqlx::query("UPDATE peer_list_chunks SET digest = NULL WHERE seq = 0")
             .execute(&s.pool)
             .await
