@@ -1145,18 +1145,33 @@ fn wall_clock() -> String {
 /// Runs `change`, then asks bravo's Postfix `RCPT TO:<rcpt>` in a new SMTP
 /// session every 10 ms, each in its own thread, until one answers 250.
 /// Returns when the first 250 came (from before `change`), and the
-/// sessions that took over 500 ms (started at, took, reply): a session
-/// open while Postfix reloads can wait a second inside Postfix (smtpd's
-/// client for trivial-rewrite sleeps 1 s when the process it talked to
-/// exits for the reload), which says nothing of when the backup began to
-/// answer 250. Sessions are overlapped so that one such wait does not
-/// hide the answers of the sessions after it.
+/// sessions that took over 500 ms (started at, took, reply).
+///
+/// Before `change`, the queue manager is woken (`postkick public qmgr W`)
+/// so that Postfix's inbound flow control holds its full stock of tokens
+/// (`default_process_limit`, 100). Each probe answered 250 has made cleanup
+/// open a queue file, which takes one token; the queue manager puts tokens
+/// back only when it wakes, and these probes never queue mail to wake it.
+/// With the stock spent, every cleanup dozes `in_flow_delay` (1 s) before
+/// answering, and the earlier rounds' probes had spent it: that, not the
+/// reload, was the second-long wait of session 10. A server that receives
+/// mail wakes its queue manager with every message.
+/// Sessions are overlapped so that one slow session does not hide the
+/// answers of the sessions after it.
 fn first_250(
     pf: &PostfixInstance,
     rcpt: &str,
     change: impl FnOnce(),
 ) -> (Duration, Vec<(u128, u128, u16)>) {
     use std::sync::{Arc, Mutex};
+    let kicked = Command::new("postkick")
+        .arg("-c")
+        .arg(pf.etc())
+        .args(["public", "qmgr", "W"])
+        .status()
+        .unwrap();
+    assert!(kicked.success(), "postkick qmgr");
+    std::thread::sleep(Duration::from_millis(200));
     let t0 = Instant::now();
     change();
     let answers: Arc<Mutex<Vec<(Duration, Duration, u16)>>> = Arc::default();
