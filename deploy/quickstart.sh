@@ -4,7 +4,8 @@
 # namespace, joined by a cable (a veth pair), with dnsmasq as the DNS both
 # use. Each runs the quick start's commands as written in README.md, in the
 # same order (the script checks that each line it runs for "me" is in the
-# README), with mxfed under deploy/mxfed.service and its hardening.
+# README): `apt install ./mxfed_<version>_amd64.deb`, then mxfed under the
+# package's unit (deploy/mxfed.service) and its hardening.
 #
 #   deploy/quickstart.sh run    build everything, play the quick start, check
 #                               every step, remove it all (exit 0 only if all pass)
@@ -18,11 +19,13 @@
 #   example.com               MX 0 mail.friend.example, MX 10 mail.me.example
 #
 # Needs root. Installs what is missing (debootstrap, systemd-container,
-# dnsmasq-base, iproute2, procps) and builds the Debian system once with debootstrap
-# from deb.debian.org (about a minute; kept in $MXFED_QS_CACHE, default
-# /var/cache/mxfed-quickstart). The mxfed binary is built with the quick
-# start's own `cargo build --release --locked`, unless MXFED_BIN names one
-# (the test passes its own, as cargo holds the build lock while tests run).
+# dnsmasq-base, iproute2, procps) and builds the Debian system once with
+# debootstrap (about a minute; kept in $MXFED_QS_CACHE, default
+# /var/cache/mxfed-quickstart), from the Debian mirror this machine's own
+# apt sources name for its release (/etc/apt/sources.list and
+# sources.list.d; MXFED_QS_MIRROR overrides it). The package is the quick
+# start's own `bash deploy/deb.sh`, unless MXFED_DEB names one (the test
+# command builds it before cargo test, which holds cargo's build lock).
 #
 # The one change to what a real admin does: these are documentation
 # addresses (TEST-NET-3), which mxfed refuses as next hops unless
@@ -37,7 +40,7 @@ CACHE=${MXFED_QS_CACHE:-/var/cache/mxfed-quickstart}
 TAG=${MXFED_QS_TAG:-mxqs}
 # The Debian release to boot: the host's, so the host-built binary runs there.
 SUITE=${MXFED_QS_SUITE:-$(. /etc/os-release && [ "${ID:-}" = debian ] && echo "${VERSION_CODENAME:-}")}
-MIRROR=${MXFED_QS_MIRROR:-http://deb.debian.org/debian}
+MIRROR=${MXFED_QS_MIRROR:-}
 declare -A IP=([me]=203.0.113.5 [friend]=203.0.113.6)
 DNS=203.0.113.53
 PATHS=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -56,6 +59,43 @@ fail() {
 }
 
 need_root() { [ "$(id -u)" = 0 ] || { echo "deploy/quickstart.sh needs root (containers, namespaces)" >&2; exit 1; }; }
+# apt_mirror SUITE: the first URI this machine's apt sources give for
+# SUITE itself (type deb; one-line .list files first, then deb822 .sources).
+apt_mirror() {
+    local suite=$1 f
+    {
+        for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+            [ -f "$f" ] || continue
+            # deb [option=value ...] URI SUITE COMPONENT...
+            awk -v s="$suite" '$1 == "deb" {
+                i = 2
+                if ($2 ~ /^\[/) { while (i <= NF && $i !~ /\]$/) i++; i++ }
+                if ($(i + 1) == s) { print $i; exit }
+            }' "$f"
+        done
+        for f in /etc/apt/sources.list.d/*.sources; do
+            [ -f "$f" ] || continue
+            awk -v s="$suite" 'BEGIN { RS = ""; FS = "\n" } {
+                types = ""; uris = ""; suites = ""; enabled = "yes"
+                for (i = 1; i <= NF; i++) {
+                    if ($i ~ /^#/ || index($i, ":") == 0) continue
+                    k = tolower(substr($i, 1, index($i, ":") - 1))
+                    v = substr($i, index($i, ":") + 1); gsub(/^[ \t]+|[ \t]+$/, "", v)
+                    if (k == "types") types = v; else if (k == "uris") uris = v
+                    else if (k == "suites") suites = v; else if (k == "enabled") enabled = tolower(v)
+                }
+                if (enabled == "no" || (" " types " ") !~ / deb /) next
+                if ((" " suites " ") ~ (" " s " ")) { split(uris, u, " "); print u[1]; exit }
+            }' "$f"
+        done
+    } | head -n 1
+}
+
+need_mirror() {
+    [ -n "$MIRROR" ] || MIRROR=$(apt_mirror "$SUITE")
+    [ -n "$MIRROR" ] || { echo "deploy/quickstart.sh: this machine's apt sources (/etc/apt/sources.list, /etc/apt/sources.list.d/) name no mirror for $SUITE; set MXFED_QS_MIRROR to a Debian mirror's URL" >&2; exit 1; }
+}
+
 need_suite() {
     [ -n "$SUITE" ] || { echo "deploy/quickstart.sh: this host is not Debian; set MXFED_QS_SUITE to a Debian release whose glibc runs the mxfed binary (e.g. trixie)" >&2; exit 1; }
 }
@@ -88,7 +128,7 @@ rootfs() {
 }
 
 # on WHO CMD...: runs CMD inside WHO's booted system, as its root, in /src
-# (where the checkout's deploy/ and target/release/mxfed are).
+# (where the package is).
 on() {
     local who=$1; shift
     nsenter -t "$(leader "$who")" -a -r -w \
@@ -143,19 +183,18 @@ network() {
         --host-record=mail.me.example,"${IP[me]}" --host-record=mail.friend.example,"${IP[friend]}"
 }
 
-# boot WHO MXFED_BINARY: a copy of the Debian system, named and addressed as
-# WHO, with the checkout's deploy/ and the binary at /src, booted.
+# boot WHO PACKAGE: a copy of the Debian system, named and addressed as
+# WHO, with the package in /src, booted.
 boot() {
-    local who=$1 bin=$2 root="$WORK/$1"
+    local who=$1 deb=$2 root="$WORK/$1"
     cp -a --reflink=auto "$ROOTFS" "$root"
     echo "$who" >"$root/etc/hostname"
     echo "mail.$who.example" >"$root/etc/mailname"
     echo "nameserver $DNS" >"$root/etc/resolv.conf"
     chroot "$root" postconf -e "myhostname = mail.$who.example" "mydestination = localhost" \
         "inet_protocols = ipv4" "mynetworks = 127.0.0.0/8"
-    mkdir -p "$root/src/deploy" "$root/src/target/release"
-    cp deploy/mxfed.service "$root/src/deploy/"
-    cp "$bin" "$root/src/target/release/mxfed"
+    mkdir -p "$root/src"
+    cp "$deb" "$root/src/"
     systemd-nspawn -q -D "$root" -b --register=no --keep-unit -M "$TAG-$who" \
         --network-namespace-path="/run/netns/$TAG-$who" --resolv-conf=off \
         >"$WORK/$who.console" 2>&1 &
@@ -180,21 +219,39 @@ run() {
     # Leave nothing behind if a step fails (set MXFED_QS_KEEP=1 to look around).
     trap 'rc=$?; if [ $rc -ne 0 ] && [ -z "${MXFED_QS_KEEP:-}" ]; then down quiet; fi' EXIT
     mkdir -p "$WORK"
-    local bin=${MXFED_BIN:-}
-    if [ -z "$bin" ]; then
-        say "cargo build --release --locked (the quick start's build line)"
-        cargo build --release --locked
-        bin=$REPO/target/release/mxfed
+    local deb=${MXFED_DEB:-}
+    if [ -z "$deb" ]; then
+        say "bash deploy/deb.sh (the quick start's build line)"
+        deb=$(bash deploy/deb.sh | tail -n 1)
     fi
+    [ -f "$deb" ] || fail "no package at ${deb:-(none)}"
+    local debname
+    debname=$(basename "$deb")
     rootfs
     network
     say "boot both systems with systemd"
-    boot me "$bin"
-    boot friend "$bin"
+    boot me "$deb"
+    boot friend "$deb"
 
-    say "on each server: install, init, postfix setup, enable the unit"
-    qs me "install target/release/mxfed /usr/local/bin/"
-    qs friend "install target/release/mxfed /usr/local/bin/"
+    say "on each server: install the package, init, postfix setup, enable the unit"
+    qs me "apt install ./$debname"
+    qs friend "apt install ./$debname"
+    local state
+    for who in me friend; do
+        # The package installs everything, and starts nothing before init.
+        on "$who" test -x /usr/bin/mxfed || fail "$who: no /usr/bin/mxfed"
+        for f in /usr/lib/systemd/system/mxfed.service /etc/mxfed/mxfed.toml.example \
+            /usr/share/man/man1/mxfed.1.gz /usr/share/man/man1/mxfed-init.1.gz /usr/share/man/man5/mxfed.toml.5.gz \
+            /usr/share/bash-completion/completions/mxfed /usr/share/zsh/vendor-completions/_mxfed \
+            /usr/share/fish/vendor_completions.d/mxfed.fish; do
+            on "$who" test -s "$f" || fail "$who: the package did not install $f"
+        done
+        on "$who" test -d /var/lib/mxfed || fail "$who: the package did not make /var/lib/mxfed"
+        [ "$(on "$who" stat -c %a /var/lib/mxfed)" = 700 ] || fail "$who: /var/lib/mxfed is not 0700"
+        state=$(on "$who" systemctl is-active mxfed || true)
+        [ "$state" = inactive ] || fail "$who: mxfed is $state right after install, before mxfed init"
+        ok "$who: $(on "$who" mxfed --version); unit, example config, man pages, completions; not started"
+    done
     qs me "mxfed init --name me --mail-host mail.me.example --advertise 203.0.113.5:7787"
     qs friend "mxfed init --name friend --mail-host mail.friend.example --advertise 203.0.113.6:7787"
     for who in me friend; do
@@ -207,7 +264,7 @@ run() {
             qs "$who" "mxfed postfix setup --dry-run"
             qs "$who" "mxfed postfix setup"
         fi
-        qs "$who" "install -m 644 deploy/mxfed.service /etc/systemd/system/ && systemctl enable --now mxfed"
+        qs "$who" "systemctl enable --now mxfed"
         if [ "$who" = friend ]; then
             wait_until "$who: mxfed answering under systemd" 30 on "$who" mxfed status
             qs "$who" "mxfed postfix setup --dry-run"
@@ -276,6 +333,30 @@ run() {
     qs me "mxfed doctor"
     qs friend "mxfed doctor"
 
+    say "under systemd: notify, watchdog, journald fields, reload"
+    for who in me friend; do
+        [ "$(on "$who" systemctl show -P Type mxfed)" = notify ] || fail "$who: the unit is not Type=notify"
+        [ "$(on "$who" systemctl show -P WatchdogUSec mxfed)" != 0 ] || fail "$who: no watchdog"
+    done
+    wait_until "me: a journal line with PEER=friend" 30 on me bash -c '[ -n "$(journalctl -u mxfed -q -o cat PEER=friend)" ]'
+    wait_until "friend: a journal line with STEP=apply" 30 on friend bash -c '[ -n "$(journalctl -u mxfed -q -o cat STEP=apply)" ]'
+    ok "Type=notify, watchdog $(on me systemctl show -P WatchdogUSec mxfed); journal fields, e.g. PEER=friend: $(on me journalctl -u mxfed -q -o cat PEER=friend | head -n 1)"
+    local pid_before
+    pid_before=$(on me systemctl show -P MainPID mxfed)
+    on me cp /etc/mxfed/mxfed.toml /etc/mxfed/mxfed.toml.orig
+    on me sed -i -e 's/^recheck_interval = .*/recheck_interval = "4m"/' -e 's/^listen = .*/listen = "0.0.0.0:7788"/' /etc/mxfed/mxfed.toml
+    qs me "systemctl reload mxfed"
+    wait_until "me: the reload in the journal" 30 on me bash -c 'journalctl -u mxfed -q -o cat STEP="config reload" | grep -q "in force now"'
+    on me journalctl -u mxfed -q -o cat STEP="config reload" | grep "in force now" | grep -q recheck_interval ||
+        fail "me: the reload did not apply recheck_interval: $(on me journalctl -u mxfed -q -o cat STEP="config reload")"
+    on me journalctl -u mxfed -q -o cat STEP="config reload" | grep "take a restart" | grep -q '"listen"' ||
+        fail "me: the reload did not name listen as needing a restart: $(on me journalctl -u mxfed -q -o cat STEP="config reload")"
+    [ "$(on me systemctl show -P MainPID mxfed)" = "$pid_before" ] || fail "me: the reload restarted the agent"
+    [ "$(on me systemctl is-active mxfed)" = active ] || fail "me: mxfed is not active after the reload"
+    connected me friend || fail "me: the session to friend dropped on reload"
+    ok "reload: recheck_interval in force, listen named for a restart, same process, still connected"
+    on me mv /etc/mxfed/mxfed.toml.orig /etc/mxfed/mxfed.toml
+
     say "the agents stay paired across restarts"
     step me "systemctl stop mxfed"
     qs me "systemctl start mxfed"
@@ -285,12 +366,32 @@ run() {
     ok "stopped, started and restarted; paired and connected again"
     for who in me friend; do
         [ "$(on "$who" systemctl show -P NRestarts mxfed)" = 0 ] || fail "$who: mxfed.service restarted on its own"
+        if on "$who" journalctl --no-pager -q -o cat -u mxfed -p err | grep .; then
+            fail "$who: errors in the agent's journal (above)"
+        fi
         if on "$who" journalctl --no-pager -q -o cat -u mxfed |
-            grep -E ' ERROR |fatal:|denied|Read-only file system|not permitted|not supported'; then
+            grep -E 'fatal:|denied|Read-only file system|not permitted|not supported'; then
             fail "$who: the unit's sandbox got in the agent's way (above)"
         fi
     done
-    ok "no restarts, and no permission errors in either journal"
+    ok "no restarts, no errors and no permission errors in either journal"
+
+    say "the package: an upgrade keeps the config, purge removes it"
+    step friend "apt install --reinstall ./$debname"
+    on friend test -f /etc/mxfed/mxfed.toml || fail "friend: the upgrade lost /etc/mxfed/mxfed.toml"
+    wait_until "friend back and connected to me after the upgrade" 60 connected friend me
+    ok "reinstalled: config kept, agent restarted and connected"
+    step friend "apt remove -y mxfed"
+    on friend test -f /etc/mxfed/mxfed.toml || fail "friend: apt remove took /etc/mxfed/mxfed.toml"
+    state=$(on friend systemctl is-active mxfed || true)
+    [ "$state" != active ] || fail "friend: mxfed still running after apt remove"
+    step friend "apt purge -y mxfed"
+    if on friend test -e /etc/mxfed || on friend test -e /var/lib/mxfed; then
+        fail "friend: apt purge left /etc/mxfed or /var/lib/mxfed"
+    fi
+    on friend test -f /etc/postfix/mxfed/relay_domains || fail "friend: purge removed the maps main.cf names"
+    [ "$(on friend systemctl is-active postfix@-)" = active ] || fail "friend: Postfix is not running after the purge"
+    ok "removed: config kept; purged: /etc/mxfed and /var/lib/mxfed gone, the maps and Postfix untouched"
     down quiet
     say "ALL QUICK START CHECKS PASSED"
 }
@@ -319,7 +420,7 @@ down() {
 }
 
 case "${1:-}" in
-    run) need_suite; run ;;
+    run) need_suite; need_mirror; run ;;
     down) need_root; down ;;
     # Helpers run in subshells by wait_until.
     _on) shift; on "$@" ;;

@@ -5,6 +5,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -248,7 +249,95 @@ pub enum ConfigError {
     },
 }
 
+/// The keys `systemctl reload mxfed` (SIGHUP) applies while the agent runs.
+/// Any other key is read once at start: a change to it is named in the log
+/// as needing a restart, and the running agent keeps its old value.
+pub const LIVE_KEYS: &[&str] = &[
+    "advertise",
+    "verify_mx",
+    "recheck_interval",
+    "reverify_interval",
+    "expired_list_grace",
+    "allow_non_public_next_hops",
+    "allowed_next_hop_ports",
+    "recipients",
+    "backup_mode",
+    "tls_next_keys",
+];
+
+/// The config the agent's services share: the one it started with, but for
+/// the [`LIVE_KEYS`], which a reload (SIGHUP) replaces. Read it afresh at
+/// each use ([`Shared::get`]); loops that wait on a live key wake on a
+/// change ([`Shared::changed`]).
+#[derive(Debug)]
+pub struct Shared(tokio::sync::watch::Sender<Arc<Config>>);
+
+impl Shared {
+    pub fn new(config: Config) -> Arc<Self> {
+        Arc::new(Self(tokio::sync::watch::Sender::new(Arc::new(config))))
+    }
+
+    /// The config in force now.
+    pub fn get(&self) -> Arc<Config> {
+        self.0.borrow().clone()
+    }
+
+    /// Puts `config` in force (the result of [`Config::reloaded`]).
+    pub fn replace(&self, config: Config) {
+        self.0.send_replace(Arc::new(config));
+    }
+
+    /// A receiver that sees each [`Shared::replace`] from now on.
+    pub fn changed(&self) -> tokio::sync::watch::Receiver<Arc<Config>> {
+        self.0.subscribe()
+    }
+}
+
+/// What a reload changes: see [`Config::reloaded`].
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reload {
+    /// Live keys whose value changed; they are in force now.
+    pub applied: Vec<String>,
+    /// Other keys whose value changed; they wait for a restart.
+    pub need_restart: Vec<String>,
+}
+
 impl Config {
+    /// The config to run with after reading `new` on a reload: `new`'s
+    /// value for each of [`LIVE_KEYS`], this one's for every other key
+    /// (those take a restart). Says which keys changed, sorted by name.
+    pub fn reloaded(&self, new: &Config) -> (Config, Reload) {
+        let table = |c: &Config| match toml::Value::try_from(c) {
+            Ok(toml::Value::Table(t)) => t,
+            _ => toml::Table::new(),
+        };
+        let (old_t, new_t) = (table(self), table(new));
+        let mut keys: Vec<&String> = new_t.keys().chain(old_t.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        let mut report = Reload::default();
+        for key in keys {
+            if old_t.get(key) != new_t.get(key) {
+                match LIVE_KEYS.contains(&key.as_str()) {
+                    true => report.applied.push(key.clone()),
+                    false => report.need_restart.push(key.clone()),
+                }
+            }
+        }
+        let mut running = self.clone();
+        running.advertise = new.advertise.clone();
+        running.verify_mx = new.verify_mx;
+        running.recheck_interval = new.recheck_interval;
+        running.reverify_interval = new.reverify_interval;
+        running.expired_list_grace = new.expired_list_grace;
+        running.allow_non_public_next_hops = new.allow_non_public_next_hops;
+        running.allowed_next_hop_ports = new.allowed_next_hop_ports.clone();
+        running.recipients = new.recipients.clone();
+        running.backup_mode = new.backup_mode;
+        running.tls_next_keys = new.tls_next_keys.clone();
+        (running, report)
+    }
+
     /// A config with defaults for everything but the two required keys.
     pub fn new(name: String, mail_host: String) -> Self {
         Self {
@@ -410,6 +499,40 @@ mod tests {
 
         let (_d, p) = write("\u{0}\u{1}garbage[[");
         assert!(matches!(Config::load(&p), Err(ConfigError::Parse { .. })));
+    }
+
+    #[test]
+    fn a_reload_takes_the_live_keys_and_names_the_rest() {
+        let old = Config::new("me".into(), "mail.me.example".into());
+        let mut new = old.clone();
+        new.verify_mx = VerifyMx::Warn;
+        new.expired_list_grace = HumanDuration(Duration::from_secs(60));
+        new.listen = "127.0.0.1:9".parse().unwrap();
+        new.metrics_listen = Some("127.0.0.1:9787".parse().unwrap());
+        let (running, r) = old.reloaded(&new);
+        assert_eq!(r.applied, ["expired_list_grace", "verify_mx"]);
+        assert_eq!(r.need_restart, ["listen", "metrics_listen"]);
+        assert_eq!(running.verify_mx, VerifyMx::Warn);
+        assert_eq!(running.expired_list_grace, new.expired_list_grace);
+        assert_eq!(running.listen, old.listen);
+        assert_eq!(running.metrics_listen, None);
+        // Every live key is taken over: a reload to `new` changes nothing more.
+        let mut every = old.clone();
+        every.advertise = vec!["192.0.2.1:7787".parse().unwrap()];
+        every.verify_mx = VerifyMx::Off;
+        every.recheck_interval = HumanDuration(Duration::from_secs(1));
+        every.reverify_interval = HumanDuration(Duration::from_secs(2));
+        every.expired_list_grace = HumanDuration(Duration::from_secs(3));
+        every.allow_non_public_next_hops = true;
+        every.allowed_next_hop_ports = vec![25];
+        every.recipients = RecipientsSource::Off;
+        every.backup_mode = BackupMode::WhenDown;
+        every.tls_next_keys = vec!["/etc/mxfed/next.pem".into()];
+        let (running, r) = old.reloaded(&every);
+        assert_eq!(running, every);
+        assert_eq!(r.applied.len(), LIVE_KEYS.len(), "{r:?}");
+        assert!(r.need_restart.is_empty());
+        assert_eq!(running.reloaded(&every).1, Reload::default());
     }
 
     #[test]

@@ -66,11 +66,14 @@ pub(crate) async fn report(s: &Services) -> DoctorReport {
         None => checks.push(check(
             "postfix-setup",
             "fail",
-            format!("no main.cf in {}", s.config.postfix_config_dir.display()),
+            format!(
+                "no main.cf in {}",
+                s.config.get().postfix_config_dir.display()
+            ),
             "set postfix_config_dir in the mxfed config",
         )),
         Some(p) => {
-            match p.plan_setup(false, &s.config.policy_listen).await {
+            match p.plan_setup(false, &s.config.get().policy_listen).await {
                 Ok(plan) if plan.changes.is_empty() && plan.create_maps.is_empty() => {
                     checks.push(check(
                         "postfix-setup",
@@ -319,7 +322,7 @@ async fn check_mx(s: &Services, checks: &mut Vec<Check>) {
         return;
     }
     let peers = s.store.peers().await.unwrap_or_default();
-    let me = &s.config.mail_host;
+    let me = &s.config.get().mail_host;
     for d in &mine.domains {
         let records = match s.dns.mx_prefs(&d.domain).await {
             Ok(r) => r,
@@ -387,14 +390,14 @@ async fn check_mx(s: &Services, checks: &mut Vec<Check>) {
 
 /// The policy service answers, where a friend needs it.
 async fn check_policy(s: &Services, checks: &mut Vec<Check>) {
-    let grace = s.config.expired_list_grace.0.as_secs() as i64;
+    let grace = s.config.get().expired_list_grace.0.as_secs() as i64;
     let Ok(routes) = s.store.when_down_routes(s.clock.now_unix(), grace).await else {
         return;
     };
     if routes.is_empty() {
         return;
     }
-    let addr = &s.config.policy_listen;
+    let addr = &s.config.get().policy_listen;
     let answers = match addr {
         crate::config::PolicyAddr::Unix(path) => {
             tokio::net::UnixStream::connect(path).await.is_ok()

@@ -41,6 +41,7 @@ mod relay;
 mod services;
 mod status;
 pub mod store;
+mod systemd;
 mod util;
 
 pub use relay::MIN_APPLY_GAP;
@@ -194,8 +195,15 @@ const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs the agent until `shutdown` completes, then drains gracefully
 /// (peers see a `shutdown` close, not a timeout; no apply is cut off).
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
-    run_with_clock(config, Clock::system(), shutdown).await
+/// Each config received on `reloads` (the file read again on SIGHUP) is
+/// put in force for its live keys ([`config::LIVE_KEYS`]); the log names
+/// what changed, and the other keys that changed and wait for a restart.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    reloads: tokio::sync::mpsc::Receiver<Config>,
+) -> Result<(), AgentError> {
+    run_with_clock(config, Clock::system(), shutdown, reloads).await
 }
 
 /// [`run`] with the given clock.
@@ -203,6 +211,7 @@ pub async fn run_with_clock(
     config: Config,
     clock: Clock,
     shutdown: impl Future<Output = ()>,
+    mut reloads: tokio::sync::mpsc::Receiver<Config>,
 ) -> Result<(), AgentError> {
     let dir = &config.data_dir;
     if !Identity::exists(dir) {
@@ -282,7 +291,7 @@ pub async fn run_with_clock(
         tracing::warn!(dir = %config.postfix_config_dir.display(), "no main.cf there: Postfix integration is off (lists are still exchanged and judged)");
         None
     };
-    let config = Arc::new(config);
+    let config = config::Shared::new(config);
 
     // The services, bottom up: each gets the handles of those it uses.
     let (peers, dial_orders) = Peers::new(
@@ -342,7 +351,7 @@ pub async fn run_with_clock(
         cancel.clone(),
     );
     let services = Services {
-        config,
+        config: Arc::clone(&config),
         identity,
         store: store.clone(),
         clock,
@@ -408,7 +417,23 @@ pub async fn run_with_clock(
         peers.start_dialer(p.id);
     }
 
-    shutdown.await;
+    // Serving: systemd (Type=notify) may count the agent as started.
+    systemd::ready();
+    if let Some(every) = systemd::watchdog_interval() {
+        tasks.spawn("systemd watchdog", systemd::watchdog(every, cancel.clone()));
+    }
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(new) = reloads.recv() => {
+                systemd::reloading();
+                reload(&config, new, &relay);
+                systemd::ready();
+            }
+        }
+    }
+    systemd::stopping();
     tracing::info!("shutting down");
     cancel.cancel();
     endpoint.close(
@@ -424,6 +449,39 @@ pub async fn run_with_clock(
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Puts a config read again on SIGHUP in force: its live keys now, the
+/// others at the next restart (named in the log). Services read the live
+/// keys at each use (judging keys apply to every judgment from now on,
+/// including each accepted entry's next re-check); the re-check rounds and
+/// the recipients publisher wake on the change themselves; a new
+/// `expired_list_grace` is taken into Postfix's maps by an apply at once.
+fn reload(config: &config::Shared, new: Config, relay: &Relay) {
+    let (running, change) = config.get().reloaded(&new);
+    if !change.need_restart.is_empty() {
+        tracing::warn!(
+            step = "config reload",
+            keys = ?change.need_restart,
+            "these keys changed in the config file but take a restart (systemctl restart mxfed); until then the agent keeps their old values"
+        );
+    }
+    if change.applied.is_empty() {
+        tracing::info!(
+            step = "config reload",
+            "config read again: no live key changed"
+        );
+        return;
+    }
+    config.replace(running);
+    tracing::info!(
+        step = "config reload",
+        keys = ?change.applied,
+        "config read again: these keys are in force now"
+    );
+    if change.applied.iter().any(|k| k == "expired_list_grace") {
+        relay.request_apply("config reload: expired_list_grace");
+    }
 }
 
 /// The services' long-lived tasks, named for the shutdown log.

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use mxfed_proto::PeerId;
 
 use crate::clock::Clock;
-use crate::config::{Config, PolicyAddr};
+use crate::config::{PolicyAddr, Shared};
 use crate::postfix::Postfix;
 use crate::queue::Queue;
 use crate::store::Store;
@@ -305,7 +305,7 @@ pub(crate) struct Policy {
 }
 
 struct Inner {
-    config: Arc<Config>,
+    config: Arc<Shared>,
     store: Store,
     queue: Queue,
     clock: Clock,
@@ -342,7 +342,7 @@ impl Verdict {
 
 impl Policy {
     pub(crate) fn new(
-        config: Arc<Config>,
+        config: Arc<Shared>,
         store: Store,
         queue: Queue,
         clock: Clock,
@@ -451,7 +451,7 @@ impl Policy {
             }
         }
         let now = inner.clock.now_unix();
-        let grace = inner.config.expired_list_grace.0.as_secs() as i64;
+        let grace = inner.config.get().expired_list_grace.0.as_secs() as i64;
         let routes = match inner.store.when_down_routes(now, grace).await {
             Ok(r) => r,
             Err(e) => {

@@ -34,7 +34,7 @@ use mxfed_proto::recipients::{
 use mxfed_proto::PeerId;
 
 use crate::clock::Clock;
-use crate::config::{BackupMode, Config, RecipientsSource};
+use crate::config::{BackupMode, RecipientsSource, Shared};
 use crate::identity::Identity;
 use crate::lists::Lists;
 use crate::peer::{Caller, PeerEvent, Peers, Responder};
@@ -131,7 +131,7 @@ pub(crate) struct Recipients {
 }
 
 struct Inner {
-    config: Arc<Config>,
+    config: Arc<Shared>,
     identity: Arc<Identity>,
     store: Store,
     postfix: Option<Postfix>,
@@ -178,7 +178,7 @@ fn fingerprint(files: &[PathBuf]) -> Fingerprint {
 impl Recipients {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
-        config: Arc<Config>,
+        config: Arc<Shared>,
         identity: Arc<Identity>,
         store: Store,
         postfix: Option<Postfix>,
@@ -243,6 +243,9 @@ impl Recipients {
     /// Reads, signs and offers my recipient list as it changes, until `cancel`.
     pub(crate) async fn run_publish(self, cancel: CancellationToken) {
         let mut domains_version = self.inner.lists.version_watch();
+        // A reload may change where my recipients come from (`recipients`),
+        // `backup_mode` or `tls_next_keys`: all published here.
+        let mut config = self.inner.config.changed();
         let mut seen: Option<Fingerprint> = None;
         let mut read_at = tokio::time::Instant::now();
         // My domain list changed: read again for the new set of domains.
@@ -290,6 +293,7 @@ impl Recipients {
                     // The lists service is gone (shutting down): poll only.
                     Err(_) => tokio::time::sleep(POLL).await,
                 },
+                Ok(()) = config.changed() => domains_changed = true,
                 _ = cancel.cancelled() => return,
             }
         }
@@ -315,8 +319,8 @@ impl Recipients {
             None => Vec::new(),
             Some(pf) => match pf
                 .tls_fingerprints(
-                    &inner.config.tls_next_keys,
-                    inner.config.allow_non_public_next_hops,
+                    &inner.config.get().tls_next_keys,
+                    inner.config.get().allow_non_public_next_hops,
                 )
                 .await
             {
@@ -385,7 +389,7 @@ impl Recipients {
     ) -> Result<(Vec<Recipient>, Unlisted, String, Vec<PathBuf>), String> {
         let inner = &*self.inner;
         let all_unlisted = |why: &str| Unlisted::every(why, domains.len());
-        match &inner.config.recipients {
+        match &inner.config.get().recipients {
             RecipientsSource::Off => Ok((
                 Vec::new(),
                 all_unlisted("recipients = \"off\" in the config"),
@@ -440,7 +444,7 @@ impl Recipients {
         let inner = &*self.inner;
         let mut current = inner.current.lock().await;
         let now = inner.clock.now_u64();
-        let when_down = inner.config.backup_mode == BackupMode::WhenDown;
+        let when_down = inner.config.get().backup_mode == BackupMode::WhenDown;
         let mut items = items;
         items.sort();
         items.dedup();
@@ -885,7 +889,7 @@ impl Recipients {
         // What the maps were made of: if the delimiter, the keys to pin and
         // the list's standing (not expired beyond the grace period) stay,
         // only the domains of the items that changed change in the maps.
-        let grace = inner.config.expired_list_grace.0.as_secs() as i64;
+        let grace = inner.config.get().expired_list_grace.0.as_secs() as i64;
         let now = inner.clock.now_unix();
         let terms = inner.store.peer_recipient_terms(&peer).await;
         let tls = inner.store.peer_tls(&peer).await;

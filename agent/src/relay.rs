@@ -30,7 +30,7 @@ use mxfed_proto::domain::NextHop;
 use mxfed_proto::PeerId;
 
 use crate::clock::{rfc3339, Clock};
-use crate::config::Config;
+use crate::config::Shared;
 use crate::dns::Dns;
 use crate::postfix::render::{
     diff_text, diff_texts, map_text, render_maps, tls_policy, Hop, MapDiff, MapRenderer, RelayMaps,
@@ -61,7 +61,7 @@ struct Inner {
     /// `None` when the config dir has no main.cf: Postfix integration is off.
     postfix: Option<Postfix>,
     store: Store,
-    config: Arc<Config>,
+    config: Arc<Shared>,
     clock: Clock,
     /// One apply at a time; `true` once closed for shutdown.
     running: tokio::sync::Mutex<bool>,
@@ -174,7 +174,7 @@ impl Relay {
     pub(crate) fn new(
         postfix: Option<Postfix>,
         store: Store,
-        config: Arc<Config>,
+        config: Arc<Shared>,
         clock: Clock,
         dns: Dns,
     ) -> (Self, ApplyWorker) {
@@ -284,7 +284,7 @@ impl Relay {
             report.step = Some("find postfix".into());
             report.error = Some(format!(
                 "Postfix integration is off: no main.cf in {}",
-                inner.config.postfix_config_dir.display()
+                inner.config.get().postfix_config_dir.display()
             ));
             return report;
         };
@@ -315,7 +315,7 @@ impl Relay {
             None => (Vec::new(), None),
         };
         let now = inner.clock.now_unix();
-        let grace = inner.config.expired_list_grace.0.as_secs() as i64;
+        let grace = inner.config.get().expired_list_grace.0.as_secs() as i64;
         // What the maps are made of besides the routes, read side by side.
         let (recipients, delimiter, tls_params, friends, pins, hops) = tokio::join!(
             async {
@@ -637,6 +637,7 @@ impl Relay {
                 inner.last_ok.store(record.at, Ordering::Relaxed);
                 report.result = "applied".into();
                 tracing::info!(
+                    step = "apply",
                     trigger,
                     added = record.added,
                     removed = record.removed,
@@ -645,7 +646,7 @@ impl Relay {
                     "postfix relay maps applied"
                 );
                 for line in report.changes.iter().take(20) {
-                    tracing::info!("relay map: {line}");
+                    tracing::info!(step = "apply", "relay map: {line}");
                 }
             }
             Err(e) => {

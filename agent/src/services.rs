@@ -12,7 +12,7 @@ use std::sync::Arc;
 use mxfed_proto::msg::{Request, Response};
 
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::Shared;
 use crate::dns::Dns;
 use crate::identity::Identity;
 use crate::lists::Lists;
@@ -26,7 +26,7 @@ use crate::store::Store;
 /// Handles to every service, and the shared read-only pieces.
 #[derive(Clone)]
 pub(crate) struct Services {
-    pub config: Arc<Config>,
+    pub config: Arc<Shared>,
     pub identity: Arc<Identity>,
     pub store: Store,
     pub clock: Clock,

@@ -21,7 +21,7 @@ pub(crate) async fn report(s: &Services) -> Result<StatusReport, String> {
         );
         tls.push(s.store.peer_tls(&p.id).await.map_err(|e| e.to_string())?);
     }
-    let config = &s.config;
+    let config = s.config.get();
     let listen = s
         .peers
         .local_addr()

@@ -3,6 +3,7 @@
 //! for `init` and `agent`, the agent library.
 
 mod client;
+mod docs;
 mod output;
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -10,15 +11,23 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use mxfed_agent::config::{self, Config};
 use mxfed_agent::{AgentError, EX_CONFIG};
 use mxfed_proto::control::{ControlRequest, ControlResponse};
 
+/// `mxfed --version`: the version and the git commit it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("MXFED_GIT_COMMIT"),
+    ")"
+);
+
 /// Automatic backup MX between friends running Postfix.
 #[derive(Debug, Parser)]
-#[command(name = "mxfed", version, about, long_about = None, after_help = "Exit codes: 0 ok, 1 refused or failed, 2 usage, 69 agent not running, 78 bad config or data dir.")]
+#[command(name = "mxfed", version = VERSION, about, long_about = None, after_help = "Exit codes: 0 ok, 1 refused or failed, 2 usage, 69 agent not running, 78 bad config or data dir.")]
 struct Cli {
     /// Config file.
     #[arg(long, global = true, env = "MXFED_CONFIG", default_value = config::DEFAULT_CONFIG)]
@@ -104,6 +113,14 @@ enum Command {
         /// Only this friend.
         #[arg(long)]
         peer: Option<String>,
+    },
+    /// Write the man pages and shell completions into DIR (the package
+    /// build's step; deploy/deb.sh).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Directory to write man/ and completions/ into.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
     },
 }
 
@@ -350,6 +367,14 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Command::GenerateDocs { out } => {
+            let files = docs::generate(Cli::command(), &out)
+                .map_err(|e| fail(format!("cannot write into {}: {e}", out.display())))?;
+            for f in files {
+                output::line(&f.display().to_string());
+            }
+            Ok(())
+        }
         Command::Postfix(PostfixCommand::Setup {
             dry_run,
             trust_friends,
@@ -549,24 +574,103 @@ async fn init(config_path: &std::path::Path, args: InitArgs) -> Result<(), Failu
 }
 
 async fn agent(config_path: &std::path::Path) -> Result<(), Failure> {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MXFED_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    use tokio::signal::unix::{signal, SignalKind};
+    // Before anything else: SIGHUP's default action would end the agent.
+    let mut hup =
+        signal(SignalKind::hangup()).map_err(|e| fail(format!("cannot handle SIGHUP: {e}")))?;
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|e| fail(format!("cannot handle SIGTERM: {e}")))?;
+    init_logging();
     let config = load_config(config_path)?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| fail(format!("cannot handle SIGTERM: {e}")))?;
     let shutdown = async move {
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
         }
     };
-    mxfed_agent::run(config, shutdown)
+    // SIGHUP (systemctl reload mxfed): read the file again; a file that
+    // does not load changes nothing.
+    let (reload_tx, reloads) = tokio::sync::mpsc::channel(1);
+    let path = config_path.to_path_buf();
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!(
+                step = "config reload",
+                "SIGHUP: reading {} again",
+                path.display()
+            );
+            match Config::load(&path) {
+                Ok(new) => {
+                    if reload_tx.send(new).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => tracing::error!(
+                    step = "config reload",
+                    "{e}; nothing changed: the agent goes on with the config it has"
+                ),
+            }
+        }
+    });
+    mxfed_agent::run(config, shutdown, reloads)
         .await
         .map_err(Failure::from)
+}
+
+/// Logs to journald, with each event's fields as journal fields (PEER,
+/// DOMAIN, STEP, ...; `journalctl -u mxfed -o verbose` shows them), when
+/// stderr is the journal (systemd sets JOURNAL_STREAM to its device and
+/// inode); otherwise as text lines on stderr. MXFED_LOG filters either
+/// (default `info`).
+fn init_logging() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_env("MXFED_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    };
+    if stderr_is_journal() {
+        match tracing_journald::layer() {
+            Ok(journal) => {
+                tracing_subscriber::registry()
+                    .with(filter())
+                    .with(
+                        journal
+                            .with_field_prefix(None)
+                            .with_syslog_identifier("mxfed".into()),
+                    )
+                    .init();
+                return;
+            }
+            Err(e) => eprintln!("mxfed: cannot log to journald ({e}); logging to stderr"),
+        }
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(filter())
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// Whether stderr is connected to journald: JOURNAL_STREAM names its
+/// device and inode ("DEV:INO", systemd.exec(5)).
+fn stderr_is_journal() -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let Some(v) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = v.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+        return false;
+    };
+    let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    std::fs::File::from(fd)
+        .metadata()
+        .is_ok_and(|m| m.dev() == dev && m.ino() == ino)
 }

@@ -694,12 +694,12 @@ fn the_systemd_unit_verifies_and_is_hardened() {
     // systemd's own checker, with ExecStart pointing at the binary just built.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("mxfed.service");
-    std::fs::write(&path, unit.replace("/usr/local/bin/mxfed", MXFED)).unwrap();
+    std::fs::write(&path, unit.replace("/usr/bin/mxfed", MXFED)).unwrap();
     let out = std::process::Command::new("systemd-analyze")
         .arg("verify")
         .arg(&path)
         .output()
-        .expect("systemd-analyze not found (package systemd; .ci/run installs it)");
+        .expect("systemd-analyze not found (package systemd; the test command, deploy/test.sh, installs it)");
     assert!(
         out.status.success() && out.stderr.is_empty(),
         "systemd-analyze verify: {}",

@@ -626,7 +626,7 @@ impl DnsServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("dnsmasq not found: apt-get install dnsmasq-base (.ci/run installs it)");
+            .expect("dnsmasq not found: apt-get install dnsmasq-base (the test command, deploy/test.sh, installs it)");
         self.child = Some(child);
         wait_for("dnsmasq to answer", || dns_answers(self.addr));
     }
@@ -784,9 +784,9 @@ fn free_tcp_port() -> u16 {
 }
 
 fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (is postfix installed? .ci/run installs it)"));
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!("{cmd:?}: {e} (is postfix installed? the test command, deploy/test.sh, installs it)")
+    });
     assert!(
         out.status.success(),
         "{cmd:?}: {}",

@@ -55,7 +55,7 @@ use mxfed_proto::msg::{understand_changes, EntryNote, ListAck, Request, Response
 use mxfed_proto::PeerId;
 
 use crate::clock::{rfc3339, Clock};
-use crate::config::Config;
+use crate::config::Shared;
 use crate::dns::Dns;
 use crate::identity::Identity;
 use crate::peer::{Caller, PeerEvent, Peers, Responder};
@@ -148,7 +148,7 @@ pub(crate) struct Lists {
 }
 
 struct Inner {
-    config: Arc<Config>,
+    config: Arc<Shared>,
     store: Store,
     dns: Dns,
     /// For Postfix's local domains; `None`: integration off.
@@ -208,7 +208,7 @@ impl Lists {
     /// Loads my list from the store; the service is ready to run.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn new(
-        config: Arc<Config>,
+        config: Arc<Shared>,
         identity: Arc<Identity>,
         store: Store,
         dns: Dns,
@@ -275,7 +275,7 @@ impl Lists {
         let hop = match next_hop {
             Some(h) => NextHop::parse(h).map_err(|e| format!("invalid next hop: {e}"))?,
             None => NextHop::host_name(
-                Domain::parse(&self.inner.config.mail_host)
+                Domain::parse(&self.inner.config.get().mail_host)
                     .map_err(|e| format!("mail_host: {e}"))?,
             ),
         };
@@ -735,7 +735,7 @@ impl Lists {
         // A list held that had expired beyond the grace period was out of
         // the maps whole: this one brings every entry back, not only those
         // that changed.
-        let grace = inner.config.expired_list_grace.0.as_secs();
+        let grace = inner.config.get().expired_list_grace.0.as_secs();
         let was_out = match inner.store.peer_list_meta(&peer).await {
             Ok(meta) => {
                 meta.is_some_and(|m| m.expires_at.saturating_add(grace) <= inner.clock.now_u64())
@@ -926,7 +926,7 @@ impl Lists {
         facts::gather(
             &inner.dns,
             inner.postfix.as_ref(),
-            &inner.config,
+            &inner.config.get(),
             &my_domains,
             entries,
         )
@@ -943,6 +943,7 @@ impl Lists {
         gathered: &Gathered,
     ) -> Result<Verdicts, StoreError> {
         let inner = &*self.inner;
+        let config = inner.config.get();
         let my_domains = inner.mine.domains().await;
         let since = inner.clock.now_unix() - crate::store::SEEN_LATELY.as_secs() as i64;
         let seen = inner.store.seen(peer, since).await?;
@@ -969,7 +970,7 @@ impl Lists {
                     // The domain's facts, the holder's own next hop. For an
                     // IP next hop the MX hosts' addresses were not looked
                     // up: undecided, so it keeps the domain.
-                    let names = match (inner.config.verify_mx, held.next_hop.host()) {
+                    let names = match (config.verify_mx, held.next_hop.host()) {
                         (crate::config::VerifyMx::Off, _) => Ok(true),
                         (_, Host::Name(_)) => {
                             judge::mx_names_hop(&held.next_hop, &f.mx, &Ok(false))
@@ -983,16 +984,16 @@ impl Lists {
             taken.insert(d, proven);
         }
         let own = Ownership {
-            my_mail_host: &inner.config.mail_host,
+            my_mail_host: &config.mail_host,
             my_addrs: gathered.myself.as_ref().map_or(&[], |m| &m.0),
             my_listeners: gathered.myself.as_ref().map_or(&[], |m| &m.1),
             my_addrs_unknown: gathered.myself.as_ref().err().map(String::as_str),
-            allow_non_public: inner.config.allow_non_public_next_hops,
-            allowed_ports: &inner.config.allowed_next_hop_ports,
+            allow_non_public: config.allow_non_public_next_hops,
+            allowed_ports: &config.allowed_next_hop_ports,
             my_domains: &my_domains,
             local: &gathered.local,
             taken: &taken,
-            verify: inner.config.verify_mx,
+            verify: config.verify_mx,
             claimant: *peer,
             seen: &seen,
         };
@@ -1194,12 +1195,25 @@ impl Lists {
     /// Re-judges refused and pending entries, and accepted ones due for
     /// re-verification, every `recheck_interval`, until `cancel`.
     pub(crate) async fn run_recheck(self, cancel: CancellationToken) {
-        let every = self.inner.config.recheck_interval.0;
+        let mut config = self.inner.config.changed();
+        let mut every = self.inner.config.get().recheck_interval.0;
+        let mut round_at = tokio::time::Instant::now() + every;
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(every) => {}
+                _ = tokio::time::sleep_until(round_at) => {}
+                Ok(()) = config.changed() => {
+                    // A reload with a new recheck_interval: the next round
+                    // comes that long after the last one, or now.
+                    let now = config.borrow_and_update().recheck_interval.0;
+                    if now != every {
+                        round_at = round_at - every + now;
+                        every = now;
+                    }
+                    continue;
+                }
                 _ = cancel.cancelled() => return,
             }
+            round_at = tokio::time::Instant::now() + every;
             let peers = match self.inner.store.peers().await {
                 Ok(p) => p,
                 Err(e) => {
@@ -1226,6 +1240,7 @@ impl Lists {
         let reverify_before = inner.clock.now_unix()
             - inner
                 .config
+                .get()
                 .reverify_interval
                 .0
                 .as_secs()
@@ -1374,7 +1389,7 @@ impl Lists {
         // count would mislead: say why every recipient is accepted.
         let mut overridden = None;
         if let Some((theirs, expires_at)) = store.peer_recipient_terms(id).await? {
-            let grace = self.inner.config.expired_list_grace.0.as_secs() as i64;
+            let grace = self.inner.config.get().expired_list_grace.0.as_secs() as i64;
             let mine = match &self.inner.postfix {
                 Some(pf) => pf.param("recipient_delimiter").await.ok(),
                 None => None,

@@ -213,7 +213,7 @@ struct Session {
 }
 
 struct Core {
-    config: Arc<Config>,
+    config: Arc<crate::config::Shared>,
     identity: Arc<Identity>,
     endpoint: quinn::Endpoint,
     store: Store,
@@ -235,7 +235,7 @@ impl Peers {
     /// The handle, and the receiving end of the dialers' orders (for
     /// `session::Sessions::run_dialers`).
     pub(crate) fn new(
-        config: Arc<Config>,
+        config: Arc<crate::config::Shared>,
         identity: Arc<Identity>,
         endpoint: quinn::Endpoint,
         store: Store,
@@ -338,8 +338,9 @@ impl Peers {
 
     // ----- for the peer layer itself ---------------------------------------
 
-    pub(super) fn config(&self) -> &Config {
-        &self.core.config
+    /// The config in force now (live keys follow a reload).
+    pub(super) fn config(&self) -> std::sync::Arc<Config> {
+        self.core.config.get()
     }
 
     pub(super) fn identity(&self) -> &Identity {
@@ -360,7 +361,7 @@ impl Peers {
 
     /// Who I am, as I tell peers.
     pub(super) fn my_info(&self) -> PeerInfo {
-        let config = &self.core.config;
+        let config = self.core.config.get();
         PeerInfo {
             name: config.name.clone(),
             mail_host: config.mail_host.clone(),
