@@ -19,9 +19,14 @@ fn main() {
         .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=MXFED_GIT_COMMIT={commit}");
     // Built again when HEAD moves: HEAD itself (a checkout), the branch it
-    // names (a commit), and packed-refs (a gc). Only files that exist: a
-    // missing one would run this script at every build.
-    let mut watched = vec![git(&["rev-parse", "--git-path", "HEAD"])];
+    // names (a commit), packed-refs (a gc), and HEAD's reflog (every commit,
+    // checkout and reset, also of a branch that was only in packed-refs).
+    // Only files that exist: a missing one would run this script at every
+    // build.
+    let mut watched = vec![
+        git(&["rev-parse", "--git-path", "HEAD"]),
+        git(&["rev-parse", "--git-path", "logs/HEAD"]),
+    ];
     if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
         watched.push(git(&["rev-parse", "--git-path", &branch]));
     }

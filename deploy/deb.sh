@@ -7,7 +7,7 @@
 #      binary just built (`mxfed generate-docs`, hidden) into
 #      target/release/assets/
 #   3. cargo deb --no-build --locked (the layout is [package.metadata.deb]
-#      in cli/Cargo.toml)
+#      in cli/Cargo.toml), which prints the package's path last
 #
 # Installs cargo-deb (cargo install --locked) if it is missing.
 set -euo pipefail
@@ -23,6 +23,8 @@ cargo build --release --locked
 target_dir=$(cargo metadata --format-version 1 --no-deps --locked | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 assets="${target_dir:-target}/release/assets"
 rm -rf "$assets"
-"${target_dir:-target}/release/mxfed" generate-docs --out "$assets"
+"${target_dir:-target}/release/mxfed" generate-docs --out "$assets" >/dev/null
+# Man pages are shipped compressed, as Debian's are (man reads them so).
+gzip -9n "$assets"/man/man*/*
+# cargo deb prints the package's path: the last line of this script's output.
 cargo deb --no-build --locked -p mxfed
-ls "${target_dir:-target}"/debian/mxfed_*.deb

@@ -59,20 +59,16 @@ fail() {
 }
 
 need_root() { [ "$(id -u)" = 0 ] || { echo "deploy/quickstart.sh needs root (containers, namespaces)" >&2; exit 1; }; }
-# apt_mirror SUITE: the first URI this machine's apt sources give for
-# SUITE itself (type deb; one-line .list files first, then deb822 .sources).
+# apt_mirror SUITE: the Debian mirror this machine's apt sources name for
+# SUITE. First apt's own view of them (the index targets of Debian's
+# archive for that codename, once `apt-get update` has run); else the
+# sources files themselves (deb822 .sources, then one-line .list files), a
+# URI listed for SUITE itself. Only http(s) URIs (debootstrap's); the first.
 apt_mirror() {
     local suite=$1 f
     {
-        for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-            [ -f "$f" ] || continue
-            # deb [option=value ...] URI SUITE COMPONENT...
-            awk -v s="$suite" '$1 == "deb" {
-                i = 2
-                if ($2 ~ /^\[/) { while (i <= NF && $i !~ /\]$/) i++; i++ }
-                if ($(i + 1) == s) { print $i; exit }
-            }' "$f"
-        done
+        apt-get indextargets --format '$(REPO_URI)' 'Origin: Debian' "Codename: $suite" \
+            'Identifier: Packages' 2>/dev/null || true
         for f in /etc/apt/sources.list.d/*.sources; do
             [ -f "$f" ] || continue
             awk -v s="$suite" 'BEGIN { RS = ""; FS = "\n" } {
@@ -85,15 +81,19 @@ apt_mirror() {
                     else if (k == "suites") suites = v; else if (k == "enabled") enabled = tolower(v)
                 }
                 if (enabled == "no" || (" " types " ") !~ / deb /) next
-                if ((" " suites " ") ~ (" " s " ")) { split(uris, u, " "); print u[1]; exit }
+                if ((" " suites " ") ~ (" " s " ")) { n = split(uris, u, " "); for (j = 1; j <= n; j++) print u[j] }
             }' "$f"
         done
-    } | head -n 1
-}
-
-need_mirror() {
-    [ -n "$MIRROR" ] || MIRROR=$(apt_mirror "$SUITE")
-    [ -n "$MIRROR" ] || { echo "deploy/quickstart.sh: this machine's apt sources (/etc/apt/sources.list, /etc/apt/sources.list.d/) name no mirror for $SUITE; set MXFED_QS_MIRROR to a Debian mirror's URL" >&2; exit 1; }
+        for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+            [ -f "$f" ] || continue
+            # deb [option=value ...] URI SUITE COMPONENT...
+            awk -v s="$suite" '$1 == "deb" {
+                i = 2
+                if ($2 ~ /^\[/) { while (i <= NF && $i !~ /\]$/) i++; i++ }
+                if ($(i + 1) == s) print $i
+            }' "$f"
+        done
+    } | grep -E '^https?://' | sed -n 1p
 }
 
 need_suite() {
@@ -115,7 +115,8 @@ rootfs() {
     exec 9>"$CACHE/.lock"
     flock 9
     if [ ! -f "$root/.complete" ]; then
-        say "building a Debian $SUITE system with systemd and postfix (debootstrap, once)"
+        need_mirror
+        say "building a Debian $SUITE system with systemd and postfix (debootstrap, once, from $MIRROR)"
         rm -rf "$root.partial"
         debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,postfix,iproute2 \
             "$SUITE" "$root.partial" "$MIRROR" >"$CACHE/debootstrap.log" 2>&1 ||
@@ -346,11 +347,14 @@ run() {
     on me cp /etc/mxfed/mxfed.toml /etc/mxfed/mxfed.toml.orig
     on me sed -i -e 's/^recheck_interval = .*/recheck_interval = "4m"/' -e 's/^listen = .*/listen = "0.0.0.0:7788"/' /etc/mxfed/mxfed.toml
     qs me "systemctl reload mxfed"
-    wait_until "me: the reload in the journal" 30 on me bash -c 'journalctl -u mxfed -q -o cat STEP="config reload" | grep -q "in force now"'
-    on me journalctl -u mxfed -q -o cat STEP="config reload" | grep "in force now" | grep -q recheck_interval ||
-        fail "me: the reload did not apply recheck_interval: $(on me journalctl -u mxfed -q -o cat STEP="config reload")"
-    on me journalctl -u mxfed -q -o cat STEP="config reload" | grep "take a restart" | grep -q '"listen"' ||
-        fail "me: the reload did not name listen as needing a restart: $(on me journalctl -u mxfed -q -o cat STEP="config reload")"
+    wait_until "me: the reload in the journal" 30 on me bash -c 'journalctl -u mxfed -q -o cat STEP="config reload" | grep "in force now"'
+    local reloaded
+    reloaded=$(on me journalctl -u mxfed -q -o cat STEP="config reload")
+    grep "in force now" <<<"$reloaded" | grep recheck_interval >/dev/null ||
+        fail "me: the reload did not apply recheck_interval: $reloaded"
+    grep "take a restart" <<<"$reloaded" | grep '"listen"' >/dev/null ||
+        fail "me: the reload did not name listen as needing a restart: $reloaded"
+    echo "$reloaded" | sed "s/^/   me> /"
     [ "$(on me systemctl show -P MainPID mxfed)" = "$pid_before" ] || fail "me: the reload restarted the agent"
     [ "$(on me systemctl is-active mxfed)" = active ] || fail "me: mxfed is not active after the reload"
     connected me friend || fail "me: the session to friend dropped on reload"
@@ -420,7 +424,7 @@ down() {
 }
 
 case "${1:-}" in
-    run) need_suite; need_mirror; run ;;
+    run) need_suite; run ;;
     down) need_root; down ;;
     # Helpers run in subshells by wait_until.
     _on) shift; on "$@" ;;

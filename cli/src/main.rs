@@ -4,6 +4,7 @@
 
 mod client;
 mod docs;
+mod journal;
 mod output;
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -617,11 +618,11 @@ async fn agent(config_path: &std::path::Path) -> Result<(), Failure> {
         .map_err(Failure::from)
 }
 
-/// Logs to journald, with each event's fields as journal fields (PEER,
-/// DOMAIN, STEP, ...; `journalctl -u mxfed -o verbose` shows them), when
-/// stderr is the journal (systemd sets JOURNAL_STREAM to its device and
-/// inode); otherwise as text lines on stderr. MXFED_LOG filters either
-/// (default `info`).
+/// Logs to journald ([`journal::Journald`]: each event's fields in its
+/// text and as journal fields, PEER, DOMAIN, STEP, ...), when stderr is
+/// the journal (systemd sets JOURNAL_STREAM to its device and inode);
+/// otherwise as text lines on stderr. MXFED_LOG filters either (default
+/// `info`).
 fn init_logging() {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -630,15 +631,11 @@ fn init_logging() {
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
     };
     if stderr_is_journal() {
-        match tracing_journald::layer() {
+        match journal::Journald::connect() {
             Ok(journal) => {
                 tracing_subscriber::registry()
                     .with(filter())
-                    .with(
-                        journal
-                            .with_field_prefix(None)
-                            .with_syslog_identifier("mxfed".into()),
-                    )
+                    .with(journal)
                     .init();
                 return;
             }

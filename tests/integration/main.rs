@@ -695,8 +695,10 @@ fn the_systemd_unit_verifies_and_is_hardened() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("mxfed.service");
     std::fs::write(&path, unit.replace("/usr/bin/mxfed", MXFED)).unwrap();
+    // --man=no: the unit's Documentation= names mxfed's man pages, which
+    // only the package installs.
     let out = std::process::Command::new("systemd-analyze")
-        .arg("verify")
+        .args(["verify", "--man=no"])
         .arg(&path)
         .output()
         .expect("systemd-analyze not found (package systemd; the test command, deploy/test.sh, installs it)");
@@ -783,5 +785,70 @@ fn mxfed_config_from_the_environment_two_advertised_addresses_and_a_debug_log() 
     assert!(
         text.contains(" DEBUG "),
         "MXFED_LOG=debug logs debug lines:\n{text}"
+    );
+}
+
+/// SIGHUP (what `systemctl reload mxfed` sends): the config file is read
+/// again; live keys take effect at once, the others are named as needing
+/// a restart and keep their old values; the process and its sessions stay;
+/// a file that does not load changes nothing.
+#[test]
+fn sighup_reads_the_config_again_and_keeps_the_sessions() {
+    let (a, _b) = paired_pair("alpha", "bravo");
+    let pid = a.pid().unwrap();
+    let since = a.peer("bravo").unwrap()["connected_since"].clone();
+    let hup = || {
+        let s = std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(s.success());
+    };
+    let lines = |needle: &str| -> Vec<String> {
+        a.log_text()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(String::from)
+            .collect()
+    };
+    a.configure("advertise = [\"192.0.2.7:7787\"]\nlisten = \"127.0.0.1:9\"");
+    hup();
+    wait_for("the reload in the log", || {
+        !lines("in force now").is_empty()
+    });
+    let applied = lines("in force now").join("\n");
+    assert!(applied.contains("advertise"), "{applied}");
+    assert!(!applied.contains("listen"), "{applied}");
+    let restart = lines("take a restart").join("\n");
+    assert!(restart.contains("listen"), "{}", a.log_text());
+    // In force: status shows the new advertise; listen is still the old one.
+    let me = a.status()["self"].clone();
+    assert_eq!(me["advertise"], serde_json::json!(["192.0.2.7:7787"]));
+    assert_eq!(me["listen"], a.addr.to_string());
+    assert_eq!(a.pid(), Some(pid), "the reload restarted the agent");
+    assert_eq!(a.peer("bravo").unwrap()["connected_since"], since);
+
+    // A broken file: refused whole, nothing changes. (The CLI needs a
+    // good file to find the control socket: it is put back before asking.)
+    let good = std::fs::read_to_string(a.config()).unwrap();
+    std::fs::write(
+        a.config(),
+        good.replace(
+            "advertise = ",
+            "verify_mx = \"warn\"\nlisten = [[\nadvertise = ",
+        ),
+    )
+    .unwrap();
+    hup();
+    wait_for("the refusal in the log", || {
+        !lines("nothing changed: the agent goes on").is_empty()
+    });
+    assert_eq!(lines("in force now").len(), 1, "{}", a.log_text());
+    std::fs::write(a.config(), good).unwrap();
+    assert_eq!(a.pid(), Some(pid));
+    assert_eq!(a.peer("bravo").unwrap()["connected_since"], since);
+    assert_eq!(
+        a.status()["self"]["advertise"],
+        serde_json::json!(["192.0.2.7:7787"])
     );
 }
