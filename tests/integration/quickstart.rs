@@ -72,7 +72,12 @@ fn the_readme_quick_start_runs_under_systemd() {
         "ok: RCPT TO:<x@example.org> at mail.friend.example: 250",
         "ok: RCPT TO:<x@example.com> at mail.me.example: 250",
         "(not relayed)",
+        "ok: Type=notify, watchdog 1min; journal fields, e.g. PEER=friend: ",
+        "ok: reload: recheck_interval in force, listen named for a restart, same process, still connected",
         "paired and connected again",
+        "ok: no restarts, no errors and no permission errors in either journal",
+        "ok: reinstalled: config kept, agent restarted and connected",
+        "ok: removed: config kept; purged: /etc/mxfed and /var/lib/mxfed gone, the maps and Postfix untouched",
         "ALL QUICK START CHECKS PASSED",
     ] {
         assert!(stdout.contains(step), "missing {step:?} in\n{stdout}");
