@@ -341,6 +341,7 @@ run() {
     done
     wait_until "me: a journal line with PEER=friend" 30 on me bash -c '[ -n "$(journalctl -u mxfed -q -o cat PEER=friend)" ]'
     wait_until "friend: a journal line with STEP=apply" 30 on friend bash -c '[ -n "$(journalctl -u mxfed -q -o cat STEP=apply)" ]'
+    wait_until "friend: a journal line with DOMAIN=example.org" 30 on friend bash -c '[ -n "$(journalctl -u mxfed -q -o cat DOMAIN=example.org)" ]'
     ok "Type=notify, watchdog $(on me systemctl show -P WatchdogUSec mxfed); journal fields, e.g. PEER=friend: $(on me journalctl -u mxfed -q -o cat PEER=friend | head -n 1)"
     local pid_before
     pid_before=$(on me systemctl show -P MainPID mxfed)

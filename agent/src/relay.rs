@@ -646,7 +646,15 @@ impl Relay {
                     "postfix relay maps applied"
                 );
                 for line in report.changes.iter().take(20) {
-                    tracing::info!(step = "apply", "relay map: {line}");
+                    // "+ DOMAIN NEXT_HOP", "- ..." or "~ ...": the domain is
+                    // a field of its own (DOMAIN in the journal).
+                    match line
+                        .strip_prefix(['+', '-', '~'])
+                        .and_then(|l| l.split_whitespace().next())
+                    {
+                        Some(domain) => tracing::info!(step = "apply", domain, "relay map: {line}"),
+                        None => tracing::info!(step = "apply", "relay map: {line}"),
+                    }
                 }
             }
             Err(e) => {
