@@ -93,7 +93,12 @@ apt_mirror() {
                 if ($(i + 1) == s) print $i
             }' "$f"
         done
-    } | grep -E '^https?://' | sed -n 1p
+    } | awk '/^https?:\/\// && !found++ { print }' # reads to the end: no SIGPIPE upstream
+}
+
+need_mirror() {
+    [ -n "$MIRROR" ] || MIRROR=$(apt_mirror "$SUITE")
+    [ -n "$MIRROR" ] || fail "this machine's apt sources (/etc/apt/sources.list, /etc/apt/sources.list.d/) name no http(s) Debian mirror for $SUITE; set MXFED_QS_MIRROR to one"
 }
 
 need_suite() {

@@ -6,7 +6,11 @@
 //! tracing-journald puts the fields in journal fields only, and leaves the
 //! message without them, so this is journald's native protocol
 //! (systemd.journal-fields(7), "Native Journal Protocol") written here:
-//! one datagram per event to /run/systemd/journal/socket.
+//! one datagram per event to /run/systemd/journal/socket, sent to the
+//! path each time (as libsystemd does), so a journald that restarts gets
+//! the next line. A line journald refuses (over the datagram limit: values
+//! are cut to [`MAX_VALUE`] bytes) or cannot take goes to stderr, which is
+//! the journal's stream, as text.
 
 use std::fmt::Write as _;
 use std::os::unix::net::UnixDatagram;
@@ -18,6 +22,10 @@ use tracing_subscriber::layer::{Context, Layer};
 /// journald's socket for the native protocol.
 const SOCKET: &str = "/run/systemd/journal/socket";
 
+/// A value longer than this is cut (at a character boundary) and marked:
+/// whole datagrams stay well under the socket's send buffer.
+pub const MAX_VALUE: usize = 48 * 1024;
+
 /// A [`Layer`] that sends each event to journald.
 #[derive(Debug)]
 pub struct Journald {
@@ -25,19 +33,28 @@ pub struct Journald {
 }
 
 impl Journald {
-    /// Connects to journald's socket; an error when there is none.
+    /// A socket for journald's; an error when journald's is not there.
     pub fn connect() -> std::io::Result<Self> {
-        let socket = UnixDatagram::unbound()?;
-        socket.connect(SOCKET)?;
-        Ok(Self { socket })
+        std::fs::metadata(SOCKET)?;
+        Ok(Self {
+            socket: UnixDatagram::unbound()?,
+        })
     }
+}
+
+/// One field's value: as its journal field holds it, and as the text
+/// writes it (strings quoted, as the stderr format does).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Value {
+    pub journal: String,
+    pub text: String,
 }
 
 /// An event's message and its other fields, in the order written.
 #[derive(Default)]
 struct Fields {
     message: String,
-    others: Vec<(&'static str, String)>,
+    others: Vec<(&'static str, Value)>,
 }
 
 impl Visit for Fields {
@@ -45,7 +62,13 @@ impl Visit for Fields {
         if field.name() == "message" {
             self.message = value.to_string();
         } else {
-            self.others.push((field.name(), value.to_string()));
+            self.others.push((
+                field.name(),
+                Value {
+                    journal: value.to_string(),
+                    text: format!("{value:?}"),
+                },
+            ));
         }
     }
 
@@ -53,14 +76,22 @@ impl Visit for Fields {
         if field.name() == "message" {
             self.message = format!("{value:?}");
         } else {
-            self.others.push((field.name(), format!("{value:?}")));
+            let v = format!("{value:?}");
+            self.others.push((
+                field.name(),
+                Value {
+                    journal: v.clone(),
+                    text: v,
+                },
+            ));
         }
     }
 }
 
 /// A tracing field name as a journal field name: upper case, A-Z 0-9 and
-/// `_` only, starting with a letter (`peer` → `PEER`); `None` if nothing
-/// is left, or if it would shadow one of journald's own fields.
+/// `_` only, starting with a letter, at most 64 bytes (`peer` → `PEER`);
+/// `None` if nothing is left, or if it would be one of the fields journald
+/// gives a meaning (systemd.journal-fields(7)).
 pub fn journal_name(name: &str) -> Option<String> {
     let upper: String = name
         .chars()
@@ -73,18 +104,48 @@ pub fn journal_name(name: &str) -> Option<String> {
     let trimmed = upper.trim_start_matches(|c: char| !c.is_ascii_uppercase());
     let reserved = [
         "MESSAGE",
+        "MESSAGE_ID",
         "PRIORITY",
-        "SYSLOG_IDENTIFIER",
         "CODE_FILE",
         "CODE_LINE",
+        "CODE_FUNC",
+        "ERRNO",
+        "INVOCATION_ID",
+        "USER_INVOCATION_ID",
+        "SYSLOG_FACILITY",
+        "SYSLOG_IDENTIFIER",
+        "SYSLOG_PID",
+        "SYSLOG_TIMESTAMP",
+        "SYSLOG_RAW",
+        "DOCUMENTATION",
+        "TID",
+        "UNIT",
+        "USER_UNIT",
         "TARGET",
     ];
-    (!trimmed.is_empty() && !reserved.contains(&trimmed)).then(|| trimmed.to_string())
+    let ok = !trimmed.is_empty()
+        && trimmed.len() <= 64
+        && !reserved.contains(&trimmed)
+        && !trimmed.starts_with("OBJECT_")
+        && !trimmed.starts_with("COREDUMP_");
+    ok.then(|| trimmed.to_string())
 }
 
 /// Appends `NAME=value` in the native protocol's form: as a line, or, for
-/// a value with a newline, as the name, its length and the bytes.
+/// a value with a newline, as the name, its length and the bytes. A value
+/// over [`MAX_VALUE`] is cut.
 pub fn put(out: &mut Vec<u8>, name: &str, value: &str) {
+    let cut;
+    let value = if value.len() > MAX_VALUE {
+        let mut end = MAX_VALUE;
+        while !value.is_char_boundary(end) {
+            end -= 1;
+        }
+        cut = format!("{} [cut at {end} of {} bytes]", &value[..end], value.len());
+        cut.as_str()
+    } else {
+        value
+    };
     out.extend_from_slice(name.as_bytes());
     if value.contains('\n') {
         out.push(b'\n');
@@ -97,7 +158,7 @@ pub fn put(out: &mut Vec<u8>, name: &str, value: &str) {
 }
 
 /// The datagram for one event.
-pub fn datagram(level: &Level, target: &str, fields: &[(&str, String)], message: &str) -> Vec<u8> {
+pub fn datagram(level: &Level, target: &str, fields: &[(&str, Value)], message: &str) -> Vec<u8> {
     let priority = match *level {
         Level::ERROR => "3",
         Level::WARN => "4",
@@ -106,10 +167,7 @@ pub fn datagram(level: &Level, target: &str, fields: &[(&str, String)], message:
         Level::TRACE => "7",
     };
     // The text as the stderr format writes it: message, then key=value.
-    let mut text = message.to_string();
-    for (name, value) in fields {
-        let _ = write!(text, " {name}={value}");
-    }
+    let text = text_line(message, fields);
     let mut out = Vec::with_capacity(text.len() + 128);
     put(&mut out, "MESSAGE", &text);
     put(&mut out, "PRIORITY", priority);
@@ -117,10 +175,20 @@ pub fn datagram(level: &Level, target: &str, fields: &[(&str, String)], message:
     put(&mut out, "TARGET", target);
     for (name, value) in fields {
         if let Some(name) = journal_name(name) {
-            put(&mut out, &name, value);
+            put(&mut out, &name, &value.journal);
         }
     }
     out
+}
+
+/// The event as one text line: the message, then ` name=value` for each
+/// field.
+pub fn text_line(message: &str, fields: &[(&str, Value)]) -> String {
+    let mut text = message.to_string();
+    for (name, value) in fields {
+        let _ = write!(text, " {name}={}", value.text);
+    }
+    text
 }
 
 impl<S: Subscriber> Layer<S> for Journald {
@@ -128,10 +196,15 @@ impl<S: Subscriber> Layer<S> for Journald {
         let mut fields = Fields::default();
         event.record(&mut fields);
         let meta = event.metadata();
-        let others: Vec<(&str, String)> = fields.others.into_iter().collect();
-        let bytes = datagram(meta.level(), meta.target(), &others, &fields.message);
-        // A log line that cannot be sent is lost, never the agent's work.
-        let _ = self.socket.send(&bytes);
+        let bytes = datagram(meta.level(), meta.target(), &fields.others, &fields.message);
+        if let Err(e) = self.socket.send_to(&bytes, SOCKET) {
+            // Not lost: the text on stderr, which is the journal's stream.
+            eprintln!(
+                "{} {} (journald refused the structured line: {e})",
+                meta.level(),
+                text_line(&fields.message, &fields.others)
+            );
+        }
     }
 }
 
@@ -141,16 +214,21 @@ mod tests {
 
     #[test]
     fn fields_are_in_the_text_and_journal_fields_of_their_own() {
+        // As the visitor records them: strings quoted in the text only.
+        let v = |journal: &str, text: &str| Value {
+            journal: journal.into(),
+            text: text.into(),
+        };
         let fields = [
-            ("peer", "friend".to_string()),
-            ("step", "config reload".to_string()),
-            ("keys", "[\"listen\"]".to_string()),
+            ("peer", v("friend", "\"friend\"")),
+            ("step", v("config reload", "\"config reload\"")),
+            ("keys", v("[\"listen\"]", "[\"listen\"]")),
         ];
         let d = datagram(&Level::WARN, "mxfed_agent", &fields, "take a restart");
         let text = String::from_utf8(d).unwrap();
         assert!(
             text.starts_with(
-                "MESSAGE=take a restart peer=friend step=config reload keys=[\"listen\"]\n"
+                "MESSAGE=take a restart peer=\"friend\" step=\"config reload\" keys=[\"listen\"]\n"
             ),
             "{text}"
         );
@@ -163,6 +241,20 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in {text}");
         }
+    }
+
+    #[test]
+    fn a_value_over_the_limit_is_cut_at_a_character() {
+        let mut out = Vec::new();
+        let long = "é".repeat(MAX_VALUE);
+        put(&mut out, "MESSAGE", &long);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.len() < MAX_VALUE + 100, "{}", text.len());
+        assert!(
+            text.ends_with(&format!("of {} bytes]\n", long.len())),
+            "{}",
+            &text[text.len() - 60..]
+        );
     }
 
     #[test]
@@ -182,6 +274,8 @@ mod tests {
         assert_eq!(journal_name("mail.host").as_deref(), Some("MAIL_HOST"));
         assert_eq!(journal_name("_x").as_deref(), Some("X"));
         assert_eq!(journal_name("priority"), None);
+        assert_eq!(journal_name("object_pid"), None);
+        assert_eq!(journal_name(&"x".repeat(65)), None);
         assert_eq!(journal_name("__"), None);
     }
 }
