@@ -341,17 +341,15 @@ impl Relay {
         let mut recipients = match recipients {
             Ok(r) => r,
             Err(e) => {
-                report.step = Some("read friends' recipients".into());
-                report.error = Some(e.to_string());
-                return self.failed_early(trigger, report).await;
+                return self
+                    .failed_early(trigger, report, "read friends' recipients", e)
+                    .await;
             }
         };
         let my_delimiter = match delimiter {
             Ok(d) => d,
             Err(e) => {
-                report.step = Some(e.step.into());
-                report.error = Some(e.message);
-                return self.failed_early(trigger, report).await;
+                return self.failed_early(trigger, report, e.step, e.message).await;
             }
         };
         let my_delimiter = my_delimiter.as_str();
@@ -394,9 +392,9 @@ impl Relay {
                 let item_rows = match item_rows {
                     Ok(r) => r,
                     Err(e) => {
-                        report.step = Some("read friends' recipients".into());
-                        report.error = Some(e.to_string());
-                        return self.failed_early(trigger, report).await;
+                        return self
+                            .failed_early(trigger, report, "read friends' recipients", e)
+                            .await;
                     }
                 };
                 // An address whose friend splits extensions unlike this
@@ -420,9 +418,9 @@ impl Relay {
                 let routes = match inner.store.relay_routes_of(now, grace, domains).await {
                     Ok(r) => r,
                     Err(e) => {
-                        report.step = Some("read accepted entries".into());
-                        report.error = Some(e.to_string());
-                        return self.failed_early(trigger, report).await;
+                        return self
+                            .failed_early(trigger, report, "read accepted entries", e)
+                            .await;
                     }
                 };
                 let routes: Vec<Route> = routes.into_iter().map(&mut to_route).collect();
@@ -464,9 +462,7 @@ impl Relay {
                     let (text, diff, count) = match patched {
                         Ok(p) => p,
                         Err(e) => {
-                            report.step = Some(e.step.into());
-                            report.error = Some(e.message);
-                            return self.failed_early(trigger, report).await;
+                            return self.failed_early(trigger, report, e.step, e.message).await;
                         }
                     };
                     if name == TRANSPORT {
@@ -487,9 +483,9 @@ impl Relay {
                     .each_route(now, grace, None, |r| maps.push(&to_route(r)))
                     .await;
                 if let Err(e) = read {
-                    report.step = Some("read accepted entries".into());
-                    report.error = Some(e.to_string());
-                    return self.failed_early(trigger, report).await;
+                    return self
+                        .failed_early(trigger, report, "read accepted entries", e)
+                        .await;
                 }
                 let total = maps.count();
                 for (name, text) in maps.finish() {
@@ -503,9 +499,9 @@ impl Relay {
         let pins = match pins {
             Ok(p) => p,
             Err(e) => {
-                report.step = Some("read friends' server keys".into());
-                report.error = Some(e.to_string());
-                return self.failed_early(trigger, report).await;
+                return self
+                    .failed_early(trigger, report, "read friends' server keys", e)
+                    .await;
             }
         };
         // Pins mean SHA-256 only where Postfix compares SHA-256 (its
@@ -523,9 +519,9 @@ impl Relay {
         let hops = match hops {
             Ok(hops) => hops,
             Err(e) => {
-                report.step = Some("read accepted entries".into());
-                report.error = Some(e.to_string());
-                return self.failed_early(trigger, report).await;
+                return self
+                    .failed_early(trigger, report, "read accepted entries", e)
+                    .await;
             }
         };
         let hops: Vec<(String, NextHop, Vec<IpAddr>)> = hops
@@ -672,10 +668,18 @@ impl Relay {
     }
 
     /// An apply that failed before it installed anything (the store,
-    /// Postfix's parameters or the maps in force could not be read): in
-    /// the history and the failure count as any other failure, recorded
-    /// while the apply still holds the lock. `report` says the step.
-    async fn failed_early(&self, trigger: &str, report: ApplyReport) -> ApplyReport {
+    /// Postfix's parameters or the maps in force could not be read) at
+    /// `step`: in the report, the history and the failure count as any
+    /// other failure, recorded while the apply still holds the lock.
+    async fn failed_early(
+        &self,
+        trigger: &str,
+        mut report: ApplyReport,
+        step: impl Into<String>,
+        error: impl ToString,
+    ) -> ApplyReport {
+        report.step = Some(step.into());
+        report.error = Some(error.to_string());
         if report.dry_run {
             return report;
         }
