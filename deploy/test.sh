@@ -5,18 +5,14 @@
 # suite (`cargo test --workspace --locked`). Extra arguments go to
 # `cargo test` (e.g. `bash deploy/test.sh -- postfix::`).
 #
-#   postfix, postfix-lmdb, postfix-cdb  the private Postfix instances the tests start
-#   dnsmasq-base                        the DNS server of the MX and ownership tests
-#   iproute2, procps                    network namespaces; process checks
-#   systemd, debootstrap,               the quick-start test: two Debian systems
-#   systemd-container                   booted with systemd (systemd-nspawn)
-#   cargo-deb (cargo install)           builds the package (deploy/deb.sh)
+#   the packages in deploy/test-packages (apt-get; what each is for is there)
+#   cargo-deb (cargo install)  builds the package (deploy/deb.sh)
 #
 # Not root: nothing is installed; the script says what it assumes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(postfix postfix-lmdb postfix-cdb dnsmasq-base iproute2 procps systemd debootstrap systemd-container)
+mapfile -t packages < <(grep -v '^#' deploy/test-packages)
 if [ "$(id -u)" = 0 ]; then
     need=()
     for pkg in "${packages[@]}"; do
